@@ -1,0 +1,268 @@
+"""One worker's share of the server: its local parties, the paths it owns, its wake-ups.
+
+A ``Node`` plays two roles at once:
+
+- **participant**: each sender or receiver request on this worker is a ``LocalParty``. It
+  sends ``Join``/``Leave`` to the path's owner (maybe this very node) and reads the owner's
+  answers from its inbox.
+- **owner**: for the paths that hash to this worker, it feeds ``Join``/``Leave`` frames to the
+  pure ``Rendezvous`` and carries out the actions: answer parties, create the ring segment
+  and send ``Start``, mark readers detached or the ring broken, unlink the segment.
+
+Failure rule: when a peer worker dies, this node (as owner) treats that peer's parties as
+gone, and (as participant) fails every local party whose owner was that peer. Either way
+each affected party ends with a visible error; no other pipe is touched.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import anyio
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from ringpipe import metrics, shm
+from ringpipe.config import Settings
+from ringpipe.control import Mesh
+from ringpipe.paths import owner_of
+from ringpipe.protocol import Broken, Frame, Hello, RelayInfo, Start, Wake
+from ringpipe.rendezvous import (
+    Accepted,
+    Action,
+    Break,
+    Detach,
+    Drain,
+    Establish,
+    Finish,
+    Headers,
+    Join,
+    Leave,
+    PartyId,
+    ReceiverAborted,
+    ReceiverConnected,
+    Reject,
+    Release,
+    Rendezvous,
+    Role,
+    WorkerGone,
+)
+
+__all__ = ["Hangup", "InboxItem", "LocalParty", "Node"]
+
+log = logging.getLogger("ringpipe.node")
+
+
+@dataclass(frozen=True, slots=True)
+class Hangup:
+    """Local: the party's client went away."""
+
+
+InboxItem = Frame | Hangup
+
+
+@dataclass(eq=False)
+class LocalParty:
+    """One sender or receiver request on this worker, between its Join and its Leave."""
+
+    id: PartyId
+    path: str
+    role: Role
+    n: int
+    owner: int
+    inbox: MemoryObjectReceiveStream[InboxItem]
+    _outbox: MemoryObjectSendStream[InboxItem] = field(repr=False)
+    left: bool = False
+
+    def deliver(self, item: InboxItem) -> None:
+        try:
+            self._outbox.send_nowait(item)
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+            pass
+
+
+@dataclass(slots=True)
+class _OwnedRelay:
+    ring: shm.RingSegment
+    info: RelayInfo
+    path: str
+    started: float
+
+
+class Node:
+    """The runtime state of one worker process."""
+
+    def __init__(self, settings: Settings, *, index: int, supervisor_pid: int, runtime_dir: Path) -> None:
+        self.settings = settings
+        self.index = index
+        self.pid = os.getpid()
+        self.supervisor_pid = supervisor_pid
+        self.rendezvous = Rendezvous()
+        self.parties: dict[int, LocalParty] = {}
+        self._owned: dict[int, _OwnedRelay] = {}
+        self._wakers: dict[tuple[str, int], Callable[[], None]] = {}
+        self._serials = itertools.count(1)
+        self.mesh = Mesh(
+            index=index,
+            runtime_dir=runtime_dir,
+            on_frame=self.on_frame,
+            on_peer_gone=self.on_peer_gone,
+            on_peer_unreachable=self.on_peer_unreachable,
+        )
+
+    # -- participant side --
+
+    def open_party(self, path: str, role: Role, n: int, receiver_headers: Headers = ()) -> LocalParty:
+        """Register a local party and ask the path's owner to let it join."""
+        outbox, inbox = anyio.create_memory_object_stream[InboxItem](math.inf)
+        serial = next(self._serials)
+        party = LocalParty(
+            PartyId(self.index, self.pid, serial), path, role, n, owner_of(path, self.settings.workers), inbox, outbox
+        )
+        self.parties[serial] = party
+        self.mesh.send(party.owner, Join(party.id, path, role, n, receiver_headers))
+        return party
+
+    def leave(self, party: LocalParty, *, completed: bool) -> None:
+        """Tell the owner the party is gone (once); the party stops receiving frames."""
+        if not party.left:
+            party.left = True
+            self.parties.pop(party.id.serial, None)
+            party._outbox.close()
+            party.inbox.close()
+            self.mesh.send(party.owner, Leave(party.id, completed))
+
+    # -- wake router (relay.WakeRouter) --
+
+    def register(self, segment: str, slot: int, callback: Callable[[], None]) -> None:
+        self._wakers[(segment, slot)] = callback
+
+    def unregister(self, segment: str, slot: int) -> None:
+        self._wakers.pop((segment, slot), None)
+
+    def wake(self, info: RelayInfo, slot: int) -> None:
+        worker = info.producer if slot < 0 else info.readers[slot]
+        if worker == self.index:
+            callback = self._wakers.get((info.segment, slot))
+            if callback is not None:
+                callback()
+        else:
+            self.mesh.send(worker, Wake(info.segment, slot))
+
+    # -- frames in --
+
+    def on_frame(self, sender: int, frame: Frame) -> None:
+        if isinstance(frame, Wake):
+            callback = self._wakers.get((frame.segment, frame.slot))
+            if callback is not None:
+                callback()
+        elif isinstance(frame, (Join, Leave)):
+            self._apply(self.rendezvous.handle(frame))
+        elif isinstance(frame, Hello):
+            pass
+        else:
+            party = self.parties.get(frame.party.serial)
+            if party is not None and party.id == frame.party:
+                party.deliver(frame)
+
+    def on_peer_gone(self, worker: int, pid: int) -> None:
+        self._apply(self.rendezvous.handle(WorkerGone(worker, pid)))
+        self.on_peer_unreachable(worker)
+
+    def on_peer_unreachable(self, worker: int) -> None:
+        for party in list(self.parties.values()):
+            if party.owner == worker:
+                party.deliver(Broken(party.id))
+
+    def drain(self) -> None:
+        """Shutdown: turn away every party waiting on a path this node owns."""
+        self._apply(self.rendezvous.handle(Drain()))
+
+    # -- owner side: carry out the rendezvous' actions --
+
+    def _apply(self, actions: list[Action]) -> None:
+        for action in actions:
+            try:
+                self._carry_out(action)
+            except Exception:
+                log.exception("failed to carry out %r", action)
+
+    def _carry_out(self, action: Action) -> None:
+        if isinstance(action, (Reject, Accepted, ReceiverConnected, ReceiverAborted, Finish)):
+            self.mesh.send(action.party.worker, action)
+        elif isinstance(action, Establish):
+            self._establish(action)
+        elif isinstance(action, Detach):
+            owned = self._owned.get(action.relay_id)
+            if owned is not None:
+                owned.ring.set_reader_status(action.slot, shm.DETACHED)
+                self.wake(owned.info, -1)
+        elif isinstance(action, Break):
+            owned = self._owned.get(action.relay_id)
+            if owned is not None:
+                owned.ring.break_ring()
+                for slot in range(owned.ring.n_readers):
+                    self.wake(owned.info, slot)
+            for party in action.parties:
+                self.mesh.send(party.worker, Broken(party))
+        else:
+            self._release(action)
+
+    def _establish(self, action: Establish) -> None:
+        name = shm.segment_name(self.supervisor_pid, self.pid, action.relay_id)
+        ring = shm.RingSegment.create(name, self.settings.ring_bytes, len(action.receivers))
+        info = RelayInfo(
+            segment=name,
+            capacity=ring.capacity,
+            owner=self.index,
+            producer=action.sender.worker,
+            readers=tuple(p.worker for p in action.receivers),
+        )
+        self._owned[action.relay_id] = _OwnedRelay(ring, info, action.path, time.monotonic())
+        metrics.RING_BYTES.inc(ring.capacity)
+        self.mesh.send(action.sender.worker, Start(action.sender, info, -1, action.receiver_headers))
+        for slot, party in enumerate(action.receivers):
+            self.mesh.send(party.worker, Start(party, info, slot, action.receiver_headers))
+
+    def _release(self, action: Release) -> None:
+        owned = self._owned.pop(action.relay_id, None)
+        if owned is None:
+            return
+        relayed = owned.ring.write_seq
+        owned.ring.unlink()
+        owned.ring.close()
+        metrics.RING_BYTES.dec(owned.info.capacity)
+        ending = "aborted" if action.broken or action.completed == 0 else "done"
+        workers = {owned.info.producer, *owned.info.readers}
+        metrics.TRANSFERS.labels(ending=ending).inc()
+        if len(workers) > 1:
+            metrics.TRANSFERS_ACROSS_WORKERS.inc()
+        log.info(
+            "transfer ended",
+            extra={
+                "event": "transfer",
+                "path": owned.path,
+                "n": len(owned.info.readers),
+                "bytes": relayed,
+                "duration_s": round(time.monotonic() - owned.started, 6),
+                "ending": ending,
+                "receivers_completed": action.completed,
+                "receivers_aborted": action.aborted,
+                "owner_worker": self.index,
+                "sender_worker": owned.info.producer,
+                "receiver_workers": list(owned.info.readers),
+            },
+        )
+
+    def close(self) -> None:
+        """Unlink every ring this node owns (worker exit)."""
+        for owned in self._owned.values():
+            owned.ring.unlink()
+            owned.ring.close()
+        self._owned.clear()

@@ -1,0 +1,79 @@
+"""Pipe keys, owners and query parsing. Pure: bytes and strings in, values out.
+
+A pipe is keyed on the request path *as received*: dot segments resolved, percent escapes
+never decoded, case kept, query string ignored (SPEC terms, Part 3). Path-hashing proxies in
+front of several nodes hash the same thing, so a sender and its receivers meet on one node.
+
+``owner_of`` uses CRC-32, not ``hash()``: ``str`` hashes are salted per process, and every
+worker must agree on which worker owns a path.
+"""
+
+from __future__ import annotations
+
+import re
+import zlib
+from typing import Final
+from urllib.parse import parse_qsl
+
+__all__ = ["RESERVED_PATHS", "normalize_path", "owner_of", "parse_int_like_js", "query_param"]
+
+#: Paths served by the server itself; a sender may not POST/PUT to them (SPEC 1.4, 17).
+RESERVED_PATHS: Final = frozenset(
+    {"/", "/noscript", "/help", "/version", "/favicon.ico", "/robots.txt", "/metrics", "/healthz", "/readyz"}
+)
+
+_JS_INT = re.compile(r"\s*([+-]?\d+)")
+
+
+def normalize_path(raw_path: bytes) -> str:
+    """Resolve ``.`` and ``..`` segments of a raw request path; keep escapes and case.
+
+    ``/a/./b/../c`` becomes ``/a/c``; ``..`` never climbs above the root. Bytes that are not
+    ASCII (clients should escape them, some don't) are kept as their latin-1 characters, so
+    the mapping stays one-to-one.
+    """
+    text = raw_path.decode("latin-1") or "/"
+    if not text.startswith("/"):
+        text = "/" + text
+    if "." not in text:
+        return text
+    out: list[str] = []
+    segments = text.split("/")[1:]
+    for i, segment in enumerate(segments):
+        last = i == len(segments) - 1
+        if segment == ".":
+            if last:
+                out.append("")
+        elif segment == "..":
+            if out:
+                out.pop()
+            if last:
+                out.append("")
+        else:
+            out.append(segment)
+    return "/" + "/".join(out)
+
+
+def owner_of(path: str, workers: int) -> int:
+    """The worker index (0-based) that runs ``path``'s rendezvous."""
+    return zlib.crc32(path.encode("latin-1", "replace")) % workers
+
+
+def query_param(query_string: bytes, name: str) -> str | None:
+    """The first value of ``name`` in the query string, percent-decoded, or None if absent."""
+    if not query_string:
+        return None
+    for key, value in parse_qsl(query_string.decode("latin-1"), keep_blank_values=True):
+        if key == name:
+            return value
+    return None
+
+
+def parse_int_like_js(text: str) -> int | None:
+    """JavaScript ``parseInt(text, 10)``: leading integer, or None where it gives NaN.
+
+    piping-server parses ``?n=`` this way, so ``3abc`` means 3 and ``1.5`` means 1;
+    clients that relied on it keep working.
+    """
+    match = _JS_INT.match(text)
+    return int(match.group(1)) if match else None

@@ -1,0 +1,217 @@
+"""Control frames between workers: frozen dataclasses, a versioned header, a total decoder.
+
+Wire format of one frame (all integers big-endian)::
+
+    0      2      3      4              8
+    +------+------+------+--------------+---------------------------+
+    | "RP" | ver  | type | payload len  | payload: UTF-8 JSON object |
+    +------+------+------+--------------+---------------------------+
+
+``type`` indexes ``FRAME_TYPES``; the JSON object maps the dataclass's field names to
+values (``PartyId`` as ``[worker, pid, serial]``, tuples as lists, enums as their value).
+JSON keeps the codec obvious and versionable; frames are small and, on the data path, only
+``Wake`` travels, and only when a reader or writer actually sleeps.
+
+``decode`` is total: any input returns frames (and the unconsumed tail) or raises
+``ControlProtocolError``; the link that sent it is then dropped.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import struct
+import types
+import typing
+from dataclasses import dataclass, fields, is_dataclass
+from typing import Any, Final
+
+from ringpipe.errors import ControlProtocolError
+from ringpipe.rendezvous import (
+    Accepted,
+    Finish,
+    Join,
+    Leave,
+    PartyId,
+    ReceiverAborted,
+    ReceiverConnected,
+    Reject,
+)
+
+__all__ = [
+    "FRAME_TYPES",
+    "MAX_PAYLOAD",
+    "Broken",
+    "Frame",
+    "Hello",
+    "RelayInfo",
+    "Start",
+    "Wake",
+    "decode",
+    "encode",
+]
+
+VERSION: Final = 1
+HEADER: Final = struct.Struct("!2sBBI")
+MAGIC: Final = b"RP"
+#: A Start frame for n=256 with long headers is a few tens of KiB; 4 MiB means corruption.
+MAX_PAYLOAD: Final = 4 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    """First frame on every link: who is calling."""
+
+    worker: int
+    pid: int
+
+
+@dataclass(frozen=True, slots=True)
+class RelayInfo:
+    """What a party needs to join an established relay's ring.
+
+    ``segment`` is the shared-memory name (unique per owner process and relay); ``readers``
+    gives the worker of each reader slot, so the writer knows whom to wake.
+    """
+
+    segment: str
+    capacity: int
+    owner: int
+    producer: int
+    readers: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Start:
+    """Owner → party: the transfer starts; read (``slot >= 0``) or write (``slot == -1``)."""
+
+    party: PartyId
+    relay: RelayInfo
+    slot: int
+    receiver_headers: tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Broken:
+    """Owner → party: the relay's producer vanished; end visibly broken."""
+
+    party: PartyId
+
+
+@dataclass(frozen=True, slots=True)
+class Wake:
+    """Peer → peer: the ring ``segment`` changed; ``slot`` (-1: the writer) should look again."""
+
+    segment: str
+    slot: int
+
+
+Frame = Hello | Join | Leave | Reject | Accepted | ReceiverConnected | ReceiverAborted | Finish | Start | Broken | Wake
+
+FRAME_TYPES: Final[tuple[type[Any], ...]] = (
+    Hello,
+    Join,
+    Leave,
+    Reject,
+    Accepted,
+    ReceiverConnected,
+    ReceiverAborted,
+    Finish,
+    Start,
+    Broken,
+    Wake,
+)
+_TYPE_CODE: Final = {cls: code for code, cls in enumerate(FRAME_TYPES)}
+_HINTS: Final = {cls: typing.get_type_hints(cls) for cls in (*FRAME_TYPES, PartyId, RelayInfo)}
+
+
+def _to_json(value: object) -> object:
+    if isinstance(value, PartyId):
+        return [value.worker, value.pid, value.serial]
+    if isinstance(value, enum.Enum):
+        return value.value
+    if is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _to_json(getattr(value, f.name)) for f in fields(value)}
+    if isinstance(value, tuple):
+        return [_to_json(v) for v in value]
+    return value
+
+
+def encode(frame: Frame) -> bytes:
+    """Serialize one frame, header included."""
+    payload = json.dumps(_to_json(frame), separators=(",", ":")).encode()
+    return HEADER.pack(MAGIC, VERSION, _TYPE_CODE[type(frame)], len(payload)) + payload
+
+
+def _bad(what: str) -> ControlProtocolError:
+    return ControlProtocolError(f"malformed control frame: {what}")
+
+
+def _from_json(hint: Any, raw: object) -> object:
+    origin = typing.get_origin(hint)
+    if hint is PartyId:
+        if not (isinstance(raw, list) and len(raw) == 3 and all(type(v) is int for v in raw)):
+            raise _bad(f"party {raw!r}")
+        return PartyId(*raw)
+    if hint is bool or hint is int or hint is str:
+        if type(raw) is not hint:
+            raise _bad(f"expected {hint.__name__}, got {raw!r}")
+        return raw
+    if isinstance(hint, type) and issubclass(hint, enum.Enum):
+        try:
+            return hint(raw)
+        except ValueError:
+            raise _bad(f"bad {hint.__name__} {raw!r}") from None
+    if origin in (types.UnionType, typing.Union):
+        if raw is None and type(None) in typing.get_args(hint):
+            return None
+        inner = [a for a in typing.get_args(hint) if a is not type(None)]
+        return _from_json(inner[0], raw)
+    if origin is tuple:
+        if not isinstance(raw, list):
+            raise _bad(f"expected list, got {raw!r}")
+        args = typing.get_args(hint)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_from_json(args[0], item) for item in raw)
+        if len(args) != len(raw):
+            raise _bad(f"expected {len(args)} items, got {raw!r}")
+        return tuple(_from_json(a, item) for a, item in zip(args, raw, strict=True))
+    if isinstance(hint, type) and is_dataclass(hint):
+        if not isinstance(raw, dict):
+            raise _bad(f"expected object, got {raw!r}")
+        hints = _HINTS[hint]
+        if set(raw) != set(hints):
+            raise _bad(f"{hint.__name__} fields {sorted(raw)}")
+        return hint(**{name: _from_json(h, raw[name]) for name, h in hints.items()})
+    raise _bad(f"unsupported field type {hint!r}")  # pragma: no cover - a bug in FRAME_TYPES
+
+
+def decode(buffer: bytes | bytearray | memoryview) -> tuple[list[Frame], int]:
+    """Decode every complete frame at the start of ``buffer``.
+
+    Returns:
+        The frames, and how many bytes they used; the caller keeps the rest for later.
+
+    Raises:
+        ControlProtocolError: the bytes cannot be a frame stream of this version.
+    """
+    view = memoryview(buffer)
+    frames: list[Frame] = []
+    pos = 0
+    while len(view) - pos >= HEADER.size:
+        magic, version, code, length = HEADER.unpack_from(view, pos)
+        if magic != MAGIC or version != VERSION:
+            raise _bad(f"header {bytes(view[pos : pos + HEADER.size])!r}")
+        if code >= len(FRAME_TYPES) or length > MAX_PAYLOAD:
+            raise _bad(f"type {code}, length {length}")
+        end = pos + HEADER.size + length
+        if end > len(view):
+            break
+        try:
+            raw = json.loads(bytes(view[pos + HEADER.size : end]))
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+            raise _bad(str(exc)) from None
+        frame = _from_json(FRAME_TYPES[code], raw)
+        frames.append(typing.cast(Frame, frame))
+        pos = end
+    return frames, pos

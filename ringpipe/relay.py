@@ -1,0 +1,154 @@
+"""One live relay as seen from one worker: the producer (body → ring) and consumers (ring → socket).
+
+Backpressure is "don't ask for more": the producer calls ASGI ``receive()`` only after the
+previous chunk is wholly in the ring, so when the slowest reader is a full ring behind,
+uvicorn's 64 KiB buffer fills, uvicorn stops reading the socket, and TCP slows the uploader.
+A consumer stores its ``read_seq`` as soon as it has copied bytes out, then awaits ASGI
+``send()``, which waits while the client's socket is backed up. No byte queues in a list.
+
+Wait strategy: a side that finds nothing to do sets its *waiting* word in the ring header,
+re-checks, and sleeps on a local event. The other side wakes it after publishing, locally if
+both live in this worker, else with a ``Wake`` frame over the control mesh. Because a
+wake-up can in theory be missed (see ``shm.py``), every sleep has a timeout that backs off
+from 0.1 s to 1 s: a missed wake costs latency, never a hang, and an idle relay wakes at
+most once a second.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Final, Protocol
+
+import anyio
+
+from ringpipe.errors import WouldBlock
+from ringpipe.protocol import RelayInfo
+from ringpipe.shm import RingSegment
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+__all__ = ["READ_LIMIT", "Consumer", "Producer", "WakeRouter"]
+
+#: Bytes one consumer copies out per ``send()``: large enough to amortize per-chunk cost,
+#: small enough that a reader holds little outside the ring.
+READ_LIMIT: Final = 256 * 1024
+WAIT_MIN_S: Final = 0.1
+WAIT_MAX_S: Final = 1.0
+
+
+class WakeRouter(Protocol):
+    """Delivers a wake-up to ring ``info``'s ``slot`` (-1: the writer), wherever it lives."""
+
+    def wake(self, info: RelayInfo, slot: int) -> None: ...
+
+    def register(self, segment: str, slot: int, callback: Callable[[], None]) -> None: ...
+
+    def unregister(self, segment: str, slot: int) -> None: ...
+
+
+class _Sleeper:
+    """A resettable local event with a backing-off timeout."""
+
+    def __init__(self) -> None:
+        self._event = anyio.Event()
+        self._timeout = WAIT_MIN_S
+
+    def wake(self) -> None:
+        self._event.set()
+
+    def progressed(self) -> None:
+        self._timeout = WAIT_MIN_S
+
+    async def sleep(self) -> None:
+        with anyio.move_on_after(self._timeout) as scope:
+            await self._event.wait()
+        if scope.cancelled_caught:
+            self._timeout = min(self._timeout * 2, WAIT_MAX_S)
+        self._event = anyio.Event()
+
+
+class _Endpoint:
+    def __init__(self, router: WakeRouter, ring: RingSegment, info: RelayInfo, slot: int) -> None:
+        self.router = router
+        self.ring = ring
+        self.info = info
+        self.slot = slot
+        self.sleeper = _Sleeper()
+        router.register(info.segment, slot, self.sleeper.wake)
+
+    def close(self) -> None:
+        self.router.unregister(self.info.segment, self.slot)
+        self.ring.close()
+
+
+class Producer(_Endpoint):
+    """Writes one sender's body into the ring."""
+
+    def __init__(self, router: WakeRouter, ring: RingSegment, info: RelayInfo) -> None:
+        super().__init__(router, ring, info, -1)
+        self.bytes_written = 0
+
+    async def write(self, data: bytes) -> None:
+        """Put all of ``data`` in the ring, waiting for room as long as it takes."""
+        view = memoryview(data)
+        ring = self.ring
+        while view:
+            try:
+                written = ring.write_nowait(view)
+            except WouldBlock:
+                ring.set_writer_waiting()
+                try:  # re-check after announcing the sleep: a reader may have just moved
+                    written = ring.write_nowait(view)
+                except WouldBlock:
+                    await self.sleeper.sleep()
+                    continue
+            self.sleeper.progressed()
+            view = view[written:]
+            self.bytes_written += written
+            self._wake_readers()
+
+    def finish(self, *, broken: bool = False) -> None:
+        """Publish EOF (or a break) and wake every reader to see it."""
+        self.ring.finish_writing(broken=broken)
+        for slot in range(self.ring.n_readers):
+            self.router.wake(self.info, slot)
+
+    def _wake_readers(self) -> None:
+        for slot in self.ring.take_sleeping_readers():
+            self.router.wake(self.info, slot)
+
+
+class Consumer(_Endpoint):
+    """Reads the ring for one receiver (reader ``slot``)."""
+
+    def __init__(self, router: WakeRouter, ring: RingSegment, info: RelayInfo, slot: int) -> None:
+        super().__init__(router, ring, info, slot)
+        self.bytes_read = 0
+
+    async def read(self) -> bytes:
+        """The next published bytes; ``b""`` at a clean end.
+
+        Raises:
+            PeerGone: the producer vanished; end the response visibly broken.
+        """
+        ring, slot = self.ring, self.slot
+        while True:
+            try:
+                data = ring.read_nowait(slot, READ_LIMIT)
+            except WouldBlock:
+                ring.set_reader_waiting(slot)
+                try:
+                    data = ring.read_nowait(slot, READ_LIMIT)
+                except WouldBlock:
+                    await self.sleeper.sleep()
+                    continue
+            self.sleeper.progressed()
+            if ring.take_writer_waiting():
+                self.router.wake(self.info, -1)
+            self.bytes_read += len(data)
+            return data
+
+    def leave(self, status: int) -> None:
+        """Stop gating the writer (detached or done) and let a sleeping writer re-check."""
+        self.ring.set_reader_status(self.slot, status)
+        self.router.wake(self.info, -1)

@@ -1,0 +1,114 @@
+"""Single-producer, multi-consumer byte-ring arithmetic. Pure: no buffer, no clock, no I/O.
+
+Theory of operation
+-------------------
+One writer and up to 256 readers share a ring of ``capacity`` bytes (a power of two).
+Positions are *sequences*: the number of bytes ever written (``write_seq``) or ever read by
+one reader (``read_seq``). Sequences only grow and never wrap (Python ints, and 2**63 bytes
+is three centuries at 1 GB/s); a byte's place in the data area is ``seq & (capacity - 1)``.
+Because "full" is ``write_seq - slowest_read_seq == capacity`` and "empty" is
+``write_seq == read_seq``, neither needs a spare slot or a flag (LMAX Disruptor, bslatkin's
+``Position``).
+
+Invariants (the hypothesis model in ``tests/unit/test_ring_model.py`` checks them):
+
+- For every attached reader *i*: ``0 <= write_seq - read_seq[i] <= capacity``.
+- The writer never plans over a byte the slowest attached reader has not read: a write plan
+  covers at most ``capacity - (write_seq - slowest_read_seq)`` bytes.
+- A plan is one span, or two when the range crosses the end of the data area; its spans'
+  lengths add up to ``next_seq - seq``.
+- A detached reader stops gating the writer (the caller leaves it out of ``slowest``).
+
+The binding (``shm.py``) copies the payload first, then publishes ``next_seq`` with one
+aligned 8-byte store, so a reader never sees a sequence ahead of the bytes behind it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from ringpipe.errors import WouldBlock
+
+__all__ = ["Plan", "Span", "plan_read", "plan_write", "slowest"]
+
+
+@dataclass(frozen=True, slots=True)
+class Span:
+    """``length`` bytes starting ``offset`` bytes into the data area."""
+
+    offset: int
+    length: int
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """Where to copy, and the sequence to publish once the copy is done."""
+
+    spans: tuple[Span, ...]
+    seq: int
+    next_seq: int
+
+    @property
+    def size(self) -> int:
+        return self.next_seq - self.seq
+
+
+def _spans(seq: int, size: int, capacity: int) -> tuple[Span, ...]:
+    start = seq & (capacity - 1)
+    first = min(size, capacity - start)
+    if first == size:
+        return (Span(start, size),)
+    return (Span(start, first), Span(0, size - first))
+
+
+def _check_capacity(capacity: int) -> None:
+    if capacity <= 0 or capacity & (capacity - 1):
+        raise ValueError(f"capacity must be a power of two, got {capacity}")
+
+
+def plan_write(*, write_seq: int, slowest_read_seq: int, capacity: int, size: int) -> Plan:
+    """Plan a write of up to ``size`` bytes; fewer when the ring has less room.
+
+    Args:
+        write_seq: bytes written so far.
+        slowest_read_seq: the smallest ``read_seq`` among attached readers (``write_seq``
+            itself when none is attached: then nobody gates the writer).
+        capacity: ring size in bytes, a power of two.
+        size: bytes the caller wants to write; must be positive.
+
+    Raises:
+        WouldBlock: the ring is full; wait until the slowest reader advances, then retry.
+        ValueError: the arguments break an invariant (a bug in the caller).
+    """
+    _check_capacity(capacity)
+    used = write_seq - slowest_read_seq
+    if size <= 0 or not 0 <= used <= capacity:
+        raise ValueError(f"bad write request: size={size}, used={used}, capacity={capacity}")
+    room = capacity - used
+    if room == 0:
+        raise WouldBlock("ring full")
+    take = min(size, room)
+    return Plan(_spans(write_seq, take, capacity), write_seq, write_seq + take)
+
+
+def plan_read(*, read_seq: int, write_seq: int, capacity: int, limit: int) -> Plan:
+    """Plan a read of up to ``limit`` published bytes, in order, from ``read_seq``.
+
+    Raises:
+        WouldBlock: nothing new is published; wait for the writer, then retry.
+        ValueError: the arguments break an invariant (a bug in the caller).
+    """
+    _check_capacity(capacity)
+    ready = write_seq - read_seq
+    if limit <= 0 or not 0 <= ready <= capacity:
+        raise ValueError(f"bad read request: limit={limit}, ready={ready}, capacity={capacity}")
+    if ready == 0:
+        raise WouldBlock("nothing published")
+    take = min(limit, ready)
+    return Plan(_spans(read_seq, take, capacity), read_seq, read_seq + take)
+
+
+def slowest(write_seq: int, read_seqs: Iterable[int]) -> int:
+    """The sequence that gates the writer: the minimum over attached readers, else ``write_seq``."""
+    return min(read_seqs, default=write_seq)

@@ -1,0 +1,325 @@
+"""The shared-memory ring: segment layout, create/attach/unlink, cursor loads and stores, sweep.
+
+Theory of operation
+-------------------
+Each established pipe has one ``multiprocessing.shared_memory`` segment, created and
+unlinked by the pipe's *owner* worker, named ``ringpipe-<supervisor pid>-<owner pid>-<relay
+id>``. The producer's worker and every reader's worker attach to it by name. The owner
+unlinks it when every party has left; when a worker dies, the supervisor sweeps the names
+that carry its pid, and at start-up it sweeps those of supervisors that no longer run. An
+unlinked segment stays mapped in processes that still use it, so a sweep never pulls memory
+out from under a live reader.
+
+Layout (every header field is one aligned little-endian uint64; 64-byte lines so the writer
+and each reader write to their own cache line)::
+
+    line 0       magic "RPRING01" | capacity | n_readers | data_offset
+    line 1       write_seq | state (0 open, 1 eof, 2 broken) | writer_waiting
+    line 2+i     read_seq[i] | status[i] (0 attached, 1 detached, 2 done) | reader_waiting[i]
+    data_offset  capacity bytes of data (data_offset is page-aligned)
+
+Memory ordering: CPython has no fences. On x86-64 (TSO) stores become visible in program
+order, so "copy the data, then store the sequence" is enough for a reader that loads the
+sequence first and the data after; likewise a reader copies out before it stores its
+``read_seq``. A reader loads ``state`` *before* ``write_seq``, and the writer stores
+``write_seq`` before ``state``, so a reader that sees EOF also sees the final sequence.
+
+Wake-ups: a side about to sleep sets its *waiting* word, re-checks, and sleeps; the other
+side, after publishing, takes (reads and clears) the waiting words and sends a ``Wake``
+frame only to sleepers. TSO may reorder a store with a later load, so a wake-up can be
+missed; sleepers therefore sleep with a timeout (``relay.py``). A missed wake costs latency,
+never a hang, and no process ever spins.
+
+Python 3.11/3.12 register every segment with the ``resource_tracker``, which may unlink a
+segment when *any* attaching process exits (cpython gh-82300). We own unlinking ourselves
+(one owner + the supervisor's sweep), so tracking is turned off: ``track=False`` on 3.13+,
+and on older versions the tracker calls of ``multiprocessing.shared_memory`` are replaced
+by no-ops for this process.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from multiprocessing import shared_memory
+from typing import Any, Final
+
+from ringpipe import ring
+from ringpipe.errors import PeerGone, WouldBlock
+
+__all__ = [
+    "RingSegment",
+    "segment_name",
+    "segment_prefix",
+    "sweep",
+    "sweep_orphans",
+]
+
+MAGIC: Final = int.from_bytes(b"RPRING01", "little")
+SHM_DIR: Final = "/dev/shm"
+PREFIX: Final = "ringpipe-"
+
+OPEN, EOF, BROKEN = 0, 1, 2
+ATTACHED, DETACHED, DONE = 0, 1, 2
+
+_LINE = 8  # uint64 words per 64-byte line
+_W_MAGIC, _W_CAPACITY, _W_READERS, _W_DATA = 0, 1, 2, 3
+_W_WRITE_SEQ, _W_STATE, _W_WRITER_WAITING = 8, 9, 10
+
+
+class _NoTracker:
+    """Stands in for ``resource_tracker`` inside ``multiprocessing.shared_memory`` (< 3.13)."""
+
+    @staticmethod
+    def register(name: str, rtype: str) -> None:
+        return None
+
+    @staticmethod
+    def unregister(name: str, rtype: str) -> None:
+        return None
+
+
+if sys.version_info < (3, 13):  # pragma: no branch - depends on the interpreter
+    shared_memory.resource_tracker = _NoTracker  # type: ignore[attr-defined]
+
+
+def _open(name: str, *, create: bool, size: int = 0) -> shared_memory.SharedMemory:
+    kwargs: dict[str, Any] = {"track": False} if sys.version_info >= (3, 13) else {}
+    return shared_memory.SharedMemory(name=name, create=create, size=size, **kwargs)
+
+
+def segment_prefix(supervisor_pid: int, owner_pid: int | None = None) -> str:
+    """Name prefix of a supervisor's segments, or of one owner worker's."""
+    base = f"{PREFIX}{supervisor_pid}-"
+    return base if owner_pid is None else f"{base}{owner_pid}-"
+
+
+def segment_name(supervisor_pid: int, owner_pid: int, relay_id: int) -> str:
+    return f"{segment_prefix(supervisor_pid, owner_pid)}{relay_id}"
+
+
+def sweep(prefix: str) -> list[str]:
+    """Unlink every segment whose name starts with ``prefix``; return the names removed."""
+    removed = []
+    try:
+        names = os.listdir(SHM_DIR)
+    except OSError:  # pragma: no cover - no /dev/shm
+        return removed
+    for name in names:
+        if name.startswith(prefix):
+            try:
+                os.unlink(os.path.join(SHM_DIR, name))
+                removed.append(name)
+            except FileNotFoundError:
+                pass
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def sweep_orphans() -> list[str]:
+    """Unlink segments of supervisors that no longer run (one killed with SIGKILL, say)."""
+    removed: list[str] = []
+    try:
+        names = os.listdir(SHM_DIR)
+    except OSError:  # pragma: no cover
+        return removed
+    pids = {int(p) for p in (n[len(PREFIX) :].split("-", 1)[0] for n in names if n.startswith(PREFIX)) if p.isdigit()}
+    for pid in pids:
+        if not _alive(pid):
+            removed += sweep(segment_prefix(pid))
+    return removed
+
+
+def _round_up(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple
+
+
+class RingSegment:
+    """One pipe's ring in shared memory, seen from one process (writer, reader or owner)."""
+
+    def __init__(self, shm: shared_memory.SharedMemory, *, owned: bool) -> None:
+        self._shm = shm
+        self.owned = owned
+        self.name = shm.name
+        words = shm.buf.cast("Q")
+        if words[_W_MAGIC] != MAGIC:
+            shm.close()
+            raise ValueError(f"segment {shm.name!r} is not a ringpipe ring")
+        self.capacity = int(words[_W_CAPACITY])
+        self.n_readers = int(words[_W_READERS])
+        self._data_offset = int(words[_W_DATA])
+        words.release()
+        self._words: memoryview | None = shm.buf[: self._data_offset].cast("Q")
+        self._data: memoryview | None = shm.buf[self._data_offset : self._data_offset + self.capacity]
+        self._cached_slowest = 0
+
+    # -- lifecycle --
+
+    @classmethod
+    def create(cls, name: str, capacity: int, n_readers: int) -> RingSegment:
+        if capacity <= 0 or capacity & (capacity - 1) or n_readers < 1:
+            raise ValueError(f"bad ring shape: capacity={capacity}, n_readers={n_readers}")
+        data_offset = _round_up(64 * (2 + n_readers), 4096)
+        shm = _open(name, create=True, size=data_offset + capacity)
+        words = shm.buf.cast("Q")
+        words[_W_CAPACITY] = capacity
+        words[_W_READERS] = n_readers
+        words[_W_DATA] = data_offset
+        words[_W_MAGIC] = MAGIC  # last: a half-built header never looks valid
+        words.release()
+        return cls(shm, owned=True)
+
+    @classmethod
+    def attach(cls, name: str) -> RingSegment:
+        """Map an existing ring. Raises ``FileNotFoundError`` if it is already unlinked."""
+        return cls(_open(name, create=False), owned=False)
+
+    def close(self) -> None:
+        """Unmap (idempotent). Unlinking is the owner's business: see ``unlink``."""
+        if self._words is not None:
+            self._words.release()
+            assert self._data is not None
+            self._data.release()
+            self._words = self._data = None
+            self._shm.close()
+
+    def unlink(self) -> None:
+        try:
+            self._shm.unlink()
+        except FileNotFoundError:
+            pass
+
+    @property
+    def words(self) -> memoryview:
+        if self._words is None:
+            raise ValueError("ring segment is closed")
+        return self._words
+
+    # -- writer side --
+
+    @property
+    def write_seq(self) -> int:
+        return int(self.words[_W_WRITE_SEQ])
+
+    @property
+    def state(self) -> int:
+        return int(self.words[_W_STATE])
+
+    def reader_status(self, slot: int) -> int:
+        return int(self.words[_LINE * (2 + slot) + 1])
+
+    def read_seq(self, slot: int) -> int:
+        return int(self.words[_LINE * (2 + slot)])
+
+    def _slowest_attached(self) -> int:
+        words = self.words
+        write_seq = int(words[_W_WRITE_SEQ])
+        return ring.slowest(
+            write_seq,
+            (int(words[_LINE * (2 + i)]) for i in range(self.n_readers) if words[_LINE * (2 + i) + 1] == ATTACHED),
+        )
+
+    def write_nowait(self, data: bytes | bytearray | memoryview) -> int:
+        """Copy as much of ``data`` as fits, publish it, and return the bytes written.
+
+        Raises:
+            WouldBlock: the ring is full; set ``writer_waiting``, re-check, then sleep.
+        """
+        words, area = self.words, self._data
+        assert area is not None
+        write_seq = int(words[_W_WRITE_SEQ])
+        size = len(data)
+        if write_seq - self._cached_slowest + size > self.capacity:
+            self._cached_slowest = self._slowest_attached()
+        plan = ring.plan_write(
+            write_seq=write_seq, slowest_read_seq=self._cached_slowest, capacity=self.capacity, size=size
+        )
+        src = memoryview(data)
+        done = 0
+        for span in plan.spans:
+            area[span.offset : span.offset + span.length] = src[done : done + span.length]
+            done += span.length
+        words[_W_WRITE_SEQ] = plan.next_seq
+        return done
+
+    def finish_writing(self, *, broken: bool = False) -> None:
+        """Publish the end: EOF (clean) or BROKEN (producer vanished). Idempotent."""
+        if self._words is not None and self.state == OPEN:
+            self.words[_W_STATE] = BROKEN if broken else EOF
+
+    def break_ring(self) -> None:
+        """Mark the ring broken whatever its state (the owner, when a producer's worker died)."""
+        if self._words is not None and self.state != EOF:
+            self.words[_W_STATE] = BROKEN
+
+    def set_writer_waiting(self) -> None:
+        self.words[_W_WRITER_WAITING] = 1
+
+    def take_sleeping_readers(self) -> list[int]:
+        """Slots that asked to be woken; their flags are cleared."""
+        words = self.words
+        slots = []
+        for i in range(self.n_readers):
+            flag = _LINE * (2 + i) + 2
+            if words[flag]:
+                words[flag] = 0
+                slots.append(i)
+        return slots
+
+    def attached_readers(self) -> int:
+        words = self.words
+        return sum(1 for i in range(self.n_readers) if words[_LINE * (2 + i) + 1] == ATTACHED)
+
+    # -- reader side --
+
+    def read_nowait(self, slot: int, limit: int) -> bytes:
+        """Copy out up to ``limit`` published bytes for reader ``slot``; ``b""`` means clean EOF.
+
+        Raises:
+            WouldBlock: nothing new yet; set ``reader_waiting``, re-check, then sleep.
+            PeerGone: the producer vanished (or its worker died); end the response broken.
+        """
+        words, area = self.words, self._data
+        assert area is not None
+        state = words[_W_STATE]
+        if state == BROKEN:
+            raise PeerGone("producer vanished")
+        line = _LINE * (2 + slot)
+        read_seq = int(words[line])
+        write_seq = int(words[_W_WRITE_SEQ])
+        if read_seq == write_seq:
+            if state == EOF:
+                return b""
+            raise WouldBlock("nothing published")
+        plan = ring.plan_read(read_seq=read_seq, write_seq=write_seq, capacity=self.capacity, limit=limit)
+        if len(plan.spans) == 1:
+            span = plan.spans[0]
+            out = bytes(area[span.offset : span.offset + span.length])
+        else:
+            out = b"".join([area[s.offset : s.offset + s.length] for s in plan.spans])
+        words[line] = plan.next_seq
+        return out
+
+    def set_reader_waiting(self, slot: int) -> None:
+        self.words[_LINE * (2 + slot) + 2] = 1
+
+    def take_writer_waiting(self) -> bool:
+        words = self.words
+        if words[_W_WRITER_WAITING]:
+            words[_W_WRITER_WAITING] = 0
+            return True
+        return False
+
+    def set_reader_status(self, slot: int, status: int) -> None:
+        """Detach or finish a reader: from then on it no longer gates the writer."""
+        if self._words is not None:
+            self.words[_LINE * (2 + slot) + 1] = status

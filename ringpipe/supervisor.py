@@ -1,0 +1,300 @@
+"""The supervisor: bind once, fork N workers, keep them alive, drain them on SIGTERM.
+
+Its loop is a list of verbs (gunicorn's arbiter): wait for a signal or a readiness note →
+``handle_<signal>`` → reap → respawn. Signal handlers only enqueue (``signal.set_wakeup_fd``
+writes the signal number to a pipe; the loop reads it). No logging, no locks in handlers.
+
+Rules it keeps:
+
+- The listening socket is bound once, here, and inherited by every worker through
+  ``fork()``. The supervisor starts no thread and no event loop before it forks.
+- ``PROMETHEUS_MULTIPROC_DIR`` is prepared and exported before anything imports
+  ``prometheus_client``: the worker modules are imported only after that.
+- A worker that dies, for any reason, is replaced in its slot at once (SIGCHLD wakes the
+  loop); its metrics are marked dead and the rings it owned are swept from ``/dev/shm``.
+  The worker count never changes: it is an input to ``owner_of``.
+- A worker that fails before it ever became ready (exit 3) halts the supervisor instead of
+  being forked again in a loop.
+- SIGTERM/SIGINT: stop accepting, SIGTERM the workers, wait ``graceful_timeout`` (+5 s for
+  their own clean-up), SIGKILL stragglers, sweep every ring of this supervisor, remove the
+  runtime directory, exit 0. A second SIGINT cuts the wait short.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import select
+import shutil
+import signal
+import socket
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Final
+
+from ringpipe import shm
+from ringpipe.config import Settings
+from ringpipe.errors import SupervisorHalt
+from ringpipe.logs import setup_logging
+
+__all__ = ["Supervisor"]
+
+log = logging.getLogger("ringpipe.supervisor")
+
+BOOT_ERROR: Final = 3  # mirrors worker.BOOT_ERROR without importing the worker stack early
+HANDLED: Final = (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD, signal.SIGQUIT)
+CLEANUP_MARGIN_S: Final = 5.0
+
+
+class Supervisor:
+    """Owns the listening socket and the fleet of worker processes."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.pid = os.getpid()
+        self.workers: dict[int, int] = {}  # slot -> pid
+        self.ready: set[int] = set()
+        self.stopping = False
+        self.force = False
+        self.listener: socket.socket | None = None
+        self.runtime_dir = Path()
+        self._wakeup_r = self._wakeup_w = self._ready_r = self._ready_w = -1
+        self._signals: list[int] = []
+
+    # -- setup --
+
+    def bind(self) -> socket.socket:
+        host, port = self.settings.host, self.settings.port
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        family, socktype, proto, _name, address = infos[0]
+        sock = socket.socket(family, socktype, proto)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        sock.bind(address)
+        sock.listen(2048)
+        sock.setblocking(False)
+        return sock
+
+    def prepare_runtime(self) -> None:
+        self.runtime_dir = Path(tempfile.mkdtemp(prefix=f"ringpipe-{self.pid}-"))
+        metrics_dir = self.runtime_dir / "metrics"
+        metrics_dir.mkdir()
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+        removed = shm.sweep_orphans()
+        if removed:
+            log.warning("swept %d ring segment(s) left by dead supervisors", len(removed))
+
+    # -- main --
+
+    def run(self) -> int:
+        setup_logging(self.settings.log_level, "supervisor")
+        try:
+            self.listener = self.bind()
+        except OSError as exc:
+            log.error("cannot listen on %s:%s: %s", self.settings.host, self.settings.port, exc.strerror)
+            return 1
+        self.prepare_runtime()
+        from ringpipe import (
+            metrics,  # noqa: F401 - after PROMETHEUS_MULTIPROC_DIR is set
+            worker,  # noqa: F401 - preload the worker stack before forking
+        )
+
+        self._install_signals()
+        port = self.listener.getsockname()[1]
+        host = self.settings.host
+        url = f"http://{'[' + host + ']' if ':' in host else host}:{port}"
+        log.info(
+            "listening",
+            extra={"event": "listening", "url": url, "port": port, "workers": self.settings.workers},
+        )
+        try:
+            for slot in range(self.settings.workers):
+                self.spawn(slot)
+            self.loop(url)
+        except SupervisorHalt as halt:
+            log.error("halting: %s", halt.reason)
+            self.stop_workers(timeout=0)
+            return halt.exit_status
+        finally:
+            self.cleanup()
+        return 0
+
+    def loop(self, url: str) -> None:
+        announced = False
+        deadline: float | None = None
+        while True:
+            if self.stopping:
+                if not self.workers:
+                    return
+                if deadline is None:
+                    deadline = time.monotonic() + self.settings.graceful_timeout + CLEANUP_MARGIN_S
+                if self.force or time.monotonic() >= deadline:
+                    log.warning("killing %d worker(s) still running after the grace period", len(self.workers))
+                    self.stop_workers(timeout=0)
+                    return
+            self.wait_for_events(timeout=1.0)
+            self.handle_signals()
+            self.reap()
+            if not announced and len(self.ready) == self.settings.workers:
+                announced = True
+                log.info("ready", extra={"event": "ready", "url": url, "workers": self.workers})
+
+    def wait_for_events(self, timeout: float) -> None:
+        try:
+            readable, _, _ = select.select([self._wakeup_r, self._ready_r], [], [], timeout)
+        except InterruptedError:
+            return
+        if self._wakeup_r in readable:
+            with contextlib.suppress(BlockingIOError):
+                self._signals += list(os.read(self._wakeup_r, 512))
+        if self._ready_r in readable:
+            with contextlib.suppress(BlockingIOError):
+                for line in os.read(self._ready_r, 4096).decode().split():
+                    self.ready.add(int(line))
+
+    # -- signals: handlers only enqueue (via the wakeup fd) --
+
+    def _install_signals(self) -> None:
+        self._wakeup_r, self._wakeup_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._ready_r, self._ready_w = os.pipe2(os.O_NONBLOCK)
+        signal.set_wakeup_fd(self._wakeup_w, warn_on_full_buffer=False)
+        for sig in HANDLED:
+            signal.signal(sig, lambda s, f: None)
+
+    def handle_signals(self) -> None:
+        while self._signals:
+            sig = self._signals.pop(0)
+            handler = getattr(self, f"handle_{signal.Signals(sig).name[3:].lower()}", None)
+            if handler is not None:
+                handler()
+
+    def handle_term(self) -> None:
+        if not self.stopping:
+            log.info("stopping: draining workers", extra={"grace_s": self.settings.graceful_timeout})
+            self.stopping = True
+            if self.listener is not None:
+                self.listener.close()
+                self.listener = None
+            self.signal_workers(signal.SIGTERM)
+
+    def handle_int(self) -> None:
+        if self.stopping:
+            self.force = True
+        self.handle_term()
+
+    def handle_quit(self) -> None:
+        self.force = True
+        self.handle_term()
+
+    def handle_chld(self) -> None:
+        pass  # reap() runs on every tick
+
+    # -- the fleet --
+
+    def spawn(self, slot: int) -> None:
+        assert self.listener is not None
+        pid = os.fork()
+        if pid:
+            self.workers[slot] = pid
+            return
+        # child: undo the supervisor's signal plumbing, then become a worker
+        code = 1
+        try:
+            signal.set_wakeup_fd(-1)
+            for sig in HANDLED:
+                signal.signal(sig, signal.SIG_DFL)
+            os.close(self._wakeup_r)
+            os.close(self._wakeup_w)
+            os.close(self._ready_r)
+            from ringpipe.worker import run_worker
+
+            code = run_worker(
+                self.settings,
+                index=slot,
+                listener=self.listener,
+                runtime_dir=self.runtime_dir,
+                supervisor_pid=self.pid,
+                ready_fd=self._ready_w,
+            )
+        except BaseException:
+            with contextlib.suppress(Exception):
+                logging.getLogger("ringpipe.worker").exception("worker %d failed to boot", slot)
+            code = BOOT_ERROR
+        finally:
+            with contextlib.suppress(Exception):
+                sys.stdout.flush()
+                sys.stderr.flush()
+            os._exit(code)
+
+    def reap(self) -> None:
+        from ringpipe import metrics
+
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            slot = next((s for s, p in self.workers.items() if p == pid), None)
+            if slot is None:
+                continue
+            del self.workers[slot]
+            was_ready = slot in self.ready
+            self.ready.discard(slot)
+            metrics.mark_process_dead(pid)
+            swept = shm.sweep(shm.segment_prefix(self.pid, pid))
+            how = self._describe(status)
+            if self.stopping:
+                log.info("worker exited", extra={"slot": slot, "worker_pid": pid, "how": how})
+                continue
+            log.error(
+                "worker died; replacing it",
+                extra={"slot": slot, "worker_pid": pid, "how": how, "rings_swept": len(swept)},
+            )
+            if os.WIFEXITED(status) and os.WEXITSTATUS(status) == BOOT_ERROR and not was_ready:
+                raise SupervisorHalt(f"worker {slot} failed to boot (exit {BOOT_ERROR})", exit_status=1)
+            metrics.WORKER_RESTARTS.inc()
+            self.spawn(slot)
+
+    @staticmethod
+    def _describe(status: int) -> str:
+        if os.WIFSIGNALED(status):
+            sig = os.WTERMSIG(status)
+            name = signal.Signals(sig).name
+            return f"killed by {name}" + (" (out of memory?)" if sig == signal.SIGKILL else "")
+        return f"exit {os.WEXITSTATUS(status)}"
+
+    def signal_workers(self, sig: int) -> None:
+        for pid in self.workers.values():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+
+    def stop_workers(self, timeout: float) -> None:
+        """SIGKILL every worker (after ``timeout`` seconds of grace) and reap them all."""
+        end = time.monotonic() + timeout
+        while self.workers and time.monotonic() < end:
+            self.wait_for_events(0.1)
+            self.reap()
+        self.signal_workers(signal.SIGKILL)
+        for pid in list(self.workers.values()):
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, 0)
+        self.workers.clear()
+
+    def cleanup(self) -> None:
+        swept = shm.sweep(shm.segment_prefix(self.pid))
+        if swept:
+            log.info("swept %d ring segment(s) at exit", len(swept))
+        if self.listener is not None:
+            self.listener.close()
+        for fd in (self._wakeup_r, self._wakeup_w, self._ready_r, self._ready_w):
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        shutil.rmtree(self.runtime_dir, ignore_errors=True)
+        log.info("stopped")

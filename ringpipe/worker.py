@@ -1,0 +1,145 @@
+"""A worker process: logs, control mesh, ASGI app and uvicorn on the inherited socket.
+
+Entered from ``supervisor.py`` right after ``fork()``, with the supervisor's listening
+socket. Exit codes are part of the supervisor protocol: 0 after a drain, ``BOOT_ERROR`` (3)
+if the worker never became ready, so the supervisor does not fork in a loop.
+
+Draining (SIGTERM/SIGINT, or the supervisor vanished): uvicorn stops accepting and lets
+running responses finish; the node turns away waiting parties on the paths it owns; then
+the worker stays up while it still *owns* live relays, because parties on other workers
+still talk to it, until the grace period ends. Only then does the mesh close and the node
+unlink its rings.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import time
+from collections.abc import Callable, Generator
+from pathlib import Path
+from typing import Final
+
+import anyio
+import uvicorn
+
+from ringpipe.app import RingpipeApp
+from ringpipe.config import Settings
+from ringpipe.connection import RingpipeHttpProtocol
+from ringpipe.edge import PipeEndpoints
+from ringpipe.logs import setup_logging
+from ringpipe.node import Node
+from ringpipe.pages import build_pages
+
+__all__ = ["BOOT_ERROR", "run_worker"]
+
+log = logging.getLogger("ringpipe.worker")
+
+BOOT_ERROR: Final = 3
+_SIGNALS: Final = (signal.SIGINT, signal.SIGTERM)
+
+
+class _WorkerServer(uvicorn.Server):  # type: ignore[misc]
+    """uvicorn's server with ringpipe's signal handling: drain, and never re-raise the signal."""
+
+    def __init__(self, config: uvicorn.Config, on_stop: Callable[[], None]) -> None:
+        super().__init__(config)
+        self._on_stop = on_stop
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        loop = asyncio.get_running_loop()
+
+        def handle(sig: int, frame: object) -> None:
+            self.should_exit = True
+            loop.call_soon_threadsafe(self._on_stop)
+
+        previous = {sig: signal.signal(sig, handle) for sig in _SIGNALS}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+
+def run_worker(
+    settings: Settings,
+    *,
+    index: int,
+    listener: socket.socket,
+    runtime_dir: Path,
+    supervisor_pid: int,
+    ready_fd: int,
+) -> int:
+    """Serve until told to stop; returns the process exit code."""
+    setup_logging(settings.log_level, f"worker-{index}")
+    ready = False
+
+    node = Node(settings, index=index, supervisor_pid=supervisor_pid, runtime_dir=runtime_dir)
+    endpoints = PipeEndpoints(node)
+    app = RingpipeApp(endpoints, build_pages(runtime_dir, settings.workers))
+    config = uvicorn.Config(
+        app,
+        http=RingpipeHttpProtocol,
+        ws="none",
+        lifespan="off",
+        log_config=None,
+        access_log=False,
+        server_header=False,
+        timeout_graceful_shutdown=int(settings.graceful_timeout) or None,
+        timeout_keep_alive=30,
+        backlog=2048,
+    )
+
+    async def main() -> None:
+        nonlocal ready
+        stopping = anyio.Event()
+
+        def stop() -> None:
+            if not stopping.is_set():
+                log.info("draining", extra={"worker": index})
+                stopping.set()
+                node.drain()
+
+        server = _WorkerServer(config, stop)
+        try:
+            async with anyio.create_task_group() as tg:
+                await tg.start(node.mesh.run)
+
+                async def announce_ready() -> None:
+                    nonlocal ready
+                    while not server.started:
+                        await anyio.sleep(0.005)
+                    ready = True
+                    os.write(ready_fd, f"{index}\n".encode())
+
+                async def watch_supervisor() -> None:
+                    while os.getppid() == supervisor_pid:
+                        await anyio.sleep(1.0)
+                    log.error("supervisor %d is gone; draining", supervisor_pid)
+                    server.should_exit = True
+                    stop()
+
+                tg.start_soon(announce_ready)
+                tg.start_soon(watch_supervisor)
+                await server.serve(sockets=[listener])
+                stop()
+                deadline = time.monotonic() + settings.graceful_timeout
+                while node.rendezvous.relays and time.monotonic() < deadline:
+                    await anyio.sleep(0.05)
+                tg.cancel_scope.cancel()
+        finally:
+            endpoints.hangups.close()
+            node.close()
+
+    try:
+        with asyncio.Runner(loop_factory=config.get_loop_factory()) as runner:  # uvloop when installed
+            runner.run(main())
+    except Exception:
+        log.exception("worker %d crashed", index)
+        return 1 if ready else BOOT_ERROR
+    return 0
