@@ -56,14 +56,14 @@ def parse_settings(argv: list[str]) -> Settings:
         raise SystemExit(2)
     raw = {name: value for name, value in vars(args).items() if name != "command" and value is not None}
     try:
-        parsed = {}
+        parsed: dict[str, object] = {}
         for option in options():
             if option.name in raw:
                 try:
                     parsed[option.name] = option.parse(raw[option.name])
                 except ValueError:
                     raise ConfigError(f"{option.flag} has a bad value: {raw[option.name]!r}") from None
-        return Settings.from_env(**parsed)
+        return Settings.from_env(None, **parsed)
     except ConfigError as exc:
         sys.stderr.write(f"ringpipe: error: {exc}\n")
         raise SystemExit(2) from None

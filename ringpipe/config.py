@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import MISSING, dataclass, field, fields
-from typing import Any, Final
+from typing import Any, Final, TypeGuard
 
 __all__ = ["LOG_LEVELS", "ConfigError", "Option", "Settings", "options"]
 
@@ -40,6 +40,11 @@ def _cpu_count() -> int:
         return len(os.sched_getaffinity(0))
     except (AttributeError, OSError):  # pragma: no cover - non-Linux
         return os.cpu_count() or 1
+
+
+def _is_int(value: object) -> TypeGuard[int]:
+    """An int that is not a bool (``True`` is an int to Python, never a port to a user)."""
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _is_power_of_two(value: int) -> bool:
@@ -94,9 +99,7 @@ class Settings:
             key = "RINGPIPE_" + spec.name.upper()
             if spec.metadata.get("env", True) and key in env:
                 values[spec.name] = _parse(spec.name, env[key], key)
-        for name, value in overrides.items():
-            if value is not None:
-                values[name] = value
+        values.update({name: value for name, value in overrides.items() if value is not None})
         return cls(**values)  # type: ignore[arg-type]
 
     @property
@@ -106,27 +109,29 @@ class Settings:
 
 
 def _check_port(value: object) -> str | None:
-    return None if isinstance(value, int) and 0 <= value <= 65535 else f"must be 0..65535 (got {value!r})"
+    return None if _is_int(value) and 0 <= value <= 65535 else f"must be 0..65535 (got {value!r})"
 
 
 def _check_workers(value: object) -> str | None:
-    return None if isinstance(value, int) and 1 <= value <= 256 else f"must be 1..256 (got {value!r})"
+    return None if _is_int(value) and 1 <= value <= 256 else f"must be 1..256 (got {value!r})"
 
 
 def _check_ring(value: object) -> str | None:
-    if not isinstance(value, int) or not _is_power_of_two(value) or not MIN_RING_BYTES <= value <= MAX_RING_BYTES:
+    if not _is_int(value) or not _is_power_of_two(value) or not MIN_RING_BYTES <= value <= MAX_RING_BYTES:
         return f"must be a power of two from {MIN_RING_BYTES} to {MAX_RING_BYTES} (got {value!r})"
     return None
 
 
 def _check_receivers(value: object) -> str | None:
-    if isinstance(value, int) and 1 <= value <= MAX_RECEIVERS_CEILING:
+    if _is_int(value) and 1 <= value <= MAX_RECEIVERS_CEILING:
         return None
     return f"must be 1..{MAX_RECEIVERS_CEILING} (got {value!r})"
 
 
 def _check_graceful(value: object) -> str | None:
-    return None if isinstance(value, (int, float)) and value >= 0 else f"must be >= 0 (got {value!r})"
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < float("inf"):
+        return None
+    return f"must be a finite number >= 0 (got {value!r})"
 
 
 def _check_level(value: object) -> str | None:

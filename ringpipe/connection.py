@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import select
 from collections.abc import Callable
-from typing import Any, Final
+from typing import Any, Final, cast
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
@@ -55,7 +55,7 @@ class Connection:
             await self.lost.wait()
 
 
-class RingpipeHttpProtocol(HttpToolsProtocol):  # type: ignore[misc]
+class RingpipeHttpProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol, exposing a ``Connection`` to the app through the scope."""
 
     _rp_connection: Connection | None = None
@@ -71,7 +71,7 @@ class RingpipeHttpProtocol(HttpToolsProtocol):  # type: ignore[misc]
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        scope: dict[str, Any] = self.scope
+        scope = cast("dict[str, Any]", self.scope)
         scope["extensions"] = {EXTENSION: self._rp_connection}
 
 

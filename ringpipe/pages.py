@@ -7,9 +7,9 @@ answers 404.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
+import anyio
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, PlainTextResponse, Response
@@ -63,6 +63,18 @@ Whoever comes first waits; bytes flow live with backpressure; nothing is stored.
 """
 
 
+async def _answers(path: Path) -> bool:
+    """True when a worker's control listener accepts a connection (it is up and meshed)."""
+    with anyio.move_on_after(1.0):
+        try:
+            stream = await anyio.connect_unix(path)
+        except OSError:
+            return False
+        await stream.aclose()
+        return True
+    return False
+
+
 def build_pages(runtime_dir: Path | None, workers: int) -> Starlette:
     async def index(request: Request) -> Response:
         url = base_url(request)
@@ -94,7 +106,7 @@ def build_pages(runtime_dir: Path | None, workers: int) -> Starlette:
     async def readyz(request: Request) -> Response:
         if runtime_dir is None:
             return PlainTextResponse("ready\n")
-        missing = [i for i in range(workers) if not os.path.exists(socket_path(runtime_dir, i))]
+        missing = [i for i in range(workers) if not await _answers(socket_path(runtime_dir, i))]
         if missing:
             return PlainTextResponse(f"not ready: workers {missing} are starting\n", status_code=503)
         return PlainTextResponse("ready\n")

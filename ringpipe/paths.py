@@ -22,7 +22,9 @@ RESERVED_PATHS: Final = frozenset(
     {"/", "/noscript", "/help", "/version", "/favicon.ico", "/robots.txt", "/metrics", "/healthz", "/readyz"}
 )
 
-_JS_INT = re.compile(r"\s*([+-]?\d+)")
+#: JavaScript's whitespace set (not Python's ``\s``) then ASCII digits only (not ``\d``,
+#: which would accept Arabic-Indic and other Unicode digits that parseInt rejects).
+_JS_INT = re.compile("[\t\n\v\f\r \u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\ufeff]*([+-]?[0-9]+)")
 
 
 def normalize_path(raw_path: bytes) -> str:

@@ -209,7 +209,7 @@ def decode(buffer: bytes | bytearray | memoryview) -> tuple[list[Frame], int]:
             break
         try:
             raw = json.loads(bytes(view[pos + HEADER.size : end]))
-        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError, huge ints
             raise _bad(str(exc)) from None
         frame = _from_json(FRAME_TYPES[code], raw)
         frames.append(typing.cast(Frame, frame))

@@ -100,7 +100,7 @@ def segment_name(supervisor_pid: int, owner_pid: int, relay_id: int) -> str:
 
 def sweep(prefix: str) -> list[str]:
     """Unlink every segment whose name starts with ``prefix``; return the names removed."""
-    removed = []
+    removed: list[str] = []
     try:
         names = os.listdir(SHM_DIR)
     except OSError:  # pragma: no cover - no /dev/shm
@@ -143,6 +143,14 @@ def _round_up(value: int, multiple: int) -> int:
     return -(-value // multiple) * multiple
 
 
+def _buffer(shm: shared_memory.SharedMemory) -> memoryview:
+    """The mapped bytes of an open segment (typeshed allows None once closed)."""
+    buf = shm.buf
+    if buf is None:  # pragma: no cover - only after close()
+        raise ValueError(f"segment {shm.name!r} is closed")
+    return buf
+
+
 class RingSegment:
     """One pipe's ring in shared memory, seen from one process (writer, reader or owner)."""
 
@@ -150,7 +158,8 @@ class RingSegment:
         self._shm = shm
         self.owned = owned
         self.name = shm.name
-        words = shm.buf.cast("Q")
+        buf = _buffer(shm)
+        words = buf.cast("Q")
         if words[_W_MAGIC] != MAGIC:
             shm.close()
             raise ValueError(f"segment {shm.name!r} is not a ringpipe ring")
@@ -158,8 +167,8 @@ class RingSegment:
         self.n_readers = int(words[_W_READERS])
         self._data_offset = int(words[_W_DATA])
         words.release()
-        self._words: memoryview | None = shm.buf[: self._data_offset].cast("Q")
-        self._data: memoryview | None = shm.buf[self._data_offset : self._data_offset + self.capacity]
+        self._words: memoryview | None = buf[: self._data_offset].cast("Q")
+        self._data: memoryview | None = buf[self._data_offset : self._data_offset + self.capacity]
         self._cached_slowest = 0
 
     # -- lifecycle --
@@ -170,7 +179,7 @@ class RingSegment:
             raise ValueError(f"bad ring shape: capacity={capacity}, n_readers={n_readers}")
         data_offset = _round_up(64 * (2 + n_readers), 4096)
         shm = _open(name, create=True, size=data_offset + capacity)
-        words = shm.buf.cast("Q")
+        words = _buffer(shm).cast("Q")
         words[_W_CAPACITY] = capacity
         words[_W_READERS] = n_readers
         words[_W_DATA] = data_offset

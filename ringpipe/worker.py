@@ -43,7 +43,7 @@ BOOT_ERROR: Final = 3
 _SIGNALS: Final = (signal.SIGINT, signal.SIGTERM)
 
 
-class _WorkerServer(uvicorn.Server):  # type: ignore[misc]
+class _WorkerServer(uvicorn.Server):
     """uvicorn's server with ringpipe's signal handling: drain, and never re-raise the signal."""
 
     def __init__(self, config: uvicorn.Config, on_stop: Callable[[], None]) -> None:

@@ -158,7 +158,7 @@ async def put(
         resp = await read_body(reader, Response(status, head_in))
         try:
             await asyncio.wait_for(upload_task, 5)
-        except (ConnectionError, asyncio.TimeoutError):
+        except (TimeoutError, ConnectionError):
             pass
         return resp
     finally:

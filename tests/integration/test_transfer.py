@@ -359,9 +359,7 @@ def test_expect_100_continue_is_answered_at_once(server: Server) -> None:
         receiver = asyncio.create_task(get(server.port, path))
         await settle()
         reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
-        writer.write(
-            f"PUT {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n".encode()
-        )
+        writer.write(f"PUT {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n".encode())
         await writer.drain()
         first = await asyncio.wait_for(reader.readline(), 5)  # before any body byte is sent
         writer.write(b"hello")

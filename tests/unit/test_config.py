@@ -156,7 +156,7 @@ def test_unparsable_env_names_the_variable(env: dict[str, str], message: str) ->
         ({"port": 65536}, "--port must be 0..65535 (got 65536)"),
         ({"port": -1}, "--port must be 0..65535 (got -1)"),
         ({"port": "80"}, "--port must be 0..65535 (got '80')"),
-        ({"graceful_timeout": -1}, "--graceful-timeout must be >= 0 (got -1)"),
+        ({"graceful_timeout": -1}, "--graceful-timeout must be a finite number >= 0 (got -1)"),
     ],
 )
 def test_validation_messages(kwargs: dict[str, object], message: str) -> None:

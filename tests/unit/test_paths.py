@@ -172,11 +172,6 @@ def test_parse_int_like_js(text: str, expected: int | None) -> None:
         pytest.param("\ufeff7", 7, id="bom-is-js-whitespace"),
     ],
 )
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: the regex uses Unicode \\d and \\s; JS parseInt only takes ASCII 0-9 and its own "
-    "whitespace set (which includes U+FEFF but not U+001C..U+001F or U+0085)",
-)
 def test_parse_int_like_js_non_ascii(text: str, js_result: int | None) -> None:
     """parseInt('\\uff13') is NaN in JavaScript; ringpipe must not read it as 3."""
     assert parse_int_like_js(text) == js_result

@@ -197,12 +197,6 @@ def test_malformed_frames_raise_control_protocol_error(wire: bytes) -> None:
         decode(wire)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ValueError,
-    reason="BUG: json.loads raises plain ValueError (int string conversion limit, > 4300 digits), "
-    "which decode() does not turn into ControlProtocolError",
-)
 def test_huge_integer_is_a_control_protocol_error() -> None:
     """decode() is total even for an integer literal past CPython's int-conversion digit limit."""
     payload = b'{"worker": ' + b"1" * 5000 + b', "pid": 2}'
