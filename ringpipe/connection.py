@@ -44,6 +44,15 @@ class Connection:
         if not self.transport.is_closing():
             self.transport.write(data)
 
+    async def abort(self) -> None:
+        """Drop the connection now (RST); returns once the server has seen it go.
+
+        Waiting for ``connection_lost`` marks the request as disconnected in uvicorn, so an
+        app that returns without finishing its response is not logged as a server error.
+        """
+        self.transport.abort()
+        await self.lost.wait()
+
     async def close(self, *, flush_timeout: float = 1.0) -> None:
         """Close after flushing what is buffered (FIN); abort if the peer will not take it."""
         if not self.transport.is_closing():

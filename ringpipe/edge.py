@@ -190,6 +190,7 @@ class PipeEndpoints:
                     return None
                 elif isinstance(item, Hangup):
                     log.info("waiting sender left", extra={"path": party.path})
+                    await conn.abort()
                     return None
             return None
         finally:

@@ -143,11 +143,15 @@ async def put(
 
     async def upload() -> None:
         writer.write(_request_head(method, path, port, head, version))
-        async for chunk in _body_source(body):
-            if not chunk:
-                continue
-            writer.write((b"%x\r\n" % len(chunk) + chunk + b"\r\n") if chunked else chunk)
-            await writer.drain()
+        try:
+            async for chunk in _body_source(body):
+                if not chunk:
+                    continue
+                writer.write((b"%x\r\n" % len(chunk) + chunk + b"\r\n") if chunked else chunk)
+                await writer.drain()
+        except BaseException:
+            writer.transport.abort()  # a body source that fails is a sender that vanished
+            raise
         if chunked:
             writer.write(b"0\r\n\r\n")
         await writer.drain()

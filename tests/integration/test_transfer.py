@@ -12,7 +12,7 @@ from tests.pipeclient import Response, get, pattern, put
 
 
 def run(coro):  # type: ignore[no-untyped-def]
-    return asyncio.run(asyncio.wait_for(coro, 120))
+    return asyncio.run(asyncio.wait_for(coro, 60))
 
 
 def fresh() -> str:
@@ -154,9 +154,17 @@ def test_conflicts_leave_waiting_parties_unharmed(server: Server) -> None:
         second = asyncio.create_task(get(server.port, path + "?n=2"))
         await settle()
         refusals.append(await get(server.port, path + "?n=2"))  # a third receiver for n=2
-        sender = asyncio.create_task(put(server.port, path + "?n=2", data))
+        halfway = asyncio.Event()
+
+        async def paused_body() -> AsyncIterator[bytes]:
+            yield data[:25_000]
+            await halfway.wait()  # keep the pipe established while the late sender knocks
+            yield data[25_000:]
+
+        sender = asyncio.create_task(put(server.port, path + "?n=2", paused_body()))
         await settle()
         refusals.append(await put(server.port, path + "?n=2", b"y"))  # path established by now
+        halfway.set()
         return refusals, await sender, [await waiting, await second]
 
     refusals, log, got = run(scenario())
@@ -340,9 +348,10 @@ def test_all_receivers_leaving_ends_the_sender_and_frees_the_path(server: Server
         await settle()
         log = await put(server.port, path, endless())
         await asyncio.gather(*quitters)
-        receiver = asyncio.create_task(get(server.port, path))
+        free_again = path.split("?")[0]  # the path is free: a new pipe with another n may use it
+        receiver = asyncio.create_task(get(server.port, free_again))
         await settle()
-        await put(server.port, path.replace("n=2", "n=1").split("?")[0] + "?n=1", b"again")
+        await put(server.port, free_again, b"again")
         return log, await receiver
 
     log, again = run(scenario())
