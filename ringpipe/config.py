@@ -168,10 +168,16 @@ _PARSERS: Final[dict[str, Callable[[str], object]]] = {
 
 
 def _parse(name: str, text: str, source: str) -> object:
+    """Parse and check one value from ``source`` (a variable name), naming it in any error."""
     try:
-        return _PARSERS.get(name, str)(text)
+        value = _PARSERS.get(name, str)(text)
     except ValueError:
         raise ConfigError(f"{source} has a bad value: {text!r}") from None
+    validator = _VALIDATORS.get(name)
+    problem = validator(value) if validator else None
+    if problem:
+        raise ConfigError(f"{source} {problem}")
+    return value
 
 
 @dataclass(frozen=True, slots=True)

@@ -84,12 +84,18 @@ def receiver_headers(scope: Scope) -> tuple[tuple[str, str], ...]:
     return tuple(out)
 
 
+def worker_header(index: int) -> tuple[bytes, bytes]:
+    """``Ringpipe-Worker``: which worker process served this party (for operators and tests)."""
+    return (b"ringpipe-worker", str(index).encode())
+
+
 class SenderLog:
     """The sender's response: a live log of ``[INFO]`` lines (one body at the end for HTTP/1.0)."""
 
-    def __init__(self, send: Send, *, http10: bool) -> None:
+    def __init__(self, send: Send, *, http10: bool, worker: int) -> None:
         self._send = send
         self._http10 = http10
+        self._headers = [*TEXT_HEADERS, worker_header(worker)]
         self._held: list[bytes] = []
         self.started = False
         self.ended = False
@@ -97,7 +103,7 @@ class SenderLog:
     async def start(self) -> None:
         self.started = True
         if not self._http10:
-            await self._send({"type": "http.response.start", "status": 200, "headers": TEXT_HEADERS})
+            await self._send({"type": "http.response.start", "status": 200, "headers": self._headers})
 
     async def line(self, text: str) -> None:
         data = (text + "\n").encode()
@@ -111,7 +117,7 @@ class SenderLog:
         self.ended = True
         if self._http10:
             body = b"".join(self._held)
-            headers = [*TEXT_HEADERS, (b"content-length", str(len(body)).encode())]
+            headers = [*self._headers, (b"content-length", str(len(body)).encode())]
             await self._send({"type": "http.response.start", "status": 200, "headers": headers})
             await self._send({"type": "http.response.body", "body": body})
         else:
@@ -152,7 +158,7 @@ class PipeEndpoints:
             return
         conn: Connection = scope["extensions"][EXTENSION]
         party = self.node.open_party(path, Role.SENDER, n, receiver_headers(scope))
-        out = SenderLog(send, http10=scope.get("http_version") == "1.0")
+        out = SenderLog(send, http10=scope.get("http_version") == "1.0", worker=self.node.index)
         try:
             start = await self._sender_wait(scope, send, conn, party, out)
             if start is not None:
@@ -313,6 +319,7 @@ class PipeEndpoints:
         completed = False
         try:
             headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in start.receiver_headers]
+            headers.append(worker_header(self.node.index))
             await send({"type": "http.response.start", "status": 200, "headers": headers})
             async with anyio.create_task_group() as tg:
                 tg.start_soon(_cancel_on_inbox, party, tg.cancel_scope)

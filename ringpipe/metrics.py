@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 
+import anyio.to_thread
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     REGISTRY,
@@ -23,7 +24,8 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client import multiprocess as _multiprocess
-from starlette.types import Receive, Scope, Send
+from starlette.requests import Request
+from starlette.responses import Response
 
 __all__ = [
     "BYTES_IN",
@@ -68,14 +70,7 @@ def mark_process_dead(pid: int) -> None:
         _multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
 
 
-async def metrics_endpoint(scope: Scope, receive: Receive, send: Send) -> None:
-    """Raw ASGI ``GET /metrics``."""
-    body = render()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 200,
-            "headers": [(b"content-type", CONTENT_TYPE_LATEST.encode()), (b"content-length", str(len(body)).encode())],
-        }
-    )
-    await send({"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else body})
+async def metrics_endpoint(request: Request) -> Response:
+    """``GET /metrics``: every worker's samples merged (the files are read off the event loop)."""
+    body = await anyio.to_thread.run_sync(render)
+    return Response(body, media_type=CONTENT_TYPE_LATEST)

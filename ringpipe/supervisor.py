@@ -57,6 +57,8 @@ class Supervisor:
         self.pid = os.getpid()
         self.workers: dict[int, int] = {}  # slot -> pid
         self.ready: set[int] = set()
+        #: Slots whose worker died and was respawned, until the new one reports ready.
+        self.replaced: set[int] = set()
         self.stopping = False
         self.force = False
         self.listener: socket.socket | None = None
@@ -154,7 +156,14 @@ class Supervisor:
         if self._ready_r in readable:
             with contextlib.suppress(BlockingIOError):
                 for line in os.read(self._ready_r, 4096).decode().split():
-                    self.ready.add(int(line))
+                    slot = int(line)
+                    self.ready.add(slot)
+                    if slot in self.replaced:
+                        self.replaced.discard(slot)
+                        log.info(
+                            "replacement worker ready",
+                            extra={"event": "worker_ready", "slot": slot, "worker_pid": self.workers.get(slot)},
+                        )
 
     # -- signals: handlers only enqueue (via the wakeup fd) --
 
@@ -254,11 +263,12 @@ class Supervisor:
                 continue
             log.error(
                 "worker died; replacing it",
-                extra={"slot": slot, "worker_pid": pid, "how": how, "rings_swept": len(swept)},
+                extra={"event": "worker_died", "slot": slot, "worker_pid": pid, "how": how, "rings_swept": len(swept)},
             )
             if os.WIFEXITED(status) and os.WEXITSTATUS(status) == BOOT_ERROR and not was_ready:
                 raise SupervisorHalt(f"worker {slot} failed to boot (exit {BOOT_ERROR})", exit_status=1)
             metrics.WORKER_RESTARTS.inc()
+            self.replaced.add(slot)
             self.spawn(slot)
 
     @staticmethod

@@ -99,16 +99,25 @@ def run_worker(
         nonlocal ready
         stopping = anyio.Event()
 
+        stop_requested = asyncio.Event()
+
         def stop() -> None:
             if not stopping.is_set():
                 log.info("draining", extra={"worker": index})
                 stopping.set()
                 node.drain()
 
-        server = _WorkerServer(config, stop)
+        async def stop_on_request() -> None:
+            # The signal handler's callback runs outside any task, where anyio (used by the
+            # mesh to send the drain's rejections) cannot run; the drain happens here instead.
+            await stop_requested.wait()
+            stop()
+
+        server = _WorkerServer(config, stop_requested.set)
         try:
             async with anyio.create_task_group() as tg:
                 await tg.start(node.mesh.run)
+                tg.start_soon(stop_on_request)
 
                 async def announce_ready() -> None:
                     nonlocal ready

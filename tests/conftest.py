@@ -70,6 +70,17 @@ class Server:
     def workers(self) -> list[int]:
         return children_of(self.pid)
 
+    def workers_by_slot(self) -> dict[int, int]:
+        """Worker pid per slot, from the supervisor's "ready" and "worker_ready" log lines."""
+        slots: dict[int, int] = {}
+        with self._cond:
+            for record in self.logs:
+                if record.get("event") == "ready":
+                    slots.update({int(k): int(v) for k, v in record["workers"].items()})  # type: ignore[attr-defined]
+                elif record.get("event") == "worker_ready":
+                    slots[int(record["slot"])] = int(record["worker_pid"])  # type: ignore[call-overload]
+        return slots
+
     def all_pids(self) -> list[int]:
         return [self.pid, *self.workers()]
 

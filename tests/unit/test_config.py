@@ -168,10 +168,10 @@ def test_validation_messages(kwargs: dict[str, object], message: str) -> None:
 
 
 def test_validation_applies_to_env_values() -> None:
-    """Values from the environment pass the same validators as flags."""
-    with pytest.raises(ConfigError, match=r"^--workers must be 1\.\.256 \(got 0\)$"):
+    """Values from the environment pass the same validators as flags, and the error names the variable."""
+    with pytest.raises(ConfigError, match=r"^RINGPIPE_WORKERS must be 1\.\.256 \(got 0\)$"):
         Settings.from_env({"RINGPIPE_WORKERS": "0"})
-    with pytest.raises(ConfigError, match=r"^--ring-bytes must be a power of two"):
+    with pytest.raises(ConfigError, match=r"^RINGPIPE_RING_BYTES must be a power of two"):
         Settings.from_env({"RINGPIPE_RING_BYTES": "3k"})
 
 
