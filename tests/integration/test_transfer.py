@@ -408,3 +408,19 @@ def test_curl_round_trip(server: Server, tmp_path) -> None:  # type: ignore[no-u
     assert sender.returncode == 0
     assert (tmp_path / "out.bin").read_bytes() == source.read_bytes()
     assert b"[INFO] All receiver(s) was/were received successfully." in sender.stdout
+
+
+def test_n_256_receivers_each_get_every_byte(server: Server) -> None:
+    path, data = fresh() + "?n=256", pattern(200_000, seed=9)
+
+    async def scenario() -> tuple[Response, list[Response]]:
+        receivers = [asyncio.create_task(get(server.port, path)) for _ in range(200)]
+        await settle()
+        sender = asyncio.create_task(put(server.port, path, data))
+        receivers += [asyncio.create_task(get(server.port, path)) for _ in range(56)]
+        return await sender, [await r for r in receivers]
+
+    log, got = run(scenario())
+    assert "[INFO] Start sending to 256 receiver(s)!" in log.text
+    assert log.text.endswith("[INFO] All receiver(s) was/were received successfully.\n")
+    assert len(got) == 256 and all(r.status == 200 and r.complete and r.body == data for r in got)
