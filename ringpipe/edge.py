@@ -27,7 +27,7 @@ from ringpipe.errors import PeerGone
 from ringpipe.node import Hangup, LocalParty, Node
 from ringpipe.paths import parse_int_like_js, query_param
 from ringpipe.protocol import Broken, Start
-from ringpipe.relay import Consumer, Producer
+from ringpipe.relay import Consumer, Ingest, Producer
 from ringpipe.rendezvous import Accepted, Finish, ReceiverAborted, ReceiverConnected, Reject, Role
 
 __all__ = ["PipeEndpoints", "reject"]
@@ -180,6 +180,7 @@ class PipeEndpoints:
                 if isinstance(item, Accepted):
                     if expects_continue:
                         conn.write_raw(CONTINUE)
+                        conn.continue_sent()
                     await out.start()
                     await out.line(f"[INFO] Waiting for {item.n} receiver(s)...")
                     if item.connected is not None:
@@ -222,22 +223,23 @@ class PipeEndpoints:
         eof = False
         vanished = False
 
+        ingest = Ingest(producer, conn)
+        buffered, ended = conn.divert_body(ingest)  # from here on the parser feeds the ring
+        if buffered:
+            ingest.feed(buffered)
+        if ended:
+            ingest.end()
+        elif conn.sink is None:  # the connection was already gone
+            ingest.lost()
+
         async def pump() -> None:
             nonlocal eof, vanished
-            while True:
-                message = await receive()
-                if message["type"] == "http.disconnect":
-                    vanished = True
-                    producer.finish(broken=True)
-                    self.node.leave(party, completed=False)
-                    tg.cancel_scope.cancel()
-                    return
-                body = message.get("body", b"")
-                if body:
-                    await producer.write(body)
-                    metrics.BYTES_IN.inc(len(body))
-                if not message.get("more_body", False):
-                    break
+            if not await ingest.run():
+                vanished = True
+                producer.finish(broken=True)
+                self.node.leave(party, completed=False)
+                tg.cancel_scope.cancel()
+                return
             producer.finish()
             eof = True
             await out.line("[INFO] Sent successfully!")
@@ -266,6 +268,9 @@ class PipeEndpoints:
                         await self._fail_log(out, conn, OWNER_LOST)
                         break
         finally:
+            if conn.sink is ingest:
+                conn.sink = None  # later body bytes, if any, are uvicorn's again
+            metrics.BYTES_IN.inc(producer.bytes_written)
             if not vanished and not eof:
                 producer.finish(broken=True)
             self.node.leave(party, completed=eof)
@@ -286,13 +291,13 @@ class PipeEndpoints:
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(_deliver_when, conn.lost.wait, party)
-                await self._receiver_life(send, conn, party)
+                await self._receiver_life(send, conn, party, http10=scope.get("http_version") == "1.0")
                 tg.cancel_scope.cancel()
         finally:
             if not party.left:
                 self.node.leave(party, completed=False)
 
-    async def _receiver_life(self, send: Send, conn: Connection, party: LocalParty) -> None:
+    async def _receiver_life(self, send: Send, conn: Connection, party: LocalParty, *, http10: bool) -> None:
         start: Start | None = None
         async for item in party.inbox:
             if isinstance(item, Start):
@@ -320,20 +325,14 @@ class PipeEndpoints:
         try:
             headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in start.receiver_headers]
             headers.append(worker_header(self.node.index))
+            if http10 and not any(k == b"content-length" for k, _ in headers):
+                conn.unframed_response()  # HTTP/1.0 has no chunks: the body ends at close
             await send({"type": "http.response.start", "status": 200, "headers": headers})
             async with anyio.create_task_group() as tg:
                 tg.start_soon(_cancel_on_inbox, party, tg.cancel_scope)
-                while True:
-                    try:
-                        data = await consumer.read()
-                    except PeerGone:
-                        break
-                    if not data:
-                        await send({"type": "http.response.body", "body": b"", "more_body": False})
-                        completed = True
-                        break
-                    await send({"type": "http.response.body", "body": data, "more_body": True})
-                    metrics.BYTES_OUT.inc(len(data))
+                completed = await _copy_out(consumer, conn)
+                if completed:
+                    await send({"type": "http.response.body", "body": b"", "more_body": False})
                 tg.cancel_scope.cancel()
         finally:
             consumer.leave(shm.DONE if completed else shm.DETACHED)
@@ -342,6 +341,40 @@ class PipeEndpoints:
             if not completed and not conn.lost.is_set():
                 with anyio.CancelScope(shield=True):
                     await conn.close()
+
+
+async def _copy_out(consumer: Consumer, conn: Connection) -> bool:
+    """Ring → socket for one receiver, zero-copy; True at the producer's clean end.
+
+    Each round sends whatever is published (up to ``READ_LIMIT``) with one ``writev`` of
+    views into the ring (plus the chunk-size line when the response is chunked) and only
+    then commits the read cursor, so the ring space stays reserved while the kernel copies.
+    """
+    chunked = conn.chunked_response
+    while True:
+        try:
+            views, next_seq = await consumer.views()
+        except PeerGone:
+            return False
+        if not views:
+            return True
+        size = sum(len(v) for v in views)
+        parts: list[memoryview | bytes] = [b"%x\r\n" % size, *views, b"\r\n"] if chunked else [*views]
+        try:
+            await conn.write_parts(parts, size + (len(parts[0]) + 2 if chunked else 0))
+        except ConnectionError:
+            return False
+        finally:
+            del parts
+            for view in views:
+                view.release()
+        consumer.commit(next_seq, size)
+        conn.account_body(size)
+        metrics.BYTES_OUT.inc(size)
+        if conn.body_left == 0:
+            # The client has the whole Content-Length and may hang up before the producer's
+            # EOF reaches us: this receiver is complete now.
+            return True
 
 
 async def _deliver_when(wait: Callable[[], Awaitable[object]], party: LocalParty) -> None:

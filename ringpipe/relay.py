@@ -27,7 +27,7 @@ from ringpipe.shm import RingSegment
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-__all__ = ["READ_LIMIT", "Consumer", "Producer", "WakeRouter"]
+__all__ = ["READ_LIMIT", "Consumer", "Ingest", "Producer", "ReadControl", "WakeRouter"]
 
 #: Bytes one consumer copies out per ``send()``: large enough to amortize per-chunk cost,
 #: small enough that a reader holds little outside the ring.
@@ -88,7 +88,18 @@ class Producer(_Endpoint):
         super().__init__(router, ring, info, -1)
         self.bytes_written = 0
 
-    async def write(self, data: bytes) -> None:
+    def offer(self, data: bytes | bytearray | memoryview) -> int:
+        """Put as much of ``data`` in the ring as fits now; return how much (0 if full)."""
+        try:
+            written = self.ring.write_nowait(data)
+        except WouldBlock:
+            return 0
+        self.sleeper.progressed()
+        self.bytes_written += written
+        self._wake_readers()
+        return written
+
+    async def write(self, data: bytes | bytearray | memoryview) -> None:
         """Put all of ``data`` in the ring, waiting for room as long as it takes."""
         view = memoryview(data)
         ring = self.ring
@@ -148,7 +159,105 @@ class Consumer(_Endpoint):
             self.bytes_read += len(data)
             return data
 
+    async def views(self) -> tuple[list[memoryview], int]:
+        """Views of the next published bytes and the cursor to ``commit`` after sending them.
+
+        No views means a clean end. The views alias the ring: release them before
+        ``commit`` (which lets the writer reuse the space).
+
+        Raises:
+            PeerGone: the producer vanished; end the response visibly broken.
+        """
+        ring, slot = self.ring, self.slot
+        while True:
+            try:
+                return ring.peek(slot, READ_LIMIT)
+            except WouldBlock:
+                ring.set_reader_waiting(slot)
+                try:
+                    return ring.peek(slot, READ_LIMIT)
+                except WouldBlock:
+                    await self.sleeper.sleep()
+
+    def commit(self, read_seq: int, size: int) -> None:
+        """``size`` bytes up to ``read_seq`` are sent: free them and wake a waiting writer."""
+        self.ring.commit_read(self.slot, read_seq)
+        self.sleeper.progressed()
+        self.bytes_read += size
+        if self.ring.take_writer_waiting():
+            self.router.wake(self.info, -1)
+
     def leave(self, status: int) -> None:
         """Stop gating the writer (detached or done) and let a sleeping writer re-check."""
         self.ring.set_reader_status(self.slot, status)
         self.router.wake(self.info, -1)
+
+
+class Ingest:
+    """The sink of a diverted sender body: HTTP parser → ring, with no await in between.
+
+    ``feed`` runs inside the parser's callback. What fits goes into the ring at once; the
+    rest waits in ``pending`` and the socket stops being read until ``run`` has moved it
+    into the ring. So at most one socket read (uvicorn reads up to 256 KiB) sits outside
+    the ring per sender, and TCP holds back the rest: backpressure without a queue.
+
+    Invariant: while ``pending`` is non-empty or ``run`` is moving it, reading is paused and
+    ``feed`` appends to ``pending`` (bytes stay in order).
+    """
+
+    def __init__(self, producer: Producer, reading: ReadControl) -> None:
+        self.producer = producer
+        self.reading = reading
+        self.pending = bytearray()
+        self.moving = False
+        self.ended = False
+        self.vanished = False
+        self.received = 0
+        self._changed = anyio.Event()
+
+    def feed(self, body: bytes) -> None:
+        self.received += len(body)
+        if self.pending or self.moving:
+            self.pending += body
+            return
+        written = self.producer.offer(body)
+        if written < len(body):
+            self.pending += memoryview(body)[written:]
+            self.reading.pause_reading()
+            self._changed.set()
+
+    def end(self) -> None:
+        self.ended = True
+        self._changed.set()
+
+    def lost(self) -> None:
+        self.vanished = True
+        self._changed.set()
+
+    async def run(self) -> bool:
+        """Move the body into the ring until it ends (True) or the sender vanishes (False)."""
+        while True:
+            if self.pending:
+                data, self.pending = self.pending, bytearray()
+                self.moving = True
+                try:
+                    await self.producer.write(data)
+                finally:
+                    self.moving = False
+                if not self.pending and not (self.ended or self.vanished):
+                    self.reading.resume_reading()
+                continue
+            if self.vanished:
+                return False
+            if self.ended:
+                return True
+            await self._changed.wait()
+            self._changed = anyio.Event()
+
+
+class ReadControl(Protocol):
+    """Pauses and resumes reading a sender's socket (``connection.Connection``)."""
+
+    def pause_reading(self) -> None: ...
+
+    def resume_reading(self) -> None: ...

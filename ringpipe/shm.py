@@ -318,6 +318,36 @@ class RingSegment:
         words[line] = plan.next_seq
         return out
 
+    def peek(self, slot: int, limit: int) -> tuple[list[memoryview], int]:
+        """Views of up to ``limit`` published bytes for reader ``slot``, without consuming them.
+
+        Returns the views (one, or two where the bytes wrap) and the ``read_seq`` that
+        ``commit_read`` must store once they have been sent; no views means clean EOF.
+        The views alias the ring: release them before ``commit_read`` lets the writer reuse
+        the space, and before ``close``.
+
+        Raises:
+            WouldBlock: nothing new yet; set ``reader_waiting``, re-check, then sleep.
+            PeerGone: the producer vanished (or its worker died); end the response broken.
+        """
+        words, area = self.words, self._data
+        assert area is not None
+        state = words[_W_STATE]
+        if state == BROKEN:
+            raise PeerGone("producer vanished")
+        read_seq = int(words[_LINE * (2 + slot)])
+        write_seq = int(words[_W_WRITE_SEQ])
+        if read_seq == write_seq:
+            if state == EOF:
+                return [], read_seq
+            raise WouldBlock("nothing published")
+        plan = ring.plan_read(read_seq=read_seq, write_seq=write_seq, capacity=self.capacity, limit=limit)
+        return [area[s.offset : s.offset + s.length] for s in plan.spans], plan.next_seq
+
+    def commit_read(self, slot: int, read_seq: int) -> None:
+        """Store reader ``slot``'s cursor: the bytes before it may now be overwritten."""
+        self.words[_LINE * (2 + slot)] = read_seq
+
     def set_reader_waiting(self, slot: int) -> None:
         self.words[_LINE * (2 + slot) + 2] = 1
 
