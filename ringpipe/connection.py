@@ -27,17 +27,26 @@ thousand waiting senders cost nothing while they wait.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import select
 from collections.abc import Callable
-from typing import Any, Final, Protocol, cast
+from typing import TYPE_CHECKING, Any, Final, Protocol, cast
 
+import httptools
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from ringpipe.chunked import BodyFraming
+from ringpipe.rawbody import RawBody
+
+if TYPE_CHECKING:
+    from ringpipe.relay import Ingest
 
 __all__ = ["EXTENSION", "BodySink", "Connection", "HangupWatcher", "RingpipeHttpProtocol"]
 
 EXTENSION: Final = "ringpipe.connection"
 _HANGUP: Final = select.EPOLLRDHUP | select.EPOLLHUP | select.EPOLLERR
+_BLANK: Final = b"\r\n\r\n"
 
 
 class BodySink(Protocol):
@@ -79,21 +88,32 @@ class Connection:
 
     # -- ingest --
 
-    def divert_body(self, sink: BodySink) -> tuple[bytes, bool]:
-        """Route the rest of the request body to ``sink``.
+    def divert_body(self, ingest: Ingest) -> None:
+        """Route the rest of the request body into ``ingest`` (and so into the ring).
 
-        Returns the body bytes uvicorn had already buffered and whether the body had
-        already ended. The caller must hand those to the ring before it next awaits: from
-        then on the parser calls ``sink.feed`` directly.
+        When the HTTP protocol held the body back at the end of the head (see
+        ``RingpipeHttpProtocol``), the socket is read straight into the ring by a
+        ``RawBody``; otherwise the parser's ``on_body`` feeds ``ingest``. Either way
+        ``ingest`` hears ``end`` or ``lost`` exactly once.
         """
-        cycle = self.protocol.cycle
+        protocol = self.protocol
+        if protocol.holding is not None:
+            protocol.start_raw_body(ingest)
+            return
+        cycle = protocol.cycle
         assert cycle is not None
-        buffered, ended = bytes(cycle.body), not cycle.more_body
+        buffered = bytes(cycle.body)
         cycle.body = bytearray()
-        if not ended and not self.lost.is_set():
-            self.sink = sink
-            self.protocol.flow.resume_reading()
-        return buffered, ended
+        if buffered:
+            ingest.feed(buffered)
+        if not cycle.more_body:
+            ingest.end()
+        elif self.lost.is_set():
+            ingest.lost()
+        else:
+            self.sink = ingest
+            if not ingest.pending:  # else the ring is full: ``Ingest.run`` resumes once it has room
+                protocol.flow.resume_reading()
 
     def pause_reading(self) -> None:
         self.protocol.flow.pause_reading()
@@ -193,17 +213,98 @@ def _rest(parts: list[memoryview | bytes], skip: int) -> bytes:
 class RingpipeHttpProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with a ``Connection`` in the scope and the hot-path hooks.
 
+    Body hold-back: while a request head is expected, each read is split at the first
+    blank line, and the head alone is fed to the parser. If that head is a would-be pipe
+    sender (PUT/POST with a plain ``Content-Length`` or ``chunked`` body), the bytes after
+    it are kept in ``holding`` and reading pauses: the parser never sees the body, so the
+    app can have it read straight into the ring (``start_raw_body``), or, if the app
+    answers without reading it, it is given back to the parser once the response is done.
+    Splitting a read in two never changes what the parser makes of it; the hold-back only
+    decides where body bytes go.
+
     The transport's write buffer limits are (0, 0), so ``resume_writing`` means exactly
     "nothing buffered", which ``Connection.write_parts`` waits for. uvicorn's own writes
     (status lines, logs) are small and unaffected.
     """
 
     _rp_connection: Connection | None = None
+    #: Body bytes read past a held-back head; None when nothing is held.
+    holding: bytearray | None = None
+    _framing: BodyFraming | None = None
+    _at_head = True
+    _splitting = False
+    _tail = b""
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         transport.set_write_buffer_limits(high=0, low=0)
         self._rp_connection = Connection(transport, self)
+
+    def data_received(self, data: bytes) -> None:
+        if self.holding is not None:
+            self.holding += data
+            self.flow.pause_reading()
+            return
+        if self._at_head:
+            end = _head_end(self._tail, data)
+            if end < 0:
+                self._tail = (self._tail + data)[-3:]
+            else:
+                self._tail = b""
+                self._splitting = True
+                try:
+                    super().data_received(data[:end])
+                finally:
+                    self._splitting = False
+                if self._framing is not None:
+                    self.holding = bytearray(data[end:])
+                    self.flow.pause_reading()
+                    return
+                data = data[end:]
+                if not data:
+                    return
+        super().data_received(data)
+
+    def on_headers_complete(self) -> None:
+        super().on_headers_complete()
+        self._at_head = False
+        if self._splitting and not self.pipeline and self.cycle is not None and not self.cycle.response_complete:
+            self._framing = _sender_framing(self.scope["method"], self.headers)
+
+    def start_raw_body(self, ingest: Ingest) -> None:
+        """Read the held-back body straight into the ring (see ``rawbody.py``)."""
+        held, framing = self.holding, self._framing
+        assert held is not None and framing is not None
+        self.holding = self._framing = None
+        raw = RawBody(self, ingest, framing)
+        if raw.take(bytes(held)):
+            return  # the whole body had already arrived
+        if self._rp_connection is not None and self._rp_connection.lost.is_set():
+            ingest.lost()
+            return
+        self.transport.set_protocol(raw)
+        if not ingest.pending:  # else the ring is full: ``Ingest.run`` resumes once it has room
+            self.flow.resume_reading()
+
+    def end_raw_body(self, raw: RawBody, leftover: bytes) -> None:
+        """The raw body ended: take the transport back, with a parser at a message boundary."""
+        if self.transport.get_protocol() is raw:
+            self.transport.set_protocol(self)
+        self.parser = httptools.HttpRequestParser(self)
+        with contextlib.suppress(AttributeError):  # httptools < 0.6.2
+            self.parser.set_dangerous_leniencies(lenient_data_after_close=True)
+        self._at_head, self._tail = True, b""
+        if self.cycle is not None:
+            self.cycle.more_body = False
+            self.cycle.message_event.set()
+        if leftover:
+            self.data_received(leftover)
+
+    def on_response_complete(self) -> None:
+        held, self.holding, self._framing = self.holding, None, None
+        super().on_response_complete()
+        if held:  # the app answered without reading the body: the parser takes it now
+            self.data_received(bytes(held))
 
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
@@ -228,6 +329,7 @@ class RingpipeHttpProtocol(HttpToolsProtocol):
             super().on_body(body)
 
     def on_message_complete(self) -> None:
+        self._at_head, self._tail = True, b""
         conn = self._rp_connection
         if conn is not None and conn.sink is not None:
             sink, conn.sink = conn.sink, None
@@ -238,6 +340,46 @@ class RingpipeHttpProtocol(HttpToolsProtocol):
         super().resume_writing()
         if self._rp_connection is not None:
             self._rp_connection.drained.set()
+
+
+def _head_end(tail: bytes, data: bytes) -> int:
+    """Where in ``data`` the first blank line ends (CRLF CRLF, possibly begun in ``tail``)."""
+    for k in (3, 2, 1):
+        if tail.endswith(_BLANK[:k]) and data.startswith(_BLANK[k:]):
+            return 4 - k
+    found = data.find(_BLANK)
+    return -1 if found < 0 else found + 4
+
+
+def _sender_framing(method: str, headers: list[tuple[bytes, bytes]]) -> BodyFraming | None:
+    """The body framing of a request whose body may go straight into a ring, else None.
+
+    Only PUT/POST with a plain ``Content-Length`` (> 0) or ``Transfer-Encoding: chunked``
+    body qualify; multipart forms and other encodings take uvicorn's path.
+    """
+    if method not in ("PUT", "POST"):
+        return None
+    length: int | None = None
+    chunked = False
+    for name, value in headers:
+        if name == b"content-length":
+            try:
+                length = int(value)
+            except ValueError:
+                return None
+        elif name == b"transfer-encoding":
+            if value.strip().lower() != b"chunked":
+                return None
+            chunked = True
+        elif name == b"content-type" and value.lower().startswith(b"multipart/"):
+            return None
+        elif name == b"upgrade":
+            return None
+    if chunked:
+        return BodyFraming(content_length=None) if length is None else None
+    if length is not None and length > 0:
+        return BodyFraming(content_length=length)
+    return None
 
 
 class HangupWatcher:

@@ -224,13 +224,7 @@ class PipeEndpoints:
         vanished = False
 
         ingest = Ingest(producer, conn)
-        buffered, ended = conn.divert_body(ingest)  # from here on the parser feeds the ring
-        if buffered:
-            ingest.feed(buffered)
-        if ended:
-            ingest.end()
-        elif conn.sink is None:  # the connection was already gone
-            ingest.lost()
+        conn.divert_body(ingest)  # from here on the body flows into the ring
 
         async def pump() -> None:
             nonlocal eof, vanished

@@ -53,6 +53,7 @@ from ringpipe.rendezvous import (
     Role,
     WorkerGone,
 )
+from ringpipe.wakeup import WakeChannel
 
 __all__ = ["Hangup", "InboxItem", "LocalParty", "Node"]
 
@@ -115,6 +116,7 @@ class Node:
             on_peer_gone=self.on_peer_gone,
             on_peer_unreachable=self.on_peer_unreachable,
         )
+        self.wakes = WakeChannel(runtime_dir, index, self._wake_local)
 
     # -- participant side --
 
@@ -149,19 +151,20 @@ class Node:
     def wake(self, info: RelayInfo, slot: int) -> None:
         worker = info.producer if slot < 0 else info.readers[slot]
         if worker == self.index:
-            callback = self._wakers.get((info.segment, slot))
-            if callback is not None:
-                callback()
+            self._wake_local(info.segment, slot)
         else:
-            self.mesh.send(worker, Wake(info.segment, slot))
+            self.wakes.send(worker, info.segment, slot)
+
+    def _wake_local(self, segment: str, slot: int) -> None:
+        callback = self._wakers.get((segment, slot))
+        if callback is not None:
+            callback()
 
     # -- frames in --
 
     def on_frame(self, sender: int, frame: Frame) -> None:
         if isinstance(frame, Wake):
-            callback = self._wakers.get((frame.segment, frame.slot))
-            if callback is not None:
-                callback()
+            self._wake_local(frame.segment, frame.slot)
         elif isinstance(frame, (Join, Leave)):
             self._apply(self.rendezvous.handle(frame))
         elif isinstance(frame, Hello):
@@ -262,6 +265,7 @@ class Node:
 
     def close(self) -> None:
         """Unlink every ring this node owns (worker exit)."""
+        self.wakes.close()
         for owned in self._owned.values():
             owned.ring.unlink()
             owned.ring.close()

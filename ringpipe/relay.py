@@ -99,6 +99,17 @@ class Producer(_Endpoint):
         self._wake_readers()
         return written
 
+    def free_span(self, limit: int) -> memoryview | None:
+        """Room to read a socket into (see ``RingSegment.free_span``); None when full."""
+        return self.ring.free_span(limit)
+
+    def publish(self, size: int) -> None:
+        """Make ``size`` bytes put into the last ``free_span`` visible to the readers."""
+        self.ring.publish(size)
+        self.sleeper.progressed()
+        self.bytes_written += size
+        self._wake_readers()
+
     async def write(self, data: bytes | bytearray | memoryview) -> None:
         """Put all of ``data`` in the ring, waiting for room as long as it takes."""
         view = memoryview(data)
@@ -202,7 +213,8 @@ class Ingest:
     the ring per sender, and TCP holds back the rest: backpressure without a queue.
 
     Invariant: while ``pending`` is non-empty or ``run`` is moving it, reading is paused and
-    ``feed`` appends to ``pending`` (bytes stay in order).
+    ``feed`` appends to ``pending`` (bytes stay in order). Whoever starts the flow (see
+    ``Connection.divert_body``) resumes reading only if ``pending`` is empty.
     """
 
     def __init__(self, producer: Producer, reading: ReadControl) -> None:

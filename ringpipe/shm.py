@@ -199,7 +199,10 @@ class RingSegment:
             assert self._data is not None
             self._data.release()
             self._words = self._data = None
-            self._shm.close()
+            try:
+                self._shm.close()
+            except BufferError:  # a view lent to the event loop is still alive: unmapped at GC
+                pass
 
     def unlink(self) -> None:
         try:
@@ -259,6 +262,30 @@ class RingSegment:
             done += span.length
         words[_W_WRITE_SEQ] = plan.next_seq
         return done
+
+    def free_span(self, limit: int) -> memoryview | None:
+        """A writable view of up to ``limit`` contiguous free bytes at the write position.
+
+        For reading a socket straight into the ring; ``publish`` makes what was put there
+        visible. None when the ring is full. Release the view before ``close``.
+        """
+        words, area = self.words, self._data
+        assert area is not None
+        write_seq = int(words[_W_WRITE_SEQ])
+        if write_seq - self._cached_slowest + limit > self.capacity:
+            self._cached_slowest = self._slowest_attached()
+        try:
+            plan = ring.plan_write(
+                write_seq=write_seq, slowest_read_seq=self._cached_slowest, capacity=self.capacity, size=limit
+            )
+        except WouldBlock:
+            return None
+        span = plan.spans[0]
+        return area[span.offset : span.offset + span.length]
+
+    def publish(self, size: int) -> None:
+        """Publish ``size`` bytes written into the last ``free_span`` (one 8-byte store)."""
+        self.words[_W_WRITE_SEQ] = int(self.words[_W_WRITE_SEQ]) + size
 
     def finish_writing(self, *, broken: bool = False) -> None:
         """Publish the end: EOF (clean) or BROKEN (producer vanished). Idempotent."""

@@ -117,6 +117,7 @@ def run_worker(
         try:
             async with anyio.create_task_group() as tg:
                 await tg.start(node.mesh.run)
+                node.wakes.start()
                 tg.start_soon(stop_on_request)
 
                 async def announce_ready() -> None:

@@ -18,6 +18,8 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
+import pytest
+
 from ringpipe.paths import owner_of
 from tests.conftest import Server, shm_segments
 from tests.pipeclient import Response, get, pattern, put
@@ -147,19 +149,26 @@ async def sent_when_stalled(upload: CountingUpload, settle: float = 1.5, timeout
     return last, upload.sent
 
 
+@pytest.mark.parametrize("sender_first", [False, True], ids=["receivers-first", "sender-first"])
 def test_a_stalled_receiver_stalls_the_upload_within_ring_and_socket_buffers(
-    server_factory: ServerFactory,
+    server_factory: ServerFactory, sender_first: bool
 ) -> None:
-    ring = 65_536
+    """With the sender first, more of its body is already read than the ring holds when the
+    transfer starts (the ring is only 4 KiB): the reading must stay paused until it fits."""
+    ring = 4096 if sender_first else 65_536
     server = server_factory("--workers", "2", "--ring-bytes", str(ring))
     path = fresh() + "?n=2"
     upload = CountingUpload()
 
     async def scenario() -> tuple[int, int, int, int]:
+        if sender_first:
+            sender = asyncio.create_task(put(server.port, path, upload.body()))
+            await asyncio.sleep(0.5)
         stalled, rcvbuf = await stalled_reader(server.port, path, 32_768)
         reading = asyncio.create_task(get(server.port, path))
         await asyncio.sleep(0.5)
-        sender = asyncio.create_task(put(server.port, path, upload.body()))
+        if not sender_first:
+            sender = asyncio.create_task(put(server.port, path, upload.body()))
         at_stall, later = await sent_when_stalled(upload)
         read_by_stalled = drain_now(stalled)
         stalled.close()

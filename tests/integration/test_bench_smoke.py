@@ -1,0 +1,123 @@
+"""The benchmark still runs: ``bench/run.py --quick`` against ringpipe and piping-server.
+
+It checks what the benchmark must get right whatever the machine — every scenario ran on both
+servers and every byte, record and waiting connection checked out — never a timing. The
+benchmark installs piping-server with npm on its first run (``node`` and ``npm`` on PATH).
+Every process it starts carries a marker in its environment, so the test can prove that none
+is left behind (and end those, by pid, if the benchmark itself was killed).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, shm_segments
+
+SCENARIOS = ("throughput", "fanout", "latency", "pairs", "idle", "slow-reader")
+SERVERS = ("ringpipe", "piping-server")
+MARKER = "BENCH_SMOKE_MARKER"  # not RINGPIPE_*: the benchmark strips those from ringpipe's environment
+
+
+def marked_processes(tag: str) -> list[int]:
+    """Live (non-zombie) processes whose environment carries ``MARKER=tag``."""
+    needle = f"{MARKER}={tag}".encode()
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            if needle not in Path(f"/proc/{entry}/environ").read_bytes().split(b"\0"):
+                continue
+            state = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != "Z":
+            found.append(int(entry))
+    return found
+
+
+def run_bench(tmp_path: Path, *extra: str) -> dict[str, object]:
+    out = tmp_path / "bench.json"
+    tag = uuid.uuid4().hex
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RINGPIPE_")}
+    env[MARKER] = tag
+    cmd = [sys.executable, "bench/run.py", "--quick", "--out", str(out), *extra]
+    try:
+        proc = subprocess.run(
+            cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, start_new_session=True
+        )
+        # the benchmark stops its servers itself; give the last exits a moment to be reaped
+        deadline = time.monotonic() + 10
+        while marked_processes(tag) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        left = marked_processes(tag)
+    finally:
+        for pid in marked_processes(tag):  # only what this test started (it carries our marker)
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    tail = (proc.stdout[-6000:] + "\n--- stderr ---\n" + proc.stderr[-3000:]).strip()
+    assert proc.returncode == 0, f"bench/run.py exited {proc.returncode}:\n{tail}"
+    assert not left, f"processes left behind by the benchmark: {left}\n{tail}"
+    data: dict[str, object] = json.loads(out.read_text())
+    servers = data["servers"]
+    assert isinstance(servers, dict)
+    for name, info in servers.items():
+        if name.startswith("ringpipe"):
+            assert not shm_segments(f"ringpipe-{info['pid']}-"), f"{name} left shared memory behind"
+    return data
+
+
+def check_runs(data: dict[str, object], scenarios: tuple[str, ...], servers: tuple[str, ...]) -> None:
+    assert data["status"] == 0
+    runs = data["runs"]
+    cases = data["cases"]
+    assert isinstance(runs, list) and isinstance(cases, list)
+    assert {c["scenario"] for c in cases} == set(scenarios)
+    for case in cases:
+        for server in servers:
+            mine = [r for r in runs if r["case"] == case["name"] and r["server"] == server]
+            assert mine, f"no run of {case['name']!r} on {server}"
+            for r in mine:
+                assert r["ok"], (case["name"], server, r.get("errors"))
+                assert r["verified"], (case["name"], server)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_quick_benchmark_runs_every_scenario_on_both_servers(tmp_path: Path) -> None:
+    data = run_bench(tmp_path)
+    check_runs(data, SCENARIOS, SERVERS)
+    runs = data["runs"]
+    assert isinstance(runs, list)
+    for r in runs:  # the byte checks ran, not only the timers
+        if r["scenario"] in ("throughput", "fanout"):
+            assert r["framing"] and r["n"] >= 1
+        elif r["scenario"] == "latency":
+            assert r["samples"] == r["n"] * r["records"]
+        elif r["scenario"] == "idle":
+            assert r["sampled_transfers"] > 0
+        elif r["scenario"] == "slow-reader":
+            assert r["sender_total"] and r["sender_total"] > 0
+    summary = data["summary"]
+    assert isinstance(summary, list)
+    assert {s["scenario"] for s in summary} == set(SCENARIOS)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_quick_workers_sweep(tmp_path: Path) -> None:
+    data = run_bench(tmp_path, "--workers-sweep", "1,2", "--scenarios", "pairs")
+    check_runs(data, ("pairs",), ("ringpipe w=1", "ringpipe w=2", "piping-server"))
+    sweep = data["sweep"]
+    assert isinstance(sweep, dict) and sweep, "no scaling table"

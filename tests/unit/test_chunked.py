@@ -1,0 +1,102 @@
+"""``chunked.BodyFraming`` against a plain model: any body, any chunking, any read sizes."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from ringpipe.chunked import BodyFraming, FramingError
+
+
+def encode(chunks: list[bytes], *, ext: bool = False, trailers: list[bytes] = ()) -> bytes:  # type: ignore[assignment]
+    out = bytearray()
+    for chunk in chunks:
+        out += b"%x" % len(chunk) + (b";name=value" if ext else b"") + b"\r\n" + chunk + b"\r\n"
+    out += b"0\r\n" + b"".join(t + b"\r\n" for t in trailers) + b"\r\n"
+    return bytes(out)
+
+
+def decode(framing: BodyFraming, wire: bytes, reads: list[int], direct: bool) -> tuple[bytes, bytes]:
+    """Drive ``framing`` like rawbody.py: data straight "into the ring" when it says so."""
+    data = bytearray()
+    pos = 0
+    sizes = iter(reads)
+    while pos < len(wire) and not framing.done:
+        size = next(sizes, 7)
+        if direct and framing.data_left:
+            take = min(size, framing.data_left, len(wire) - pos)
+            data += wire[pos : pos + take]
+            framing.took_data(take)
+            pos += take
+            continue
+        buf = wire[pos : pos + size]
+        spans, used = framing.feed(buf)
+        for start, end in spans:
+            data += buf[start:end]
+        pos += used
+        if used < len(buf):
+            break
+    return bytes(data), wire[pos:]
+
+
+@given(
+    chunks=st.lists(st.binary(min_size=1, max_size=300), max_size=8),
+    reads=st.lists(st.integers(1, 400), max_size=40),
+    direct=st.booleans(),
+    ext=st.booleans(),
+    trailers=st.lists(st.sampled_from([b"X-A: 1", b"Checksum: abc"]), max_size=2),
+    after=st.binary(max_size=20),
+)
+def test_any_chunking_and_any_reads_give_the_body_and_stop_at_its_end(
+    chunks: list[bytes], reads: list[int], direct: bool, ext: bool, trailers: list[bytes], after: bytes
+) -> None:
+    framing = BodyFraming(content_length=None)
+    data, rest = decode(framing, encode(chunks, ext=ext, trailers=trailers) + after, reads, direct)
+    assert framing.done
+    assert data == b"".join(chunks)
+    assert rest == after  # a pipelined next request is left untouched
+
+
+@given(body=st.binary(max_size=500), reads=st.lists(st.integers(1, 100), max_size=30), direct=st.booleans())
+def test_content_length_bodies(body: bytes, reads: list[int], direct: bool) -> None:
+    framing = BodyFraming(content_length=len(body))
+    data, rest = decode(framing, body + b"NEXT", reads, direct)
+    assert framing.done and data == body and rest == b"NEXT"
+
+
+@given(garbage=st.binary(max_size=200))
+def test_garbage_is_a_framing_error_or_incomplete_never_a_crash(garbage: bytes) -> None:
+    framing = BodyFraming(content_length=None)
+    try:
+        spans, used = framing.feed(garbage)
+    except FramingError:
+        return
+    assert 0 <= used <= len(garbage)
+    assert all(0 <= s <= e <= used for s, e in spans)
+
+
+@pytest.mark.parametrize(
+    "wire",
+    [
+        b"zz\r\n",  # not hex
+        b"\r\n",  # no digits
+        b"5\r\nhelloX\r\n",  # data longer than its size
+        b"5\nhello",  # LF without CR
+        b"1" * 17 + b"\r\n",  # size over 64 bits
+        b"5;" + b"e" * 5000 + b"\r\n",  # endless extension
+    ],
+)
+def test_malformed_framing_is_refused(wire: bytes) -> None:
+    with pytest.raises(FramingError):
+        BodyFraming(content_length=None).feed(wire)
+
+
+def test_zero_length_content_length_is_done_at_once() -> None:
+    assert BodyFraming(content_length=0).done
+
+
+def test_took_data_guards_its_invariant() -> None:
+    framing = BodyFraming(content_length=3)
+    with pytest.raises(ValueError):
+        framing.took_data(4)
