@@ -153,7 +153,19 @@ class Node:
         if worker == self.index:
             self._wake_local(info.segment, slot)
         else:
-            self.wakes.send(worker, info.segment, slot)
+            self.wakes.send(worker, info.segment, [slot])
+
+    def wake_many(self, info: RelayInfo, slots: list[int]) -> None:
+        """Wake reader ``slots``: local ones directly, remote ones one datagram per worker."""
+        remote: dict[int, list[int]] = {}
+        for slot in slots:
+            worker = info.readers[slot]
+            if worker == self.index:
+                self._wake_local(info.segment, slot)
+            else:
+                remote.setdefault(worker, []).append(slot)
+        for worker, batch in remote.items():
+            self.wakes.send(worker, info.segment, batch)
 
     def _wake_local(self, segment: str, slot: int) -> None:
         callback = self._wakers.get((segment, slot))

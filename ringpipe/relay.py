@@ -16,6 +16,7 @@ most once a second.
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING, Final, Protocol
 
 import anyio
@@ -41,30 +42,59 @@ class WakeRouter(Protocol):
 
     def wake(self, info: RelayInfo, slot: int) -> None: ...
 
+    def wake_many(self, info: RelayInfo, slots: list[int]) -> None: ...
+
     def register(self, segment: str, slot: int, callback: Callable[[], None]) -> None: ...
 
     def unregister(self, segment: str, slot: int) -> None: ...
 
 
 class _Sleeper:
-    """A resettable local event with a backing-off timeout."""
+    """A resettable wake-up flag with a backing-off timeout, on bare asyncio futures.
+
+    A ``wake`` that arrives while the owner is busy is remembered, so the next ``sleep``
+    returns at once. Built on one future and one timer handle per sleep: anyio's
+    ``move_on_after`` + ``Event`` cost several times more per wake, and a token stream with
+    16 readers sleeps and wakes thousands of times a second. Cancellation (anyio cancel
+    scopes cancel the task) interrupts the await like any other.
+    """
+
+    __slots__ = ("_future", "_timeout", "_woken")
 
     def __init__(self) -> None:
-        self._event = anyio.Event()
+        self._future: asyncio.Future[bool] | None = None
         self._timeout = WAIT_MIN_S
+        self._woken = False
 
     def wake(self) -> None:
-        self._event.set()
+        self._woken = True
+        future = self._future
+        if future is not None and not future.done():
+            future.set_result(True)
 
     def progressed(self) -> None:
         self._timeout = WAIT_MIN_S
 
     async def sleep(self) -> None:
-        with anyio.move_on_after(self._timeout) as scope:
-            await self._event.wait()
-        if scope.cancelled_caught:
+        if self._woken:
+            self._woken = False
+            return
+        loop = asyncio.get_running_loop()
+        future = self._future = loop.create_future()
+        timer = loop.call_later(self._timeout, _time_out, future)
+        try:
+            woken = await future
+        finally:
+            timer.cancel()
+            self._future = None
+        self._woken = False
+        if not woken:
             self._timeout = min(self._timeout * 2, WAIT_MAX_S)
-        self._event = anyio.Event()
+
+
+def _time_out(future: asyncio.Future[bool]) -> None:
+    if not future.done():
+        future.set_result(False)
 
 
 class _Endpoint:
@@ -136,8 +166,9 @@ class Producer(_Endpoint):
             self.router.wake(self.info, slot)
 
     def _wake_readers(self) -> None:
-        for slot in self.ring.take_sleeping_readers():
-            self.router.wake(self.info, slot)
+        slots = self.ring.take_sleeping_readers()
+        if slots:
+            self.router.wake_many(self.info, slots)
 
 
 class Consumer(_Endpoint):

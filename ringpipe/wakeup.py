@@ -51,25 +51,28 @@ class WakeChannel:
         self._loop = asyncio.get_running_loop()
         self._loop.add_reader(self._sock.fileno(), self._on_readable)
 
-    def send(self, worker: int, segment: str, slot: int) -> None:
-        """Wake ``slot`` of ring ``segment`` in ``worker`` (best effort, never blocks)."""
+    def send(self, worker: int, segment: str, slots: list[int]) -> None:
+        """Wake ``slots`` of ring ``segment`` in ``worker`` with one datagram (best effort)."""
         path = self._paths.get(worker)
         if path is None:
             path = self._paths[worker] = str(wake_socket_path(self._runtime_dir, worker)).encode()
+        message = ",".join(map(str, slots)).encode() + b" " + segment.encode()
         try:
-            self._sock.sendto(b"%d %s" % (slot, segment.encode()), path)
+            self._sock.sendto(message, path)
         except OSError:  # full, or the peer is restarting: its sleeper's timeout covers it
             pass
 
     def _on_readable(self) -> None:
         for _ in range(BATCH):
             try:
-                data = self._sock.recv(256)
+                data = self._sock.recv(4096)
             except (BlockingIOError, InterruptedError):
                 return
-            slot, _, segment = data.partition(b" ")
+            slots, _, segment = data.partition(b" ")
+            name = segment.decode(errors="replace")
             try:
-                self._deliver(segment.decode(), int(slot))
+                for slot in slots.split(b","):
+                    self._deliver(name, int(slot))
             except ValueError:
                 continue
 
