@@ -70,6 +70,25 @@ class Connection:
         self.drained = asyncio.Event()
         self.drained.set()
         self.sink: BodySink | None = None
+        self._when_lost: list[Callable[[], None]] = []
+
+    def call_when_lost(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once the connection is gone (at once if it already is)."""
+        if self.lost.is_set():
+            asyncio.get_running_loop().call_soon(callback)
+        else:
+            self._when_lost.append(callback)
+
+    def forget_when_lost(self, callback: Callable[[], None]) -> None:
+        with contextlib.suppress(ValueError):
+            self._when_lost.remove(callback)
+
+    def _gone(self) -> None:
+        self.lost.set()
+        self.drained.set()
+        callbacks, self._when_lost = self._when_lost, []
+        for callback in callbacks:
+            callback()
 
     def fileno(self) -> int:
         sock = self.transport.get_extra_info("socket")
@@ -310,8 +329,7 @@ class RingpipeHttpProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
         conn = self._rp_connection
         if conn is not None:
-            conn.lost.set()
-            conn.drained.set()
+            conn._gone()
             if conn.sink is not None:
                 sink, conn.sink = conn.sink, None
                 sink.lost()

@@ -148,6 +148,8 @@ class Mesh:
         self.peer_pids: dict[int, int] = {}
         self._task_group: anyio.abc.TaskGroup | None = None
         self._local: list[Frame] = []
+        #: Set when this worker drains (SIGTERM): peers going away is then the plan.
+        self.draining = False
 
     @property
     def task_group(self) -> anyio.abc.TaskGroup:
@@ -229,7 +231,10 @@ class Mesh:
         if (worker, pid) in self._gone:
             return
         self._gone.add((worker, pid))
-        log.warning("worker %d (pid %d) is gone; failing what depended on it", worker, pid)
+        if self.draining:  # every worker is stopping: peers leaving is expected, not a fault
+            log.info("worker %d (pid %d) left", worker, pid)
+        else:
+            log.warning("worker %d (pid %d) is gone; failing what depended on it", worker, pid)
         try:
             self._on_peer_gone(worker, pid)
         except Exception:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Awaitable, Callable
 from typing import Final
 
 import anyio
@@ -284,12 +283,15 @@ class PipeEndpoints:
             return
         conn: Connection = scope["extensions"][EXTENSION]
         party = self.node.open_party(path, Role.RECEIVER, n)
+
+        def hangup() -> None:
+            party.deliver(Hangup())
+
+        conn.call_when_lost(hangup)  # a callback, not a task: waiting receivers stay cheap
         try:
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(_deliver_when, conn.lost.wait, party)
-                await self._receiver_life(send, conn, party, http10=scope.get("http_version") == "1.0")
-                tg.cancel_scope.cancel()
+            await self._receiver_life(send, conn, party, http10=scope.get("http_version") == "1.0")
         finally:
+            conn.forget_when_lost(hangup)
             if not party.left:
                 self.node.leave(party, completed=False)
 
@@ -382,11 +384,6 @@ async def _copy_out(consumer: Consumer, conn: Connection) -> bool:
     finally:
         if unmetered:
             metrics.BYTES_OUT.inc(unmetered)
-
-
-async def _deliver_when(wait: Callable[[], Awaitable[object]], party: LocalParty) -> None:
-    await wait()
-    party.deliver(Hangup())
 
 
 async def _cancel_on_inbox(party: LocalParty, scope: anyio.CancelScope) -> None:

@@ -16,17 +16,15 @@ each affected party ends with a visible error; no other pipe is touched.
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import itertools
 import logging
-import math
 import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import anyio
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from ringpipe import metrics, shm
 from ringpipe.config import Settings
@@ -68,7 +66,53 @@ class Hangup:
 InboxItem = Frame | Hangup
 
 
-@dataclass(eq=False)
+class Inbox:
+    """A party's mailbox: frames and hang-ups in arrival order, async-iterable until closed.
+
+    A deque and at most one waiting future: the party's handler is its only reader. (anyio's
+    memory object streams did the same with several objects and a task-info lookup per
+    receive, for every one of thousands of waiting receivers.)
+    """
+
+    __slots__ = ("_closed", "_items", "_waiter")
+
+    def __init__(self) -> None:
+        self._items: collections.deque[InboxItem] = collections.deque()
+        self._waiter: asyncio.Future[None] | None = None
+        self._closed = False
+
+    def put(self, item: InboxItem) -> None:
+        if not self._closed:
+            self._items.append(item)
+            self._wake()
+
+    def close(self) -> None:
+        """No more items: pending ones are dropped and iteration stops."""
+        self._closed = True
+        self._items.clear()
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def __aiter__(self) -> Inbox:
+        return self
+
+    async def __anext__(self) -> InboxItem:
+        while not self._items:
+            if self._closed:
+                raise StopAsyncIteration
+            waiter = self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await waiter
+            finally:
+                self._waiter = None
+        return self._items.popleft()
+
+
+@dataclass(eq=False, slots=True)
 class LocalParty:
     """One sender or receiver request on this worker, between its Join and its Leave."""
 
@@ -77,15 +121,11 @@ class LocalParty:
     role: Role
     n: int
     owner: int
-    inbox: MemoryObjectReceiveStream[InboxItem]
-    _outbox: MemoryObjectSendStream[InboxItem] = field(repr=False)
+    inbox: Inbox = field(default_factory=Inbox, repr=False)
     left: bool = False
 
     def deliver(self, item: InboxItem) -> None:
-        try:
-            self._outbox.send_nowait(item)
-        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
-            pass
+        self.inbox.put(item)
 
 
 @dataclass(slots=True)
@@ -122,11 +162,8 @@ class Node:
 
     def open_party(self, path: str, role: Role, n: int, receiver_headers: Headers = ()) -> LocalParty:
         """Register a local party and ask the path's owner to let it join."""
-        outbox, inbox = anyio.create_memory_object_stream[InboxItem](math.inf)
         serial = next(self._serials)
-        party = LocalParty(
-            PartyId(self.index, self.pid, serial), path, role, n, owner_of(path, self.settings.workers), inbox, outbox
-        )
+        party = LocalParty(PartyId(self.index, self.pid, serial), path, role, n, owner_of(path, self.settings.workers))
         self.parties[serial] = party
         self.mesh.send(party.owner, Join(party.id, path, role, n, receiver_headers))
         return party
@@ -136,7 +173,6 @@ class Node:
         if not party.left:
             party.left = True
             self.parties.pop(party.id.serial, None)
-            party._outbox.close()
             party.inbox.close()
             self.mesh.send(party.owner, Leave(party.id, completed))
 
@@ -197,6 +233,7 @@ class Node:
 
     def drain(self) -> None:
         """Shutdown: turn away every party waiting on a path this node owns."""
+        self.mesh.draining = True
         self._apply(self.rendezvous.handle(Drain()))
 
     # -- owner side: carry out the rendezvous' actions --
