@@ -90,6 +90,7 @@ def run_worker(
         log_config=None,
         access_log=False,
         server_header=False,
+        proxy_headers=False,  # /help reads X-Forwarded-Proto itself; one middleware less per request
         timeout_graceful_shutdown=int(settings.graceful_timeout) or None,
         timeout_keep_alive=30,
         backlog=2048,
