@@ -23,10 +23,11 @@ from starlette.types import Message, Receive, Scope, Send
 from ringpipe import metrics, shm
 from ringpipe.connection import EXTENSION, Connection, HangupWatcher
 from ringpipe.errors import PeerGone
+from ringpipe.multipart import FirstPart, boundary_of
 from ringpipe.node import Hangup, LocalParty, Node
 from ringpipe.paths import parse_int_like_js, query_param
 from ringpipe.protocol import Broken, Start
-from ringpipe.relay import Consumer, Ingest, Producer
+from ringpipe.relay import HEADER_BLOCK, HEADER_MAGIC, Consumer, Ingest, Producer, parse_header_block
 from ringpipe.rendezvous import Accepted, Finish, ReceiverAborted, ReceiverConnected, Reject, Role
 
 __all__ = ["PipeEndpoints", "reject"]
@@ -61,21 +62,41 @@ def _header(scope: Scope, name: bytes) -> str | None:
     return values[0] if values else None
 
 
-def receiver_headers(scope: Scope) -> tuple[tuple[str, str], ...]:
-    """The response headers every receiver gets, from the sender's request (SPEC 1.1, 4)."""
+#: Internal marker in a Join's receiver headers (never sent): the sender's upload is
+#: multipart, and the first part's headers come through the ring ahead of its data.
+HEADERS_IN_RING: Final = "ringpipe-headers-in-ring"
+
+
+def _safe_content_type(value: str) -> str:
+    """text/html is relayed as text/plain, so a pipe never serves a page of our origin."""
+    match = _MIME.match(value)
+    if match and match.group(1) == "text/html":
+        return "text/plain" + match.group(2)
+    return value
+
+
+def content_headers(length: str | None, content_type: str | None, disposition: str | None) -> list[tuple[str, str]]:
     out: list[tuple[str, str]] = []
-    length = _header(scope, b"content-length")
     if length is not None:
         out.append(("content-length", length))
-    content_type = _header(scope, b"content-type")
     if content_type is not None:
-        match = _MIME.match(content_type)
-        if match and match.group(1) == "text/html":
-            content_type = "text/plain" + match.group(2)
-        out.append(("content-type", content_type))
-    disposition = _header(scope, b"content-disposition")
+        out.append(("content-type", _safe_content_type(content_type)))
     if disposition is not None:
         out.append(("content-disposition", disposition))
+    return out
+
+
+def receiver_headers(scope: Scope) -> tuple[tuple[str, str], ...]:
+    """The response headers every receiver gets, from the sender's request (SPEC 1.1, 4).
+
+    For a multipart upload (SPEC 1.4, 16) the content headers are the first part's, which
+    only the sender's worker can read: they travel in the ring (``relay.header_block``).
+    """
+    content_type = _header(scope, b"content-type")
+    if boundary_of(content_type) is not None:
+        out = [(HEADERS_IN_RING, "1")]
+    else:
+        out = content_headers(_header(scope, b"content-length"), content_type, _header(scope, b"content-disposition"))
     x_piping = _header_values(scope, b"x-piping")
     out += [("x-piping", value) for value in x_piping]
     out.append(("access-control-allow-origin", "*"))
@@ -163,7 +184,7 @@ class PipeEndpoints:
         try:
             start = await self._sender_wait(scope, send, conn, party, out)
             if start is not None:
-                await self._sender_run(receive, conn, party, out, start)
+                await self._sender_run(scope, conn, party, out, start)
         finally:
             if not party.left:
                 self.node.leave(party, completed=False)
@@ -210,7 +231,7 @@ class PipeEndpoints:
         await conn.close()
 
     async def _sender_run(
-        self, receive: Receive, conn: Connection, party: LocalParty, out: SenderLog, start: Start
+        self, scope: Scope, conn: Connection, party: LocalParty, out: SenderLog, start: Start
     ) -> None:
         n = len(start.relay.readers)
         await out.line(f"[INFO] Start sending to {n} receiver(s)!")
@@ -224,7 +245,8 @@ class PipeEndpoints:
         eof = False
         vanished = False
 
-        ingest = Ingest(producer, conn)
+        boundary = boundary_of(_header(scope, b"content-type"))
+        ingest = Ingest(producer, conn, first_part=FirstPart(boundary) if boundary else None)
         conn.divert_body(ingest)  # from here on the body flows into the ring
 
         async def pump() -> None:
@@ -233,6 +255,9 @@ class PipeEndpoints:
                 vanished = True
                 producer.finish(broken=True)
                 self.node.leave(party, completed=False)
+                if ingest.error is not None and not conn.lost.is_set():  # malformed, not gone
+                    with anyio.CancelScope(shield=True):
+                        await self._fail_log(out, conn, ingest.error)
                 tg.cancel_scope.cancel()
                 return
             producer.finish()
@@ -321,7 +346,12 @@ class PipeEndpoints:
         consumer = Consumer(self.node, ring, start.relay, start.slot)
         completed = False
         try:
-            headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in start.receiver_headers]
+            relayed: list[tuple[str, str]] | None = list(start.receiver_headers)
+            if (HEADERS_IN_RING, "1") in start.receiver_headers:
+                relayed = await _headers_from_ring(consumer, list(start.receiver_headers))
+            if relayed is None:  # the sender vanished before its part headers
+                return
+            headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in relayed]
             headers.append(worker_header(self.node.index))
             if http10 and not any(k == b"content-length" for k, _ in headers):
                 conn.unframed_response()  # HTTP/1.0 has no chunks: the body ends at close
@@ -339,6 +369,20 @@ class PipeEndpoints:
             if not completed and not conn.lost.is_set():
                 with anyio.CancelScope(shield=True):
                     await conn.close()
+
+
+async def _headers_from_ring(consumer: Consumer, relayed: list[tuple[str, str]]) -> list[tuple[str, str]] | None:
+    """A multipart upload's first-part headers, read from the head of the ring; None if the
+    producer vanished first (the receiver's connection is then closed unanswered)."""
+    try:
+        magic, size = HEADER_BLOCK.unpack(await consumer.read_exact(HEADER_BLOCK.size))
+        if magic != HEADER_MAGIC:
+            raise PeerGone("no header block at the head of the ring")
+        part = dict(parse_header_block(await consumer.read_exact(size)))
+    except PeerGone:
+        return None
+    content = content_headers(None, part.get("content-type"), part.get("content-disposition"))
+    return content + [h for h in relayed if h[0] != HEADERS_IN_RING]
 
 
 async def _copy_out(consumer: Consumer, conn: Connection) -> bool:

@@ -106,6 +106,7 @@ class RawBody(asyncio.BufferedProtocol):
         except FramingError as exc:
             log.warning("malformed request body: %s", exc)
             self._finished = True
+            self.ingest.error = f"The request body is malformed: {exc}."
             self.ingest.lost()
             self.http.transport.abort()
             return

@@ -17,18 +17,34 @@ most once a second.
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
+import struct
 from typing import TYPE_CHECKING, Final, Protocol
 
 import anyio
 
-from ringpipe.errors import WouldBlock
+from ringpipe.errors import PeerGone, WouldBlock
+from ringpipe.multipart import FirstPart, MultipartError
 from ringpipe.protocol import RelayInfo
 from ringpipe.shm import RingSegment
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-__all__ = ["READ_LIMIT", "Consumer", "Ingest", "Producer", "ReadControl", "WakeRouter"]
+log = logging.getLogger("ringpipe.relay")
+
+__all__ = [
+    "HEADER_BLOCK",
+    "READ_LIMIT",
+    "Consumer",
+    "Ingest",
+    "Producer",
+    "ReadControl",
+    "WakeRouter",
+    "header_block",
+    "parse_header_block",
+]
 
 #: Bytes one consumer copies out per ``send()``: large enough to amortize per-chunk cost,
 #: small enough that a reader holds little outside the ring.
@@ -221,6 +237,29 @@ class Consumer(_Endpoint):
                 except WouldBlock:
                     await self.sleeper.sleep()
 
+    async def read_exact(self, size: int) -> bytes:
+        """Exactly ``size`` bytes from the ring (a header block), consumed.
+
+        Raises:
+            PeerGone: the producer vanished, or ended before ``size`` bytes.
+        """
+        out = bytearray()
+        while len(out) < size:
+            views, next_seq = await self.views()
+            if not views:
+                raise PeerGone("the producer ended inside a header block")
+            want = size - len(out)
+            available = sum(map(len, views))
+            taken = 0
+            for view in views:
+                part = view[: want - taken]
+                out += part
+                taken += len(part)
+                part.release()
+                view.release()
+            self.commit(next_seq if taken == available else self.ring.read_seq(self.slot) + taken, taken)
+        return bytes(out)
+
     def commit(self, read_seq: int, size: int) -> None:
         """``size`` bytes up to ``read_seq`` are sent: free them and wake a waiting writer."""
         self.ring.commit_read(self.slot, read_seq)
@@ -248,18 +287,27 @@ class Ingest:
     ``Connection.divert_body``) resumes reading only if ``pending`` is empty.
     """
 
-    def __init__(self, producer: Producer, reading: ReadControl) -> None:
+    def __init__(self, producer: Producer, reading: ReadControl, *, first_part: FirstPart | None = None) -> None:
+        """``first_part``: relay only the first part of this multipart body, its headers first
+        (as a ``header_block``, which the receivers read before they answer)."""
         self.producer = producer
         self.reading = reading
+        self.first_part = first_part
         self.pending = bytearray()
         self.moving = False
         self.ended = False
         self.vanished = False
         self.received = 0
+        #: Why the body was refused (malformed), as the sender's log should say it.
+        self.error: str | None = None
         self._changed = anyio.Event()
 
     def feed(self, body: bytes) -> None:
         self.received += len(body)
+        if self.first_part is not None:
+            body = self._first_part_only(self.first_part, body)
+            if not body:
+                return
         if self.pending or self.moving:
             self.pending += body
             return
@@ -269,7 +317,24 @@ class Ingest:
             self.reading.pause_reading()
             self._changed.set()
 
+    def _first_part_only(self, part: FirstPart, body: bytes) -> bytes:
+        try:
+            data = part.feed(body)
+        except MultipartError as exc:
+            log.warning("malformed multipart upload: %s", exc)
+            self.first_part = None
+            self.error = f"The multipart upload is malformed: {exc}."
+            self.lost()
+            return b""
+        headers = part.take_headers()
+        return data if headers is None else header_block(headers) + data
+
     def end(self) -> None:
+        if self.first_part is not None and not self.first_part.done:
+            log.warning("multipart upload ended inside its first part")
+            self.error = "The multipart upload ended inside its first part."
+            self.lost()
+            return
         self.ended = True
         self._changed.set()
 
@@ -296,6 +361,21 @@ class Ingest:
                 return True
             await self._changed.wait()
             self._changed = anyio.Event()
+
+
+#: Marks a header block at the start of a ring (multipart uploads), then its length.
+HEADER_BLOCK: Final = struct.Struct(">3sI")
+HEADER_MAGIC: Final = b"RPH"
+
+
+def header_block(headers: list[tuple[str, str]]) -> bytes:
+    """Response headers for the receivers, carried in the ring ahead of the data."""
+    payload = json.dumps(headers).encode()
+    return HEADER_BLOCK.pack(HEADER_MAGIC, len(payload)) + payload
+
+
+def parse_header_block(payload: bytes) -> list[tuple[str, str]]:
+    return [(str(k), str(v)) for k, v in json.loads(payload)]
 
 
 class ReadControl(Protocol):
