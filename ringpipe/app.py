@@ -36,7 +36,8 @@ class RingpipeApp:
         path = normalize_path(scope.get("raw_path") or scope["path"].encode("latin-1"))
         method = scope["method"]
         if path in RESERVED_PATHS and method in ("GET", "HEAD"):
-            await self.pages(scope, receive, send)
+            # Route on the resolved path: /./help and /x/../help are /help, as in the reference.
+            await self.pages({**scope, "path": path, "raw_path": path.encode("latin-1")}, receive, send)
         elif method in ("POST", "PUT"):
             if path in RESERVED_PATHS:
                 await reject(send, 400, f"Cannot send to the reserved path '{path}'. (e.g. '/mypath123')", close=True)

@@ -1,66 +1,50 @@
-"""Reserved pages served by Starlette: ``/``, ``/help``, ``/version``, health, metrics.
+"""Reserved pages served by Starlette: ``/``, ``/noscript``, ``/help``, ``/version``, health, metrics.
 
-The full browser pages of SPEC 1.4 (send form with progress, ``/noscript``, watch view)
-are tracked in their own issue; until then ``/noscript`` stays reserved (never a pipe) and
-answers 404.
+What the pages say is in ``webpages.py``; this module picks it per request and sets the
+headers piping-server 1.12.9 sets (its exact Content-Type values, CORS only where it has
+it), plus ``/noscript``'s Content-Security-Policy with a fresh nonce per response. HEAD gets
+the same headers and no body (uvicorn drops the body of a HEAD response).
 """
 
 from __future__ import annotations
 
+import base64
+import secrets
 from pathlib import Path
 
 import anyio
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, PlainTextResponse, Response
+from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
 from ringpipe import __version__
 from ringpipe.control import socket_path
 from ringpipe.metrics import metrics_endpoint
+from ringpipe.webpages import help_text, index_html, noscript_csp, noscript_html
 
-__all__ = ["build_pages", "help_text"]
+__all__ = ["base_url", "build_pages", "help_text"]
+
+HTML = "text/html"
+TEXT = "text/plain"
 
 
 def base_url(request: Request) -> str:
+    """``scheme://host`` as the client sees us: https when served over TLS or when
+    ``X-Forwarded-Proto`` mentions https (a TLS-terminating proxy); the Host header as sent."""
     forwarded = request.headers.get("x-forwarded-proto", "")
     scheme = "https" if "https" in forwarded or request.url.scheme == "https" else "http"
     return f"{scheme}://{request.headers.get('host', 'hostname')}"
 
 
-def help_text(url: str) -> str:
-    return f"""Help for ringpipe {__version__}
-(Repository: https://github.com/ringpipe/ringpipe)
+def _page(body: str, content_type: str, headers: dict[str, str] | None = None) -> Response:
+    """Exactly ``Content-Type: <content_type>`` (Starlette would append a charset)."""
+    return Response(body.encode(), headers={"content-type": content_type, **(headers or {})})
 
-======= Get  =======
-curl {url}/mypath
 
-======= Send =======
-# Send a file
-curl -T myfile {url}/mypath
-
-# Send a text
-echo 'hello!' | curl -T - {url}/mypath
-
-# Send a directory (zip)
-zip -q -r - ./mydir | curl -T - {url}/mypath
-
-# Send a directory (tar.gz)
-tar zfcp - ./mydir | curl -T - {url}/mypath
-
-# Encryption
-## Send
-cat myfile | openssl aes-256-cbc | curl -T - {url}/mypath
-## Get
-curl {url}/mypath | openssl aes-256-cbc -d
-
-======= Many receivers =======
-curl -T myfile '{url}/mypath?n=3'   # and three times: curl '{url}/mypath?n=3'
-
-======= Reference =======
-You can use any path, e.g. /mypath, /mypath123, /mydir/mypath
-Whoever comes first waits; bytes flow live with backpressure; nothing is stored.
-"""
+def new_nonce() -> str:
+    """128 random bits, base64: a CSP nonce nobody can guess, fresh for every response."""
+    return base64.b64encode(secrets.token_bytes(16)).decode()
 
 
 async def _answers(path: Path) -> bool:
@@ -77,22 +61,23 @@ async def _answers(path: Path) -> bool:
 
 def build_pages(runtime_dir: Path | None, workers: int) -> Starlette:
     async def index(request: Request) -> Response:
-        url = base_url(request)
-        body = (
-            "<!doctype html><html lang=en><meta charset=utf-8>"
-            "<meta name=viewport content='width=device-width,initial-scale=1'>"
-            f"<title>ringpipe</title><h1>ringpipe {__version__}</h1>"
-            "<p>Stream bytes from one sender to many receivers over plain HTTP.</p>"
-            f"<pre>echo hello | curl -T - {url}/mypath\ncurl {url}/mypath</pre>"
-            "<p><a href=/help>Command-line help</a></p></html>"
+        return _page(index_html(), HTML)
+
+    async def noscript(request: Request) -> Response:
+        nonce = new_nonce()
+        body = noscript_html(
+            path=request.query_params.get("path", ""),
+            mode=request.query_params.get("mode", "file"),
+            nonce=nonce,
+            base_url=base_url(request),
         )
-        return HTMLResponse(body)
+        return _page(body, HTML, {"content-security-policy": noscript_csp(nonce)})
 
     async def help_page(request: Request) -> Response:
-        return PlainTextResponse(help_text(base_url(request)), headers={"access-control-allow-origin": "*"})
+        return _page(help_text(base_url(request)), TEXT, {"access-control-allow-origin": "*"})
 
     async def version(request: Request) -> Response:
-        return PlainTextResponse(__version__ + "\n", headers={"access-control-allow-origin": "*"})
+        return _page(__version__ + "\n", TEXT, {"access-control-allow-origin": "*"})
 
     async def favicon(request: Request) -> Response:
         return Response(status_code=204)
@@ -119,7 +104,7 @@ def build_pages(runtime_dir: Path | None, workers: int) -> Starlette:
             Route("/version", version, methods=methods),
             Route("/favicon.ico", favicon, methods=methods),
             Route("/robots.txt", not_found, methods=methods),
-            Route("/noscript", not_found, methods=methods),
+            Route("/noscript", noscript, methods=methods),
             Route("/healthz", healthz, methods=methods),
             Route("/readyz", readyz, methods=methods),
             Route("/metrics", metrics_endpoint, methods=methods),

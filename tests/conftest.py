@@ -177,20 +177,26 @@ def server_factory() -> Iterator[Callable[..., Server]]:
         return server
 
     yield factory
-    problems = []
-    for server in started:
-        workers = server.workers()
-        code = server.stop()
-        if code != 0:
-            problems.append(f"server exited {code}")
-        time.sleep(0.05)
-        alive = [p for p in workers if Path(f"/proc/{p}").exists() and "zombie" not in _state(p)]
-        if alive:
-            problems.append(f"worker processes left behind: {alive}")
-        left = shm_segments(f"ringpipe-{server.pid}-")
-        if left:
-            problems.append(f"shared-memory segments left behind: {sorted(left)}")
+    problems = [problem for server in started for problem in stop_and_check(server)]
     assert not problems, problems
+
+
+def stop_and_check(server: Server) -> list[str]:
+    """SIGTERM ``server``; what is wrong afterwards: an exit status other than 0, a worker
+    process still alive, a ``/dev/shm`` segment of it left behind."""
+    problems = []
+    workers = server.workers()
+    code = server.stop()
+    if code != 0:
+        problems.append(f"server exited {code}")
+    time.sleep(0.05)
+    alive = [p for p in workers if Path(f"/proc/{p}").exists() and "zombie" not in _state(p)]
+    if alive:
+        problems.append(f"worker processes left behind: {alive}")
+    left = shm_segments(f"ringpipe-{server.pid}-")
+    if left:
+        problems.append(f"shared-memory segments left behind: {sorted(left)}")
+    return problems
 
 
 def _state(pid: int) -> str:
