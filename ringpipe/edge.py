@@ -117,7 +117,9 @@ class SenderLog:
     def __init__(self, send: Send, *, http10: bool, worker: int) -> None:
         self._send = send
         self._http10 = http10
-        self._headers = [*TEXT_HEADERS, worker_header(worker)]
+        # nosniff: browsers would otherwise hold a text/plain response back to sniff its
+        # type, and a page showing the live log would see nothing until the upload ended.
+        self._headers = [*TEXT_HEADERS, (b"x-content-type-options", b"nosniff"), worker_header(worker)]
         self._held: list[bytes] = []
         self.started = False
         self.ended = False

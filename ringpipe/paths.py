@@ -27,26 +27,36 @@ RESERVED_PATHS: Final = frozenset(
 _JS_INT = re.compile("[\t\n\v\f\r \u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\ufeff]*([+-]?[0-9]+)")
 
 
-def normalize_path(raw_path: bytes) -> str:
-    """Resolve ``.`` and ``..`` segments of a raw request path; keep escapes and case.
+#: What a WHATWG URL parser (piping-server's ``new URL``) percent-encodes in a path: these
+#: ASCII characters and every byte above 0x7F. Keys must match the reference's, so that
+#: ``/p/{x}`` and ``/p/%7Bx%7D`` are one pipe here as there.
+_PATH_ESCAPES: Final = {c: f"%{c:02X}" for c in [*b' "<>`{}', *range(0x80, 0x100)]}
+_SINGLE_DOT: Final = frozenset({".", "%2e"})
+_DOUBLE_DOT: Final = frozenset({"..", ".%2e", "%2e.", "%2e%2e"})
 
-    ``/a/./b/../c`` becomes ``/a/c``; ``..`` never climbs above the root. Bytes that are not
-    ASCII (clients should escape them, some don't) are kept as their latin-1 characters, so
-    the mapping stays one-to-one.
+
+def normalize_path(raw_path: bytes) -> str:
+    """The pipe key of a raw request path, as piping-server's URL parser would make it.
+
+    Dot segments are resolved (``.`` and ``%2e`` alike, case-insensitive); ``..`` never
+    climbs above the root; existing escapes and case are kept; characters a URL parser
+    escapes (space, ``"<>`{}`` and non-ASCII bytes) are escaped. ``/a/./b/%2E%2e/c``
+    becomes ``/a/c``.
     """
-    text = raw_path.decode("latin-1") or "/"
+    text = (raw_path.decode("latin-1") or "/").translate(_PATH_ESCAPES)
     if not text.startswith("/"):
         text = "/" + text
-    if "." not in text:
+    if "." not in text and "%2" not in text:
         return text
     out: list[str] = []
     segments = text.split("/")[1:]
     for i, segment in enumerate(segments):
         last = i == len(segments) - 1
-        if segment == ".":
+        folded = segment.lower()
+        if folded in _SINGLE_DOT:
             if last:
                 out.append("")
-        elif segment == "..":
+        elif folded in _DOUBLE_DOT:
             if out:
                 out.pop()
             if last:
