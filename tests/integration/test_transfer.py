@@ -373,7 +373,7 @@ def test_expect_100_continue_is_answered_at_once(server: Server) -> None:
         first = await asyncio.wait_for(reader.readline(), 5)  # before any body byte is sent
         writer.write(b"hello")
         await writer.drain()
-        rest = await asyncio.wait_for(reader.read(4096), 5)
+        rest = await asyncio.wait_for(reader.readuntil(b"received successfully.\n"), 10)
         writer.close()
         return first + rest, await receiver
 
