@@ -324,25 +324,11 @@ class RingSegment:
             WouldBlock: nothing new yet; set ``reader_waiting``, re-check, then sleep.
             PeerGone: the producer vanished (or its worker died); end the response broken.
         """
-        words, area = self.words, self._data
-        assert area is not None
-        state = words[_W_STATE]
-        if state == BROKEN:
-            raise PeerGone("producer vanished")
-        line = _LINE * (2 + slot)
-        read_seq = int(words[line])
-        write_seq = int(words[_W_WRITE_SEQ])
-        if read_seq == write_seq:
-            if state == EOF:
-                return b""
-            raise WouldBlock("nothing published")
-        plan = ring.plan_read(read_seq=read_seq, write_seq=write_seq, capacity=self.capacity, limit=limit)
-        if len(plan.spans) == 1:
-            span = plan.spans[0]
-            out = bytes(area[span.offset : span.offset + span.length])
-        else:
-            out = b"".join([area[s.offset : s.offset + s.length] for s in plan.spans])
-        words[line] = plan.next_seq
+        views, next_seq = self.peek(slot, limit)
+        out = b"".join(views)
+        for view in views:
+            view.release()
+        self.commit_read(slot, next_seq)
         return out
 
     def peek(self, slot: int, limit: int) -> tuple[list[memoryview], int]:
