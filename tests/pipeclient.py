@@ -12,13 +12,10 @@ from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 
 
-@dataclass
-class Response:
-    status: int
+class HeaderLookup:
+    """Case-insensitive lookups in ``self.headers`` (lower-case names, in arrival order)."""
+
     headers: list[tuple[str, str]]
-    body: bytes = b""
-    complete: bool = False
-    chunks: list[bytes] = field(default_factory=list)
 
     def header(self, name: str) -> str | None:
         for key, value in self.headers:
@@ -28,6 +25,15 @@ class Response:
 
     def header_all(self, name: str) -> list[str]:
         return [v for k, v in self.headers if k == name.lower()]
+
+
+@dataclass
+class Response(HeaderLookup):
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes = b""
+    complete: bool = False
+    chunks: list[bytes] = field(default_factory=list)
 
     @property
     def text(self) -> str:

@@ -15,11 +15,13 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from tests.pipeclient import HeaderLookup
+
 __all__ = ["Conn", "Reply", "head", "request"]
 
 
 @dataclass
-class Reply:
+class Reply(HeaderLookup):
     """One response as it arrives; ``body`` grows while it is read."""
 
     version: str = ""
@@ -33,15 +35,6 @@ class Reply:
     started: bool = False
     #: The server closed the connection (seen while reading this reply).
     closed: bool = False
-
-    def header(self, name: str) -> str | None:
-        for key, value in self.headers:
-            if key == name.lower():
-                return value
-        return None
-
-    def header_all(self, name: str) -> list[str]:
-        return [v for k, v in self.headers if k == name.lower()]
 
     @property
     def text(self) -> str:
