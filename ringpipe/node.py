@@ -30,7 +30,7 @@ from ringpipe import metrics, shm
 from ringpipe.config import Settings
 from ringpipe.control import Mesh
 from ringpipe.paths import owner_of
-from ringpipe.protocol import Broken, Frame, Hello, RelayInfo, Start, Wake
+from ringpipe.protocol import Broken, Frame, Hello, RelayInfo, Start
 from ringpipe.rendezvous import (
     Accepted,
     Action,
@@ -211,9 +211,7 @@ class Node:
     # -- frames in --
 
     def on_frame(self, sender: int, frame: Frame) -> None:
-        if isinstance(frame, Wake):
-            self._wake_local(frame.segment, frame.slot)
-        elif isinstance(frame, (Join, Leave)):
+        if isinstance(frame, (Join, Leave)):
             self._apply(self.rendezvous.handle(frame))
         elif isinstance(frame, Hello):
             pass

@@ -9,8 +9,8 @@ Wire format of one frame (all integers big-endian)::
 
 ``type`` indexes ``FRAME_TYPES``; the JSON object maps the dataclass's field names to
 values (``PartyId`` as ``[worker, pid, serial]``, tuples as lists, enums as their value).
-JSON keeps the codec obvious and versionable; frames are small and, on the data path, only
-``Wake`` travels, and only when a reader or writer actually sleeps.
+JSON keeps the codec obvious and versionable; frames are small and never on the data path
+(bytes go through the rings, wake-ups through ``wakeup.py`` datagrams).
 
 ``decode`` is total: any input returns frames (and the unconsumed tail) or raises
 ``ControlProtocolError``; the link that sent it is then dropped.
@@ -46,7 +46,6 @@ __all__ = [
     "Hello",
     "RelayInfo",
     "Start",
-    "Wake",
     "decode",
     "encode",
 ]
@@ -98,15 +97,7 @@ class Broken:
     party: PartyId
 
 
-@dataclass(frozen=True, slots=True)
-class Wake:
-    """Peer → peer: the ring ``segment`` changed; ``slot`` (-1: the writer) should look again."""
-
-    segment: str
-    slot: int
-
-
-Frame = Hello | Join | Leave | Reject | Accepted | ReceiverConnected | ReceiverAborted | Finish | Start | Broken | Wake
+Frame = Hello | Join | Leave | Reject | Accepted | ReceiverConnected | ReceiverAborted | Finish | Start | Broken
 
 FRAME_TYPES: Final[tuple[type[Any], ...]] = (
     Hello,
@@ -119,7 +110,6 @@ FRAME_TYPES: Final[tuple[type[Any], ...]] = (
     Finish,
     Start,
     Broken,
-    Wake,
 )
 _TYPE_CODE: Final = {cls: code for code, cls in enumerate(FRAME_TYPES)}
 _HINTS: Final = {cls: typing.get_type_hints(cls) for cls in (*FRAME_TYPES, PartyId, RelayInfo)}

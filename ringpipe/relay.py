@@ -1,14 +1,13 @@
 """One live relay as seen from one worker: the producer (body → ring) and consumers (ring → socket).
 
-Backpressure is "don't ask for more": the producer calls ASGI ``receive()`` only after the
-previous chunk is wholly in the ring, so when the slowest reader is a full ring behind,
-uvicorn's 64 KiB buffer fills, uvicorn stops reading the socket, and TCP slows the uploader.
-A consumer stores its ``read_seq`` as soon as it has copied bytes out, then awaits ASGI
-``send()``, which waits while the client's socket is backed up. No byte queues in a list.
+Backpressure is "don't read more": bytes that do not fit in the ring wait in ``Ingest.pending``
+(at most one socket read) and the sender's socket is not read until they are in, so TCP
+slows the uploader. A consumer commits its ``read_seq`` only once the kernel has the bytes
+it sent from the ring, so a receiver whose socket is backed up holds the writer back.
 
 Wait strategy: a side that finds nothing to do sets its *waiting* word in the ring header,
-re-checks, and sleeps on a local event. The other side wakes it after publishing, locally if
-both live in this worker, else with a ``Wake`` frame over the control mesh. Because a
+re-checks, and sleeps on a local future. The other side wakes it after publishing, locally if
+both live in this worker, else with a datagram (``wakeup.py``). Because a
 wake-up can in theory be missed (see ``shm.py``), every sleep has a timeout that backs off
 from 0.1 s to 1 s: a missed wake costs latency, never a hang, and an idle relay wakes at
 most once a second.
@@ -193,29 +192,6 @@ class Consumer(_Endpoint):
     def __init__(self, router: WakeRouter, ring: RingSegment, info: RelayInfo, slot: int) -> None:
         super().__init__(router, ring, info, slot)
         self.bytes_read = 0
-
-    async def read(self) -> bytes:
-        """The next published bytes; ``b""`` at a clean end.
-
-        Raises:
-            PeerGone: the producer vanished; end the response visibly broken.
-        """
-        ring, slot = self.ring, self.slot
-        while True:
-            try:
-                data = ring.read_nowait(slot, READ_LIMIT)
-            except WouldBlock:
-                ring.set_reader_waiting(slot)
-                try:
-                    data = ring.read_nowait(slot, READ_LIMIT)
-                except WouldBlock:
-                    await self.sleeper.sleep()
-                    continue
-            self.sleeper.progressed()
-            if ring.take_writer_waiting():
-                self.router.wake(self.info, -1)
-            self.bytes_read += len(data)
-            return data
 
     async def views(self) -> tuple[list[memoryview], int]:
         """Views of the next published bytes and the cursor to ``commit`` after sending them.

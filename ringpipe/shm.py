@@ -25,8 +25,8 @@ sequence first and the data after; likewise a reader copies out before it stores
 ``write_seq`` before ``state``, so a reader that sees EOF also sees the final sequence.
 
 Wake-ups: a side about to sleep sets its *waiting* word, re-checks, and sleeps; the other
-side, after publishing, takes (reads and clears) the waiting words and sends a ``Wake``
-frame only to sleepers. TSO may reorder a store with a later load, so a wake-up can be
+side, after publishing, takes (reads and clears) the waiting words and wakes only those
+sleepers (``wakeup.py`` across workers). TSO may reorder a store with a later load, so a wake-up can be
 missed; sleepers therefore sleep with a timeout (``relay.py``). A missed wake costs latency,
 never a hang, and no process ever spins.
 

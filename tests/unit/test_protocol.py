@@ -24,7 +24,6 @@ from ringpipe.protocol import (
     Hello,
     RelayInfo,
     Start,
-    Wake,
     decode,
     encode,
 )
@@ -58,8 +57,6 @@ EXAMPLES: list[Frame] = [
     Start(P, INFO, 0, (("content-length", "5"),)),
     Start(P, RelayInfo("s", 4096, 1, 1, ()), -1, ()),
     Broken(P),
-    Wake("ringpipe-1-2-3", -1),
-    Wake("ringpipe-1-2-3", 255),
 ]
 
 
