@@ -235,7 +235,7 @@ def test_kill_9_of_a_worker_mid_transfer(server_factory: ServerFactory) -> None:
     workers = 3
     server = server_factory("--workers", str(workers))
     victim_slot = 1
-    pipes = 24
+    pipes = 36
     paths = [fresh() for _ in range(pipes)]
     chunk = pattern(8_192)
     chunks = 60
@@ -259,9 +259,17 @@ def test_kill_9_of_a_worker_mid_transfer(server_factory: ServerFactory) -> None:
             return None
 
     async def scenario() -> list[tuple[Response | None, list[Response | None]]]:
-        receivers = [[asyncio.create_task(receiver(p)) for _ in range(2)] for p in paths]
+        # Connections are opened a few ms apart: a burst of connects tends to be accepted by
+        # one worker, and the test needs pipes both on and off the victim.
+        receivers = []
+        for p in paths:
+            receivers.append([asyncio.create_task(receiver(p)) for _ in range(2)])
+            await asyncio.sleep(0.01)
         await asyncio.sleep(0.5)
-        senders = [asyncio.create_task(sender(p)) for p in paths]
+        senders = []
+        for p in paths:
+            senders.append(asyncio.create_task(sender(p)))
+            await asyncio.sleep(0.01)
         await asyncio.sleep(1.0)  # mid-transfer: 3 s of paced body per pipe
         victim = server.workers_by_slot()[victim_slot]
         os.kill(victim, signal.SIGKILL)
