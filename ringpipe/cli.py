@@ -35,13 +35,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     for option in options():
         env = "RINGPIPE_" + option.name.upper()
-        serve.add_argument(
-            option.flag,
-            dest=option.name,
-            metavar=option.name.upper(),
-            default=None,
-            help=f"{option.help} [env {env}; default: {option.default}]",
-        )
+        shown = "" if option.default in (None, ()) else f"; default: {option.default}"
+        help_text = f"{option.help} [env {env}{shown}]"
+        if option.kind == "flag":
+            serve.add_argument(
+                option.flag, dest=option.name, action="store_const", const="true", default=None, help=help_text
+            )
+        elif option.kind == "list":
+            serve.add_argument(
+                option.flag,
+                dest=option.name,
+                metavar=option.name.upper(),
+                action="append",
+                default=None,
+                help=help_text,
+            )
+        else:
+            serve.add_argument(option.flag, dest=option.name, metavar=option.name.upper(), default=None, help=help_text)
     return parser
 
 
@@ -60,7 +70,8 @@ def parse_settings(argv: list[str]) -> Settings:
         for option in options():
             if option.name in raw:
                 try:
-                    parsed[option.name] = option.parse(raw[option.name])
+                    value = raw[option.name]
+                    parsed[option.name] = tuple(value) if option.kind == "list" else option.parse(value)
                 except ValueError:
                     raise ConfigError(f"{option.flag} has a bad value: {raw[option.name]!r}") from None
         return Settings.from_env(None, **parsed)

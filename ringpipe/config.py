@@ -18,9 +18,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Any, Final, TypeGuard
 
-__all__ = ["LOG_LEVELS", "ConfigError", "Option", "Settings", "options"]
+__all__ = ["LOG_LEVELS", "SCOPES", "SENDER_RESPONSES", "ConfigError", "Option", "Settings", "options", "token_problem"]
 
 LOG_LEVELS: Final = ("critical", "error", "warning", "info", "debug")
+SENDER_RESPONSES: Final = ("live", "late")
+#: Token scopes (SPEC Part 4): which requests a bearer token or signed URL may make.
+SCOPES: Final = ("send", "recv", "watch", "cancel", "status", "metrics")
 
 #: Smallest ring: one 4 KiB page; below that the header would dominate the segment.
 MIN_RING_BYTES: Final = 4096
@@ -75,6 +78,75 @@ class Settings:
         metadata=_meta("On SIGTERM/SIGINT, seconds running transfers may take to finish before workers are killed."),
     )
     log_level: str = field(default="info", metadata=_meta("One of: " + ", ".join(LOG_LEVELS) + "."))
+    # -- pipes (SPEC Part 2) --
+    replay_bytes: int = field(
+        default=256 << 10,
+        metadata=_meta(
+            "Bytes of a pipe the ring keeps after every reader has read them, for watchers and resume "
+            "(capped at half of --ring-bytes)."
+        ),
+    )
+    wait_timeout: float = field(
+        default=300.0, metadata=_meta("Seconds a sender or receiver may wait for its peers (0: forever); then 408.")
+    )
+    stall_timeout: float = field(
+        default=30.0,
+        metadata=_meta(
+            "Seconds a receiver may make no progress while the writer waits on it before it is evicted "
+            "(0: never); ?stall_timeout= per pipe."
+        ),
+    )
+    reconnect_grace: float = field(
+        default=10.0, metadata=_meta("Seconds a dropped receiver's slot stays reserved for it to resume.")
+    )
+    heartbeat: float = field(
+        default=15.0, metadata=_meta("Seconds between SSE ': ping' comments and WebSocket pings while idle (0: off).")
+    )
+    sender_response: str = field(
+        default="live",
+        metadata=_meta(
+            "live: the sender's [INFO] log streams as things happen (piping-server); late: the status line and "
+            "log are sent only after the whole body is read (needed behind nginx)."
+        ),
+    )
+    # -- limits (SPEC Part 4) --
+    max_pipes: int = field(default=10_000, metadata=_meta("Pipes (waiting or established) at once; beyond: 503."))
+    max_memory: int = field(
+        default=2 << 30,
+        metadata=_meta("Total shared memory for rings, in bytes (k/M/G suffixes); beyond it new transfers get 503."),
+    )
+    max_watchers: int = field(default=1024, metadata=_meta("Watchers (?watch=1) per pipe; beyond: 503."))
+    max_connections: int = field(
+        default=10_000, metadata=_meta("Open client connections per worker; beyond: 503 and close.")
+    )
+    max_header_bytes: int = field(default=16 << 10, metadata=_meta("Largest request head, in bytes; beyond: 431."))
+    max_path_bytes: int = field(default=4096, metadata=_meta("Longest request target, in bytes; beyond: 414."))
+    header_timeout: float = field(
+        default=10.0, metadata=_meta("Seconds a connection may take to send a complete request head; then closed.")
+    )
+    # -- access control (SPEC Part 4) --
+    token: tuple[str, ...] = field(
+        default=(),
+        metadata=_meta(
+            "A bearer token NAME:SECRET:SCOPES[:PREFIX], scopes from send,recv,watch,cancel,status,metrics "
+            "(repeatable; the variable takes several separated by whitespace)."
+        ),
+    )
+    tokens_file: str | None = field(
+        default=None, metadata=_meta("File of tokens, one NAME:SECRET:SCOPES[:PREFIX] per line; re-read on SIGHUP.")
+    )
+    signing_key: str | None = field(
+        default=None,
+        metadata=_meta("Secret for signed URLs (rp_exp, rp_scope, rp_prefix, rp_sig); see `ringpipe sign`."),
+    )
+    cors_origins: str = field(
+        default="*", metadata=_meta("Origins allowed by CORS: * or a comma-separated list of origins.")
+    )
+    ssl_certfile: str | None = field(
+        default=None, metadata=_meta("TLS certificate (PEM): serve HTTPS on the same port.")
+    )
+    ssl_keyfile: str | None = field(default=None, metadata=_meta("TLS private key (PEM) for --ssl-certfile."))
+    ssl_only: bool = field(default=False, metadata=_meta("With TLS: refuse plain HTTP on the port."))
 
     def __post_init__(self) -> None:
         for spec in fields(self):
@@ -83,6 +155,10 @@ class Settings:
                 problem = validator(getattr(self, spec.name))
                 if problem:
                     raise ConfigError(f"--{spec.name.replace('_', '-')} {problem}")
+        if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
+            raise ConfigError("--ssl-certfile and --ssl-keyfile go together")
+        if self.ssl_only and self.ssl_certfile is None:
+            raise ConfigError("--ssl-only needs --ssl-certfile and --ssl-keyfile")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
@@ -101,6 +177,12 @@ class Settings:
                 values[spec.name] = _parse(spec.name, env[key], key)
         values.update({name: value for name, value in overrides.items() if value is not None})
         return cls(**values)  # type: ignore[arg-type]
+
+    @property
+    def replay_window(self) -> int:
+        """Bytes of replay a ring really keeps: ``replay_bytes``, at most half the ring, so the
+        writer always has room for new bytes."""
+        return min(self.replay_bytes, self.ring_bytes // 2)
 
     @property
     def base_url(self) -> str:
@@ -138,6 +220,42 @@ def _check_level(value: object) -> str | None:
     return None if value in LOG_LEVELS else f"must be one of {', '.join(LOG_LEVELS)} (got {value!r})"
 
 
+def _check_count(low: int, high: int) -> Callable[[object], str | None]:
+    def check(value: object) -> str | None:
+        return None if _is_int(value) and low <= value <= high else f"must be {low}..{high} (got {value!r})"
+
+    return check
+
+
+def _check_sender_response(value: object) -> str | None:
+    return None if value in SENDER_RESPONSES else f"must be one of {', '.join(SENDER_RESPONSES)} (got {value!r})"
+
+
+def _check_tokens(value: object) -> str | None:
+    if not isinstance(value, tuple):
+        return f"must be a list of NAME:SECRET:SCOPES[:PREFIX] (got {value!r})"
+    for token in value:
+        problem = token_problem(token)
+        if problem:
+            return problem
+    return None
+
+
+def token_problem(text: object) -> str | None:
+    """Why ``text`` is not a NAME:SECRET:SCOPES[:PREFIX] token (never echoing the secret), or None."""
+    if not isinstance(text, str):
+        return "must be NAME:SECRET:SCOPES[:PREFIX]"
+    parts = text.split(":", 3)
+    if len(parts) < 3 or not parts[0] or not parts[1] or not parts[2]:
+        return "must be NAME:SECRET:SCOPES[:PREFIX] (a token is malformed)"
+    unknown = set(parts[2].split(",")) - set(SCOPES)
+    if unknown:
+        return f"token {parts[0]!r} has unknown scopes {sorted(unknown)}; known: {', '.join(SCOPES)}"
+    if len(parts) == 4 and not parts[3].startswith("/"):
+        return f"token {parts[0]!r} has a prefix that does not start with '/'"
+    return None
+
+
 _VALIDATORS: Final[dict[str, Callable[[object], str | None]]] = {
     "port": _check_port,
     "workers": _check_workers,
@@ -145,6 +263,20 @@ _VALIDATORS: Final[dict[str, Callable[[object], str | None]]] = {
     "max_receivers": _check_receivers,
     "graceful_timeout": _check_graceful,
     "log_level": _check_level,
+    "replay_bytes": _check_count(0, MAX_RING_BYTES // 2),
+    "wait_timeout": _check_graceful,
+    "stall_timeout": _check_graceful,
+    "reconnect_grace": _check_graceful,
+    "heartbeat": _check_graceful,
+    "header_timeout": _check_graceful,
+    "sender_response": _check_sender_response,
+    "max_pipes": _check_count(1, 10_000_000),
+    "max_memory": _check_count(MIN_RING_BYTES, 1 << 50),
+    "max_watchers": _check_count(0, 1_000_000),
+    "max_connections": _check_count(1, 10_000_000),
+    "max_header_bytes": _check_count(1024, 1 << 20),
+    "max_path_bytes": _check_count(256, 1 << 20),
+    "token": _check_tokens,
 }
 
 
@@ -157,6 +289,20 @@ def parse_size(text: str) -> int:
     return int(raw)
 
 
+def _split_tokens(text: str) -> tuple[str, ...]:
+    return tuple(text.split())
+
+
+def parse_bool(text: str) -> bool:
+    """``1/true/yes/on`` or ``0/false/no/off`` (any case)."""
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(text)
+
+
 _PARSERS: Final[dict[str, Callable[[str], object]]] = {
     "port": int,
     "workers": int,
@@ -164,6 +310,21 @@ _PARSERS: Final[dict[str, Callable[[str], object]]] = {
     "max_receivers": int,
     "graceful_timeout": float,
     "log_level": str.lower,
+    "replay_bytes": parse_size,
+    "wait_timeout": float,
+    "stall_timeout": float,
+    "reconnect_grace": float,
+    "heartbeat": float,
+    "header_timeout": float,
+    "sender_response": str.lower,
+    "max_pipes": int,
+    "max_memory": parse_size,
+    "max_watchers": int,
+    "max_connections": int,
+    "max_header_bytes": parse_size,
+    "max_path_bytes": parse_size,
+    "token": _split_tokens,
+    "ssl_only": parse_bool,
 }
 
 
@@ -189,6 +350,8 @@ class Option:
     help: str
     parse: Callable[[str], object]
     default: object
+    #: "value" (takes one argument), "flag" (boolean switch) or "list" (repeatable).
+    kind: str = "value"
 
 
 def options() -> list[Option]:
@@ -205,6 +368,7 @@ def options() -> list[Option]:
                 help=spec.metadata["help"],
                 parse=_PARSERS.get(spec.name, str),
                 default=default,
+                kind="flag" if isinstance(default, bool) else "list" if isinstance(default, tuple) else "value",
             )
         )
     return result

@@ -7,7 +7,10 @@ able to swallow a shutdown.
 
 from __future__ import annotations
 
+from typing import Final
+
 __all__ = [
+    "ENDINGS",
     "ControlProtocolError",
     "PeerGone",
     "RendezvousRejected",
@@ -33,12 +36,24 @@ class RingClosed(RingpipeError):
     """We closed this end already; writing after ``close()`` is a bug in the caller."""
 
 
-class PeerGone(RingpipeError):
-    """The other side vanished: the producer aborted, or the owner worker died.
+#: How a transfer can end for a reader (SPEC 2.2); every framing tells them apart.
+#: ``done``: the producer finished; ``aborted``: it vanished (or its worker died);
+#: ``cancelled``: ``DELETE`` on the path; ``lagged``: this reader was evicted (stall, 2.5)
+#: or, as a watcher, fell out of the replay window.
+ENDINGS: Final = ("done", "aborted", "cancelled", "lagged")
 
-    Readers that see it must end their response *visibly broken* (no final chunk), so that
-    a client never mistakes a truncated body for a complete one (SPEC 1.3, item 11).
+
+class PeerGone(RingpipeError):
+    """The transfer ended other than cleanly for this reader; ``ending`` says how.
+
+    Readers that see it must end their response *visibly broken* (raw: no final chunk), so
+    that a client never mistakes a truncated body for a complete one (SPEC 1.3, item 11),
+    and say ``ending`` in framings that can (SSE, NDJSON, WebSocket close code).
     """
+
+    def __init__(self, reason: str = "producer vanished", *, ending: str = "aborted") -> None:
+        super().__init__(reason)
+        self.ending = ending
 
 
 class RendezvousRejected(RingpipeError):

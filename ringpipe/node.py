@@ -136,6 +136,17 @@ class _OwnedRelay:
     started: float
 
 
+def new_epoch() -> str:
+    """A pipe instance's name: microseconds since 1970 in base 36 (short, sortable, and
+    distinct for two pipes on one path, which cannot be established in the same µs)."""
+    value = time.time_ns() // 1000
+    digits = []
+    while value:
+        value, digit = divmod(value, 36)
+        digits.append("0123456789abcdefghijklmnopqrstuvwxyz"[digit])
+    return "".join(reversed(digits))
+
+
 class Node:
     """The runtime state of one worker process."""
 
@@ -273,6 +284,7 @@ class Node:
             owner=self.index,
             producer=action.sender.worker,
             readers=tuple(p.worker for p in action.receivers),
+            epoch=new_epoch(),
         )
         self._owned[action.relay_id] = _OwnedRelay(ring, info, action.path, time.monotonic())
         metrics.RING_BYTES.inc(ring.capacity)

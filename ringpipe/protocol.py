@@ -70,7 +70,9 @@ class RelayInfo:
     """What a party needs to join an established relay's ring.
 
     ``segment`` is the shared-memory name (unique per owner process and relay); ``readers``
-    gives the worker of each reader slot, so the writer knows whom to wake.
+    gives the worker of each reader slot, so the writer knows whom to wake. ``epoch`` names
+    this pipe instance among all that ever used its path (SSE ids are ``<epoch>-<offset>``;
+    a resume with another epoch is refused, SPEC 2.4).
     """
 
     segment: str
@@ -78,6 +80,7 @@ class RelayInfo:
     owner: int
     producer: int
     readers: tuple[int, ...]
+    epoch: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -236,6 +236,12 @@ class Consumer(_Endpoint):
             self.commit(next_seq if taken == available else self.ring.read_seq(self.slot) + taken, taken)
         return bytes(out)
 
+    @property
+    def offset(self) -> int:
+        """The pipe offset of the next byte this reader will get (bytes of the ring before it,
+        a multipart header block included)."""
+        return self.ring.read_seq(self.slot)
+
     def commit(self, read_seq: int, size: int) -> None:
         """``size`` bytes up to ``read_seq`` are sent: free them and wake a waiting writer."""
         self.ring.commit_read(self.slot, read_seq)

@@ -128,3 +128,13 @@ def test_console_script_is_installed() -> None:
     script = Path(sys.executable).parent / "ringpipe"  # where pip put it for this interpreter
     result = subprocess.run([str(script), "serve", "--help"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and "--ring-bytes" in result.stdout
+
+
+def test_repeatable_and_switch_flags() -> None:
+    """--token repeats, --ssl-only is a switch; both land in Settings."""
+    from ringpipe.cli import parse_settings
+
+    s = parse_settings(["--token", "a:x:send", "--token", "b:y:recv:/r/", "--port", "0"])
+    assert s.token == ("a:x:send", "b:y:recv:/r/")
+    s = parse_settings(["--ssl-certfile", "c.pem", "--ssl-keyfile", "k.pem", "--ssl-only"])
+    assert s.ssl_only is True

@@ -204,3 +204,53 @@ def test_options_follow_the_field_declarations() -> None:
     assert opts["workers"].default == len(os.sched_getaffinity(0))
     assert opts["log_level"].parse("WARNING") == "warning"
     assert all(o.help for o in opts.values())
+
+
+# -- SPEC Part 3/4 settings -----------------------------------------------------------------
+
+
+def test_part_3_and_4_defaults() -> None:
+    """The documented defaults of the pipe, limit and access settings."""
+    s = Settings()
+    assert (s.replay_bytes, s.wait_timeout, s.stall_timeout, s.reconnect_grace, s.heartbeat) == (
+        256 << 10,
+        300.0,
+        30.0,
+        10.0,
+        15.0,
+    )
+    assert s.sender_response == "live"
+    assert (s.max_watchers, s.max_header_bytes, s.max_path_bytes) == (1024, 16 << 10, 4096)
+    assert s.token == () and s.cors_origins == "*" and not s.ssl_only
+
+
+def test_replay_window_is_capped_at_half_the_ring() -> None:
+    """A small ring keeps at most half of itself for replay, so the writer always has room."""
+    assert Settings(ring_bytes=65536).replay_window == 32768
+    assert Settings().replay_window == 256 << 10
+
+
+def test_tokens_from_env_split_on_whitespace() -> None:
+    env = {"RINGPIPE_TOKEN": "a:s1:send\nb:s2:recv,watch:/team/", "RINGPIPE_SSL_ONLY": "0"}
+    s = Settings.from_env(env)
+    assert s.token == ("a:s1:send", "b:s2:recv,watch:/team/")
+    assert s.ssl_only is False
+
+
+@pytest.mark.parametrize(
+    ("token", "fragment"),
+    [("a:s", "malformed"), ("a:s:fly", "unknown scopes"), ("a:s:send:team", "prefix")],
+)
+def test_bad_tokens_are_refused_without_echoing_the_secret(token: str, fragment: str) -> None:
+    with pytest.raises(ConfigError, match=fragment) as info:
+        Settings(token=(token,))
+    assert ":s:" not in str(info.value) and "s:" not in str(info.value).split("--token", 1)[1][:3]
+
+
+def test_sender_response_and_tls_pairing() -> None:
+    with pytest.raises(ConfigError, match="sender-response"):
+        Settings(sender_response="early")
+    with pytest.raises(ConfigError, match="go together"):
+        Settings(ssl_certfile="cert.pem")
+    with pytest.raises(ConfigError, match="ssl-only"):
+        Settings(ssl_only=True)
