@@ -2,7 +2,8 @@
 
 Dispatch follows piping-server's order: GET/HEAD on a reserved path → page; POST/PUT on a
 reserved path → 400; POST/PUT → sender; GET → receiver; OPTIONS → CORS preflight;
-anything else → 405 with ``Allow``.
+DELETE → cancel (SPEC 2.3); HEAD on a pipe → its status (SPEC 2.6); anything else → 405
+with ``Allow``.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ __all__ = ["ALLOWED_METHODS", "RingpipeApp"]
 
 log = logging.getLogger("ringpipe.app")
 
-ALLOWED_METHODS: Final = "GET, HEAD, POST, PUT, OPTIONS"
+ALLOWED_METHODS: Final = "GET, HEAD, POST, PUT, DELETE, OPTIONS"
 ALLOWED_HEADERS: Final = "Content-Type, Content-Disposition, X-Piping"
 
 
@@ -45,6 +46,10 @@ class RingpipeApp:
                 await self.endpoints.sender(scope, receive, send, path)
         elif method == "GET":
             await self.endpoints.receiver(scope, receive, send, path)
+        elif method == "DELETE" and path not in RESERVED_PATHS:
+            await self.endpoints.cancel(scope, receive, send, path)
+        elif method == "HEAD" and path not in RESERVED_PATHS:
+            await self.endpoints.status(scope, receive, send, path)
         elif method == "OPTIONS":
             await self._preflight(scope, send)
         else:

@@ -12,6 +12,7 @@ from typing import Final
 __all__ = [
     "ENDINGS",
     "ControlProtocolError",
+    "Gap",
     "PeerGone",
     "RendezvousRejected",
     "RingClosed",
@@ -54,6 +55,21 @@ class PeerGone(RingpipeError):
     def __init__(self, reason: str = "producer vanished", *, ending: str = "aborted") -> None:
         super().__init__(reason)
         self.ending = ending
+
+
+class Gap(RingpipeError):
+    """Bytes ``[lost_from, lost_to)`` of the pipe are no longer held for this reader.
+
+    ``Consumer.views()`` raises it for a watcher in *continue* mode (SSE/NDJSON, SPEC 2.4)
+    that fell out of the replay window: its cursor has already jumped to ``lost_to`` (the
+    oldest byte held), so the caller reports the gap (``event: gap``) and calls ``views()``
+    again. A raw watcher gets ``PeerGone(ending="lagged")`` instead.
+    """
+
+    def __init__(self, lost_from: int, lost_to: int) -> None:
+        super().__init__(f"bytes {lost_from}..{lost_to} of the pipe are no longer held")
+        self.lost_from = lost_from
+        self.lost_to = lost_to
 
 
 class RendezvousRejected(RingpipeError):

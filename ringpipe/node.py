@@ -9,6 +9,12 @@ A ``Node`` plays two roles at once:
   pure ``Rendezvous`` and carries out the actions: answer parties, create the ring segment
   and send ``Start``, mark readers detached or the ring broken, unlink the segment.
 
+Limits are shared out per owner (paths hash evenly over workers): each owner admits
+``ceil(max_pipes / workers)`` pipes and holds at most ``max_memory // workers`` bytes of
+rings (at least one ring), so no shared counter is needed and ``max_memory`` bounds the
+total. Timers (``wait_timeout``, ``reconnect_grace``) live in the owner's rendezvous as one
+heap, driven by one task that sleeps until the earliest deadline.
+
 Failure rule: when a peer worker dies, this node (as owner) treats that peer's parties as
 gone, and (as participant) fails every local party whose owner was that peer. Either way
 each affected party ends with a visible error; no other pipe is touched.
@@ -18,8 +24,10 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import itertools
 import logging
+import math
 import os
 import time
 from collections.abc import Callable
@@ -30,25 +38,39 @@ from ringpipe import metrics, shm
 from ringpipe.config import Settings
 from ringpipe.control import Mesh
 from ringpipe.paths import owner_of
-from ringpipe.protocol import Broken, Frame, Hello, RelayInfo, Start
+from ringpipe.protocol import Broken, Frame, Hello, PipeStatus, RelayInfo, Start
 from ringpipe.rendezvous import (
     Accepted,
     Action,
+    Answer,
     Break,
+    Cancel,
+    Cancelled,
+    CancelRelay,
     Detach,
     Drain,
     Establish,
+    Evicted,
     Finish,
     Headers,
     Join,
     Leave,
+    Limits,
     PartyId,
+    Query,
     ReceiverAborted,
     ReceiverConnected,
+    ReceiverEvicted,
     Reject,
     Release,
     Rendezvous,
+    Resume,
+    RingView,
     Role,
+    Stalled,
+    StatusReply,
+    Tick,
+    WatcherStart,
     WorkerGone,
 )
 from ringpipe.wakeup import WakeChannel
@@ -56,6 +78,21 @@ from ringpipe.wakeup import WakeChannel
 __all__ = ["Hangup", "InboxItem", "LocalParty", "Node"]
 
 log = logging.getLogger("ringpipe.node")
+
+#: The slot a watcher registers its wake-up under (``relay.WATCHER_SLOT``).
+WATCHERS = -2
+
+
+def owner_limits(settings: Settings) -> Limits:
+    """This owner's share of the server's limits (see the module docstring)."""
+    workers = settings.workers
+    return Limits(
+        wait_timeout=settings.wait_timeout,
+        reconnect_grace=settings.reconnect_grace,
+        max_pipes=math.ceil(settings.max_pipes / workers),
+        max_watchers=settings.max_watchers,
+        max_relays=max(1, settings.max_memory // workers // settings.ring_bytes),
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +171,7 @@ class _OwnedRelay:
     info: RelayInfo
     path: str
     started: float
+    receiver_headers: Headers = ()
 
 
 def new_epoch() -> str:
@@ -155,10 +193,14 @@ class Node:
         self.index = index
         self.pid = os.getpid()
         self.supervisor_pid = supervisor_pid
-        self.rendezvous = Rendezvous()
+        self.rendezvous = Rendezvous(owner_limits(settings), self._ring_view)
         self.parties: dict[int, LocalParty] = {}
         self._owned: dict[int, _OwnedRelay] = {}
         self._wakers: dict[tuple[str, int], Callable[[], None]] = {}
+        self._watcher_wakers: dict[str, set[Callable[[], None]]] = {}
+        self._timer_task: asyncio.Task[None] | None = None
+        self._timer_changed = asyncio.Event()
+        self._timer_at: float | None = None
         self._serials = itertools.count(1)
         self.mesh = Mesh(
             index=index,
@@ -171,12 +213,46 @@ class Node:
 
     # -- participant side --
 
-    def open_party(self, path: str, role: Role, n: int, receiver_headers: Headers = ()) -> LocalParty:
-        """Register a local party and ask the path's owner to let it join."""
+    def open_party(
+        self,
+        path: str,
+        role: Role,
+        n: int,
+        receiver_headers: Headers = (),
+        *,
+        key: str = "",
+        offset: int = -1,
+        epoch: str = "",
+        resumable: bool = False,
+        stall_ms: int = -1,
+    ) -> LocalParty:
+        """Register a local party and ask the path's owner to let it join (see ``Join``)."""
+        party = self._new_party(path, role, n)
+        join = Join(party.id, path, role, n, receiver_headers, key, offset, epoch, resumable, stall_ms)
+        self.mesh.send(party.owner, join)
+        return party
+
+    def ask(self, path: str, *, cancel: bool, key: str = "") -> LocalParty:
+        """Send ``Cancel`` (DELETE) or ``Query`` (HEAD) for ``path``; the answer arrives in the
+        returned party's inbox (``Answer``/``PipeStatus``, or ``Broken``). ``forget`` it after."""
+        party = self._new_party(path, Role.WATCHER, 0)
+        self.mesh.send(party.owner, Cancel(party.id, path, key) if cancel else Query(party.id, path, key))
+        return party
+
+    def forget(self, party: LocalParty) -> None:
+        """Drop a party that never joined (an ``ask``): no ``Leave`` is owed."""
+        party.left = True
+        self.parties.pop(party.id.serial, None)
+        party.inbox.close()
+
+    def report_stall(self, party: LocalParty, slot: int) -> None:
+        """The producer ``party`` evicted reader ``slot`` (stall): the owner ends that reader."""
+        self.mesh.send(party.owner, Stalled(party.id, slot))
+
+    def _new_party(self, path: str, role: Role, n: int) -> LocalParty:
         serial = next(self._serials)
         party = LocalParty(PartyId(self.index, self.pid, serial), path, role, n, owner_of(path, self.settings.workers))
         self.parties[serial] = party
-        self.mesh.send(party.owner, Join(party.id, path, role, n, receiver_headers))
         return party
 
     def leave(self, party: LocalParty, *, completed: bool) -> None:
@@ -190,10 +266,28 @@ class Node:
     # -- wake router (relay.WakeRouter) --
 
     def register(self, segment: str, slot: int, callback: Callable[[], None]) -> None:
-        self._wakers[(segment, slot)] = callback
+        if slot == WATCHERS:
+            self._watcher_wakers.setdefault(segment, set()).add(callback)
+        else:
+            self._wakers[(segment, slot)] = callback
 
-    def unregister(self, segment: str, slot: int) -> None:
-        self._wakers.pop((segment, slot), None)
+    def unregister(self, segment: str, slot: int, callback: Callable[[], None] | None = None) -> None:
+        if slot == WATCHERS:
+            callbacks = self._watcher_wakers.get(segment)
+            if callbacks is not None and callback is not None:
+                callbacks.discard(callback)
+                if not callbacks:
+                    del self._watcher_wakers[segment]
+        else:
+            self._wakers.pop((segment, slot), None)
+
+    def wake_watchers(self, info: RelayInfo, workers: list[int]) -> None:
+        """Wake every watcher of ring ``info`` on each of ``workers``."""
+        for worker in workers:
+            if worker == self.index:
+                self._wake_local(info.segment, WATCHERS)
+            elif worker < self.settings.workers:
+                self.wakes.send(worker, info.segment, [WATCHERS])
 
     def wake(self, info: RelayInfo, slot: int) -> None:
         worker = info.producer if slot < 0 else info.readers[slot]
@@ -215,6 +309,10 @@ class Node:
             self.wakes.send(worker, info.segment, batch)
 
     def _wake_local(self, segment: str, slot: int) -> None:
+        if slot == WATCHERS:
+            for wake in list(self._watcher_wakers.get(segment, ())):
+                wake()
+            return
         callback = self._wakers.get((segment, slot))
         if callback is not None:
             callback()
@@ -222,8 +320,8 @@ class Node:
     # -- frames in --
 
     def on_frame(self, sender: int, frame: Frame) -> None:
-        if isinstance(frame, (Join, Leave)):
-            self._apply(self.rendezvous.handle(frame))
+        if isinstance(frame, (Join, Leave, Cancel, Query, Stalled)):
+            self._apply(self.rendezvous.handle(frame, time.monotonic()))
         elif isinstance(frame, Hello):
             pass
         else:
@@ -232,7 +330,7 @@ class Node:
                 party.deliver(frame)
 
     def on_peer_gone(self, worker: int, pid: int) -> None:
-        self._apply(self.rendezvous.handle(WorkerGone(worker, pid)))
+        self._apply(self.rendezvous.handle(WorkerGone(worker, pid), time.monotonic()))
         self.on_peer_unreachable(worker)
 
     def on_peer_unreachable(self, worker: int) -> None:
@@ -253,12 +351,63 @@ class Node:
                 self._carry_out(action)
             except Exception:
                 log.exception("failed to carry out %r", action)
+        self._arm_timer()
+
+    def _arm_timer(self) -> None:
+        deadline = self.rendezvous.next_deadline()
+        if deadline is None:
+            return
+        if self._timer_task is None:
+            self._timer_task = asyncio.get_running_loop().create_task(self._run_timers())
+        elif self._timer_at is None or deadline < self._timer_at:
+            self._timer_changed.set()
+
+    async def _run_timers(self) -> None:
+        """Feed ``Tick`` to the rendezvous at each deadline it reports (one task per owner)."""
+        while True:
+            self._timer_changed.clear()
+            self._timer_at = self.rendezvous.next_deadline()
+            timeout = None if self._timer_at is None else max(0.0, self._timer_at - time.monotonic())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._timer_changed.wait(), timeout)
+                continue
+            self._timer_at = None
+            self._apply(self.rendezvous.handle(Tick(time.monotonic())))
+
+    def _ring_view(self, relay_id: int) -> RingView | None:
+        owned = self._owned.get(relay_id)
+        if owned is None:
+            return None
+        return RingView(owned.ring.oldest_held(), owned.ring.write_seq, owned.info.epoch)
 
     def _carry_out(self, action: Action) -> None:
-        if isinstance(action, (Reject, Accepted, ReceiverConnected, ReceiverAborted, Finish)):
+        if isinstance(
+            action,
+            (Reject, Accepted, ReceiverConnected, ReceiverAborted, ReceiverEvicted, Finish, Answer, Cancelled, Evicted),
+        ):
             self.mesh.send(action.party.worker, action)
         elif isinstance(action, Establish):
             self._establish(action)
+        elif isinstance(action, (WatcherStart, Resume)):
+            owned = self._owned.get(action.relay_id)
+            slot = action.slot if isinstance(action, Resume) else WATCHERS
+            if owned is None:
+                self.mesh.send(action.party.worker, Reject(action.party, 410, "The pipe is gone."))
+            else:
+                self.mesh.send(action.party.worker, Start(action.party, owned.info, slot, owned.receiver_headers))
+        elif isinstance(action, StatusReply):
+            owned = self._owned.get(action.relay_id) if action.relay_id is not None else None
+            offset, epoch = (owned.ring.write_seq, owned.info.epoch) if owned is not None else (0, "")
+            status = PipeStatus(action.party, action.state, action.connected, action.n, offset, epoch)
+            self.mesh.send(action.party.worker, status)
+        elif isinstance(action, CancelRelay):
+            owned = self._owned.get(action.relay_id)
+            if owned is not None:
+                owned.ring.cancel()
+                self.wake(owned.info, -1)
+                self.wake_many(owned.info, list(range(owned.ring.n_readers)))
+            for party in action.parties:
+                self.mesh.send(party.worker, Cancelled(party))
         elif isinstance(action, Detach):
             owned = self._owned.get(action.relay_id)
             if owned is not None:
@@ -277,7 +426,9 @@ class Node:
 
     def _establish(self, action: Establish) -> None:
         name = shm.segment_name(self.supervisor_pid, self.pid, action.relay_id)
-        ring = shm.RingSegment.create(name, self.settings.ring_bytes, len(action.receivers))
+        settings = self.settings
+        ring = shm.RingSegment.create(name, settings.ring_bytes, len(action.receivers), settings.replay_window)
+        stall_ms = action.stall_ms if action.stall_ms >= 0 else round(settings.stall_timeout * 1000)
         info = RelayInfo(
             segment=name,
             capacity=ring.capacity,
@@ -285,12 +436,16 @@ class Node:
             producer=action.sender.worker,
             readers=tuple(p.worker for p in action.receivers),
             epoch=new_epoch(),
+            stall_ms=stall_ms,
         )
-        self._owned[action.relay_id] = _OwnedRelay(ring, info, action.path, time.monotonic())
+        owned = _OwnedRelay(ring, info, action.path, time.monotonic(), action.receiver_headers)
+        self._owned[action.relay_id] = owned
         metrics.RING_BYTES.inc(ring.capacity)
         self.mesh.send(action.sender.worker, Start(action.sender, info, -1, action.receiver_headers))
         for slot, party in enumerate(action.receivers):
             self.mesh.send(party.worker, Start(party, info, slot, action.receiver_headers))
+        for party in action.watchers:
+            self.mesh.send(party.worker, Start(party, info, WATCHERS, action.receiver_headers))
 
     def _release(self, action: Release) -> None:
         owned = self._owned.pop(action.relay_id, None)
@@ -300,7 +455,12 @@ class Node:
         owned.ring.unlink()
         owned.ring.close()
         metrics.RING_BYTES.dec(owned.info.capacity)
-        ending = "aborted" if action.broken or action.completed == 0 else "done"
+        if action.cancelled:
+            ending = "cancelled"
+        elif action.broken or action.completed == 0:
+            ending = "aborted"
+        else:
+            ending = "done"
         workers = {owned.info.producer, *owned.info.readers}
         metrics.TRANSFERS.labels(ending=ending).inc()
         if len(workers) > 1:
@@ -316,6 +476,7 @@ class Node:
                 "ending": ending,
                 "receivers_completed": action.completed,
                 "receivers_aborted": action.aborted,
+                "receivers_evicted": action.evicted,
                 "owner_worker": self.index,
                 "sender_worker": owned.info.producer,
                 "receiver_workers": list(owned.info.readers),
@@ -324,6 +485,8 @@ class Node:
 
     def close(self) -> None:
         """Unlink every ring this node owns (worker exit)."""
+        if self._timer_task is not None:
+            self._timer_task.cancel()
         self.wakes.close()
         for owned in self._owned.values():
             owned.ring.unlink()

@@ -8,7 +8,8 @@ Wire format of one frame (all integers big-endian)::
     +------+------+------+--------------+---------------------------+
 
 ``type`` indexes ``FRAME_TYPES``; the JSON object maps the dataclass's field names to
-values (``PartyId`` as ``[worker, pid, serial]``, tuples as lists, enums as their value).
+values (``PartyId`` as ``[worker, pid, serial]``, tuples as lists, enums as their value);
+a field with a default may be left out.
 JSON keeps the codec obvious and versionable; frames are small and never on the data path
 (bytes go through the rings, wake-ups through ``wakeup.py`` datagrams).
 
@@ -23,19 +24,26 @@ import json
 import struct
 import types
 import typing
-from dataclasses import dataclass, fields, is_dataclass
+from dataclasses import MISSING, dataclass, fields, is_dataclass
 from typing import Any, Final
 
 from ringpipe.errors import ControlProtocolError
 from ringpipe.rendezvous import (
     Accepted,
+    Answer,
+    Cancel,
+    Cancelled,
+    Evicted,
     Finish,
     Join,
     Leave,
     PartyId,
+    Query,
     ReceiverAborted,
     ReceiverConnected,
+    ReceiverEvicted,
     Reject,
+    Stalled,
 )
 
 __all__ = [
@@ -44,6 +52,7 @@ __all__ = [
     "Broken",
     "Frame",
     "Hello",
+    "PipeStatus",
     "RelayInfo",
     "Start",
     "decode",
@@ -81,6 +90,8 @@ class RelayInfo:
     producer: int
     readers: tuple[int, ...]
     epoch: str = ""
+    #: The pipe's stall timeout in ms (0: never), resolved by the owner; the producer applies it.
+    stall_ms: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,7 +111,38 @@ class Broken:
     party: PartyId
 
 
-Frame = Hello | Join | Leave | Reject | Accepted | ReceiverConnected | ReceiverAborted | Finish | Start | Broken
+@dataclass(frozen=True, slots=True)
+class PipeStatus:
+    """Owner → a ``HEAD`` party: the pipe's state (SPEC 2.6)."""
+
+    party: PartyId
+    state: str
+    connected: int
+    n: int
+    offset: int
+    epoch: str
+
+
+Frame = (
+    Hello
+    | Join
+    | Leave
+    | Reject
+    | Accepted
+    | ReceiverConnected
+    | ReceiverAborted
+    | Finish
+    | Start
+    | Broken
+    | Cancel
+    | Query
+    | Stalled
+    | Answer
+    | Cancelled
+    | Evicted
+    | ReceiverEvicted
+    | PipeStatus
+)
 
 FRAME_TYPES: Final[tuple[type[Any], ...]] = (
     Hello,
@@ -113,9 +155,21 @@ FRAME_TYPES: Final[tuple[type[Any], ...]] = (
     Finish,
     Start,
     Broken,
+    Cancel,
+    Query,
+    Stalled,
+    Answer,
+    Cancelled,
+    Evicted,
+    ReceiverEvicted,
+    PipeStatus,
 )
 _TYPE_CODE: Final = {cls: code for code, cls in enumerate(FRAME_TYPES)}
 _HINTS: Final = {cls: typing.get_type_hints(cls) for cls in (*FRAME_TYPES, PartyId, RelayInfo)}
+#: Fields a frame must carry; the others have defaults and may be left out.
+_REQUIRED: Final = {
+    cls: {f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING} for cls in _HINTS
+}
 
 
 def _to_json(value: object) -> object:
@@ -173,9 +227,9 @@ def _from_json(hint: Any, raw: object) -> object:
         if not isinstance(raw, dict):
             raise _bad(f"expected object, got {raw!r}")
         hints = _HINTS[hint]
-        if set(raw) != set(hints):
+        if not _REQUIRED[hint] <= set(raw) <= set(hints):
             raise _bad(f"{hint.__name__} fields {sorted(raw)}")
-        return hint(**{name: _from_json(h, raw[name]) for name, h in hints.items()})
+        return hint(**{name: _from_json(h, raw[name]) for name, h in hints.items() if name in raw})
     raise _bad(f"unsupported field type {hint!r}")  # pragma: no cover - a bug in FRAME_TYPES
 
 

@@ -19,11 +19,13 @@ import asyncio
 import json
 import logging
 import struct
+import time
 from typing import TYPE_CHECKING, Final, Protocol
 
 import anyio
 
-from ringpipe.errors import PeerGone, WouldBlock
+from ringpipe import shm
+from ringpipe.errors import Gap, PeerGone, WouldBlock
 from ringpipe.multipart import FirstPart, MultipartError
 from ringpipe.protocol import RelayInfo
 from ringpipe.shm import RingSegment
@@ -36,6 +38,7 @@ log = logging.getLogger("ringpipe.relay")
 __all__ = [
     "HEADER_BLOCK",
     "READ_LIMIT",
+    "WATCHER_SLOT",
     "Consumer",
     "Ingest",
     "Producer",
@@ -50,6 +53,8 @@ __all__ = [
 READ_LIMIT: Final = 256 * 1024
 WAIT_MIN_S: Final = 0.1
 WAIT_MAX_S: Final = 1.0
+#: The ``slot`` of a watcher: it reads without a cursor in the ring header.
+WATCHER_SLOT: Final = -2
 
 
 class WakeRouter(Protocol):
@@ -59,9 +64,11 @@ class WakeRouter(Protocol):
 
     def wake_many(self, info: RelayInfo, slots: list[int]) -> None: ...
 
+    def wake_watchers(self, info: RelayInfo, workers: list[int]) -> None: ...
+
     def register(self, segment: str, slot: int, callback: Callable[[], None]) -> None: ...
 
-    def unregister(self, segment: str, slot: int) -> None: ...
+    def unregister(self, segment: str, slot: int, callback: Callable[[], None] | None = None) -> None: ...
 
 
 class _Sleeper:
@@ -122,16 +129,35 @@ class _Endpoint:
         router.register(info.segment, slot, self.sleeper.wake)
 
     def close(self) -> None:
-        self.router.unregister(self.info.segment, self.slot)
+        self.router.unregister(self.info.segment, self.slot, self.sleeper.wake)
         self.ring.close()
 
 
 class Producer(_Endpoint):
-    """Writes one sender's body into the ring."""
+    """Writes one sender's body into the ring.
 
-    def __init__(self, router: WakeRouter, ring: RingSegment, info: RelayInfo) -> None:
+    Stall eviction (SPEC 2.5): while ``write`` waits for room, it notes when each attached
+    reader's cursor last moved; a reader that holds the writer back (its cursor is the
+    gate) and has not moved for ``stall_s`` seconds is evicted: its slot stops gating the
+    writer (``RingSegment.evict``) and ``on_stall(slot)`` tells the owner, which ends that
+    reader with the ``lagged`` ending. ``stall_s`` 0 never evicts.
+    """
+
+    def __init__(
+        self,
+        router: WakeRouter,
+        ring: RingSegment,
+        info: RelayInfo,
+        *,
+        stall_s: float = 0.0,
+        on_stall: Callable[[int], None] | None = None,
+    ) -> None:
         super().__init__(router, ring, info, -1)
         self.bytes_written = 0
+        self.stall_s = stall_s
+        self.on_stall = on_stall
+        #: slot -> (its read_seq, when it was first seen there) while the writer waits.
+        self._progress: dict[int, tuple[int, float]] = {}
 
     def offer(self, data: bytes | bytearray | memoryview) -> int:
         """Put as much of ``data`` in the ring as fits now; return how much (0 if full)."""
@@ -168,30 +194,89 @@ class Producer(_Endpoint):
                     written = ring.write_nowait(view)
                 except WouldBlock:
                     await self.sleeper.sleep()
+                    if self.stall_s > 0:
+                        self._evict_stalled(time.monotonic())
                     continue
             self.sleeper.progressed()
+            self._progress.clear()
             view = view[written:]
             self.bytes_written += written
             self._wake_readers()
 
+    def _evict_stalled(self, now: float) -> None:
+        """Evict each reader that gates the writer and has not moved for ``stall_s``."""
+        cursors = self.ring.gating_readers()
+        if not cursors:
+            return
+        slowest = min(seq for _slot, seq in cursors)
+        for slot, seq in cursors:
+            seen = self._progress.get(slot)
+            if seen is None or seen[0] != seq:
+                self._progress[slot] = (seq, now)
+            elif seq == slowest and now - seen[1] >= self.stall_s and self.ring.evict(slot):
+                log.info("receiver evicted", extra={"slot": slot, "stalled_s": round(now - seen[1], 3)})
+                del self._progress[slot]
+                self.router.wake(self.info, slot)
+                if self.on_stall is not None:
+                    self.on_stall(slot)
+
     def finish(self, *, broken: bool = False) -> None:
-        """Publish EOF (or a break) and wake every reader to see it."""
+        """Publish EOF (or a break) and wake every reader and watcher to see it."""
         self.ring.finish_writing(broken=broken)
         for slot in range(self.ring.n_readers):
             self.router.wake(self.info, slot)
+        self._wake_watchers()
 
     def _wake_readers(self) -> None:
         slots = self.ring.take_sleeping_readers()
         if slots:
             self.router.wake_many(self.info, slots)
+        self._wake_watchers()
+
+    def _wake_watchers(self) -> None:
+        workers = self.ring.take_watcher_workers()
+        if workers:
+            self.router.wake_watchers(self.info, workers)
 
 
 class Consumer(_Endpoint):
-    """Reads the ring for one receiver (reader ``slot``)."""
+    """Reads the ring for one receiver (reader ``slot``) or one watcher (``WATCHER_SLOT``).
 
-    def __init__(self, router: WakeRouter, ring: RingSegment, info: RelayInfo, slot: int) -> None:
+    A receiver reads in lockstep: its cursor in the ring header gates the writer, and
+    ``views`` hands out views of the ring itself. A watcher, and a receiver that resumed
+    behind its slot's cursor (``start``), read *behind*: from a position kept here, by
+    copying bytes out and checking they were still held (``RingSegment.read_behind``);
+    such a receiver switches to lockstep once it reaches its slot's cursor.
+
+    ``continue_gaps`` (watchers in SSE/NDJSON, SPEC 2.4): falling out of the replay window
+    raises ``Gap`` and continues from the oldest held byte; otherwise it is ``PeerGone``
+    with the ``lagged`` ending.
+    """
+
+    def __init__(
+        self,
+        router: WakeRouter,
+        ring: RingSegment,
+        info: RelayInfo,
+        slot: int,
+        *,
+        start: int | None = None,
+        continue_gaps: bool = False,
+        worker: int = 0,
+    ) -> None:
         super().__init__(router, ring, info, slot)
         self.bytes_read = 0
+        self.continue_gaps = continue_gaps
+        self.worker = worker
+        #: The position of a reader that reads behind (watcher, catching-up receiver), else None.
+        self._pos: int | None = None
+        if slot == WATCHER_SLOT:
+            self._pos = ring.oldest_held() if start is None else start
+        elif start is not None:
+            if start < ring.read_seq(slot):
+                self._pos = start
+            elif start > ring.read_seq(slot):
+                ring.commit_read(slot, start)
 
     async def views(self) -> tuple[list[memoryview], int]:
         """Views of the next published bytes and the cursor to ``commit`` after sending them.
@@ -200,8 +285,13 @@ class Consumer(_Endpoint):
         ``commit`` (which lets the writer reuse the space).
 
         Raises:
-            PeerGone: the producer vanished; end the response visibly broken.
+            PeerGone: the transfer ended other than cleanly; ``ending`` says how
+                (aborted, cancelled, lagged). End the response visibly broken.
+            Gap: (watchers with ``continue_gaps`` only) bytes were lost; the cursor is
+                past them already: report the gap and call ``views`` again.
         """
+        if self._pos is not None:
+            return await self._views_behind(self._pos)
         ring, slot = self.ring, self.slot
         while True:
             try:
@@ -212,6 +302,40 @@ class Consumer(_Endpoint):
                     return ring.peek(slot, READ_LIMIT)
                 except WouldBlock:
                     await self.sleeper.sleep()
+
+    async def _views_behind(self, pos: int) -> tuple[list[memoryview], int]:
+        ring = self.ring
+        while True:
+            try:
+                try:
+                    data = ring.read_behind(pos, READ_LIMIT)
+                except WouldBlock:
+                    ring.set_watcher_waiting(self.worker)
+                    try:
+                        data = ring.read_behind(pos, READ_LIMIT)
+                    except WouldBlock:
+                        await self.sleeper.sleep()
+                        continue
+            except Gap as gap:
+                if not self.continue_gaps:
+                    raise PeerGone("this reader fell out of the replay window", ending="lagged") from None
+                self._pos = gap.lost_to
+                raise
+            if not data:
+                return [], pos
+            return [memoryview(data)], pos + len(data)
+
+    def ending(self) -> str | None:
+        """How the transfer ended for this reader if not cleanly (see ``errors.ENDINGS``), else None."""
+        ring = self.ring
+        state = ring.state
+        if state == shm.CANCELLED:
+            return "cancelled"
+        if self.slot >= 0 and ring.reader_status(self.slot) == shm.EVICTED:
+            return "lagged"
+        if state == shm.BROKEN:
+            return "aborted"
+        return None
 
     async def read_exact(self, size: int) -> bytes:
         """Exactly ``size`` bytes from the ring (a header block), consumed.
@@ -233,27 +357,35 @@ class Consumer(_Endpoint):
                 taken += len(part)
                 part.release()
                 view.release()
-            self.commit(next_seq if taken == available else self.ring.read_seq(self.slot) + taken, taken)
+            self.commit(next_seq if taken == available else self.offset + taken, taken)
         return bytes(out)
 
     @property
     def offset(self) -> int:
         """The pipe offset of the next byte this reader will get (bytes of the ring before it,
         a multipart header block included)."""
-        return self.ring.read_seq(self.slot)
+        return self._pos if self._pos is not None else self.ring.read_seq(self.slot)
 
     def commit(self, read_seq: int, size: int) -> None:
         """``size`` bytes up to ``read_seq`` are sent: free them and wake a waiting writer."""
+        self.bytes_read += size
+        if self._pos is not None:
+            self.sleeper.progressed()
+            self._pos = read_seq
+            if self.slot >= 0 and read_seq >= self.ring.read_seq(self.slot):
+                self._pos = None  # caught up with the slot's cursor: lockstep from here
+            else:
+                return
         self.ring.commit_read(self.slot, read_seq)
         self.sleeper.progressed()
-        self.bytes_read += size
         if self.ring.take_writer_waiting():
             self.router.wake(self.info, -1)
 
     def leave(self, status: int) -> None:
         """Stop gating the writer (detached or done) and let a sleeping writer re-check."""
-        self.ring.set_reader_status(self.slot, status)
-        self.router.wake(self.info, -1)
+        if self.slot >= 0:
+            self.ring.set_reader_status(self.slot, status)
+            self.router.wake(self.info, -1)
 
 
 class Ingest:

@@ -18,6 +18,12 @@ Invariants (the hypothesis model in ``tests/unit/test_ring_model.py`` checks the
 - A plan is one span, or two when the range crosses the end of the data area; its spans'
   lengths add up to ``next_seq - seq``.
 - A detached reader stops gating the writer (the caller leaves it out of ``slowest``).
+- Replay window: the writer is also gated by ``write_seq - window`` (``gate``), so the
+  newest ``window`` bytes stay in the ring after every reader has read them. Every byte at
+  or after the gate is intact; a reader without a cursor in the header (a watcher, or a
+  receiver catching up after a resume) copies bytes out, then re-computes the gate, and
+  trusts the copy only if its start is still at or after it (``held``): the writer only
+  ever overwrites bytes before the gate it planned with, and gates only grow.
 
 The binding (``shm.py``) copies the payload first, then publishes ``next_seq`` with one
 aligned 8-byte store, so a reader never sees a sequence ahead of the bytes behind it.
@@ -30,7 +36,7 @@ from typing import NamedTuple
 
 from ringpipe.errors import WouldBlock
 
-__all__ = ["Plan", "Span", "plan_read", "plan_write", "slowest"]
+__all__ = ["Plan", "Span", "gate", "held", "plan_read", "plan_write", "slowest"]
 
 
 class Span(NamedTuple):
@@ -114,3 +120,15 @@ def plan_read(*, read_seq: int, write_seq: int, capacity: int, limit: int) -> Pl
 def slowest(write_seq: int, read_seqs: Iterable[int]) -> int:
     """The sequence that gates the writer: the minimum over attached readers, else ``write_seq``."""
     return min(read_seqs, default=write_seq)
+
+
+def gate(write_seq: int, read_seqs: Iterable[int], window: int) -> int:
+    """The writer's gate with a replay window: the slowest attached reader, but never later
+    than ``write_seq - window`` (and never before 0). The writer may overwrite only bytes
+    before it; every byte from it up to ``write_seq`` is held."""
+    return min(slowest(write_seq, read_seqs), max(0, write_seq - window))
+
+
+def held(pos: int, gate_after_copy: int) -> bool:
+    """Whether bytes copied from ``pos`` are intact, given the gate computed *after* the copy."""
+    return pos >= gate_after_copy

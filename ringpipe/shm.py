@@ -14,9 +14,22 @@ Layout (every header field is one aligned little-endian uint64; 64-byte lines so
 and each reader write to their own cache line)::
 
     line 0       magic "RPRING01" | capacity | n_readers | data_offset
-    line 1       write_seq | state (0 open, 1 eof, 2 broken) | writer_waiting
-    line 2+i     read_seq[i] | status[i] (0 attached, 1 detached, 2 done) | reader_waiting[i]
+    line 1       write_seq | state (0 open, 1 eof, 2 broken, 3 cancelled) | writer_waiting
+                 | replay_window | watchers_waiting
+    line 2+i     read_seq[i] | status[i] (0 attached, 1 detached, 2 done, 3 evicted)
+                 | reader_waiting[i]
+    line 2+n..   256 bytes: watcher_waiting[w], one byte per worker slot w
     data_offset  capacity bytes of data (data_offset is page-aligned)
+
+Replay window and watchers: the writer is gated by ``ring.gate`` (the slowest attached
+reader, but at most ``write_seq - replay_window``), so the newest ``replay_window`` bytes
+stay readable after every reader has read them. Watchers have no cursor here and never
+gate the writer: each keeps its position in its own process, copies bytes out, and checks
+with ``ring.held`` that the gate did not pass its position meanwhile (``read_behind``). A
+sleeping watcher sets its worker's byte and then ``watchers_waiting`` (plain stores, no
+read-modify-write across processes); the writer, after publishing, takes the summary word
+and, only if it was set, the per-worker bytes, and wakes each such worker once (all its
+watchers of the ring). With no watcher, that costs the writer one load per publish.
 
 Memory ordering: CPython has no fences. On x86-64 (TSO) stores become visible in program
 order, so "copy the data, then store the sequence" is enough for a reader that loads the
@@ -45,7 +58,7 @@ from multiprocessing import shared_memory
 from typing import Any, Final
 
 from ringpipe import ring
-from ringpipe.errors import PeerGone, WouldBlock
+from ringpipe.errors import Gap, PeerGone, WouldBlock
 
 __all__ = [
     "RingSegment",
@@ -59,12 +72,14 @@ MAGIC: Final = int.from_bytes(b"RPRING01", "little")
 SHM_DIR: Final = "/dev/shm"
 PREFIX: Final = "ringpipe-"
 
-OPEN, EOF, BROKEN = 0, 1, 2
-ATTACHED, DETACHED, DONE = 0, 1, 2
+OPEN, EOF, BROKEN, CANCELLED = 0, 1, 2, 3
+ATTACHED, DETACHED, DONE, EVICTED = 0, 1, 2, 3
+#: Worker slots with a watcher-waiting byte (config caps workers at 256).
+WATCHER_WORKERS: Final = 256
 
 _LINE = 8  # uint64 words per 64-byte line
 _W_MAGIC, _W_CAPACITY, _W_READERS, _W_DATA = 0, 1, 2, 3
-_W_WRITE_SEQ, _W_STATE, _W_WRITER_WAITING = 8, 9, 10
+_W_WRITE_SEQ, _W_STATE, _W_WRITER_WAITING, _W_WINDOW, _W_WATCHERS = 8, 9, 10, 11, 12
 
 
 class _NoTracker:
@@ -169,20 +184,24 @@ class RingSegment:
         words.release()
         self._words: memoryview | None = buf[: self._data_offset].cast("Q")
         self._data: memoryview | None = buf[self._data_offset : self._data_offset + self.capacity]
+        self._watch_flags: memoryview | None = buf[64 * (2 + self.n_readers) : 64 * (2 + self.n_readers) + 256]
+        self.window = int(self._words[_W_WINDOW])
         self._cached_slowest = 0
 
     # -- lifecycle --
 
     @classmethod
-    def create(cls, name: str, capacity: int, n_readers: int) -> RingSegment:
-        if capacity <= 0 or capacity & (capacity - 1) or n_readers < 1:
-            raise ValueError(f"bad ring shape: capacity={capacity}, n_readers={n_readers}")
-        data_offset = _round_up(64 * (2 + n_readers), 4096)
+    def create(cls, name: str, capacity: int, n_readers: int, window: int = 0) -> RingSegment:
+        """Create a ring; ``window``: replay bytes kept after every reader read them (<= capacity/2)."""
+        if capacity <= 0 or capacity & (capacity - 1) or n_readers < 1 or not 0 <= window <= capacity // 2:
+            raise ValueError(f"bad ring shape: capacity={capacity}, n_readers={n_readers}, window={window}")
+        data_offset = _round_up(64 * (2 + n_readers) + WATCHER_WORKERS, 4096)
         shm = _open(name, create=True, size=data_offset + capacity)
         words = _buffer(shm).cast("Q")
         words[_W_CAPACITY] = capacity
         words[_W_READERS] = n_readers
         words[_W_DATA] = data_offset
+        words[_W_WINDOW] = window
         words[_W_MAGIC] = MAGIC  # last: a half-built header never looks valid
         words.release()
         return cls(shm, owned=True)
@@ -196,9 +215,10 @@ class RingSegment:
         """Unmap (idempotent). Unlinking is the owner's business: see ``unlink``."""
         if self._words is not None:
             self._words.release()
-            assert self._data is not None
+            assert self._data is not None and self._watch_flags is not None
             self._data.release()
-            self._words = self._data = None
+            self._watch_flags.release()
+            self._words = self._data = self._watch_flags = None
             try:
                 self._shm.close()
             except BufferError:  # a view lent to the event loop is still alive: unmapped at GC
@@ -233,12 +253,34 @@ class RingSegment:
         return int(self.words[_LINE * (2 + slot)])
 
     def _slowest_attached(self) -> int:
+        """The writer's gate (``ring.gate``): attached readers and the replay window."""
         words = self.words
         write_seq = int(words[_W_WRITE_SEQ])
-        return ring.slowest(
+        return ring.gate(
             write_seq,
             (int(words[_LINE * (2 + i)]) for i in range(self.n_readers) if words[_LINE * (2 + i) + 1] == ATTACHED),
+            self.window,
         )
+
+    def oldest_held(self) -> int:
+        """The oldest pipe offset still intact in the ring (the gate, see ``ring.gate``)."""
+        return self._slowest_attached()
+
+    def gating_readers(self) -> list[tuple[int, int]]:
+        """``(slot, read_seq)`` of every attached reader (the stall check watches them)."""
+        words = self.words
+        return [
+            (i, int(words[_LINE * (2 + i)])) for i in range(self.n_readers) if words[_LINE * (2 + i) + 1] == ATTACHED
+        ]
+
+    def evict(self, slot: int) -> bool:
+        """Stop reader ``slot`` gating the writer because it stalled; False if it was not attached."""
+        status = _LINE * (2 + slot) + 1
+        if self.words[status] != ATTACHED:
+            return False
+        self.words[status] = EVICTED
+        self._cached_slowest = self._slowest_attached()
+        return True
 
     def write_nowait(self, data: bytes | bytearray | memoryview) -> int:
         """Copy as much of ``data`` as fits, publish it, and return the bytes written.
@@ -294,8 +336,32 @@ class RingSegment:
 
     def break_ring(self) -> None:
         """Mark the ring broken whatever its state (the owner, when a producer's worker died)."""
-        if self._words is not None and self.state != EOF:
+        if self._words is not None and self.state not in (EOF, CANCELLED):
             self.words[_W_STATE] = BROKEN
+
+    def cancel(self) -> None:
+        """Mark the ring cancelled (``DELETE``): readers end with the cancelled ending."""
+        if self._words is not None:
+            self.words[_W_STATE] = CANCELLED
+
+    def take_watcher_workers(self) -> list[int]:
+        """Worker slots with a sleeping watcher of this ring; their flags are cleared."""
+        words = self.words
+        if not words[_W_WATCHERS]:
+            return []
+        words[_W_WATCHERS] = 0
+        flags = self._watch_flags
+        assert flags is not None
+        workers = [w for w in range(WATCHER_WORKERS) if flags[w]]
+        for w in workers:
+            flags[w] = 0
+        return workers
+
+    def set_watcher_waiting(self, worker: int) -> None:
+        flags = self._watch_flags
+        assert flags is not None
+        flags[worker] = 1
+        self.words[_W_WATCHERS] = 1
 
     def set_writer_waiting(self) -> None:
         self.words[_W_WRITER_WAITING] = 1
@@ -346,8 +412,8 @@ class RingSegment:
         words, area = self.words, self._data
         assert area is not None
         state = words[_W_STATE]
-        if state == BROKEN:
-            raise PeerGone("producer vanished")
+        if state > EOF or words[_LINE * (2 + slot) + 1] == EVICTED:
+            raise _ending(state)
         read_seq = int(words[_LINE * (2 + slot)])
         write_seq = int(words[_W_WRITE_SEQ])
         if read_seq == write_seq:
@@ -356,6 +422,36 @@ class RingSegment:
             raise WouldBlock("nothing published")
         plan = ring.plan_read(read_seq=read_seq, write_seq=write_seq, capacity=self.capacity, limit=limit)
         return [area[s.offset : s.offset + s.length] for s in plan.spans], plan.next_seq
+
+    def read_behind(self, pos: int, limit: int) -> bytes:
+        """Copy up to ``limit`` bytes from pipe offset ``pos`` without a cursor (watchers, catch-up).
+
+        Returns ``b""`` at a clean end. The copy is checked after the fact (``ring.held``).
+
+        Raises:
+            WouldBlock: nothing after ``pos`` yet; set the waiting flag, re-check, sleep.
+            Gap: bytes from ``pos`` are no longer held; ``lost_to`` is the oldest one held.
+            PeerGone: the pipe ended broken or cancelled.
+        """
+        words, area = self.words, self._data
+        assert area is not None
+        state = words[_W_STATE]
+        if state > EOF:
+            raise _ending(state)
+        write_seq = int(words[_W_WRITE_SEQ])
+        oldest = self._slowest_attached()
+        if pos < oldest:
+            raise Gap(pos, oldest)
+        if pos >= write_seq:
+            if state == EOF:
+                return b""
+            raise WouldBlock("nothing published")
+        plan = ring.plan_read(read_seq=pos, write_seq=write_seq, capacity=self.capacity, limit=limit)
+        out = b"".join([area[s.offset : s.offset + s.length] for s in plan.spans])
+        oldest = self._slowest_attached()
+        if not ring.held(pos, oldest):
+            raise Gap(pos, oldest)
+        return out
 
     def commit_read(self, slot: int, read_seq: int) -> None:
         """Store reader ``slot``'s cursor: the bytes before it may now be overwritten."""
@@ -375,3 +471,12 @@ class RingSegment:
         """Detach or finish a reader: from then on it no longer gates the writer."""
         if self._words is not None:
             self.words[_LINE * (2 + slot) + 1] = status
+
+
+def _ending(state: int) -> PeerGone:
+    """The error a reader gets from a ring that ended in ``state`` (or its own eviction)."""
+    if state == BROKEN:
+        return PeerGone("producer vanished")
+    if state == CANCELLED:
+        return PeerGone("the transfer was cancelled", ending="cancelled")
+    return PeerGone("this reader made no progress and was evicted", ending="lagged")

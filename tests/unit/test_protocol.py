@@ -22,6 +22,7 @@ from ringpipe.protocol import (
     Broken,
     Frame,
     Hello,
+    PipeStatus,
     RelayInfo,
     Start,
     decode,
@@ -29,14 +30,21 @@ from ringpipe.protocol import (
 )
 from ringpipe.rendezvous import (
     Accepted,
+    Answer,
+    Cancel,
+    Cancelled,
+    Evicted,
     Finish,
     Join,
     Leave,
     PartyId,
+    Query,
     ReceiverAborted,
     ReceiverConnected,
+    ReceiverEvicted,
     Reject,
     Role,
+    Stalled,
 )
 
 P = PartyId(2, 4321, 17)
@@ -57,6 +65,17 @@ EXAMPLES: list[Frame] = [
     Start(P, INFO, 0, (("content-length", "5"),)),
     Start(P, RelayInfo("s", 4096, 1, 1, ()), -1, ()),
     Broken(P),
+    Join(P, "/w", Role.WATCHER, 1, key="ab" * 32),
+    Join(P, "/r", Role.RECEIVER, 2, offset=1234, epoch="lq2x9k", resumable=True, stall_ms=1500),
+    Cancel(P, "/p", "cd" * 32),
+    Query(P, "/p"),
+    Stalled(P, 3),
+    Answer(P, 204, ""),
+    Cancelled(P),
+    Evicted(P),
+    ReceiverEvicted(P),
+    PipeStatus(P, "established", 2, 3, 65536, "lq2x9k"),
+    Start(P, RelayInfo("s", 4096, 1, 1, (0,), "lq2x9k", 30000), -2, ()),
 ]
 
 
