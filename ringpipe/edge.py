@@ -446,7 +446,8 @@ class PipeEndpoints:
         answer = await self._ask(path, cancel=True, key=read_key(scope))
         if isinstance(answer, Answer) and answer.status == 204:
             log.info("pipe cancelled", extra={"path": path})
-            await send({"type": "http.response.start", "status": 204, "headers": TEXT_HEADERS[1:]})
+            headers = [TEXT_HEADERS[1], worker_header(self.node.index)]
+            await send({"type": "http.response.start", "status": 204, "headers": headers})
             await send({"type": "http.response.body", "body": b""})
         elif isinstance(answer, Answer):
             await reject(send, answer.status, answer.message)
@@ -469,6 +470,7 @@ class PipeEndpoints:
                     b"Ringpipe-State, Ringpipe-Receivers, Ringpipe-Offset, Ringpipe-Epoch",
                 ),
                 (b"content-length", b"0"),
+                worker_header(self.node.index),
             ]
             await send({"type": "http.response.start", "status": 200, "headers": headers})
             await send({"type": "http.response.body", "body": b""})

@@ -11,8 +11,8 @@ A ``Node`` plays two roles at once:
 
 Limits are shared out per owner (paths hash evenly over workers): each owner admits
 ``ceil(max_pipes / workers)`` pipes and holds at most ``max_memory // workers`` bytes of
-rings (at least one ring), so no shared counter is needed and ``max_memory`` bounds the
-total. Timers (``wait_timeout``, ``reconnect_grace``) live in the owner's rendezvous as one
+ring segments (header included), so no shared counter is needed and ``max_memory`` bounds
+the total. (A server whose budget per worker is below one ring refuses every transfer.) Timers (``wait_timeout``, ``reconnect_grace``) live in the owner's rendezvous as one
 heap, driven by one task that sleeps until the earliest deadline.
 
 Failure rule: when a peer worker dies, this node (as owner) treats that peer's parties as
@@ -91,7 +91,7 @@ def owner_limits(settings: Settings) -> Limits:
         reconnect_grace=settings.reconnect_grace,
         max_pipes=math.ceil(settings.max_pipes / workers),
         max_watchers=settings.max_watchers,
-        max_relays=max(1, settings.max_memory // workers // settings.ring_bytes),
+        max_memory=settings.max_memory // workers,
     )
 
 
@@ -193,7 +193,9 @@ class Node:
         self.index = index
         self.pid = os.getpid()
         self.supervisor_pid = supervisor_pid
-        self.rendezvous = Rendezvous(owner_limits(settings), self._ring_view)
+        self.rendezvous = Rendezvous(
+            owner_limits(settings), self._ring_view, lambda n: shm.segment_bytes(settings.ring_bytes, n)
+        )
         self.parties: dict[int, LocalParty] = {}
         self._owned: dict[int, _OwnedRelay] = {}
         self._wakers: dict[tuple[str, int], Callable[[], None]] = {}

@@ -412,15 +412,15 @@ class RingView:
 class Limits:
     """This owner's share of the server's limits (see ``Node``: each owner gets 1/workers).
 
-    ``max_relays``: rings this owner may hold at once (its share of ``max_memory``).
-    Timeouts in seconds; 0 means none.
+    ``max_memory``: bytes of rings this owner may hold at once, as counted by the
+    ``ring_cost(n)`` the shell passes to ``Rendezvous``. Timeouts in seconds; 0 means none.
     """
 
     wait_timeout: float = 0.0
     reconnect_grace: float = 0.0
     max_pipes: int = 1 << 62
     max_watchers: int = 1 << 62
-    max_relays: int = 1 << 62
+    max_memory: int = 1 << 62
 
 
 # --- state --------------------------------------------------------------------------------
@@ -469,6 +469,10 @@ def _no_ring(relay_id: int) -> RingView | None:
     return None
 
 
+def _free(n: int) -> int:
+    return 0
+
+
 def keys_match(expected: str, given: str) -> bool:
     """Constant-time comparison of two key digests (``""``: no key)."""
     return hmac.compare_digest(expected.encode(), given.encode())
@@ -477,9 +481,17 @@ def keys_match(expected: str, given: str) -> bool:
 class Rendezvous:
     """The rendezvous state of all paths one worker owns."""
 
-    def __init__(self, limits: Limits | None = None, ring_view: Callable[[int], RingView | None] = _no_ring) -> None:
+    def __init__(
+        self,
+        limits: Limits | None = None,
+        ring_view: Callable[[int], RingView | None] = _no_ring,
+        ring_cost: Callable[[int], int] = _free,
+    ) -> None:
         self.limits = limits or Limits()
         self.ring_view = ring_view
+        self.ring_cost = ring_cost
+        #: Bytes of the rings of live relays (``ring_cost``), against ``limits.max_memory``.
+        self.memory = 0
         self.pipes: dict[str, Waiting | Relay] = {}
         self.relays: dict[int, Relay] = {}
         self._waiting_of: dict[PartyId, str] = {}
@@ -610,7 +622,8 @@ class Rendezvous:
     def _establish_if_complete(self, waiting: Waiting) -> list[Action]:
         if waiting.sender is None or len(waiting.receivers) < waiting.n:
             return []
-        if len(self.relays) >= self.limits.max_relays:
+        cost = self.ring_cost(waiting.n)
+        if self.memory + cost > self.limits.max_memory:
             message = "The server is at its memory limit; try again later."
             return self._dissolve(waiting.parties()[::-1], 503, message)
         relay_id = self._next_relay_id
@@ -626,6 +639,7 @@ class Rendezvous:
             watchers=set(waiting.watchers),
         )
         self.pipes[waiting.path] = self.relays[relay_id] = relay
+        self.memory += cost
         for party in waiting.parties():
             del self._waiting_of[party]
             self._wait_deadline.pop(party, None)
@@ -741,6 +755,7 @@ class Rendezvous:
     def _release_if_empty(self, relay: Relay) -> list[Action]:
         if relay.sender is None and not relay.slots and not relay.reserved:
             del self.relays[relay.relay_id]
+            self.memory -= self.ring_cost(relay.n)
             self._free_path(relay)
             for watcher in relay.watchers:
                 self._watching.pop(watcher, None)

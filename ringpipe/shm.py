@@ -62,6 +62,7 @@ from ringpipe.errors import Gap, PeerGone, WouldBlock
 
 __all__ = [
     "RingSegment",
+    "segment_bytes",
     "segment_name",
     "segment_prefix",
     "sweep",
@@ -158,6 +159,15 @@ def _round_up(value: int, multiple: int) -> int:
     return -(-value // multiple) * multiple
 
 
+def _data_offset(n_readers: int) -> int:
+    return _round_up(64 * (2 + n_readers) + WATCHER_WORKERS, 4096)
+
+
+def segment_bytes(capacity: int, n_readers: int) -> int:
+    """The size of a ring segment: its header pages plus ``capacity`` bytes of data."""
+    return _data_offset(n_readers) + capacity
+
+
 def _buffer(shm: shared_memory.SharedMemory) -> memoryview:
     """The mapped bytes of an open segment (typeshed allows None once closed)."""
     buf = shm.buf
@@ -195,7 +205,7 @@ class RingSegment:
         """Create a ring; ``window``: replay bytes kept after every reader read them (<= capacity/2)."""
         if capacity <= 0 or capacity & (capacity - 1) or n_readers < 1 or not 0 <= window <= capacity // 2:
             raise ValueError(f"bad ring shape: capacity={capacity}, n_readers={n_readers}, window={window}")
-        data_offset = _round_up(64 * (2 + n_readers) + WATCHER_WORKERS, 4096)
+        data_offset = _data_offset(n_readers)
         shm = _open(name, create=True, size=data_offset + capacity)
         words = _buffer(shm).cast("Q")
         words[_W_CAPACITY] = capacity
