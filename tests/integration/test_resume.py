@@ -1,0 +1,178 @@
+"""SPEC 2.4 resume against a real server: receivers that drop and come back, over real sockets.
+
+A resumable receiver (``?resume=1``, or any reader that came with an offset) keeps its slot
+for ``reconnect_grace`` seconds after it drops; it continues with ``?offset=N``,
+``Last-Event-ID: <epoch>-<offset>`` or ``Range: bytes=N-`` and must get exactly the
+producer's bytes, no loss, no duplicate. An offset no longer held, or of another pipe
+(wrong epoch), is answered 410.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+
+from tests.conftest import Server
+from tests.pipeclient import Response, get, pattern, put, read_head
+
+ServerFactory = Callable[..., Server]
+
+
+def run(coro):  # type: ignore[no-untyped-def]
+    return asyncio.run(asyncio.wait_for(coro, 120))
+
+
+def fresh() -> str:
+    return "/" + uuid.uuid4().hex
+
+
+async def paced(data: bytes, chunk: int, every: float) -> AsyncIterator[bytes]:
+    for i in range(0, len(data), chunk):
+        yield data[i : i + chunk]
+        await asyncio.sleep(every)
+
+
+async def head(port: int, path: str) -> dict[str, str]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(f"HEAD {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+        status, headers = await read_head(reader)
+        return {"status": str(status), **dict(headers)}
+    finally:
+        writer.close()
+
+
+class Attempt:
+    """One receiver connection that reads the (chunked) body piece by piece, counting bytes."""
+
+    def __init__(self, port: int, path: str, headers: list[tuple[str, str]]) -> None:
+        self.port, self.path, self.headers = port, path, headers
+        self.body = bytearray()
+        self.complete = False
+        self.status = 0
+        self.head: dict[str, str] = {}
+
+    async def run(self, stop_after: int | None) -> None:
+        """Read until the end, or drop the connection abruptly after ``stop_after`` bytes."""
+        reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
+        try:
+            lines = [f"GET {self.path} HTTP/1.1", "Host: x", *(f"{k}: {v}" for k, v in self.headers)]
+            writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
+            self.status, head = await read_head(reader)
+            self.head = dict(head)
+            if self.status not in (200, 206):
+                return
+            assert self.head.get("transfer-encoding") == "chunked"
+            while True:
+                size = int((await reader.readline()).split(b";")[0], 16)
+                if size == 0:
+                    self.complete = True
+                    return
+                left = size
+                while left:
+                    piece = await reader.read(min(left, 1500))
+                    if not piece:
+                        return
+                    self.body += piece
+                    left -= len(piece)
+                    if stop_after is not None and len(self.body) >= stop_after:
+                        return
+                await reader.readexactly(2)
+        finally:
+            writer.transport.abort()  # an abrupt drop, like a reload or a lost network
+
+
+def test_several_drops_and_resumes_get_exactly_the_producers_bytes(server: Server) -> None:
+    """Eight drop/resume cycles, alternating ?offset=, Last-Event-ID and Range: the bytes
+    put together equal the upload, and the sender's log never hears of an abort."""
+    data = pattern(600_000, seed=11)
+    rng = random.Random(5)
+
+    async def scenario() -> tuple[Response, bytes, list[Attempt]]:
+        path = fresh()
+        sender = asyncio.create_task(put(server.port, path, paced(data, 3000, 0.01)))
+        got = bytearray()
+        attempts: list[Attempt] = []
+        epoch = ""
+        for cycle in range(9):
+            headers: list[tuple[str, str]] = []
+            target = path + "?resume=1"
+            if cycle > 0:
+                way = cycle % 3
+                if way == 0:
+                    target = f"{path}?offset={len(got)}"
+                elif way == 1:
+                    headers = [("Last-Event-ID", f"{epoch}-{len(got)}")]
+                else:
+                    headers = [("Range", f"bytes={len(got)}-")]
+            attempt = Attempt(server.port, target, headers)
+            attempts.append(attempt)
+            await attempt.run(None if cycle == 8 else rng.randint(1, 60_000))
+            got += attempt.body
+            if cycle == 0:
+                epoch = (await head(server.port, path)).get("ringpipe-epoch", "")
+            await asyncio.sleep(rng.uniform(0, 0.3))
+        return await sender, bytes(got), attempts
+
+    log, got, attempts = run(scenario())
+    assert [a.status for a in attempts] == [200, 200, 206, 200, 200, 206, 200, 200, 206]
+    assert attempts[-1].complete and not any(a.complete for a in attempts[:-1])
+    offsets = [int(a.head["ringpipe-offset"]) for a in attempts[1:]]
+    assert offsets == sorted(offsets) and offsets[0] > 0
+    assert attempts[2].head["content-range"].startswith(f"bytes {offsets[1]}-")
+    assert got == data, (
+        f"{len(got)} bytes, first difference at {next(i for i, (a, b) in enumerate(zip(got, data)) if a != b) if len(got) >= len(data) else len(got)}"
+    )
+    assert "aborted" not in log.text
+    assert log.text.endswith("[INFO] All receiver(s) was/were received successfully.\n")
+
+
+def test_offsets_not_held_and_wrong_epochs_get_410(server_factory: ServerFactory) -> None:
+    server = server_factory("--workers", "2", "--ring-bytes", "65536", "--replay-bytes", "16384")
+    data = pattern(2_000_000, seed=3)
+
+    async def scenario() -> tuple[list[Attempt], Response]:
+        path = fresh()
+        sender = asyncio.create_task(put(server.port, path, paced(data, 16384, 0.005)))
+        first = Attempt(server.port, path + "?resume=1", [])
+        await first.run(10)
+        await asyncio.sleep(0.5)
+        out = [
+            Attempt(server.port, path + "?offset=0", []),
+            Attempt(server.port, path, [("Last-Event-ID", "wrongepoch-10")]),
+            Attempt(server.port, fresh() + "?offset=5", []),
+        ]
+        for attempt in out:
+            await attempt.run(None)
+        sender.cancel()
+        free = await get(server.port, fresh() + "?last_event_id=abc-1")
+        return out, free
+
+    refused, free = run(scenario())
+    assert [a.status for a in refused] == [410, 410, 410]
+    assert free.status == 410 and free.text.startswith("[ERROR] ")
+
+
+def test_grace_expires_into_a_plain_abort(server_factory: ServerFactory) -> None:
+    """A resumable receiver that does not come back is aborted when its grace ends; a plain
+    receiver is aborted at once, as in piping-server."""
+    server = server_factory("--workers", "2", "--reconnect-grace", "1.5")
+
+    async def scenario(resumable: bool) -> tuple[Response, float]:
+        path = fresh()
+        sender = asyncio.create_task(put(server.port, path, paced(pattern(400_000), 2000, 0.01)))
+        attempt = Attempt(server.port, path + ("?resume=1" if resumable else ""), [])
+        await attempt.run(5000)
+        dropped = time.monotonic()
+        log = await sender
+        return log, time.monotonic() - dropped
+
+    log, took = run(scenario(True))
+    assert log.text.endswith("[INFO] All receiver(s) was/were aborted halfway.\n")
+    assert 1.0 < took < 15
+    log, took = run(scenario(False))
+    assert log.text.endswith("[INFO] All receiver(s) was/were aborted halfway.\n")
+    assert took < 1.5
