@@ -13,12 +13,11 @@ from hypothesis import strategies as st
 
 from ringpipe.rendezvous import (
     Accepted,
-    Action,
     Answer,
     Break,
     Cancel,
-    CancelRelay,
     Cancelled,
+    CancelRelay,
     Detach,
     Drain,
     Establish,
