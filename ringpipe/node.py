@@ -12,8 +12,9 @@ A ``Node`` plays two roles at once:
 Limits are shared out per owner (paths hash evenly over workers): each owner admits
 ``ceil(max_pipes / workers)`` pipes and holds at most ``max_memory // workers`` bytes of
 ring segments (header included), so no shared counter is needed and ``max_memory`` bounds
-the total. (A server whose budget per worker is below one ring refuses every transfer.) Timers (``wait_timeout``, ``reconnect_grace``) live in the owner's rendezvous as one
-heap, driven by one task that sleeps until the earliest deadline.
+the total. (A server whose budget per worker is below one ring refuses every transfer.)
+Timers (``wait_timeout``, ``reconnect_grace``) live in the owner's rendezvous as one heap,
+driven by one task that sleeps until the earliest deadline.
 
 Failure rule: when a peer worker dies, this node (as owner) treats that peer's parties as
 gone, and (as participant) fails every local party whose owner was that peer. Either way

@@ -262,12 +262,20 @@ class Consumer(_Endpoint):
         *,
         start: int | None = None,
         continue_gaps: bool = False,
-        worker: int = 0,
+        worker: int | None = None,
     ) -> None:
+        """``start``: the pipe offset to begin at (resume; a watcher's default is the oldest
+        byte held). ``worker``: this worker's index (watchers and resumed receivers need it
+        for wake-ups)."""
         super().__init__(router, ring, info, slot)
         self.bytes_read = 0
         self.continue_gaps = continue_gaps
-        self.worker = worker
+        self.worker = 0 if worker is None else worker
+        #: A receiver that resumed on another worker than its slot's: the writer's wake-ups
+        #: for the slot go to the old worker, so it also sleeps as a watcher of its worker.
+        self.moved = worker is not None and 0 <= slot < len(info.readers) and info.readers[slot] != worker
+        if self.moved:
+            router.register(info.segment, WATCHER_SLOT, self.sleeper.wake)
         #: The position of a reader that reads behind (watcher, catching-up receiver), else None.
         self._pos: int | None = None
         if slot == WATCHER_SLOT:
@@ -298,6 +306,8 @@ class Consumer(_Endpoint):
                 return ring.peek(slot, READ_LIMIT)
             except WouldBlock:
                 ring.set_reader_waiting(slot)
+                if self.moved:
+                    ring.set_watcher_waiting(self.worker)
                 try:
                     return ring.peek(slot, READ_LIMIT)
                 except WouldBlock:
@@ -380,6 +390,11 @@ class Consumer(_Endpoint):
         self.sleeper.progressed()
         if self.ring.take_writer_waiting():
             self.router.wake(self.info, -1)
+
+    def close(self) -> None:
+        if self.moved:
+            self.router.unregister(self.info.segment, WATCHER_SLOT, self.sleeper.wake)
+        super().close()
 
     def leave(self, status: int) -> None:
         """Stop gating the writer (detached or done) and let a sleeping writer re-check."""
