@@ -29,7 +29,9 @@ waiting      complete, memory budget spent       free           Reject(503) ever
 established  Join(sender|fresh receiver)         established    Reject(400 "... established already.")
 established  Join(watcher)                       established    WatcherStart (503 beyond max_watchers)
 established  Join(receiver, resume N)            established    Resume(slot) if a slot is reserved and N
-                                                                is held; else Reject(410)
+                                                                is held; parked while a resumable
+                                                                receiver is connected (its drop may not
+                                                                be seen yet); else Reject(410)
 established  Leave(receiver, completed)          est.|free      (last one) Finish(sender)
 established  Leave(resumable receiver, aborted)  established    -- (slot reserved for reconnect_grace)
 established  Tick past a reserved slot's grace   est.|free      as Leave(receiver, aborted) below
@@ -460,6 +462,8 @@ class Relay:
     reserved: dict[int, float] = field(default_factory=dict)
     resumable: set[PartyId] = field(default_factory=set)
     watchers: set[PartyId] = field(default_factory=set)
+    #: Resumes that came before the old connection's drop was seen: they wait for a slot.
+    parked: dict[PartyId, Join] = field(default_factory=dict)
 
 
 SHUTTING_DOWN = "The server is shutting down."
@@ -497,6 +501,7 @@ class Rendezvous:
         self._waiting_of: dict[PartyId, str] = {}
         self._relay_of: dict[PartyId, int] = {}
         self._watching: dict[PartyId, int] = {}
+        self._parked: dict[PartyId, int] = {}
         #: (deadline, kind, party-or-(relay, slot)) for waits and reconnect graces; stale
         #: entries are skipped when they come due (cheap for thousands of waiting parties).
         self._timers: list[tuple[float, int, PartyId | tuple[int, int]]] = []
@@ -526,7 +531,7 @@ class Rendezvous:
         if isinstance(event, WorkerGone):
             gone = sorted(
                 p
-                for p in (*self._waiting_of, *self._relay_of, *self._watching)
+                for p in (*self._waiting_of, *self._relay_of, *self._watching, *self._parked)
                 if (p.worker, p.pid) == (event.worker, event.pid)
             )
             actions: list[Action] = []
@@ -543,7 +548,7 @@ class Rendezvous:
 
     def _join(self, join: Join) -> list[Action]:
         party, path = join.party, join.path
-        if party in self._waiting_of or party in self._relay_of or party in self._watching:
+        if party in self._waiting_of or party in self._relay_of or party in self._watching or party in self._parked:
             return []
         if self.draining:
             return [Reject(party, 503, SHUTTING_DOWN)]
@@ -675,7 +680,22 @@ class Rendezvous:
         if view is None or (join.epoch and join.epoch != view.epoch):
             return [Reject(party, 410, f"The pipe on '{path}' that offset {join.offset} belongs to is gone.")]
         if not relay.reserved:
-            return [Reject(party, 410, f"No receiver slot on '{path}' is reserved for a resume.")]
+            if self.limits.reconnect_grace > 0 and relay.resumable & set(relay.slots):
+                # A reload can arrive before its old connection's drop: wait for that slot.
+                relay.parked[party] = join
+                self._parked[party] = relay.relay_id
+                deadline = self.now + self.limits.reconnect_grace
+                heapq.heappush(self._timers, (deadline, 2, party))
+                return []
+            return [Reject(party, 410, _NO_SLOT.format(path=path))]
+        return self._take_slot(relay, join)
+
+    def _take_slot(self, relay: Relay, join: Join) -> list[Action]:
+        """Give a reserved slot of ``relay`` to the resuming ``join`` if its offset is held."""
+        party, path = join.party, relay.path
+        view = self.ring_view(relay.relay_id)
+        if view is None:
+            return [Reject(party, 410, f"The pipe on '{path}' that offset {join.offset} belongs to is gone.")]
         if not view.oldest <= join.offset <= view.head:
             return [
                 Reject(
@@ -697,6 +717,10 @@ class Rendezvous:
     def _leave(self, party: PartyId, completed: bool, *, resumable: bool = True) -> list[Action]:
         if party in self._waiting_of:
             return self._forget_waiting(party)
+        parked = self._parked.pop(party, None)
+        if parked is not None:
+            del self.relays[parked].parked[party]
+            return []
         watched = self._watching.pop(party, None)
         if watched is not None:
             watched_relay = self.relays.get(watched)
@@ -714,6 +738,7 @@ class Rendezvous:
                 relay.broken = True
                 relay.reserved.clear()
                 actions.append(Break(relay_id, tuple(relay.slots)))
+                actions += self._turn_parked_away(relay)
                 self._free_path(relay)
         else:
             slot = relay.slots.pop(party)
@@ -729,9 +754,27 @@ class Rendezvous:
                 deadline = self.now + self.limits.reconnect_grace
                 relay.reserved[slot] = deadline
                 heapq.heappush(self._timers, (deadline, 1, (relay_id, slot)))
-                return []
+                return self._unpark(relay)
             actions += self._slot_gone(relay, slot, completed=completed)
         return actions + self._release_if_empty(relay)
+
+    def _unpark(self, relay: Relay) -> list[Action]:
+        """Hand reserved slots to parked resumes, oldest first."""
+        actions: list[Action] = []
+        while relay.parked and relay.reserved:
+            party = next(iter(relay.parked))
+            join = relay.parked.pop(party)
+            del self._parked[party]
+            actions += self._take_slot(relay, join)
+        return actions
+
+    def _turn_parked_away(self, relay: Relay, cancelled: bool = False) -> list[Action]:
+        actions: list[Action] = []
+        for party in relay.parked:
+            del self._parked[party]
+            actions.append(Cancelled(party) if cancelled else Reject(party, 410, _NO_SLOT.format(path=relay.path)))
+        relay.parked.clear()
+        return actions
 
     def _slot_gone(self, relay: Relay, slot: int, *, completed: bool, evicted: bool = False) -> list[Action]:
         """Reader ``slot`` of ``relay`` is over: count it, tell the sender, end the path if last."""
@@ -748,19 +791,22 @@ class Rendezvous:
                 actions.append(ReceiverEvicted(relay.sender) if evicted else ReceiverAborted(relay.sender))
         if not relay.slots and not relay.reserved and not relay.path_freed:
             self._free_path(relay)
+            actions += self._turn_parked_away(relay)
             if relay.sender is not None:
                 actions.append(Finish(relay.sender, all_aborted=relay.completed == 0))
         return actions
 
     def _release_if_empty(self, relay: Relay) -> list[Action]:
         if relay.sender is None and not relay.slots and not relay.reserved:
+            parked = self._turn_parked_away(relay)
             del self.relays[relay.relay_id]
             self.memory -= self.ring_cost(relay.n)
             self._free_path(relay)
             for watcher in relay.watchers:
                 self._watching.pop(watcher, None)
             return [
-                Release(relay.relay_id, relay.completed, relay.aborted, relay.broken, relay.cancelled, relay.evicted)
+                *parked,
+                Release(relay.relay_id, relay.completed, relay.aborted, relay.broken, relay.cancelled, relay.evicted),
             ]
         return []
 
@@ -816,6 +862,13 @@ class Rendezvous:
                     actions += self._forget_waiting(what)
                     seconds = f"{self.limits.wait_timeout:g}"
                     actions.append(Reject(what, 408, f"Nobody else came to '{path}' within {seconds} s."))
+            elif kind == 2:
+                assert isinstance(what, PartyId)
+                parked = self._parked.pop(what, None)
+                if parked is not None:
+                    holder = self.relays[parked]
+                    del holder.parked[what]
+                    actions.append(Reject(what, 410, _NO_SLOT.format(path=holder.path)))
             else:
                 assert isinstance(what, tuple)
                 relay_id, slot = what
@@ -843,6 +896,7 @@ class Rendezvous:
             actions += self._dissolve(current.parties()[::-1], 0, "")
         else:
             current.cancelled = True
+            actions += self._turn_parked_away(current, cancelled=True)
             self._free_path(current)
             for slot in list(current.reserved):
                 del current.reserved[slot]
@@ -889,4 +943,5 @@ class Rendezvous:
         return [p for p in (*self._waiting_of, *self._relay_of, *self._watching) if p.worker == worker]
 
 
+_NO_SLOT = "No receiver slot on '{path}' is reserved for a resume."
 _WRONG_KEY = "This pipe needs its read key (Ringpipe-Read-Key header or ?key=)."

@@ -236,7 +236,31 @@ def test_a_resumable_receiver_keeps_its_slot_through_the_grace_and_takes_it_back
     assert rv.handle(Join(R3, PATH, RECEIVER, 2, offset=500, epoch="e1", resumable=True)) == [Resume(R3, 1, 0)]
     assert relay.slots[R3] == 0 and not relay.reserved
     assert rv.handle(Tick(20)) == []  # the stale grace timer does nothing
-    assert rv.handle(Join(R1, PATH, RECEIVER, 2, offset=500))[0].status == 410  # no slot reserved
+    # No slot is reserved, but resumable R3 is connected: R1 waits for its drop, then 410.
+    assert rv.handle(Join(R1, PATH, RECEIVER, 2, offset=500), now=20) == []
+    assert rv.handle(Tick(30))[0].status == 410  # type: ignore[union-attr]
+
+
+def test_a_resume_that_arrives_before_the_drop_waits_for_the_slot() -> None:
+    """A browser reload: the new request can reach the owner before the old connection's
+    drop; it is parked until that slot is reserved (or the grace runs out: 410)."""
+    rv = rendezvous(held(0, 900), reconnect_grace=10)
+    relay_of(rv, 1, resumable=True)
+    assert rv.handle(Join(R2, PATH, RECEIVER, 1, offset=300, resumable=True), now=0) == []
+    assert rv.handle(Join(R3, PATH, RECEIVER, 1, offset=300), now=0) == []
+    assert rv.handle(Leave(R1, completed=False), now=1) == [Resume(R2, 1, 0)]
+    [reject] = rv.handle(Tick(10))
+    assert isinstance(reject, Reject) and reject.party == R3 and reject.status == 410
+    assert rv.handle(Leave(R2, completed=True)) == [Finish(S, all_aborted=False)]
+
+
+def test_parked_resumes_are_turned_away_when_the_pipe_ends() -> None:
+    rv = rendezvous(held(), reconnect_grace=10)
+    relay_of(rv, 1, resumable=True)
+    rv.handle(Join(R2, PATH, RECEIVER, 1, offset=5))
+    actions = rv.handle(Leave(S, completed=False))
+    assert Break(1, (R1,)) in actions and any(isinstance(a, Reject) and a.party == R2 for a in actions)
+    assert rv._parked == {}
 
 
 def test_grace_expiry_is_a_plain_abort() -> None:
@@ -349,6 +373,9 @@ def test_random_lifecycle_sequences_keep_the_invariants(events: list[Event], las
                 assert counted == len(established[action.relay_id].receivers), action
         assert not set(rv._waiting_of) & set(rv._relay_of)
         assert not set(rv._watching) & set(rv._relay_of)
+        assert not set(rv._parked) & (set(rv._relay_of) | set(rv._waiting_of) | set(rv._watching))
+        for party, relay_id in rv._parked.items():
+            assert party in rv.relays[relay_id].parked
         for relay in rv.relays.values():
             assert not set(relay.slots.values()) & set(relay.reserved), "a slot held twice"
         assert rv.memory == 100 * len(rv.relays)
@@ -360,4 +387,4 @@ def test_random_lifecycle_sequences_keep_the_invariants(events: list[Event], las
     feed(Tick(clock + 100))
     assert set(released) == set(established)
     assert rv.pipes == {} and rv.relays == {} and rv.memory == 0
-    assert rv._waiting_of == {} and rv._relay_of == {} and rv._watching == {}
+    assert rv._waiting_of == {} and rv._relay_of == {} and rv._watching == {} and rv._parked == {}
