@@ -178,7 +178,13 @@ def _to_json(value: object) -> object:
     if isinstance(value, enum.Enum):
         return value.value
     if is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _to_json(getattr(value, f.name)) for f in fields(value)}
+        # Fields still at their default are left out (the decoder fills them in): most
+        # joins carry no key, offset or stall timeout, and control frames stay small.
+        return {
+            f.name: _to_json(v)
+            for f in fields(value)
+            if (v := getattr(value, f.name)) is not f.default and (f.default is MISSING or v != f.default)
+        }
     if isinstance(value, tuple):
         return [_to_json(v) for v in value]
     return value

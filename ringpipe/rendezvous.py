@@ -506,6 +506,7 @@ class Rendezvous:
         #: entries are skipped when they come due (cheap for thousands of waiting parties).
         self._timers: list[tuple[float, int, PartyId | tuple[int, int]]] = []
         self._wait_deadline: dict[PartyId, float] = {}
+        self._compact_at = 1024
         self._next_relay_id = 1
         self.now = 0.0
         self.draining = False
@@ -539,6 +540,26 @@ class Rendezvous:
                 actions += self._leave(party, completed=False, resumable=False)
             return actions
         return self._drain()
+
+    def _push_timer(self, deadline: float, kind: int, what: PartyId | tuple[int, int]) -> None:
+        """Add a timer. Timers of parties that left stay in the heap until due; when they
+        outnumber the live ones, the heap is rebuilt (amortized O(1) per push), so a busy
+        server's heap stays proportional to what is really waiting."""
+        heapq.heappush(self._timers, (deadline, kind, what))
+        if len(self._timers) > self._compact_at:
+            self._timers = [t for t in self._timers if self._timer_live(t)]
+            heapq.heapify(self._timers)
+            self._compact_at = max(1024, 2 * len(self._timers))
+
+    def _timer_live(self, timer: tuple[float, int, PartyId | tuple[int, int]]) -> bool:
+        deadline, kind, what = timer
+        if kind == 0:
+            return isinstance(what, PartyId) and self._wait_deadline.get(what) == deadline
+        if kind == 2:
+            return what in self._parked
+        assert isinstance(what, tuple)
+        relay = self.relays.get(what[0])
+        return relay is not None and relay.reserved.get(what[1]) == deadline
 
     def next_deadline(self) -> float | None:
         """When the next ``Tick`` may have something to do (None: no timer pending)."""
@@ -605,7 +626,7 @@ class Rendezvous:
         if self.limits.wait_timeout > 0:
             deadline = self.now + self.limits.wait_timeout
             self._wait_deadline[party] = deadline
-            heapq.heappush(self._timers, (deadline, 0, party))
+            self._push_timer(deadline, 0, party)
 
     def _add_sender(self, waiting: Waiting, join: Join, connected: int | None) -> list[Action]:
         waiting.sender = join.party
@@ -685,7 +706,7 @@ class Rendezvous:
                 relay.parked[party] = join
                 self._parked[party] = relay.relay_id
                 deadline = self.now + self.limits.reconnect_grace
-                heapq.heappush(self._timers, (deadline, 2, party))
+                self._push_timer(deadline, 2, party)
                 return []
             return [Reject(party, 410, _NO_SLOT.format(path=path))]
         return self._take_slot(relay, join)
@@ -753,7 +774,7 @@ class Rendezvous:
             if keep:
                 deadline = self.now + self.limits.reconnect_grace
                 relay.reserved[slot] = deadline
-                heapq.heappush(self._timers, (deadline, 1, (relay_id, slot)))
+                self._push_timer(deadline, 1, (relay_id, slot))
                 return self._unpark(relay)
             actions += self._slot_gone(relay, slot, completed=completed)
         return actions + self._release_if_empty(relay)

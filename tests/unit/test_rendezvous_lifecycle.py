@@ -135,6 +135,18 @@ def test_waiting_parties_time_out_with_408_and_the_heap_skips_stale_entries() ->
     assert rv.pipes == {} and rv.next_deadline() is None
 
 
+def test_the_timer_heap_stays_proportional_to_what_waits() -> None:
+    rv = rendezvous(wait_timeout=300)
+    for i in range(5000):
+        party = PartyId(1, 1, i)
+        rv.handle(Join(party, f"/p{i}", RECEIVER, 1), now=i / 1000)
+        rv.handle(Leave(party, completed=False))
+    assert len(rv._timers) <= 1025
+    rv.handle(Join(R1, PATH, RECEIVER, 1), now=10)
+    assert rv.next_deadline() is not None
+    assert rv.handle(Tick(310))[0].status == 408  # type: ignore[union-attr]
+
+
 def test_established_parties_do_not_time_out() -> None:
     rv = rendezvous(wait_timeout=1)
     relay_of(rv)
