@@ -571,6 +571,10 @@ class PipeEndpoints:
             first = reader.point.offset
         elif watcher and reader.live:
             first = ring.write_seq
+        elif reader.resumable and not watcher:
+            # A reloaded page takes back a dropped reader's slot from the oldest byte held
+            # (at a fresh start that is the slot's own cursor, 0).
+            first = ring.oldest_held()
         consumer = Consumer(self.node, ring, start.relay, start.slot, start=first, worker=self.node.index)
         completed = False
         try:
@@ -584,7 +588,7 @@ class PipeEndpoints:
             if relayed is None:  # the sender vanished before its part headers
                 return
             status = 200
-            if watcher or reader.point is not None:
+            if watcher or reader.point is not None or offset > 0:
                 relayed = _with_length(relayed, consumer.offset)
                 relayed += [("ringpipe-offset", str(consumer.offset)), ("ringpipe-epoch", start.relay.epoch)]
                 if reader.point is not None and reader.point.by_range:

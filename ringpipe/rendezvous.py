@@ -26,7 +26,9 @@ waiting      Join(watcher)                       waiting        -- (started with
 waiting      Leave(party)                        waiting|free   -- (the party is forgotten)
 waiting      Tick past a party's wait_timeout    waiting|free   Reject(party, 408)
 waiting      complete, memory budget spent       free           Reject(503) every party
-established  Join(sender|fresh receiver)         established    Reject(400 "... established already.")
+established  Join(sender|fresh receiver)         established    Reject(400 "... established already."),
+                                                                but a fresh resumable receiver takes a
+                                                                reserved slot (a reloaded page)
 established  Join(watcher)                       established    WatcherStart (503 beyond max_watchers)
 established  Join(receiver, resume N)            established    Resume(slot) if a slot is reserved and N
                                                                 is held; parked while a resumable
@@ -695,8 +697,9 @@ class Rendezvous:
             relay.watchers.add(party)
             self._watching[party] = relay.relay_id
             return [WatcherStart(party, relay.relay_id)]
-        if join.role is Role.SENDER or join.offset < 0:
-            return [Reject(party, 400, f"Connection on '{path}' has been established already.")]
+        established = Reject(party, 400, f"Connection on '{path}' has been established already.")
+        if join.role is Role.SENDER or (join.offset < 0 and not (join.resumable and relay.reserved)):
+            return [established]
         view = self.ring_view(relay.relay_id)
         if view is None or (join.epoch and join.epoch != view.epoch):
             return [Reject(party, 410, f"The pipe on '{path}' that offset {join.offset} belongs to is gone.")]
@@ -712,12 +715,14 @@ class Rendezvous:
         return self._take_slot(relay, join)
 
     def _take_slot(self, relay: Relay, join: Join) -> list[Action]:
-        """Give a reserved slot of ``relay`` to the resuming ``join`` if its offset is held."""
+        """Give a reserved slot of ``relay`` to the resuming ``join`` if its offset is held
+        (a resumable reader without an offset, a reloaded page, takes it from the oldest
+        byte held)."""
         party, path = join.party, relay.path
         view = self.ring_view(relay.relay_id)
         if view is None:
             return [Reject(party, 410, f"The pipe on '{path}' that offset {join.offset} belongs to is gone.")]
-        if not view.oldest <= join.offset <= view.head:
+        if join.offset >= 0 and not view.oldest <= join.offset <= view.head:
             return [
                 Reject(
                     party,

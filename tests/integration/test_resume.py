@@ -174,3 +174,24 @@ def test_grace_expires_into_a_plain_abort(server_factory: ServerFactory) -> None
     log, took = run(scenario(False))
     assert log.text.endswith("[INFO] All receiver(s) was/were aborted halfway.\n")
     assert took < 1.5
+
+
+def test_a_reloaded_page_takes_the_stream_back_from_the_oldest_byte(server: Server) -> None:
+    """n=1 survives a reload: the dropped reader's slot is kept, and a new resumable reader
+    without an offset (a reloaded page) takes it, from the oldest byte still held."""
+    data = pattern(120_000, seed=4)
+
+    async def scenario() -> tuple[Response, Attempt, Attempt]:
+        path = fresh()
+        sender = asyncio.create_task(put(server.port, path, paced(data, 2000, 0.01)))
+        first = Attempt(server.port, path + "?resume=1", [])
+        await first.run(10_000)
+        await asyncio.sleep(0.2)
+        again = Attempt(server.port, path + "?resume=1", [])
+        await again.run(None)
+        return await sender, first, again
+
+    log, first, again = run(scenario())
+    assert first.status == 200 and again.status == 200
+    assert again.complete and bytes(again.body) == data
+    assert log.text.endswith("[INFO] All receiver(s) was/were received successfully.\n")

@@ -275,6 +275,15 @@ def test_parked_resumes_are_turned_away_when_the_pipe_ends() -> None:
     assert rv._parked == {}
 
 
+def test_a_reloaded_page_takes_a_reserved_slot_without_an_offset() -> None:
+    rv = rendezvous(held(100, 900), reconnect_grace=10)
+    relay_of(rv, 1, resumable=True)
+    assert rv.handle(Join(R2, PATH, RECEIVER, 1, resumable=True))[0].status == 400  # nothing reserved
+    rv.handle(Leave(R1, completed=False))
+    assert rv.handle(Join(R2, PATH, RECEIVER, 1))[0].status == 400  # a plain receiver: established
+    assert rv.handle(Join(R2, PATH, RECEIVER, 1, resumable=True)) == [Resume(R2, 1, 0)]
+
+
 def test_grace_expiry_is_a_plain_abort() -> None:
     rv = rendezvous(held(), reconnect_grace=10)
     relay_of(rv, 1, resumable=True)
