@@ -31,6 +31,10 @@ class RingpipeApp:
         self.pages = pages
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket":  # a WebSocket receiver (SPEC 2.1), never a page
+            path = normalize_path(scope.get("raw_path") or scope["path"].encode("latin-1"))
+            await self.endpoints.receiver(scope, receive, send, path)
+            return
         if scope["type"] != "http":
             return
         path = normalize_path(scope.get("raw_path") or scope["path"].encode("latin-1"))

@@ -14,7 +14,6 @@ chunk) if the producer vanished.
 from __future__ import annotations
 
 import logging
-import re
 from typing import Final
 
 import anyio
@@ -22,35 +21,32 @@ from starlette.types import Message, Receive, Scope, Send
 
 from ringpipe import metrics, shm
 from ringpipe.connection import EXTENSION, Connection, HangupWatcher
-from ringpipe.errors import PeerGone
 from ringpipe.multipart import FirstPart, boundary_of
 from ringpipe.node import Hangup, LocalParty, Node
 from ringpipe.paths import parse_int_like_js, query_param
 from ringpipe.protocol import Broken, Start
-from ringpipe.relay import HEADER_BLOCK, HEADER_MAGIC, Consumer, Ingest, Producer, parse_header_block
+from ringpipe.readers import (
+    HEADERS_IN_RING,
+    STREAM_HEADERS,
+    TEXT_HEADERS,
+    Reader,
+    ReadOptions,
+    content_headers,
+    http_reader,
+    read_options,
+    reject,
+    worker_header,
+)
+from ringpipe.relay import Consumer, Ingest, Producer
 from ringpipe.rendezvous import Accepted, Finish, ReceiverAborted, ReceiverConnected, Reject, Role
+from ringpipe.websocket import WebSocketReader
 
-__all__ = ["PipeEndpoints", "reject"]
+__all__ = ["HEADERS_IN_RING", "PipeEndpoints", "content_headers", "reject", "worker_header"]
 
 log = logging.getLogger("ringpipe.edge")
 
-TEXT_HEADERS: Final = [(b"content-type", b"text/plain"), (b"access-control-allow-origin", b"*")]
 CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
-#: Bytes a receiver sends between two updates of the bytes-out metric.
-METER_BYTES: Final = 1 << 20
 OWNER_LOST: Final = "The transfer was broken: a worker process of the server died."
-_MIME = re.compile(r"^\s*([^;]*)(\s*;?.*)$", re.DOTALL)
-
-
-async def reject(send: Send, status: int, message: str, *, close: bool = False, head: bool = False) -> None:
-    """Answer with the piping error form: ``[ERROR] <message>``, text/plain, CORS open."""
-    body = f"[ERROR] {message}\n".encode()
-    headers = [*TEXT_HEADERS, (b"content-length", str(len(body)).encode())]
-    if close:
-        headers.append((b"connection", b"close"))
-    metrics.REJECTIONS.labels(code=str(status)).inc()
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": b"" if head else body})
 
 
 def _header_values(scope: Scope, name: bytes) -> list[str]:
@@ -60,30 +56,6 @@ def _header_values(scope: Scope, name: bytes) -> list[str]:
 def _header(scope: Scope, name: bytes) -> str | None:
     values = _header_values(scope, name)
     return values[0] if values else None
-
-
-#: Internal marker in a Join's receiver headers (never sent): the sender's upload is
-#: multipart, and the first part's headers come through the ring ahead of its data.
-HEADERS_IN_RING: Final = "ringpipe-headers-in-ring"
-
-
-def _safe_content_type(value: str) -> str:
-    """text/html is relayed as text/plain, so a pipe never serves a page of our origin."""
-    match = _MIME.match(value)
-    if match and match.group(1) == "text/html":
-        return "text/plain" + match.group(2)
-    return value
-
-
-def content_headers(length: str | None, content_type: str | None, disposition: str | None) -> list[tuple[str, str]]:
-    out: list[tuple[str, str]] = []
-    if length is not None:
-        out.append(("content-length", length))
-    if content_type is not None:
-        out.append(("content-type", _safe_content_type(content_type)))
-    if disposition is not None:
-        out.append(("content-disposition", disposition))
-    return out
 
 
 def receiver_headers(scope: Scope) -> tuple[tuple[str, str], ...]:
@@ -106,11 +78,6 @@ def receiver_headers(scope: Scope) -> tuple[tuple[str, str], ...]:
     return tuple(out)
 
 
-def worker_header(index: int) -> tuple[bytes, bytes]:
-    """``Ringpipe-Worker``: which worker process served this party (for operators and tests)."""
-    return (b"ringpipe-worker", str(index).encode())
-
-
 class SenderLog:
     """The sender's response: a live log of ``[INFO]`` lines (one body at the end for HTTP/1.0)."""
 
@@ -119,7 +86,7 @@ class SenderLog:
         self._http10 = http10
         # nosniff: browsers would otherwise hold a text/plain response back to sniff its
         # type, and a page showing the live log would see nothing until the upload ended.
-        self._headers = [*TEXT_HEADERS, (b"x-content-type-options", b"nosniff"), worker_header(worker)]
+        self._headers = [*TEXT_HEADERS, *STREAM_HEADERS, (b"x-content-type-options", b"nosniff"), worker_header(worker)]
         self._held: list[bytes] = []
         self.started = False
         self.ended = False
@@ -301,28 +268,37 @@ class PipeEndpoints:
     # -- receivers --
 
     async def receiver(self, scope: Scope, receive: Receive, send: Send, path: str) -> None:
+        """A GET (any framing, ``readers.py``) or a WebSocket (``websocket.py``) on a pipe path."""
+        options = read_options(scope)
+        reader = self._reader(scope, receive, send, options if isinstance(options, ReadOptions) else ReadOptions())
+        if isinstance(options, str):
+            await reader.reject(400, options)
+            return
         if _header(scope, b"service-worker") == "script":
-            await reject(send, 400, "Service Worker registration is rejected.")
+            await reader.reject(400, "Service Worker registration is rejected.")
             return
         n = self.parse_n(scope, Role.RECEIVER)
         if isinstance(n, str):
-            await reject(send, 400, n)
+            await reader.reject(400, n)
             return
-        conn: Connection = scope["extensions"][EXTENSION]
         party = self.node.open_party(path, Role.RECEIVER, n)
 
         def hangup() -> None:
             party.deliver(Hangup())
 
-        conn.call_when_lost(hangup)  # a callback, not a task: waiting receivers stay cheap
         try:
-            await self._receiver_life(send, conn, party, http10=scope.get("http_version") == "1.0")
+            async with reader.session(hangup):
+                await self._receiver_life(reader, party)
         finally:
-            conn.forget_when_lost(hangup)
             if not party.left:
                 self.node.leave(party, completed=False)
 
-    async def _receiver_life(self, send: Send, conn: Connection, party: LocalParty, *, http10: bool) -> None:
+    def _reader(self, scope: Scope, receive: Receive, send: Send, options: ReadOptions) -> Reader:
+        if scope["type"] == "websocket":
+            return WebSocketReader(scope, receive, send, options)
+        return http_reader(scope, send, options, worker=self.node.index, heartbeat=self.node.settings.heartbeat)
+
+    async def _receiver_life(self, reader: Reader, party: LocalParty) -> None:
         start: Start | None = None
         async for item in party.inbox:
             if isinstance(item, Start):
@@ -330,11 +306,11 @@ class PipeEndpoints:
                 break
             if isinstance(item, Reject):
                 self.node.leave(party, completed=False)
-                await reject(send, item.status, item.message)
+                await reader.reject(item.status, item.message)
                 return
             if isinstance(item, Broken):
                 self.node.leave(party, completed=False)
-                await reject(send, 503, OWNER_LOST)
+                await reader.reject(503, OWNER_LOST)
                 return
             if isinstance(item, Hangup):
                 return
@@ -343,93 +319,21 @@ class PipeEndpoints:
         try:
             ring = shm.RingSegment.attach(start.relay.segment)
         except FileNotFoundError:  # the sender vanished before we attached
-            await conn.close()
+            await reader.finish(False)
             return
         consumer = Consumer(self.node, ring, start.relay, start.slot)
         completed = False
         try:
-            relayed: list[tuple[str, str]] | None = list(start.receiver_headers)
-            if (HEADERS_IN_RING, "1") in start.receiver_headers:
-                relayed = await _headers_from_ring(consumer, list(start.receiver_headers))
-            if relayed is None:  # the sender vanished before its part headers
-                return
-            headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in relayed]
-            headers.append(worker_header(self.node.index))
-            if http10 and not any(k == b"content-length" for k, _ in headers):
-                conn.unframed_response()  # HTTP/1.0 has no chunks: the body ends at close
-            await send({"type": "http.response.start", "status": 200, "headers": headers})
             async with anyio.create_task_group() as tg:
                 tg.start_soon(_cancel_on_inbox, party, tg.cancel_scope)
-                completed = await _copy_out(consumer, conn)
-                if completed:
-                    await send({"type": "http.response.body", "body": b"", "more_body": False})
+                completed = await reader.relay(consumer, start)
                 tg.cancel_scope.cancel()
         finally:
             consumer.leave(shm.DONE if completed else shm.DETACHED)
             self.node.leave(party, completed=completed)
             consumer.close()
-            if not completed and not conn.lost.is_set():
-                with anyio.CancelScope(shield=True):
-                    await conn.close()
-
-
-async def _headers_from_ring(consumer: Consumer, relayed: list[tuple[str, str]]) -> list[tuple[str, str]] | None:
-    """A multipart upload's first-part headers, read from the head of the ring; None if the
-    producer vanished first (the receiver's connection is then closed unanswered)."""
-    try:
-        magic, size = HEADER_BLOCK.unpack(await consumer.read_exact(HEADER_BLOCK.size))
-        if magic != HEADER_MAGIC:
-            raise PeerGone("no header block at the head of the ring")
-        part = dict(parse_header_block(await consumer.read_exact(size)))
-    except PeerGone:
-        return None
-    content = content_headers(None, part.get("content-type"), part.get("content-disposition"))
-    return content + [h for h in relayed if h[0] != HEADERS_IN_RING]
-
-
-async def _copy_out(consumer: Consumer, conn: Connection) -> bool:
-    """Ring → socket for one receiver, zero-copy; True at the producer's clean end.
-
-    Each round sends whatever is published (up to ``READ_LIMIT``) with one ``writev`` of
-    views into the ring (plus the chunk-size line when the response is chunked) and only
-    then commits the read cursor, so the ring space stays reserved while the kernel copies.
-    The bytes-out metric is updated per ``METER_BYTES`` (an update costs microseconds,
-    which a stream of 64-byte tokens to 16 readers would pay thousands of times a second).
-    """
-    chunked = conn.chunked_response
-    unmetered = 0
-    try:
-        while True:
-            try:
-                views, next_seq = await consumer.views()
-            except PeerGone:
-                return False
-            if not views:
-                return True
-            size = sum(map(len, views))
-            parts: list[memoryview | bytes] = [b"%x\r\n" % size, *views, b"\r\n"] if chunked else [*views]
-            try:
-                await conn.write_parts(parts, size + (len(parts[0]) + 2 if chunked else 0))
-            except ConnectionError:
-                return False
-            finally:
-                del parts
-                for view in views:
-                    view.release()
-            consumer.commit(next_seq, size)
-            unmetered += size
-            if unmetered >= METER_BYTES:
-                metrics.BYTES_OUT.inc(unmetered)
-                unmetered = 0
-            if not chunked:
-                conn.account_body(size)
-                if conn.body_left == 0:
-                    # The client has the whole Content-Length and may hang up before the
-                    # producer's EOF reaches us: this receiver is complete now.
-                    return True
-    finally:
-        if unmetered:
-            metrics.BYTES_OUT.inc(unmetered)
+            with anyio.CancelScope(shield=True):
+                await reader.finish(completed)
 
 
 async def _cancel_on_inbox(party: LocalParty, scope: anyio.CancelScope) -> None:

@@ -12,6 +12,7 @@ from typing import Final
 __all__ = [
     "ENDINGS",
     "ControlProtocolError",
+    "Gap",
     "PeerGone",
     "RendezvousRejected",
     "RingClosed",
@@ -54,6 +55,19 @@ class PeerGone(RingpipeError):
     def __init__(self, reason: str = "producer vanished", *, ending: str = "aborted") -> None:
         super().__init__(reason)
         self.ending = ending
+
+
+class Gap(RingpipeError):
+    """A watcher fell out of the replay window: pipe bytes ``[lost_from, lost_to)`` are gone.
+
+    Raised by ``Consumer.views()`` for a watcher; the reader continues at ``lost_to``. SSE and
+    NDJSON readers say so (``event: gap``) and go on; raw readers are cut (lagged ending).
+    """
+
+    def __init__(self, lost_from: int, lost_to: int) -> None:
+        super().__init__(f"bytes {lost_from}..{lost_to} of the pipe are no longer held")
+        self.lost_from = lost_from
+        self.lost_to = lost_to
 
 
 class RendezvousRejected(RingpipeError):

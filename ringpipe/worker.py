@@ -106,7 +106,13 @@ def run_worker(
     config = uvicorn.Config(
         app,
         http=RingpipeHttpProtocol,
-        ws="none",
+        # WebSocket receivers (websocket.py): pings every heartbeat, no compression (SPEC 2.7),
+        # small client messages (a receiver has nothing to say).
+        ws="websockets-sansio",
+        ws_ping_interval=settings.heartbeat or None,
+        ws_ping_timeout=max(settings.heartbeat, 20.0) if settings.heartbeat else None,
+        ws_per_message_deflate=False,
+        ws_max_size=64 << 10,
         lifespan="off",
         log_config=None,
         access_log=False,
