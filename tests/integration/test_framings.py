@@ -40,7 +40,9 @@ def normalize(text: str) -> str:
     return re.sub(r"\r\n|\r", "\n", text)
 
 
-async def paced(chunks: list[bytes], pause: float = 0.05, *, then: Callable[[], Any] | None = None) -> AsyncIterator[bytes]:
+async def paced(
+    chunks: list[bytes], pause: float = 0.05, *, then: Callable[[], Any] | None = None
+) -> AsyncIterator[bytes]:
     for chunk in chunks:
         yield chunk
         await asyncio.sleep(pause)
@@ -106,9 +108,8 @@ def ndjson_lines(body: bytes) -> list[dict[str, Any]]:
     return [json.loads(line) for line in body.decode().splitlines()]
 
 
-async def wait_registered(server: Server, count: int, path: str) -> None:
+async def wait_registered() -> None:
     """Give the owner time to register readers that get no answer yet (raw, NDJSON)."""
-    del server, count, path
     await asyncio.sleep(0.5)
 
 
@@ -126,7 +127,7 @@ def test_mixed_framings_on_one_pipe(server: Server) -> None:
         await asyncio.wait_for(sse.head_seen.wait(), 10)  # SSE gets its head before any producer
         await asyncio.wait_for(ws.opened.wait(), 10)
         assert raw.response is None and nd.response is None  # raw-like readers wait unanswered
-        await wait_registered(server, 4, path)
+        await wait_registered()
         log = await put(port, path, paced(CHUNKS), [("Content-Type", "text/plain; charset=utf-8")])
         raw_resp, sse_resp, nd_resp, ws_done = await asyncio.gather(*tasks)
 
@@ -171,7 +172,7 @@ def test_websocket_lines_and_text(server: Server) -> None:
         text = WsReader(f"ws://127.0.0.1:{server.port}{path}&format=text")
         tasks = [asyncio.create_task(r.run()) for r in (lines, text)]
         await asyncio.wait_for(asyncio.gather(lines.opened.wait(), text.opened.wait()), 10)
-        await wait_registered(server, 2, path)
+        await wait_registered()
         await put(server.port, path, paced(CHUNKS), [("Content-Type", "text/plain")])
         await asyncio.gather(*tasks)
         assert lines.messages == ["Hello, wörld ✓", "line two", "three", "end"]
@@ -216,7 +217,7 @@ def test_binary_producer_is_base64_in_text_framings(server: Server) -> None:
         forced = HttpReader(server.port, path + "&format=sse&encoding=base64")
         tasks = [asyncio.create_task(r.run()) for r in (sse, nd, forced)]
         await asyncio.wait_for(sse.head_seen.wait(), 10)
-        await wait_registered(server, 3, path)
+        await wait_registered()
         await put(server.port, path, data, [("Content-Type", "application/octet-stream")])
         sse_resp, nd_resp, forced_resp = await asyncio.gather(*tasks)
         for resp in (sse_resp, forced_resp):
@@ -240,7 +241,7 @@ def test_event_stream_producer_passes_through_and_done_openai(server: Server) ->
         raw = asyncio.create_task(HttpReader(server.port, path).run())
         await asyncio.wait_for(plain.head_seen.wait(), 10)
         await asyncio.wait_for(openai.head_seen.wait(), 10)
-        await wait_registered(server, 2, path)
+        await wait_registered()
         await put(server.port, path, produced, [("Content-Type", "text/event-stream")])
         await put(server.port, "/openai", b"tok", [("Content-Type", "text/plain")])
         resp, resp2, raw_resp = await asyncio.gather(task, task2, raw)
@@ -271,8 +272,9 @@ def test_aborted_ending_in_every_framing(server: Server) -> None:
         tasks = [asyncio.create_task(r.run()) for r in (raw, sse, nd, ws)]
         await asyncio.wait_for(sse.head_seen.wait(), 10)
         await asyncio.wait_for(ws.opened.wait(), 10)
-        await wait_registered(server, 4, path)
-        log = await put(server.port, path, paced([b"partial ", b"output"], then=vanish), [("Content-Type", "text/plain")])
+        await wait_registered()
+        body = paced([b"partial ", b"output"], then=vanish)
+        log = await put(server.port, path, body, [("Content-Type", "text/plain")])
         assert not log.complete
         raw_resp, sse_resp, nd_resp, ws_done = await asyncio.gather(*tasks)
         assert not raw_resp.complete
@@ -344,10 +346,9 @@ async def _delete(port: int, path: str) -> int:
 @pytest.mark.xfail(strict=True, reason="needs the lifecycle branch (DELETE cancels)")
 def test_cancelled_ending_in_every_framing(server: Server) -> None:
     path = "/cancelled?n=4"
-    release = asyncio.Event
 
     async def main() -> None:
-        hold = release()
+        hold = asyncio.Event()
 
         async def wait_for_cancel() -> None:
             await hold.wait()
@@ -358,7 +359,7 @@ def test_cancelled_ending_in_every_framing(server: Server) -> None:
         ws = WsReader(f"ws://127.0.0.1:{server.port}{path}")
         tasks = [asyncio.create_task(r.run()) for r in (raw, sse, nd, ws)]
         await asyncio.wait_for(sse.head_seen.wait(), 10)
-        await wait_registered(server, 4, path)
+        await wait_registered()
         sender = asyncio.create_task(put(server.port, path, paced([b"some"], then=wait_for_cancel)))
         await asyncio.sleep(1.0)
         try:
