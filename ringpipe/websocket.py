@@ -36,7 +36,7 @@ from ringpipe.protocol import Start
 from ringpipe.readers import HEADERS_IN_RING, TEXT_HEADERS, TEXT_STATS, Reader, ReadOptions, part_headers
 from ringpipe.relay import Consumer
 
-__all__ = ["CLOSE_CODES", "REJECTED_BASE", "WebSocketReader"]
+__all__ = ["CLOSE_CODES", "REJECTED_BASE", "WebSocketReader", "refuse_websocket"]
 
 #: The close code per ending (SPEC 2.2).
 CLOSE_CODES: Final = {"done": 1000, "aborted": 4001, "cancelled": 4002, "lagged": 4003}
@@ -172,3 +172,9 @@ class WebSocketReader(Reader):
     async def finish(self, completed: bool) -> None:
         if self.accepted and not completed:
             await self._close(CLOSE_CODES["aborted"], "the transfer was broken")
+
+
+async def refuse_websocket(receive: Receive, send: Send, status: int, message: str) -> None:
+    """Answer a WebSocket handshake with an HTTP rejection in the piping error form."""
+    scope: Scope = {"type": "websocket"}
+    await WebSocketReader(scope, receive, send, ReadOptions()).reject(status, message)

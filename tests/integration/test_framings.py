@@ -317,6 +317,11 @@ def test_websocket_rejections(server: Server) -> None:
                 pass
         assert refused.value.response.status_code == 400
         assert refused.value.response.body == b"[ERROR] n should > 0, but n = 0.\n"
+        with pytest.raises(InvalidStatus) as reserved:
+            async with ws_connect(f"ws://127.0.0.1:{server.port}/help"):
+                pass
+        assert reserved.value.response.status_code == 400
+        assert reserved.value.response.body == b"[ERROR] Cannot receive from the reserved path '/help'.\n"
         first = WsReader(f"ws://127.0.0.1:{server.port}/wsr?n=2")
         task = asyncio.create_task(first.run())
         await asyncio.wait_for(first.opened.wait(), 10)
