@@ -6,9 +6,10 @@ matter here; Starlette serves the reserved pages (``pages.py``).
 A sender's life: validate → ``Join`` the owner → (waiting: log lines, hang-up watched with
 ``EPOLLRDHUP``, body untouched) → ``Start`` → pump the body into the ring while the owner's
 notes become log lines → ``Finish`` ends the log. A receiver's: validate → ``Join`` →
-(waiting: no response at all) → ``Start`` → response head with the sender's headers → copy
-ring → socket → clean end, or a *visibly broken* end (connection closed before the last
-chunk) if the producer vanished.
+(waiting: no response at all, except an SSE reader's head and pings) → ``Start`` → its
+``Reader`` (``readers.py``, ``websocket.py``: raw, SSE, NDJSON, WebSocket) relays ring →
+socket → clean end, or an end that says how the transfer broke (raw: the connection closed
+before the last chunk).
 """
 
 from __future__ import annotations
