@@ -428,3 +428,62 @@ def test_lagged_ending_for_a_stalled_reader(server_factory: Callable[..., Server
         assert healthy_resp.complete and healthy_resp.body == data
 
     run(main(), timeout=40)
+
+
+def test_multipart_upload_framed_from_its_first_part(server: Server) -> None:
+    """A form upload (SPEC 1.4, 16): framed readers get the first part's bytes, typed by the
+    part's Content-Type, with offsets that do not count the ring's header block."""
+    boundary = "rpBoundary42"
+    part = "tökens from a form\r\n"
+    body = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="input_text"\r\n'
+        f"Content-Type: text/plain; charset=utf-8\r\n\r\n{part}\r\n--{boundary}--\r\n"
+    ).encode()
+    path = "/form?n=3"
+
+    async def main() -> None:
+        sse = HttpReader(server.port, path + "&format=sse")
+        nd = HttpReader(server.port, path + "&format=ndjson")
+        ws = WsReader(f"ws://127.0.0.1:{server.port}{path}&format=text")
+        tasks = [asyncio.create_task(r.run()) for r in (sse, nd, ws)]
+        await asyncio.wait_for(sse.head_seen.wait(), 10)
+        await asyncio.wait_for(ws.opened.wait(), 10)
+        await wait_registered()
+        content_type = f"multipart/form-data; boundary={boundary}"
+        await put(server.port, path, body, [("Content-Type", content_type)], method="POST")
+        sse_resp, nd_resp, ws_done = await asyncio.gather(*tasks)
+        size = len(part.encode())
+        events = sse_events(sse_resp.body)
+        assert events.text() == normalize(part)
+        assert json.loads(events.named("done")[0].data) == {"ending": "done", "offset": size}
+        lines = ndjson_lines(nd_resp.body)
+        assert "".join(x.get("data", "") for x in lines) == part
+        assert lines[-1] == {"end": "done", "offset": size}
+        assert "".join(str(m) for m in ws_done.messages) == part and ws_done.code == 1000
+
+    run(main())
+
+
+def test_websocket_reader_is_pinged_while_waiting(server_factory: Callable[..., Server]) -> None:
+    """SPEC 2.7: a WebSocket reader gets a ping frame every heartbeat, even before the producer."""
+    server = server_factory("--workers", "2", "--heartbeat", "0.5")
+
+    async def main() -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        headers = [
+            ("Upgrade", "websocket"),
+            ("Connection", "Upgrade"),
+            ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
+            ("Sec-WebSocket-Version", "13"),
+        ]
+        writer.write(_request_head("GET", "/pinged", server.port, headers, "1.1"))
+        await writer.drain()
+        status, head = await read_head(reader)
+        assert status == 101
+        assert dict(head)["sec-websocket-accept"] == "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        first, length = await asyncio.wait_for(reader.readexactly(2), 5)
+        assert first == 0x89  # FIN + ping
+        await reader.readexactly(length & 0x7F)
+        writer.close()
+
+    run(main())
