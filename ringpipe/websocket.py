@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Final
 
@@ -36,7 +37,7 @@ from ringpipe.protocol import Start
 from ringpipe.readers import HEADERS_IN_RING, TEXT_HEADERS, TEXT_STATS, Reader, ReadOptions, part_headers
 from ringpipe.relay import Consumer
 
-__all__ = ["CLOSE_CODES", "REJECTED_BASE", "WebSocketReader", "refuse_websocket"]
+__all__ = ["CLOSE_CODES", "REJECTED_BASE", "HandshakeLogFilter", "WebSocketReader", "refuse_websocket"]
 
 #: The close code per ending (SPEC 2.2).
 CLOSE_CODES: Final = {"done": 1000, "aborted": 4001, "cancelled": 4002, "lagged": 4003}
@@ -44,6 +45,18 @@ CLOSE_CODES: Final = {"done": 1000, "aborted": 4001, "cancelled": 4002, "lagged"
 REJECTED_BASE: Final = 4000
 #: A close reason is at most 123 bytes (RFC 6455, 5.5: control frames carry ≤ 125).
 _REASON_BYTES: Final = 123
+
+
+class HandshakeLogFilter(logging.Filter):
+    """Drops uvicorn's line per WebSocket handshake (``"WebSocket /p?..." [accepted]``).
+
+    That line carries the query string, where a read key (``?key=``) or a signed URL's
+    ``rp_sig`` may be, and no secret may reach a log (SPEC Part 4); it would also be one
+    line per reader, as HTTP access lines are, which ringpipe turns off.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (isinstance(record.msg, str) and record.msg.startswith('%s - "WebSocket %s"'))
 
 
 def _reason(text: str) -> str:

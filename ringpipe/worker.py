@@ -34,6 +34,7 @@ from ringpipe.edge import PipeEndpoints
 from ringpipe.logs import setup_logging
 from ringpipe.node import Node
 from ringpipe.pages import build_pages
+from ringpipe.websocket import HandshakeLogFilter
 
 __all__ = ["BOOT_ERROR", "run_worker"]
 
@@ -100,6 +101,7 @@ def run_worker(
     setup_logging(settings.log_level, f"worker-{index}")
     ready = False
 
+    logging.getLogger("uvicorn.error").addFilter(HandshakeLogFilter())  # WebSocket lines carry query secrets
     node = Node(settings, index=index, supervisor_pid=supervisor_pid, runtime_dir=runtime_dir)
     endpoints = PipeEndpoints(node)
     app = RingpipeApp(endpoints, build_pages(runtime_dir, settings.workers))

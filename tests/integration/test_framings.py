@@ -465,7 +465,8 @@ def test_multipart_upload_framed_from_its_first_part(server: Server) -> None:
 
 
 def test_websocket_reader_is_pinged_while_waiting(server_factory: Callable[..., Server]) -> None:
-    """SPEC 2.7: a WebSocket reader gets a ping frame every heartbeat, even before the producer."""
+    """SPEC 2.7: a WebSocket reader gets a ping frame every heartbeat, even before the producer;
+    its query string (where read keys and signatures go) reaches no log line."""
     server = server_factory("--workers", "2", "--heartbeat", "0.5")
 
     async def main() -> None:
@@ -476,7 +477,7 @@ def test_websocket_reader_is_pinged_while_waiting(server_factory: Callable[..., 
             ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
             ("Sec-WebSocket-Version", "13"),
         ]
-        writer.write(_request_head("GET", "/pinged", server.port, headers, "1.1"))
+        writer.write(_request_head("GET", "/pinged?sig=s3cr3t-in-query", server.port, headers, "1.1"))
         await writer.drain()
         status, head = await read_head(reader)
         assert status == 101
@@ -487,3 +488,4 @@ def test_websocket_reader_is_pinged_while_waiting(server_factory: Callable[..., 
         writer.close()
 
     run(main())
+    assert not [line for line in server.raw_lines if "s3cr3t" in line]  # no query string in any log
