@@ -23,6 +23,7 @@ buffer it; ringpipe never compresses a response.
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import contextlib
 import logging
@@ -158,20 +159,28 @@ def read_options(scope: Scope) -> ReadOptions | str:
 # -- readers --
 
 
-class Reader:
+class Reader(abc.ABC):
     """What differs between framings in a receiver's life (see the module docstring)."""
 
+    @abc.abstractmethod
     def session(self, on_hangup: Callable[[], None]) -> contextlib.AbstractAsyncContextManager[None]:
-        raise NotImplementedError
+        """The reader's connection from its join to its leave; ``on_hangup`` once the client is gone."""
 
+    @abc.abstractmethod
     async def reject(self, status: int, message: str) -> None:
-        raise NotImplementedError
+        """Refuse the reader with ``status`` and the piping error text ``message``."""
 
+    @abc.abstractmethod
     async def relay(self, consumer: Consumer, start: Start) -> bool:
-        raise NotImplementedError
+        """The response from the transfer's start to its ending; True for a complete transfer.
 
+        Raises:
+            OSError: the client went away while we wrote (the caller treats it as gone).
+        """
+
+    @abc.abstractmethod
     async def finish(self, completed: bool) -> None:
-        raise NotImplementedError
+        """After the relay (or instead of it): make an incomplete end visible to the client."""
 
 
 class HttpReader(Reader):
