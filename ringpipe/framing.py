@@ -261,16 +261,19 @@ class SseEncoder:
             payload["reason"] = reason
         out += self._named(SSE_EVENT[ending], payload)
         if ending == "done" and self._done_openai:
-            out += b"data: [DONE]\n\n"
+            out += self._id() + b"data: [DONE]\n\n"
         return out
 
     def rejected(self, status: int, message: str) -> bytes:
-        """The pipe refused this reader after its head went out (e.g. a conflicting ``?n``)."""
-        return self._named("rejected", {"status": status, "error": message})
+        """The pipe refused this reader after its head went out (e.g. a conflicting ``?n``).
 
-    def _named(self, name: str, payload: dict[str, object]) -> bytes:
+        No ``id``: the reader never joined a pipe, so there is nothing to resume.
+        """
+        return self._named("rejected", {"status": status, "error": message}, with_id=False)
+
+    def _named(self, name: str, payload: dict[str, object], *, with_id: bool = True) -> bytes:
         data = json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
-        return f"event: {name}\n".encode() + self._id() + f"data: {data}\n\n".encode()
+        return f"event: {name}\n".encode() + (self._id() if with_id else b"") + f"data: {data}\n\n".encode()
 
 
 class NdjsonEncoder:

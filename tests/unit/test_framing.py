@@ -197,6 +197,7 @@ def test_sse_done_openai_adds_done_marker_last() -> None:
     client, _, _ = sse([b"x"], "done", done_openai=True)
     assert [e.type for e in client.events] == ["message", "done", "message"]
     assert client.events[-1].data == "[DONE]"
+    assert client.events[-1].last_event_id == "E-1"
 
 
 def test_sse_unknown_ending_is_a_bug() -> None:
@@ -266,6 +267,7 @@ def test_sse_rejection_event() -> None:
     client.feed(SseEncoder(epoch="").rejected(400, "The number of receivers should be 1 but 2."))
     (event,) = client.named("rejected")
     assert json.loads(event.data) == {"status": 400, "error": "The number of receivers should be 1 but 2."}
+    assert event.last_event_id == ""  # nothing to resume
 
 
 @settings(max_examples=200)
