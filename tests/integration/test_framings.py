@@ -489,3 +489,45 @@ def test_websocket_reader_is_pinged_while_waiting(server_factory: Callable[..., 
 
     run(main())
     assert not [line for line in server.raw_lines if "s3cr3t" in line]  # no query string in any log
+
+
+@pytest.mark.xfail(strict=True, reason="needs watchers (?watch=1) from the lifecycle branch")
+def test_watchers_in_every_framing_join_a_running_pipe(server: Server) -> None:
+    """SPEC 2.4: ``?watch=1`` in any framing joins an established pipe without a slot and starts
+    at the oldest byte still held (here: the first, the text is far smaller than the window)."""
+    path = "/watched"
+
+    async def main() -> None:
+        hold = asyncio.Event()
+
+        async def until_watched() -> None:
+            await hold.wait()
+
+        receiver = HttpReader(server.port, path)
+        receiving = asyncio.create_task(receiver.run())
+        await wait_registered()
+        sender = asyncio.create_task(put(server.port, path, paced(CHUNKS[:3], then=until_watched)))
+        await asyncio.wait_for(receiver.head_seen.wait(), 10)
+        sse = HttpReader(server.port, path + "?watch=1&format=sse")
+        nd = HttpReader(server.port, path + "?watch=1&format=ndjson")
+        ws = WsReader(f"ws://127.0.0.1:{server.port}{path}?watch=1&format=text")
+        watchers = [asyncio.create_task(r.run()) for r in (sse, nd, ws)]
+        try:
+            await asyncio.wait_for(sse.head_seen.wait(), 10)
+            await asyncio.sleep(0.5)
+            hold.set()
+            log = await asyncio.wait_for(sender, 20)
+            sse_resp, nd_resp, ws_done = await asyncio.wait_for(asyncio.gather(*watchers), 20)
+            await receiving
+        finally:
+            hold.set()
+            for task in [sender, receiving, *watchers]:
+                task.cancel()
+            await asyncio.gather(sender, receiving, *watchers, return_exceptions=True)
+        text = b"".join(CHUNKS[:3]).decode("utf-8", "replace")
+        assert log.text.splitlines()[-1] == "[INFO] All receiver(s) was/were received successfully."
+        assert sse_events(sse_resp.body).text() == text
+        assert "".join(x.get("data", "") for x in ndjson_lines(nd_resp.body)) == text
+        assert "".join(str(m) for m in ws_done.messages) == text and ws_done.code == 1000
+
+    run(main())
