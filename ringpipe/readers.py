@@ -275,7 +275,6 @@ class _EncodedReader(HttpReader):
             return
         self.ended = True
         tail = self.encoder.end(ending, reason)
-        TEXT_STATS.utf8_replaced += self.encoder.replaced
         await self.send({"type": "http.response.body", "body": tail, "more_body": False})
 
     async def relay(self, consumer: Consumer, start: Start) -> bool:
@@ -330,6 +329,12 @@ class _EncodedReader(HttpReader):
                 metrics.BYTES_OUT.inc(unmetered)
 
     async def finish(self, completed: bool) -> None:
+        try:
+            await self._finish(completed)
+        finally:
+            TEXT_STATS.utf8_replaced += self.encoder.replaced
+
+    async def _finish(self, completed: bool) -> None:
         if self.conn.lost.is_set():
             return
         if self.head_sent and not self.ended:
