@@ -211,7 +211,8 @@ class SseEncoder:
             self.mode = "base64"
 
     def _id(self) -> bytes:
-        return f"id: {self.epoch}-{self._text.offset}\n".encode()
+        """``id: <epoch>-<offset>``; none before the reader has a pipe (no epoch: nothing to resume)."""
+        return f"id: {self.epoch}-{self._text.offset}\n".encode() if self.epoch else b""
 
     def feed(self, data: bytes) -> bytes:
         """The SSE bytes for one chunk of the pipe (``b""`` when nothing is complete yet)."""

@@ -282,6 +282,7 @@ class _EncodedReader(HttpReader):
         if (HEADERS_IN_RING, "1") in start.receiver_headers:
             part = await part_headers(consumer)
             if part is None:
+                self._begin(content_type, 0)
                 if not self.head_sent:
                     return False
                 await self._end("aborted", "the producer vanished")

@@ -347,3 +347,12 @@ def test_utf8_text_holds_at_most_an_unfinished_character() -> None:
     utf8 = Utf8Text()
     assert utf8.decode("😀".encode()[:3]) == "" and utf8.held == 3
     assert utf8.decode("😀".encode()[3:]) == "😀" and utf8.held == 0
+
+
+def test_sse_no_id_before_the_reader_has_a_pipe() -> None:
+    """An ending sent before the transfer started (no epoch yet) carries no id to resume from."""
+    client = EventSourceModel()
+    client.feed(SseEncoder(epoch="").end("aborted", "the transfer was broken"))
+    (event,) = client.named("error")
+    assert event.last_event_id == ""
+    assert json.loads(event.data) == {"ending": "aborted", "offset": 0, "reason": "the transfer was broken"}
