@@ -15,6 +15,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ringpipe.edge import PipeEndpoints, reject
 from ringpipe.paths import RESERVED_PATHS, normalize_path
+from ringpipe.websocket import refuse_websocket
 
 __all__ = ["ALLOWED_METHODS", "RingpipeApp"]
 
@@ -32,6 +33,13 @@ class RingpipeApp:
         self.pages = pages
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket":  # a WebSocket receiver (SPEC 2.1), never a page
+            path = normalize_path(scope.get("raw_path") or scope["path"].encode("latin-1"))
+            if path in RESERVED_PATHS:
+                await refuse_websocket(receive, send, 400, f"Cannot receive from the reserved path '{path}'.")
+            else:
+                await self.endpoints.receiver(scope, receive, send, path)
+            return
         if scope["type"] != "http":
             return
         path = normalize_path(scope.get("raw_path") or scope["path"].encode("latin-1"))

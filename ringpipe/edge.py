@@ -6,9 +6,10 @@ matter here; Starlette serves the reserved pages (``pages.py``).
 A sender's life: validate → ``Join`` the owner → (waiting: log lines, hang-up watched with
 ``EPOLLRDHUP``, body untouched) → ``Start`` → pump the body into the ring while the owner's
 notes become log lines → ``Finish`` ends the log. A receiver's: validate → ``Join`` →
-(waiting: no response at all) → ``Start`` → response head with the sender's headers → copy
-ring → socket → clean end, or a *visibly broken* end (connection closed before the last
-chunk) if the producer vanished, the pipe was cancelled or the reader was evicted.
+(waiting: no response at all, except an SSE reader's head and pings) → ``Start`` → its
+``Reader`` (``readers.py``, ``websocket.py``: raw, SSE, NDJSON, WebSocket) relays ring →
+socket → clean end, or an end that says how the transfer broke (producer vanished, pipe
+cancelled, reader evicted; raw: the connection closed before the last chunk).
 
 Lifecycle entry points (SPEC 2.3–2.6, 2.8): ``cancel`` (DELETE) and ``status`` (HEAD) ask
 the owner and answer; a watcher (``?watch=1``) is a receiver without a slot; a receiver
@@ -29,12 +30,25 @@ from starlette.types import Message, Receive, Scope, Send
 
 from ringpipe import metrics, shm
 from ringpipe.connection import EXTENSION, Connection, HangupWatcher
-from ringpipe.errors import PeerGone
 from ringpipe.multipart import FirstPart, boundary_of
 from ringpipe.node import Hangup, LocalParty, Node
 from ringpipe.paths import parse_int_like_js, query_param
 from ringpipe.protocol import Broken, PipeStatus, Start
-from ringpipe.relay import HEADER_BLOCK, HEADER_MAGIC, WATCHER_SLOT, Consumer, Ingest, Producer, parse_header_block
+from ringpipe.readers import (
+    HEADERS_IN_RING,
+    STREAM_HEADERS,
+    TEXT_HEADERS,
+    HttpReader,
+    Reader,
+    ReadOptions,
+    ReadStart,
+    content_headers,
+    http_reader,
+    read_options,
+    reject,
+    worker_header,
+)
+from ringpipe.relay import WATCHER_SLOT, Consumer, Ingest, Producer
 from ringpipe.rendezvous import (
     Accepted,
     Answer,
@@ -46,31 +60,19 @@ from ringpipe.rendezvous import (
     Reject,
     Role,
 )
+from ringpipe.websocket import WebSocketReader
 
-__all__ = ["PipeEndpoints", "reject"]
+__all__ = ["HEADERS_IN_RING", "PipeEndpoints", "content_headers", "reject", "worker_header"]
 
 log = logging.getLogger("ringpipe.edge")
 
-TEXT_HEADERS: Final = [(b"content-type", b"text/plain"), (b"access-control-allow-origin", b"*")]
 CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
-#: Bytes a receiver sends between two updates of the bytes-out metric.
-METER_BYTES: Final = 1 << 20
+#: Longest we try to tell a reader how its transfer ended (a stalled client may never read it).
+FINISH_TIMEOUT_S: Final = 10.0
 OWNER_LOST: Final = "The transfer was broken: a worker process of the server died."
 STATUS_HEADERS: Final = b"Ringpipe-State, Ringpipe-Receivers, Ringpipe-Offset, Ringpipe-Epoch"
 _RANGE = re.compile(r"^\s*bytes\s*=\s*(\d+)\s*-\s*$")
 _EVENT_ID = re.compile(r"^([0-9a-z]*)-(\d+)$")
-_MIME = re.compile(r"^\s*([^;]*)(\s*;?.*)$", re.DOTALL)
-
-
-async def reject(send: Send, status: int, message: str, *, close: bool = False, head: bool = False) -> None:
-    """Answer with the piping error form: ``[ERROR] <message>``, text/plain, CORS open."""
-    body = f"[ERROR] {message}\n".encode()
-    headers = [*TEXT_HEADERS, (b"content-length", str(len(body)).encode())]
-    if close:
-        headers.append((b"connection", b"close"))
-    metrics.REJECTIONS.labels(code=str(status)).inc()
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": b"" if head else body})
 
 
 def _header_values(scope: Scope, name: bytes) -> list[str]:
@@ -80,30 +82,6 @@ def _header_values(scope: Scope, name: bytes) -> list[str]:
 def _header(scope: Scope, name: bytes) -> str | None:
     values = _header_values(scope, name)
     return values[0] if values else None
-
-
-#: Internal marker in a Join's receiver headers (never sent): the sender's upload is
-#: multipart, and the first part's headers come through the ring ahead of its data.
-HEADERS_IN_RING: Final = "ringpipe-headers-in-ring"
-
-
-def _safe_content_type(value: str) -> str:
-    """text/html is relayed as text/plain, so a pipe never serves a page of our origin."""
-    match = _MIME.match(value)
-    if match and match.group(1) == "text/html":
-        return "text/plain" + match.group(2)
-    return value
-
-
-def content_headers(length: str | None, content_type: str | None, disposition: str | None) -> list[tuple[str, str]]:
-    out: list[tuple[str, str]] = []
-    if length is not None:
-        out.append(("content-length", length))
-    if content_type is not None:
-        out.append(("content-type", _safe_content_type(content_type)))
-    if disposition is not None:
-        out.append(("content-disposition", disposition))
-    return out
 
 
 def receiver_headers(scope: Scope) -> tuple[tuple[str, str], ...]:
@@ -124,11 +102,6 @@ def receiver_headers(scope: Scope) -> tuple[tuple[str, str], ...]:
         out.append(("access-control-expose-headers", "X-Piping"))
     out.append(("x-robots-tag", "none"))
     return tuple(out)
-
-
-def worker_header(index: int) -> tuple[bytes, bytes]:
-    """``Ringpipe-Worker``: which worker process served this party (for operators and tests)."""
-    return (b"ringpipe-worker", str(index).encode())
 
 
 def read_key(scope: Scope) -> str:
@@ -201,18 +174,6 @@ def can_resume(scope: Scope) -> bool:
     return (_header(scope, b"upgrade") or "").lower() == "websocket"
 
 
-def _with_length(headers: list[tuple[str, str]], start: int) -> list[tuple[str, str]]:
-    """Headers for a body that starts ``start`` bytes into the pipe (Content-Length cut down)."""
-    out = []
-    for name, value in headers:
-        if name == "content-length":
-            if not value.isdigit() or int(value) < start:
-                continue
-            value = str(int(value) - start)
-        out.append((name, value))
-    return out
-
-
 class SenderLog:
     """The sender's response: a live log of ``[INFO]`` lines (one body at the end for HTTP/1.0)."""
 
@@ -221,7 +182,7 @@ class SenderLog:
         self._http10 = http10
         # nosniff: browsers would otherwise hold a text/plain response back to sniff its
         # type, and a page showing the live log would see nothing until the upload ended.
-        self._headers = [*TEXT_HEADERS, (b"x-content-type-options", b"nosniff"), worker_header(worker)]
+        self._headers = [*TEXT_HEADERS, *STREAM_HEADERS, (b"x-content-type-options", b"nosniff"), worker_header(worker)]
         self._held: list[bytes] = []
         self.started = False
         self.ended = False
@@ -494,21 +455,27 @@ class PipeEndpoints:
     # -- receivers --
 
     async def receiver(self, scope: Scope, receive: Receive, send: Send, path: str) -> None:
+        """A GET (any framing, ``readers.py``) or a WebSocket (``websocket.py``) on a pipe path:
+        a receiver, a watcher (``?watch=1``) or a resuming receiver (an offset)."""
+        options = read_options(scope)
+        reader = self._reader(scope, receive, send, options if isinstance(options, ReadOptions) else ReadOptions())
+        if isinstance(options, str):
+            await reader.reject(400, options)
+            return
         if _header(scope, b"service-worker") == "script":
-            await reject(send, 400, "Service Worker registration is rejected.")
+            await reader.reject(400, "Service Worker registration is rejected.")
             return
         n = self.parse_n(scope, Role.RECEIVER)
         if isinstance(n, str):
-            await reject(send, 400, n)
+            await reader.reject(400, n)
             return
         query = scope["query_string"]
         watch = query_param(query, "watch") in ("1", "true")
         point = None if watch else resume_point(scope)
         stall = stall_ms(scope)
         if isinstance(point, str) or isinstance(stall, str):
-            await reject(send, 400, point if isinstance(point, str) else str(stall))
+            await reader.reject(400, point if isinstance(point, str) else str(stall))
             return
-        conn: Connection = scope["extensions"][EXTENSION]
         resumable = point is not None or can_resume(scope)
         party = self.node.open_party(
             path,
@@ -524,21 +491,20 @@ class PipeEndpoints:
         def hangup() -> None:
             party.deliver(Hangup())
 
-        conn.call_when_lost(hangup)  # a callback, not a task: waiting receivers stay cheap
-        reader = _Reader(
-            point=point,
-            live=watch and query_param(query, "from") == "live",
-            resumable=resumable,
-            http10=scope.get("http_version") == "1.0",
-        )
+        plan = _ReadPlan(point=point, live=watch and query_param(query, "from") == "live", resumable=resumable)
         try:
-            await self._receiver_life(send, conn, party, reader)
+            async with reader.session(hangup):  # hang-ups are a callback: waiting receivers stay cheap
+                await self._receiver_life(reader, party, plan)
         finally:
-            conn.forget_when_lost(hangup)
             if not party.left:
                 self.node.leave(party, completed=False)
 
-    async def _receiver_life(self, send: Send, conn: Connection, party: LocalParty, reader: _Reader) -> None:
+    def _reader(self, scope: Scope, receive: Receive, send: Send, options: ReadOptions) -> Reader:
+        if scope["type"] == "websocket":
+            return WebSocketReader(scope, receive, send, options)
+        return http_reader(scope, send, options, worker=self.node.index, heartbeat=self.node.settings.heartbeat)
+
+    async def _receiver_life(self, reader: Reader, party: LocalParty, plan: _ReadPlan) -> None:
         start: Start | None = None
         async for item in party.inbox:
             if isinstance(item, Start):
@@ -546,15 +512,15 @@ class PipeEndpoints:
                 break
             if isinstance(item, Reject):
                 self.node.leave(party, completed=False)
-                await reject(send, item.status, item.message)
+                await reader.reject(item.status, item.message)
                 return
             if isinstance(item, Cancelled):
                 self.node.leave(party, completed=False)
-                await reject(send, 410, f"The transfer on '{party.path}' was cancelled.")
+                await reader.reject(410, f"The transfer on '{party.path}' was cancelled.")
                 return
             if isinstance(item, Broken):
                 self.node.leave(party, completed=False)
-                await reject(send, 503, OWNER_LOST)
+                await reader.reject(503, OWNER_LOST)
                 return
             if isinstance(item, Hangup):
                 return
@@ -563,130 +529,59 @@ class PipeEndpoints:
         try:
             ring = shm.RingSegment.attach(start.relay.segment)
         except FileNotFoundError:  # the sender vanished before we attached
-            await conn.close()
+            with anyio.CancelScope(shield=True):
+                await reader.finish(False)
             return
         watcher = start.slot == WATCHER_SLOT
         first: int | None = None
-        if reader.point is not None:
-            first = reader.point.offset
-        elif watcher and reader.live:
+        if plan.point is not None:
+            first = plan.point.offset
+        elif watcher and plan.live:
             first = ring.write_seq
-        elif reader.resumable and not watcher:
+        elif plan.resumable and not watcher:
             # A reloaded page takes back a dropped reader's slot from the oldest byte held
             # (at a fresh start that is the slot's own cursor, 0).
             first = ring.oldest_held()
-        consumer = Consumer(self.node, ring, start.relay, start.slot, start=first, worker=self.node.index)
+        consumer = Consumer(
+            self.node,
+            ring,
+            start.relay,
+            start.slot,
+            start=first,
+            continue_gaps=watcher and not isinstance(reader, WebSocketReader) and type(reader) is not HttpReader,
+            worker=self.node.index,
+        )
         completed = False
         try:
-            offset = consumer.offset
-            relayed: list[tuple[str, str]] | None = list(start.receiver_headers)
-            if (HEADERS_IN_RING, "1") in start.receiver_headers:
-                if offset == 0:
-                    relayed = await _headers_from_ring(consumer, list(start.receiver_headers))
-                else:  # joined past the part's headers: relay the bytes untyped
-                    relayed = [h for h in start.receiver_headers if h[0] != HEADERS_IN_RING]
-            if relayed is None:  # the sender vanished before its part headers
-                return
-            status = 200
-            if watcher or reader.point is not None or offset > 0:
-                relayed = _with_length(relayed, consumer.offset)
-                relayed += [("ringpipe-offset", str(consumer.offset)), ("ringpipe-epoch", start.relay.epoch)]
-                if reader.point is not None and reader.point.by_range:
-                    status = 206
-                    total = next((int(v) + offset for k, v in relayed if k == "content-length"), None)
-                    last = f"{total - 1}/{total}" if total else "*/*"
-                    relayed.append(("content-range", f"bytes {offset}-{last}"))
-            headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in relayed]
-            headers.append(worker_header(self.node.index))
-            if reader.http10 and not any(k == b"content-length" for k, _ in headers):
-                conn.unframed_response()  # HTTP/1.0 has no chunks: the body ends at close
-            await send({"type": "http.response.start", "status": status, "headers": headers})
+            begin = ReadStart(
+                watcher=watcher,
+                resumed=plan.point is not None,
+                by_range=plan.point is not None and plan.point.by_range,
+            )
             async with anyio.create_task_group() as tg:
                 tg.start_soon(_cancel_on_inbox, party, tg.cancel_scope)
-                completed = await _copy_out(consumer, conn)
-                if completed:
-                    await send({"type": "http.response.body", "body": b"", "more_body": False})
+                completed = await reader.relay(consumer, start, begin)
                 tg.cancel_scope.cancel()
         finally:
             ending = None if completed else consumer.ending()
             if completed:
                 consumer.leave(shm.DONE)
-            elif not (reader.resumable and ending is None):  # a resumable drop keeps gating (grace)
+            elif not (plan.resumable and ending is None):  # a resumable drop keeps gating (grace)
                 consumer.leave(shm.DETACHED)
             self.node.leave(party, completed=completed)
             consumer.close()
-            if not completed and not conn.lost.is_set():
-                with anyio.CancelScope(shield=True):
-                    await conn.close()
+            with anyio.CancelScope(shield=True), anyio.move_on_after(FINISH_TIMEOUT_S):
+                await reader.finish(completed, ending)  # a stalled client must not hold us
 
 
 @dataclass(frozen=True, slots=True)
-class _Reader:
-    """What a receiver asked for besides its path: a resume point, a live start, resumability."""
+class _ReadPlan:
+    """What a receiver asked for besides its path and framing: a resume point, a live start
+    (watchers), resumability (its slot is held for ``reconnect_grace`` when it drops)."""
 
     point: ResumePoint | None
     live: bool
     resumable: bool
-    http10: bool
-
-
-async def _headers_from_ring(consumer: Consumer, relayed: list[tuple[str, str]]) -> list[tuple[str, str]] | None:
-    """A multipart upload's first-part headers, read from the head of the ring; None if the
-    producer vanished first (the receiver's connection is then closed unanswered)."""
-    try:
-        magic, size = HEADER_BLOCK.unpack(await consumer.read_exact(HEADER_BLOCK.size))
-        if magic != HEADER_MAGIC:
-            raise PeerGone("no header block at the head of the ring")
-        part = dict(parse_header_block(await consumer.read_exact(size)))
-    except PeerGone:
-        return None
-    content = content_headers(None, part.get("content-type"), part.get("content-disposition"))
-    return content + [h for h in relayed if h[0] != HEADERS_IN_RING]
-
-
-async def _copy_out(consumer: Consumer, conn: Connection) -> bool:
-    """Ring → socket for one receiver, zero-copy; True at the producer's clean end.
-
-    Each round sends whatever is published (up to ``READ_LIMIT``) with one ``writev`` of
-    views into the ring (plus the chunk-size line when the response is chunked) and only
-    then commits the read cursor, so the ring space stays reserved while the kernel copies.
-    The bytes-out metric is updated per ``METER_BYTES`` (an update costs microseconds,
-    which a stream of 64-byte tokens to 16 readers would pay thousands of times a second).
-    """
-    chunked = conn.chunked_response
-    unmetered = 0
-    try:
-        while True:
-            try:
-                views, next_seq = await consumer.views()
-            except PeerGone:
-                return False
-            if not views:
-                return True
-            size = sum(map(len, views))
-            parts: list[memoryview | bytes] = [b"%x\r\n" % size, *views, b"\r\n"] if chunked else [*views]
-            try:
-                await conn.write_parts(parts, size + (len(parts[0]) + 2 if chunked else 0))
-            except ConnectionError:
-                return False
-            finally:
-                del parts
-                for view in views:
-                    view.release()
-            consumer.commit(next_seq, size)
-            unmetered += size
-            if unmetered >= METER_BYTES:
-                metrics.BYTES_OUT.inc(unmetered)
-                unmetered = 0
-            if not chunked:
-                conn.account_body(size)
-                if conn.body_left == 0:
-                    # The client has the whole Content-Length and may hang up before the
-                    # producer's EOF reaches us: this receiver is complete now.
-                    return True
-    finally:
-        if unmetered:
-            metrics.BYTES_OUT.inc(unmetered)
 
 
 async def _cancel_on_inbox(party: LocalParty, scope: anyio.CancelScope) -> None:

@@ -2,8 +2,9 @@
 
 - ``index_html``: the page at ``/``, a self-contained file (``static/index.html``, inline CSS and
   JavaScript, no CDN): send a text or a file to a path with a progress bar (``PUT`` with the
-  file's Content-Type and a Content-Disposition naming it), and receive a path (shown live,
-  saved, or downloaded).
+  file's Content-Type and a Content-Disposition naming it), receive a path (shown live,
+  saved, or downloaded), and watch a path: an ``EventSource`` on ``<path>?format=sse`` that
+  appends each event's text as it arrives (LLM tokens) and names the ending.
 - ``noscript_html``: ``/noscript``, the same without JavaScript: a GET form picks the path and
   the mode (``?path=``, ``?mode=file|text``), a ``multipart/form-data`` POST form sends. It is
   served with ``noscript_csp(nonce)``, a policy that allows nothing but its one nonce-tagged

@@ -34,6 +34,7 @@ from ringpipe.edge import PipeEndpoints
 from ringpipe.logs import setup_logging
 from ringpipe.node import Node
 from ringpipe.pages import build_pages
+from ringpipe.websocket import HandshakeLogFilter
 
 __all__ = ["BOOT_ERROR", "run_worker"]
 
@@ -100,13 +101,20 @@ def run_worker(
     setup_logging(settings.log_level, f"worker-{index}")
     ready = False
 
+    logging.getLogger("uvicorn.error").addFilter(HandshakeLogFilter())  # WebSocket lines carry query secrets
     node = Node(settings, index=index, supervisor_pid=supervisor_pid, runtime_dir=runtime_dir)
     endpoints = PipeEndpoints(node)
     app = RingpipeApp(endpoints, build_pages(runtime_dir, settings.workers))
     config = uvicorn.Config(
         app,
         http=RingpipeHttpProtocol,
-        ws="none",
+        # WebSocket receivers (websocket.py): pings every heartbeat, no compression (SPEC 2.7),
+        # small client messages (a receiver has nothing to say).
+        ws="websockets-sansio",
+        ws_ping_interval=settings.heartbeat or None,
+        ws_ping_timeout=max(settings.heartbeat, 20.0) if settings.heartbeat else None,
+        ws_per_message_deflate=False,
+        ws_max_size=64 << 10,
         lifespan="off",
         log_config=None,
         access_log=False,

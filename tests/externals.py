@@ -38,6 +38,7 @@ PLAYWRIGHT_DIR = TESTS / ".playwright"
 PLAYWRIGHT_CORE = PLAYWRIGHT_DIR / "node_modules" / "playwright-core"
 
 CHROMIUM = Path("/usr/bin/chromium")
+JQ = Path("/usr/bin/jq")
 
 
 @contextmanager
@@ -87,23 +88,36 @@ def ensure_playwright_core() -> Path:
 
 def ensure_chromium() -> Path:
     """Debian's Chromium at /usr/bin/chromium, installed with apt-get when we are root."""
-    if CHROMIUM.exists():
-        return CHROMIUM
+    return apt_binary(CHROMIUM, "chromium")
+
+
+def ensure_jq() -> Path:
+    """Debian's jq at /usr/bin/jq (the LLM-token examples pipe curl into it)."""
+    return apt_binary(JQ, "jq")
+
+
+def apt_binary(binary: Path, package: str) -> Path:
+    """``binary``, installed from Debian ``package`` with apt-get when missing and we are root.
+
+    apt-get waits for the dpkg lock (another installer may be running) instead of failing.
+    """
+    if binary.exists():
+        return binary
     apt = shutil.which("apt-get")
     if os.geteuid() != 0 or apt is None:
-        pytest.fail(f"{CHROMIUM} is missing; install Debian's chromium package (apt-get install -y chromium)")
+        pytest.fail(f"{binary} is missing; install Debian's {package} package (apt-get install -y {package})")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    cmd = [apt, "install", "-y", "--no-install-recommends", "chromium"]
+    cmd = [apt, "-o", "DPkg::Lock::Timeout=600", "install", "-y", "--no-install-recommends", package]
     with _install_lock(TESTS / ".playwright"):
-        if CHROMIUM.exists():
-            return CHROMIUM
+        if binary.exists():
+            return binary
         done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
         if done.returncode != 0:  # stale or missing package lists (fresh containers): refresh once
-            subprocess.run([apt, "update"], env=env, capture_output=True, timeout=600)
+            subprocess.run([apt, "-o", "DPkg::Lock::Timeout=600", "update"], env=env, capture_output=True, timeout=600)
             done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
-    if done.returncode != 0 or not CHROMIUM.exists():
+    if done.returncode != 0 or not binary.exists():
         pytest.fail(f"{' '.join(cmd)} failed ({done.returncode}):\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
-    return CHROMIUM
+    return binary
 
 
 def free_port() -> int:

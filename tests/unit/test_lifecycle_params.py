@@ -8,7 +8,8 @@ import hashlib
 import pytest
 from starlette.types import Scope
 
-from ringpipe.edge import ResumePoint, _with_length, can_resume, read_key, resume_point, stall_ms
+from ringpipe.edge import ResumePoint, can_resume, read_key, resume_point, stall_ms
+from ringpipe.readers import _with_length
 
 
 def scope(query: str = "", headers: list[tuple[str, str]] | None = None) -> Scope:

@@ -1,0 +1,366 @@
+"""Reader framings (SPEC 2.1, 2.2): the producer's bytes re-encoded for SSE, NDJSON and WebSocket lines.
+
+Pure: bytes in, bytes (or strings) out; no socket, no clock. ``readers.py`` is the I/O shell.
+
+**Text.** A text framing decodes the pipe as UTF-8 with an incremental decoder, so a
+character split across two chunks is never broken; an invalid sequence becomes U+FFFD and is
+counted (``replaced``). Bytes of an unfinished character are *held* (at most 3) until the
+next chunk completes them; offsets never count held bytes.
+
+**SSE rule (the exact one).** Every chunk the reader takes from the ring becomes one event, at
+once (tokens appear live, even without a newline). The chunk's text is split at its line
+ends (``\\n``, ``\\r\\n``, ``\\r``; a ``\\r\\n`` split across two chunks is one line end) and each
+piece becomes one ``data:`` line. EventSource joins the data lines of one event with LF, so
+``event.data`` is exactly the chunk's text with every line end written as LF, and
+
+    concatenating ``event.data`` of the message events == the producer's text
+    (line ends normalized to LF; invalid UTF-8 as U+FFFD)
+
+An event boundary may fall inside a producer line (that is what makes a token live), but it
+never adds a line break to the reassembled text: a client appends ``event.data`` and gets
+lines exactly where the producer put them. (A client that wants whole lines splits the
+reassembled text at LF.) ``tests/unit/test_framing.py`` proves the equation with a model
+of the EventSource parser. Nothing is held back except the bytes of an unfinished UTF-8
+character, so no partial line ever waits for its end.
+
+Every event has ``id: <epoch>-<offset>``, the pipe offset just after the bytes it carries
+(what a reader resumes from). ``retry: 1000`` opens the stream. Endings are named events
+carrying JSON (EventSource never fires an event without data): ``event: done``, ``error``
+(aborted), ``cancelled``, ``lagged``; ``?done=openai`` adds a last ``data: [DONE]``. A watcher
+that fell out of the replay window gets ``event: gap`` with ``{"from": a, "to": b}`` and goes on
+at ``b``. Binary producers (or ``?encoding=base64``) get ``event: base64`` with each chunk in
+base64; a ``text/event-stream`` producer is passed through unchanged, and the ending is
+appended after a blank line.
+
+**NDJSON.** One JSON object per chunk: ``{"offset": <pipe offset after the chunk>, "data":
+"<text>"}`` (``"base64"`` instead of ``"data"`` for binary); JSON keeps ``\\r\\n`` exactly, so
+``jq -j .data`` rebuilds the producer's text byte for byte. Then ``{"gap": {...}}`` lines for a
+lagging watcher, and a last ``{"end": "<ending>", "offset": N}``.
+
+**Lines** (WebSocket ``?format=lines``): one text message per producer line, without its line
+end. A partial line is held until its end or the end of the stream, or until it reaches
+``MAX_LINE_CHARS``, when that much is sent as a message of its own (memory stays bounded).
+"""
+
+from __future__ import annotations
+
+import base64
+import codecs
+import json
+import re
+from typing import Final, Literal
+
+from ringpipe.errors import ENDINGS
+
+__all__ = [
+    "MAX_LINE_CHARS",
+    "PING",
+    "RETRY",
+    "LineSplitter",
+    "NdjsonEncoder",
+    "SseEncoder",
+    "Utf8Text",
+    "is_event_stream",
+    "is_text_like",
+    "mime_of",
+]
+
+Mode = Literal["text", "base64", "passthrough"]
+
+RETRY: Final = b"retry: 1000\n\n"
+PING: Final = b": ping\n\n"
+#: A ``?format=lines`` line longer than this (in characters) is sent in pieces of this size.
+MAX_LINE_CHARS: Final = 1 << 20
+#: SSE event name per ending (SPEC 2.1): the aborted ending is ``event: error``.
+SSE_EVENT: Final = {"done": "done", "aborted": "error", "cancelled": "cancelled", "lagged": "lagged"}
+_LINE_END: Final = re.compile(r"\r\n|\r|\n")
+_TEXT_APPLICATION: Final = frozenset(
+    {"application/json", "application/x-ndjson", "application/ndjson", "application/jsonl", "application/x-jsonlines"}
+)
+_REPLACE: Final = "ringpipe.count-replace"
+
+
+class _Replacements:
+    """How many invalid UTF-8 sequences the codec error handler has replaced (process-wide)."""
+
+    total = 0
+
+
+def _count_and_replace(exc: UnicodeError) -> tuple[str, int]:
+    if not isinstance(exc, UnicodeDecodeError):  # pragma: no cover - registered for decoding only
+        raise exc
+    _Replacements.total += 1
+    return "\ufffd", exc.end
+
+
+codecs.register_error(_REPLACE, _count_and_replace)
+
+
+def mime_of(content_type: str | None) -> str:
+    """The MIME type of a Content-Type value, lower-cased, without parameters ("" for none)."""
+    return (content_type or "").split(";", 1)[0].strip().lower()
+
+
+def is_text_like(content_type: str | None) -> bool:
+    """Text framings decode it as UTF-8: ``text/*``, JSON (``+json`` too), NDJSON, or no type."""
+    mime = mime_of(content_type)
+    return mime == "" or mime.startswith("text/") or mime in _TEXT_APPLICATION or mime.endswith("+json")
+
+
+def is_event_stream(content_type: str | None) -> bool:
+    return mime_of(content_type) == "text/event-stream"
+
+
+def _check_ending(ending: str) -> str:
+    if ending not in ENDINGS:
+        raise ValueError(f"unknown ending {ending!r}; one of {ENDINGS}")
+    return ending
+
+
+class Utf8Text:
+    """Incremental UTF-8 → str: a character split across chunks stays whole; invalid bytes → U+FFFD.
+
+    Invariant: ``consumed - held`` bytes are fully represented in the text returned so far.
+    """
+
+    def __init__(self) -> None:
+        self._decoder = codecs.getincrementaldecoder("utf-8")(_REPLACE)
+        self.replaced = 0
+
+    def decode(self, data: bytes, *, final: bool = False) -> str:
+        before = _Replacements.total
+        text = self._decoder.decode(data, final)
+        self.replaced += _Replacements.total - before
+        return text
+
+    @property
+    def held(self) -> int:
+        """Bytes of an unfinished character waiting for the next chunk (0 .. 3)."""
+        return len(self._decoder.getstate()[0])
+
+    def reset(self) -> None:
+        self._decoder.reset()
+
+
+class _TextStream:
+    """Shared by the text encoders: decoding, pipe offsets, and ``\\r\\n`` split across chunks."""
+
+    def __init__(self, offset: int) -> None:
+        self.utf8 = Utf8Text()
+        #: Pipe offset just after the last byte taken (held bytes included).
+        self.taken = offset
+        self._after_cr = False
+
+    @property
+    def offset(self) -> int:
+        """Pipe offset just after the last byte represented in the output."""
+        return self.taken - self.utf8.held
+
+    @property
+    def replaced(self) -> int:
+        return self.utf8.replaced
+
+    def text(self, data: bytes, *, final: bool = False) -> str:
+        self.taken += len(data)
+        text = self.utf8.decode(data, final=final)
+        if self._after_cr and text:
+            self._after_cr = False
+            if text.startswith("\n"):
+                text = text[1:]  # the LF of a CRLF whose CR ended the previous chunk's text
+        if text:
+            self._after_cr = text.endswith("\r")
+        return text
+
+    def jump(self, to: int) -> None:
+        """Continue at pipe offset ``to`` (after a gap): nothing carries over."""
+        self.utf8.reset()
+        self.taken = to
+        self._after_cr = False
+
+
+class SseEncoder:
+    """Pipe bytes → ``text/event-stream`` for one reader (see the module docstring for the rule).
+
+    ``begin(content_type)`` picks the mode once the producer is known (the head, with
+    ``RETRY``, may have gone out before); ``base64=True`` (``?encoding=base64``) forces base64.
+    """
+
+    def __init__(self, *, epoch: str, offset: int = 0, base64: bool = False, done_openai: bool = False) -> None:
+        self.epoch = epoch
+        self.mode: Mode = "base64" if base64 else "text"
+        self._forced_base64 = base64
+        self._done_openai = done_openai
+        self._text = _TextStream(offset)
+        #: Passthrough: the last byte relayed ends a line (a comment may go in here).
+        self._at_line_start = True
+        self._last = b"\n\n"
+
+    @property
+    def replaced(self) -> int:
+        """Invalid UTF-8 sequences replaced by U+FFFD so far."""
+        return self._text.replaced
+
+    @property
+    def offset(self) -> int:
+        return self._text.offset
+
+    def begin(self, content_type: str | None) -> None:
+        if is_event_stream(content_type) and not self._forced_base64:
+            self.mode = "passthrough"
+        elif not is_text_like(content_type):
+            self.mode = "base64"
+
+    def _id(self) -> bytes:
+        """``id: <epoch>-<offset>``; none before the reader has a pipe (no epoch: nothing to resume)."""
+        return f"id: {self.epoch}-{self._text.offset}\n".encode() if self.epoch else b""
+
+    def feed(self, data: bytes) -> bytes:
+        """The SSE bytes for one chunk of the pipe (``b""`` when nothing is complete yet)."""
+        if self.mode == "passthrough":
+            self._text.taken += len(data)
+            if data:
+                self._last = (self._last + data)[-2:]
+                self._at_line_start = data.endswith(b"\n")
+            return data
+        if self.mode == "base64":
+            self._text.taken += len(data)
+            if not data:
+                return b""
+            return b"event: base64\n" + self._id() + b"data: " + base64.b64encode(data) + b"\n\n"
+        text = self._text.text(data)
+        if not text:
+            return b""
+        lines = "".join(f"data: {line}\n" for line in _LINE_END.split(text))
+        return self._id() + lines.encode() + b"\n"
+
+    def ping(self) -> bytes | None:
+        """A comment that keeps proxies from timing out, or None where one cannot go now."""
+        if self.mode == "passthrough":
+            return b": ping\n" if self._at_line_start else None
+        return PING
+
+    def gap(self, lost_from: int, lost_to: int) -> bytes:
+        """A watcher lost ``[lost_from, lost_to)`` of the pipe; it goes on at ``lost_to``."""
+        self._text.jump(lost_to)
+        return self._named("gap", {"from": lost_from, "to": lost_to})
+
+    def end(self, ending: str, reason: str | None = None) -> bytes:
+        """The last bytes of the stream for ``ending`` (SPEC 2.2)."""
+        ending = _check_ending(ending)
+        out = b""
+        if self.mode == "passthrough":
+            if not self._at_line_start:
+                out += b"\n"
+            if self._last != b"\n\n":
+                out += b"\n"  # close the producer's unfinished event before ours
+        elif self.mode == "text":
+            tail = self._text.text(b"", final=True)  # a truncated character → U+FFFD
+            if tail:
+                out += self._id() + "".join(f"data: {line}\n" for line in _LINE_END.split(tail)).encode() + b"\n"
+        payload: dict[str, object] = {"ending": ending, "offset": self._text.offset}
+        if reason:
+            payload["reason"] = reason
+        out += self._named(SSE_EVENT[ending], payload)
+        if ending == "done" and self._done_openai:
+            out += self._id() + b"data: [DONE]\n\n"
+        return out
+
+    def rejected(self, status: int, message: str) -> bytes:
+        """The pipe refused this reader after its head went out (e.g. a conflicting ``?n``).
+
+        No ``id``: the reader never joined a pipe, so there is nothing to resume.
+        """
+        return self._named("rejected", {"status": status, "error": message}, with_id=False)
+
+    def _named(self, name: str, payload: dict[str, object], *, with_id: bool = True) -> bytes:
+        data = json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
+        return f"event: {name}\n".encode() + (self._id() if with_id else b"") + f"data: {data}\n\n".encode()
+
+
+class NdjsonEncoder:
+    """Pipe bytes → NDJSON lines for one reader: ``{"offset", "data"|"base64"}`` per chunk, then the end."""
+
+    def __init__(self, *, offset: int = 0, base64: bool = False) -> None:
+        self.base64 = base64
+        self._forced_base64 = base64
+        self._text = _TextStream(offset)
+
+    @property
+    def replaced(self) -> int:
+        return self._text.replaced
+
+    @property
+    def offset(self) -> int:
+        return self._text.offset
+
+    def begin(self, content_type: str | None) -> None:
+        if not is_text_like(content_type):
+            self.base64 = True
+
+    def feed(self, data: bytes) -> bytes:
+        if self.base64:
+            self._text.taken += len(data)
+            if not data:
+                return b""
+            return _line({"offset": self._text.offset, "base64": base64.b64encode(data).decode()})
+        text = self._text.utf8.decode(data)
+        self._text.taken += len(data)
+        return _line({"offset": self._text.offset, "data": text}) if text else b""
+
+    def gap(self, lost_from: int, lost_to: int) -> bytes:
+        self._text.jump(lost_to)
+        return _line({"gap": {"from": lost_from, "to": lost_to}})
+
+    def end(self, ending: str, reason: str | None = None) -> bytes:
+        ending = _check_ending(ending)
+        out = b""
+        if not self.base64:
+            tail = self._text.utf8.decode(b"", final=True)
+            if tail:
+                out += _line({"offset": self._text.taken, "data": tail})
+        payload: dict[str, object] = {"end": ending, "offset": self._text.offset}
+        if reason:
+            payload["reason"] = reason
+        return out + _line(payload)
+
+
+def _line(payload: dict[str, object]) -> bytes:
+    return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
+
+
+class LineSplitter:
+    """Pipe bytes → whole lines (text, without their line ends), for WebSocket ``?format=lines``."""
+
+    def __init__(self, *, offset: int = 0, max_line: int = MAX_LINE_CHARS) -> None:
+        self._text = _TextStream(offset)
+        self._partial = ""
+        self._max = max_line
+
+    @property
+    def replaced(self) -> int:
+        return self._text.replaced
+
+    def feed(self, data: bytes) -> list[str]:
+        return self._split(self._text.text(data))
+
+    def _split(self, text: str) -> list[str]:
+        if not text:
+            return []
+        pieces = _LINE_END.split(self._partial + text)
+        self._partial = pieces.pop()
+        while len(self._partial) >= self._max:
+            pieces.append(self._partial[: self._max])
+            self._partial = self._partial[self._max :]
+        return pieces
+
+    def end(self) -> list[str]:
+        """What is left at the end of the stream: the last line if it had no line end."""
+        lines = self._split(self._text.text(b"", final=True))
+        if self._partial:
+            lines.append(self._partial)
+            self._partial = ""
+        return lines
+
+    def gap(self, lost_to: int) -> None:
+        self._text.jump(lost_to)
+        self._partial = ""

@@ -1,0 +1,207 @@
+"""A real browser reading a pipe with ``EventSource`` (SPEC 2.1, 2.4): headless Chromium, real curl.
+
+The browser and the server are the ones ``test_browser.py`` uses (Debian's Chromium through
+``playwright-core``). The producer is ``curl -T -`` fed by a small paced writer, so bytes
+reach the server while the page watches:
+
+- ``EventSource`` on ``?format=sse`` shows tokens *live*: the page holds part of the text
+  while the producer is still running, and exactly the producer's text at the end;
+- a page reloaded mid-stream resumes from its last event id and ends with the producer's
+  text, nothing lost or doubled (needs resume, from the lifecycle branch);
+- the ``/`` page's "Watch" view renders a stream and names its ending (done, aborted).
+"""
+
+from __future__ import annotations
+
+import shlex
+import signal
+import subprocess
+import sys
+import time
+import uuid
+
+from tests.conftest import Server
+from tests.integration import test_browser
+from tests.integration.test_browser import Browser, open_page
+
+browser = test_browser.browser
+site = test_browser.site
+
+TOKENS = ["Streaming ", "tökens ", "live", ",\r\n", "one ", "by ", "one", "\n", "✓ ", "end."]
+TEXT = "".join(TOKENS).replace("\r\n", "\n")
+WRITER = (
+    "import sys, time\n"
+    "pause = float(sys.argv[1])\n"
+    "for token in sys.argv[2:]:\n"
+    "    sys.stdout.buffer.write(token.encode()); sys.stdout.flush(); time.sleep(pause)\n"
+)
+
+
+def producer(url: str, pause: float, tokens: list[str] = TOKENS) -> subprocess.Popen[bytes]:
+    """``python -c WRITER | curl -T -``: tokens reach the server ``pause`` seconds apart."""
+    writer = " ".join(shlex.quote(a) for a in [sys.executable, "-c", WRITER, str(pause), *tokens])
+    curl = f"curl -sS --fail --max-time 60 -T - -H 'Content-Type: text/plain; charset=utf-8' {shlex.quote(url)}"
+    return subprocess.Popen(
+        ["bash", "-c", f"set -o pipefail; {writer} | {curl}"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        import os
+
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.communicate(timeout=10)
+
+
+def fresh_path() -> str:
+    return "sse-" + uuid.uuid4().hex[:12]
+
+
+# The page-side reader: every event is recorded with its type, data and id.
+LISTEN = """
+window.rp = { text: "", events: [], ending: null, lastId: "" };
+const source = new EventSource(args.url);
+window.rpSource = source;
+source.onmessage = (e) => { rp.text += e.data; rp.lastId = e.lastEventId; rp.events.push(["message", e.data]); };
+for (const name of ["done", "error", "cancelled", "lagged", "gap"]) {
+  source.addEventListener(name, (e) => {
+    if (name === "error" && !e.data) return;  // a connection error, not an ending
+    rp.events.push([name, e.data]);
+    if (name !== "gap") { rp.ending = name; source.close(); }
+  });
+}
+"""
+
+
+def in_page(code: str) -> str:
+    """Node-side code that runs ``code`` in the page, with the test's ``args``."""
+    return "await page.evaluate((args) => {" + code + "}, args);"
+
+
+def test_eventsource_shows_tokens_live(browser: Browser, site: Server) -> None:
+    path = fresh_path()
+    open_page(browser, site.url + "/version")
+    browser.run(in_page(LISTEN), url=f"{site.url}/{path}?format=sse")
+    time.sleep(0.5)
+    sender = producer(f"{site.url}/{path}", pause=0.4)
+    try:
+        partial = browser.run(
+            "await page.waitForFunction(() => rp.text.length > 0); return await page.evaluate(() => rp.text);"
+        )
+        assert sender.poll() is None, "the producer had already finished: nothing was shown live"
+        assert TEXT.startswith(partial) and partial != TEXT
+        state = browser.run(
+            "await page.waitForFunction(() => rp.ending !== null); return await page.evaluate(() => rp);"
+        )
+        out, err = sender.communicate(timeout=60)
+        assert sender.returncode == 0, err
+    finally:
+        stop(sender)
+    assert state["text"] == TEXT
+    assert state["ending"] == "done"
+    assert [e[0] for e in state["events"]][-1] == "done"
+    assert len([e for e in state["events"] if e[0] == "message"]) >= 5  # token by token
+
+
+def test_reload_mid_stream_resumes_exactly(browser: Browser, site: Server) -> None:
+    """The page keeps its text and last event id in sessionStorage; after a reload it reconnects
+    with ``?last_event_id=`` and ends with the producer's text, nothing lost or doubled."""
+    path = fresh_path()
+    url = f"{site.url}/{path}?format=sse"
+    resume = """
+    const saved = JSON.parse(sessionStorage.getItem("rp") || '{"text": "", "lastId": ""}');
+    window.rp = { text: saved.text, ending: null };
+    const target = saved.lastId ? args.url + "&last_event_id=" + encodeURIComponent(saved.lastId) : args.url;
+    const source = new EventSource(target);
+    source.onmessage = (e) => {
+      rp.text += e.data;
+      sessionStorage.setItem("rp", JSON.stringify({ text: rp.text, lastId: e.lastEventId }));
+    };
+    for (const name of ["done", "error", "cancelled", "lagged"]) {
+      source.addEventListener(name, (e) => {
+        if (name === "error" && !e.data) return;
+        rp.ending = name; source.close();
+      });
+    }
+    """
+    open_page(browser, site.url + "/version")
+    browser.run(in_page("sessionStorage.clear();"))
+    browser.run(in_page(resume), url=url)
+    time.sleep(0.5)
+    sender = producer(f"{site.url}/{path}", pause=0.5)
+    try:
+        browser.run("await page.waitForFunction(() => rp.text.length > 0);")
+        browser.run("await page.reload();")
+        browser.run(in_page(resume), url=url)
+        state = browser.run(
+            "await page.waitForFunction(() => rp.ending !== null, null, {timeout: 20000});"
+            " return await page.evaluate(() => rp);"
+        )
+        assert sender.wait(30) == 0
+    finally:
+        stop(sender)
+        browser.run(in_page("sessionStorage.clear();"))
+    assert state["ending"] == "done"
+    assert state["text"] == TEXT
+
+
+def test_index_watch_view_renders_a_live_stream(browser: Browser, site: Server) -> None:
+    path = fresh_path()
+    open_page(browser, site.url + "/")
+    browser.run(
+        """
+        await page.fill('#watch-path', args.path);
+        await page.click('#watch-button');
+        await page.locator('#watch-status').filter({ hasText: 'Waiting for a sender' }).waitFor();
+        """,
+        path=path,
+    )
+    sender = producer(f"{site.url}/{path}", pause=0.4)
+    try:
+        shown = browser.run(
+            """
+            await page.locator('#watch-status').filter({ hasText: 'Streaming' }).waitFor();
+            return await page.locator('#watch-output').textContent();
+            """
+        )
+        assert sender.poll() is None and TEXT.startswith(shown)
+        state = browser.run(
+            """
+            await page.locator('#watch-status').filter({ hasText: /^Done/ }).waitFor();
+            return { text: await page.locator('#watch-output').textContent(),
+                     button: await page.locator('#watch-button').isEnabled() };
+            """
+        )
+        assert sender.wait(60) == 0
+    finally:
+        stop(sender)
+    assert state == {"text": TEXT, "button": True}
+
+
+def test_index_watch_view_names_an_aborted_stream(browser: Browser, site: Server) -> None:
+    path = fresh_path()
+    open_page(browser, site.url + "/")
+    browser.run(
+        """
+        await page.fill('#watch-path', args.path);
+        await page.click('#watch-button');
+        await page.locator('#watch-status').filter({ hasText: 'Waiting for a sender' }).waitFor();
+        """,
+        path=path,
+    )
+    sender = producer(f"{site.url}/{path}", pause=5.0, tokens=["partial ", "never sent"])
+    try:
+        browser.run("await page.locator('#watch-status').filter({ hasText: 'Streaming' }).waitFor();")
+    finally:
+        stop(sender)  # the producer vanishes mid-body
+    state = browser.run(
+        """
+        await page.locator('#watch-status').filter({ hasText: /^Aborted/ }).waitFor();
+        return await page.locator('#watch-output').textContent();
+        """
+    )
+    assert state == "partial "

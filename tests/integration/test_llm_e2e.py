@@ -1,0 +1,120 @@
+"""LLM tokens end to end with real clients: ``examples/fake_llm.py | curl -T -``, read at the
+same time by curl, by curl piped into jq (Debian's ``jq``, installed with apt when missing), by
+curl's NDJSON framing into jq, and by a Python ``websockets`` client — all on one n=4 pipe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shlex
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from websockets.asyncio.client import connect as ws_connect
+from websockets.exceptions import ConnectionClosed
+
+from tests.conftest import ROOT, Server
+from tests.externals import ensure_jq
+
+FAKE_LLM = ROOT / "examples" / "fake_llm.py"
+TIMEOUT = 60
+JQ_TOKENS = 'select(startswith("data: {")) | .[6:] | fromjson | .choices[0].delta.content // empty'
+
+
+def fake_llm(*args: str) -> bytes:
+    return subprocess.run([sys.executable, str(FAKE_LLM), *args], capture_output=True, check=True).stdout
+
+
+def shell(command: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        ["bash", "-c", "set -o pipefail; " + command], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+
+
+def finish(proc: subprocess.Popen[bytes]) -> bytes:
+    out, err = proc.communicate(timeout=TIMEOUT)
+    assert proc.returncode == 0, (proc.returncode, err.decode(errors="replace"))
+    return out
+
+
+class WebSocketLines(threading.Thread):
+    """A Python ``websockets`` client on ``?format=lines``, in its own thread and loop."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(daemon=True)
+        self.url = url
+        self.lines: list[str] = []
+        self.code: int | None = None
+        self.opened = threading.Event()
+
+    def run(self) -> None:
+        asyncio.run(asyncio.wait_for(self._read(), TIMEOUT))
+
+    async def _read(self) -> None:
+        async with ws_connect(self.url) as ws:
+            self.opened.set()
+            try:
+                while True:
+                    message = await ws.recv()
+                    assert isinstance(message, str)
+                    self.lines.append(message)
+            except ConnectionClosed:
+                self.code = ws.close_code
+
+
+def test_fake_llm_through_curl_read_by_curl_jq_and_websockets(server: Server) -> None:
+    jq = shlex.quote(str(ensure_jq()))
+    url = f"{server.url}/run-42/tokens?n=4"
+    args = ("--created", "1700000000")
+    expected = fake_llm("--rate", "0", *args)
+    text = "".join(
+        json.loads(line[6:])["choices"][0]["delta"].get("content", "")
+        for line in expected.decode().splitlines()
+        if line.startswith("data: {")
+    )
+    curl = "curl -sS -N --fail --max-time 60"
+
+    raw = shell(f"{curl} {shlex.quote(url)}")
+    tokens = shell(f"{curl} {shlex.quote(url)} | {jq} --unbuffered -Rrj {shlex.quote(JQ_TOKENS)}")
+    ndjson = shell(f"{curl} {shlex.quote(url + '&format=ndjson')} | {jq} --unbuffered -j '.data // empty'")
+    ws = WebSocketLines(url.replace("http://", "ws://") + "&format=lines")
+    ws.start()
+    assert ws.opened.wait(TIMEOUT)
+    time.sleep(1.0)  # let the curl readers register (they get no answer before the producer)
+
+    producer = shell(
+        f"{shlex.quote(sys.executable)} {shlex.quote(str(FAKE_LLM))} --rate 200 {' '.join(args)}"
+        f" | {curl} -T - -H 'Content-Type: text/event-stream' {shlex.quote(url)}"
+    )
+    log = finish(producer).decode()
+    assert log.splitlines()[-1] == "[INFO] All receiver(s) was/were received successfully."
+
+    assert finish(raw) == expected
+    assert finish(tokens).decode() == text
+    assert finish(ndjson) == expected
+    ws.join(TIMEOUT)
+    assert ws.lines == expected.decode().split("\n")[:-1]
+    assert ws.code == 1000
+
+
+def test_fake_llm_is_deterministic_and_ends_like_openai() -> None:
+    out = fake_llm("--rate", "0", "--created", "5", "--text", "Hi there")
+    events = out.decode().split("\n\n")
+    assert events[-2:] == ["data: [DONE]", ""]
+    chunks = [json.loads(e[6:]) for e in events[:-2]]
+    assert [c["choices"][0]["delta"].get("content") for c in chunks] == ["", "Hi", " there", None]
+    assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
+    assert all(c["object"] == "chat.completion.chunk" and c["created"] == 5 for c in chunks)
+    assert fake_llm("--rate", "0", "--created", "5", "--text", "Hi there") == out
+    nd = fake_llm("--rate", "0", "--created", "5", "--text", "Hi", "--format", "ndjson")
+    assert [json.loads(line)["choices"][0]["delta"].get("content") for line in nd.splitlines()] == ["", "Hi", None]
+
+
+def test_examples_readme_shows_the_two_curls() -> None:
+    readme = (ROOT / "examples" / "README.md").read_text()
+    assert "python examples/fake_llm.py | curl" in readme
+    assert Path(FAKE_LLM).exists()
