@@ -304,6 +304,10 @@ class RingpipeHttpProtocol(HttpToolsProtocol):
     _tls_pending = False
     _refusal: _Refused | None = None
     _refused = False
+    #: A refusal waiting for the responses owed before it (``_refuse``).
+    _deferred: _Refused | None = None
+    #: The request whose app runs now (uvicorn runs a connection's requests one at a time).
+    _running: RequestResponseCycle | None = None
     url = b""
 
     @classmethod
@@ -329,6 +333,8 @@ class RingpipeHttpProtocol(HttpToolsProtocol):
             self._refuse(503, AT_CONNECTION_LIMIT)
 
     def data_received(self, data: bytes) -> None:
+        if self._deferred is not None:
+            return  # after a parse error, nothing the client sends is a request
         if self.holding is not None:
             self.holding += data
             self.flow.pause_reading()
@@ -375,14 +381,14 @@ class RingpipeHttpProtocol(HttpToolsProtocol):
         except httptools.HttpParserUpgrade:
             if self._should_upgrade():
                 self.handle_websocket_upgrade()
-            else:
-                self._unsupported_upgrade_warning()
+            else:  # served as a plain request; uvicorn's two warnings per read would let clients flood the log
+                log.debug("ignored an Upgrade header", extra={"client": _client(self)})
         except httptools.HttpParserError as exc:
             refusal, self._refusal = self._refusal, None
             if refusal is not None:
                 self._refuse(refusal.status, refusal.message)
             else:
-                self._refuse(400, f"The request is malformed: {_reason(exc)}.")
+                self._refuse(400, f"The request is malformed: {_problem(exc)}.")
 
     # -- limits --
 
@@ -463,7 +469,14 @@ class RingpipeHttpProtocol(HttpToolsProtocol):
             self.connection_lost(None)
 
     def _refuse(self, status: int, message: str) -> None:
-        """Answer ``status`` in the SPEC's rejection form, then close the lingering way."""
+        """Answer ``status`` in the SPEC's rejection form, then close the lingering way.
+
+        Responses already owed on this connection come first (HTTP/1.1 answers in order):
+        with a request still being served, the answer waits for ``on_response_complete``
+        (input is read and dropped meanwhile, so the client leaving is still noticed). If
+        the error is in the body of the request being read, that request will never be
+        answered: it is detached (its app sees the client gone).
+        """
         if self._refused:
             return
         self._refused = True
@@ -473,29 +486,54 @@ class RingpipeHttpProtocol(HttpToolsProtocol):
             "refused %d: %s", status, message, extra={"event": "refused", "status": status, "client": _client(self)}
         )
         metrics.REJECTIONS.labels(code=str(status)).inc()
+        if self.transport.is_closing():
+            return
+        current = self.cycle
+        if current is not None and not current.response_complete and not self._at_head:
+            if current.response_started:  # the answer cannot come now: the client sees a cut response
+                self.transport.abort()
+                return
+            self._detach_request(current)
+        if self._owed():  # input is dropped meanwhile, but still read: a client leaving is seen
+            self._deferred = _Refused(status, message)
+            self.holding = None
+            self.flow.resume_reading()
+            return
+        self._answer(status, message)
+
+    def _answer(self, status: int, message: str) -> None:
         transport = self.transport
         if transport.is_closing():
             return
-        cycle = self.cycle
-        if cycle is not None and not cycle.response_complete:
-            if cycle.response_started:  # the answer cannot come now: the client sees a cut response
-                transport.abort()
-                return
-            self._detach_request(cycle)
-        self.pipeline.clear()
         transport.write(rejection(status, message, self.server_state.default_headers, version=b"1.1"))
         transport.set_protocol(LingeringClose(transport, self.connection_lost))
 
+    def _owed(self) -> bool:
+        """Whether a request on this connection still waits for (the end of) its response."""
+        running = self._running
+        return bool(self.pipeline) or (
+            running is not None and not running.response_complete and not running.disconnected
+        )
+
     def _detach_request(self, cycle: RequestResponseCycle) -> None:
-        """The request in flight will not be answered: its app sees the client gone."""
+        """``cycle`` will not be answered: its app, if it runs, sees the client gone."""
         cycle.disconnected = True
         cycle.message_event.set()
+        queued = [item for item in self.pipeline if item[0] is not cycle]
+        if len(queued) < len(self.pipeline):  # not started yet: it never will be
+            self.pipeline.clear()
+            self.pipeline.extend(queued)
+            return
         conn = self._rp_connection
         if conn is not None:
             conn._gone()
             if conn.sink is not None:
                 sink, conn.sink = conn.sink, None
                 sink.lost()
+
+    def _start_asgi_task(self, cycle: RequestResponseCycle, app: Any) -> None:
+        self._running = cycle
+        super()._start_asgi_task(cycle, app)
 
     # -- hold-back, raw body --
 
@@ -542,11 +580,23 @@ class RingpipeHttpProtocol(HttpToolsProtocol):
     def on_response_complete(self) -> None:
         held, self.holding, self._framing = self.holding, None, None
         super().on_response_complete()
-        if held:  # the app answered without reading the body: the parser takes it now
+        deferred = self._deferred
+        if deferred is not None:
+            if not self._owed():
+                self._deferred = None
+                self._answer(deferred.status, deferred.message)
+        elif held:  # the app answered without reading the body: the parser takes it now
             self.data_received(bytes(held))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_head_timer()
+        running = self._running
+        if running is not None and not running.response_complete:
+            # uvicorn marks only the last request parsed, which is not the one running when
+            # a pipelined request is queued: the running app would then "forget" to answer
+            # and uvicorn would try a 500 on the closed transport.
+            running.disconnected = True
+            running.message_event.set()
         super().connection_lost(exc)
         conn = self._rp_connection
         if conn is not None:
@@ -617,9 +667,22 @@ def _head_message(limits: EdgeLimits) -> str:
     return f"The request head is larger than {limits.max_header_bytes} bytes."
 
 
-def _reason(exc: httptools.HttpParserError) -> str:
-    """llhttp's reason for a parse error, as the tail of a sentence ("invalid header token")."""
-    text = str(exc).strip().rstrip(".") or "unparsable"
+def _problem(exc: httptools.HttpParserError) -> str:
+    """What is wrong with a request, as the tail of a sentence ("invalid header token").
+
+    llhttp's own reason, or, when a callback failed, what made it fail: uvicorn's
+    ``on_headers_complete`` cannot parse an authority-form or empty target. Any other
+    failure in a callback is a bug of ours: logged with its traceback, still a 400.
+    """
+    if isinstance(exc, httptools.HttpParserCallbackError):
+        cause = exc.__context__
+        if isinstance(cause, httptools.HttpParserInvalidURLError):
+            return "the request target is not a path"
+        if isinstance(cause, UnicodeError):
+            return "the request target is not ASCII"
+        log.error("an HTTP parser callback failed", exc_info=cause)
+        return "it could not be parsed"
+    text = str(exc).strip().rstrip(".") or "it could not be parsed"
     return text[0].lower() + text[1:]
 
 
