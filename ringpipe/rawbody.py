@@ -60,7 +60,7 @@ class RawBody(asyncio.BufferedProtocol):
 
     def get_buffer(self, sizehint: int) -> memoryview:
         ingest = self.ingest
-        if self.framing.data_left and not ingest.pending and not ingest.moving:
+        if self.framing.data_left and not ingest.pending and not ingest.moving and not self._finished:
             span = ingest.producer.free_span(self.framing.data_left)
             if span is not None:
                 self._span = span
@@ -101,14 +101,18 @@ class RawBody(asyncio.BufferedProtocol):
     # -- internals --
 
     def _framing_bytes(self, view: memoryview) -> None:
+        if self._finished:
+            return  # after a framing error: dropped until the endpoint has answered and closed
         try:
             spans, used = self.framing.feed(view)
         except FramingError as exc:
-            log.warning("malformed request body: %s", exc)
+            # Not an abort: the endpoint writes ``ingest.error`` to the client (the sender's
+            # log, or a 400 if nothing was sent yet) and closes; input is read and dropped
+            # until then, so the client is not reset before it can read that answer.
+            log.warning("malformed request body: %s", exc, extra={"event": "refused", "status": 400})
             self._finished = True
             self.ingest.error = f"The request body is malformed: {exc}."
             self.ingest.lost()
-            self.http.transport.abort()
             return
         for start, end in spans:
             self.ingest.feed(bytes(view[start:end]))

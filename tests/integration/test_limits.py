@@ -166,6 +166,30 @@ def test_header_timeout_closes_idle_and_partial_heads_only(server_factory: Calla
     assert any('"event": "header_timeout"' in line for line in server.raw_lines)
 
 
+def test_broken_chunk_framing_while_relaying_is_reported(server_factory: Callable[..., Server]) -> None:
+    """A chunked upload read straight into the ring breaks its framing mid-transfer: the
+    sender's log ends with the reason (not a reset), the receiver's body is visibly cut."""
+    server = server_factory("--workers", "2")
+
+    async def main() -> None:
+        receiver = await Conn.open(server.port)
+        await receiver.send(head("GET", "/broken-chunks"))
+        await asyncio.sleep(0.3)
+        sender = await Conn.open(server.port)
+        body = b"5\r\nhello\r\nzz\r\n" + b"x" * 200_000
+        await sender.send(head("PUT", "/broken-chunks", [("Transfer-Encoding", "chunked")]) + body)
+        log = await sender.reply(method="PUT", timeout=10)
+        assert log.status == 200
+        assert log.body.decode().splitlines()[-1] == (
+            "[ERROR] The request body is malformed: bad byte 0x7a in a chunk size."
+        ), log.body
+        got = await receiver.reply(timeout=10)
+        assert got.status == 200 and not got.complete
+        assert await sender.closed_within(5)
+
+    asyncio.run(main())
+
+
 # ---- (a) slowloris ----
 
 
