@@ -39,7 +39,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResp
 
 from ringpipe import metrics
 from ringpipe.chunked import BodyFraming
-from ringpipe.limits import TLS_HANDSHAKE, EdgeLimits, LingeringClose, rejection
+from ringpipe.limits import LINGER_S, TLS_HANDSHAKE, EdgeLimits, LingeringClose, rejection
 from ringpipe.rawbody import RawBody
 from ringpipe.tls import start_server_tls
 
@@ -221,13 +221,24 @@ class Connection:
         await self.lost.wait()
 
     async def close(self, *, flush_timeout: float = 1.0) -> None:
-        """Close after flushing what is buffered (FIN); abort if the peer will not take it."""
-        if not self.transport.is_closing():
-            self.transport.close()
+        """Close after flushing what is buffered (FIN); abort if the peer will not take it.
+
+        The lingering way (``limits.LingeringClose``) where the socket allows it: a client
+        still sending (an upload cut short by an error, or by the last receiver leaving)
+        reads what we sent and then EOF, instead of a reset that can destroy that answer.
+        Its input is dropped until it closes, for at most ``LINGER_S``.
+        """
+        transport = self.transport
+        if not transport.is_closing():
+            if transport.can_write_eof():
+                current = transport.get_protocol()
+                transport.set_protocol(LingeringClose(transport, current.connection_lost))
+            else:  # TLS: its close sends close_notify, which is the end the client needs
+                transport.close()
         try:
-            await asyncio.wait_for(self.lost.wait(), flush_timeout)
+            await asyncio.wait_for(self.lost.wait(), flush_timeout + LINGER_S)
         except TimeoutError:
-            self.transport.abort()
+            transport.abort()
             await self.lost.wait()
 
 
@@ -557,10 +568,11 @@ class RingpipeHttpProtocol(HttpToolsProtocol):
         if raw.take(bytes(held)):
             return  # the whole body had already arrived
         if self._rp_connection is not None and self._rp_connection.lost.is_set():
-            ingest.lost()
+            if not raw.failed:
+                ingest.lost()
             return
-        self.transport.set_protocol(raw)
-        if not ingest.pending:  # else the ring is full: ``Ingest.run`` resumes once it has room
+        self.transport.set_protocol(raw)  # also after a framing error: the rest is dropped there, not parsed
+        if raw.failed or not ingest.pending:  # else the ring is full: ``Ingest.run`` resumes once it has room
             self.flow.resume_reading()
 
     def end_raw_body(self, raw: RawBody, leftover: bytes) -> None:

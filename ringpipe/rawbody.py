@@ -47,14 +47,16 @@ class RawBody(asyncio.BufferedProtocol):
         self._scratch = bytearray(SCRATCH_BYTES)
         self._span: memoryview | None = None
         self._finished = False
+        #: The framing broke: ``ingest`` heard ``lost`` (with ``error`` set); input is dropped.
+        self.failed = False
 
     # -- before the switch: bytes the HTTP protocol read past the head --
 
     def take(self, data: bytes) -> bool:
-        """Process bytes already read; True if they completed the body."""
+        """Process bytes already read; True if they completed the body (not if they broke it)."""
         if data:
             self._framing_bytes(memoryview(data))
-        return self._finished
+        return self._finished and not self.failed
 
     # -- asyncio.BufferedProtocol --
 
@@ -110,7 +112,7 @@ class RawBody(asyncio.BufferedProtocol):
             # log, or a 400 if nothing was sent yet) and closes; input is read and dropped
             # until then, so the client is not reset before it can read that answer.
             log.warning("malformed request body: %s", exc, extra={"event": "refused", "status": 400})
-            self._finished = True
+            self._finished = self.failed = True
             self.ingest.error = f"The request body is malformed: {exc}."
             self.ingest.lost()
             return

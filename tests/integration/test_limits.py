@@ -166,9 +166,11 @@ def test_header_timeout_closes_idle_and_partial_heads_only(server_factory: Calla
     assert any('"event": "header_timeout"' in line for line in server.raw_lines)
 
 
-def test_broken_chunk_framing_while_relaying_is_reported(server_factory: Callable[..., Server]) -> None:
-    """A chunked upload read straight into the ring breaks its framing mid-transfer: the
-    sender's log ends with the reason (not a reset), the receiver's body is visibly cut."""
+@pytest.mark.parametrize("later", [False, True], ids=["with-the-head", "mid-transfer"])
+def test_broken_chunk_framing_while_relaying_is_reported(server_factory: Callable[..., Server], later: bool) -> None:
+    """A chunked upload read straight into the ring breaks its framing (in the bytes that
+    came with the head, or later): the sender's log ends with the reason (not a reset), the
+    receiver's body is visibly cut."""
     server = server_factory("--workers", "2")
 
     async def main() -> None:
@@ -176,9 +178,13 @@ def test_broken_chunk_framing_while_relaying_is_reported(server_factory: Callabl
         await receiver.send(head("GET", "/broken-chunks"))
         await asyncio.sleep(0.3)
         sender = await Conn.open(server.port)
-        body = b"5\r\nhello\r\nzz\r\n" + b"x" * 200_000
-        await sender.send(head("PUT", "/broken-chunks", [("Transfer-Encoding", "chunked")]) + body)
-        log = await sender.reply(method="PUT", timeout=10)
+        good, bad = b"5\r\nhello\r\n", b"zz\r\n" + b"x" * 200_000
+        await sender.send(head("PUT", "/broken-chunks", [("Transfer-Encoding", "chunked")]) + good)
+        if later:
+            await asyncio.sleep(0.5)
+        log_task = asyncio.create_task(sender.reply(method="PUT", timeout=10))
+        await sender.send(bad)
+        log = await log_task
         assert log.status == 200
         assert log.body.decode().splitlines()[-1] == (
             "[ERROR] The request body is malformed: bad byte 0x7a in a chunk size."
