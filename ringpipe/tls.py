@@ -20,8 +20,13 @@ import math
 import ssl
 from asyncio import sslproto
 from collections.abc import Callable
+from typing import Final
 
 __all__ = ["TlsError", "server_context", "start_server_tls"]
+
+#: Seconds a closing TLS connection waits for the client's close_notify (asyncio's default,
+#: 30 s, would let a silent client hold a worker's shutdown that long).
+SHUTDOWN_S: Final = 3
 
 
 class TlsError(Exception):
@@ -65,6 +70,7 @@ def start_server_tls(
         server_side=True,
         call_connection_made=True,
         ssl_handshake_timeout=None if handshake_timeout is None else max(1, math.ceil(handshake_timeout)),
+        ssl_shutdown_timeout=SHUTDOWN_S,
     )
 
     def settled(future: asyncio.Future[None]) -> None:

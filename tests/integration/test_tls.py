@@ -243,6 +243,37 @@ def test_broken_and_stalled_handshakes_cost_nothing_lasting(
     _same_workers(server, before)
 
 
+def test_connection_limit_and_header_timeout_on_a_tls_port(
+    server_factory: Callable[..., Server], cert: tuple[Path, Path], client_tls: ssl.SSLContext
+) -> None:
+    """Over --max-connections a TLS client is cut before its handshake and a plain one gets the
+    503; after a finished handshake, a request head not completed in time is still cut."""
+    server = server_factory(
+        "--workers", "1", "--ssl-certfile", str(cert[0]), "--ssl-keyfile", str(cert[1]),
+        "--max-connections", "2", "--header-timeout", "2",
+    )  # fmt: skip
+
+    async def main() -> None:
+        first = await Conn.open(server.port, tls=client_tls)
+        await first.send(b"GET /partial HTTP/1.1\r\nHost: x\r\n")  # handshake done, head never finished
+        second = socket.create_connection(("127.0.0.1", server.port))
+        await asyncio.sleep(0.3)
+        with pytest.raises((ConnectionError, ssl.SSLError)):
+            await Conn.open(server.port, tls=client_tls)
+        plain = await Conn.open(server.port)
+        await plain.send(head("GET", "/version"))
+        reply = await plain.reply(timeout=5)
+        assert reply.status == 503 and reply.body == b"[ERROR] The server is at its connection limit.\n"
+        started = time.monotonic()
+        assert await first.closed_within(6)
+        assert 1.0 < time.monotonic() - started < 6
+        second.close()
+        await asyncio.sleep(0.5)
+        await _transfer(server.port, "/tls-after-limit", pattern(MIB), client_tls, None)
+
+    asyncio.run(main())
+
+
 def test_unreadable_certificate_stops_the_start(tmp_path: Path) -> None:
     missing = tmp_path / "missing.pem"
     cmd = [sys.executable, "-m", "ringpipe", "serve", "--port", "0", "--workers", "1"]
