@@ -453,7 +453,11 @@ class RingpipeHttpProtocol(HttpToolsProtocol):
         full = len(self.connections) > limits.max_connections
         if data[0] == TLS_HANDSHAKE:
             if full:  # no handshake (the costly part) for a connection we will not serve
-                log.warning("refused a TLS connection: at the connection limit", extra={"event": "refused"})
+                log.warning(
+                    "refused a TLS connection: at the connection limit",
+                    extra={"event": "refused", "status": 503, "client": _client(self)},
+                )
+                metrics.REJECTIONS.labels(code="503").inc()
                 self.transport.abort()
                 return True
             self._tls_pending = True
@@ -493,8 +497,13 @@ class RingpipeHttpProtocol(HttpToolsProtocol):
         self._refused = True
         self._cancel_head_timer()
         self._unset_keepalive_if_required()
-        log.warning(
-            "refused %d: %s", status, message, extra={"event": "refused", "status": status, "client": _client(self)}
+        # A client's bad request is the client's problem (info); capacity is the operator's (warning).
+        log.log(
+            logging.WARNING if status == 503 else logging.INFO,
+            "refused %d: %s",
+            status,
+            message,
+            extra={"event": "refused", "status": status, "client": _client(self)},
         )
         metrics.REJECTIONS.labels(code=str(status)).inc()
         if self.transport.is_closing():

@@ -22,6 +22,7 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING, Final
 
+from ringpipe import metrics
 from ringpipe.chunked import BodyFraming, FramingError
 
 if TYPE_CHECKING:
@@ -111,7 +112,8 @@ class RawBody(asyncio.BufferedProtocol):
             # Not an abort: the endpoint writes ``ingest.error`` to the client (the sender's
             # log, or a 400 if nothing was sent yet) and closes; input is read and dropped
             # until then, so the client is not reset before it can read that answer.
-            log.warning("malformed request body: %s", exc, extra={"event": "refused", "status": 400})
+            log.info("malformed request body: %s", exc, extra={"event": "refused", "status": 400})
+            metrics.REJECTIONS.labels(code="400").inc()
             self._finished = self.failed = True
             self.ingest.error = f"The request body is malformed: {exc}."
             self.ingest.lost()
