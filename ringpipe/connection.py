@@ -17,7 +17,12 @@ relay's hot path:
 - ``write_parts(parts)``: a vectored ``os.writev`` of ring memory straight to the socket,
   instead of ``send()`` building ``b"".join([size, body, CRLF])`` per chunk. What the kernel
   does not take goes to the transport's buffer, and the call returns only once that buffer
-  is empty again, so raw and buffered writes never interleave out of order.
+  is empty again, so raw and buffered writes never interleave out of order. Over TLS
+  (``Connection.tls``) the bytes go through the transport instead, to be encrypted.
+
+The protocol is also the edge's guard (SPEC Part 4): request-head limits (400/414/431 in
+the SPEC's rejection form, answered before any app code runs), the header timeout, the
+connection limit, TLS on the same port, and the HTTP/1.0 status line; see the class.
 
 ``HangupWatcher`` asks the kernel (``EPOLLRDHUP``) to say when a peer shuts its side down,
 without reading a byte: one epoll object per worker, registered with the event loop, so a
