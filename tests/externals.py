@@ -185,7 +185,8 @@ def ensure_tool(binary: str, package: str) -> str:
         pytest.fail(f"{binary} is missing; install it (apt-get install -y {package})")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     cmd = [apt, "-o", "DPkg::Lock::Timeout=600", "install", "-y", "--no-install-recommends", package]
-    with _install_lock(TESTS / ".apt"):
+    lock_dir = Path(os.environ.get("TMPDIR", "/tmp")) / "ringpipe-tests-apt"  # apt is one per machine
+    with _install_lock(lock_dir):
         if shutil.which(binary) is None:
             done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
             if done.returncode != 0:  # stale or missing package lists (fresh containers): refresh once
