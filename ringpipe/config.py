@@ -120,7 +120,7 @@ class Settings:
         default=10_000, metadata=_meta("Open client connections per worker; beyond: 503 and close.")
     )
     max_header_bytes: int = field(default=16 << 10, metadata=_meta("Largest request head, in bytes; beyond: 431."))
-    max_path_bytes: int = field(default=4096, metadata=_meta("Longest request target, in bytes; beyond: 414."))
+    max_path_bytes: int = field(default=8192, metadata=_meta("Longest request target, in bytes; beyond: 414."))
     header_timeout: float = field(
         default=10.0, metadata=_meta("Seconds a connection may take to send a complete request head; then closed.")
     )

@@ -22,6 +22,7 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING, Final
 
+from ringpipe import metrics
 from ringpipe.chunked import BodyFraming, FramingError
 
 if TYPE_CHECKING:
@@ -47,20 +48,22 @@ class RawBody(asyncio.BufferedProtocol):
         self._scratch = bytearray(SCRATCH_BYTES)
         self._span: memoryview | None = None
         self._finished = False
+        #: The framing broke: ``ingest`` heard ``lost`` (with ``error`` set); input is dropped.
+        self.failed = False
 
     # -- before the switch: bytes the HTTP protocol read past the head --
 
     def take(self, data: bytes) -> bool:
-        """Process bytes already read; True if they completed the body."""
+        """Process bytes already read; True if they completed the body (not if they broke it)."""
         if data:
             self._framing_bytes(memoryview(data))
-        return self._finished
+        return self._finished and not self.failed
 
     # -- asyncio.BufferedProtocol --
 
     def get_buffer(self, sizehint: int) -> memoryview:
         ingest = self.ingest
-        if self.framing.data_left and not ingest.pending and not ingest.moving:
+        if self.framing.data_left and not ingest.pending and not ingest.moving and not self._finished:
             span = ingest.producer.free_span(self.framing.data_left)
             if span is not None:
                 self._span = span
@@ -101,14 +104,19 @@ class RawBody(asyncio.BufferedProtocol):
     # -- internals --
 
     def _framing_bytes(self, view: memoryview) -> None:
+        if self._finished:
+            return  # after a framing error: dropped until the endpoint has answered and closed
         try:
             spans, used = self.framing.feed(view)
         except FramingError as exc:
-            log.warning("malformed request body: %s", exc)
-            self._finished = True
+            # Not an abort: the endpoint writes ``ingest.error`` to the client (the sender's
+            # log, or a 400 if nothing was sent yet) and closes; input is read and dropped
+            # until then, so the client is not reset before it can read that answer.
+            log.info("malformed request body: %s", exc, extra={"event": "refused", "status": 400})
+            metrics.REJECTIONS.labels(code="400").inc()
+            self._finished = self.failed = True
             self.ingest.error = f"The request body is malformed: {exc}."
             self.ingest.lost()
-            self.http.transport.abort()
             return
         for start, end in spans:
             self.ingest.feed(bytes(view[start:end]))

@@ -302,14 +302,25 @@ class _EncodedReader(HttpReader):
 
     async def _write(self, data: bytes) -> None:
         self._last_write = time.monotonic()
-        await self.send({"type": "http.response.body", "body": data, "more_body": True})
+        await self._body(data, more=True)
+
+    async def _body(self, data: bytes, *, more: bool) -> None:
+        """Send body bytes. An HTTP/1.0 response has no framing (it ends at close), which
+        uvicorn's cycle cannot send; its bytes go straight to the connection, as raw ones do."""
+        if self.http10:
+            if data:
+                await self.conn.write_parts([data], len(data))
+            if more:
+                return
+            data = b""
+        await self.send({"type": "http.response.body", "body": data, "more_body": more})
 
     async def _end(self, ending: str, reason: str | None = None) -> None:
         if self.ended:
             return
         self.ended = True
         tail = self.encoder.end(ending, reason)
-        await self.send({"type": "http.response.body", "body": tail, "more_body": False})
+        await self._body(tail, more=False)
 
     async def relay(self, consumer: Consumer, start: Start, begin: ReadStart) -> bool:
         content_type = dict(start.receiver_headers).get("content-type")
@@ -436,7 +447,7 @@ class SseReader(_EncodedReader):
             return
         metrics.REJECTIONS.labels(code=str(status)).inc()
         self.ended = True
-        await self.send({"type": "http.response.body", "body": self.encoder.rejected(status, message)})
+        await self._body(self.encoder.rejected(status, message), more=False)
 
 
 class NdjsonReader(_EncodedReader):

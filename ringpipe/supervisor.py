@@ -29,6 +29,7 @@ import select
 import shutil
 import signal
 import socket
+import ssl
 import sys
 import tempfile
 import time
@@ -39,6 +40,7 @@ from ringpipe import shm
 from ringpipe.config import Settings
 from ringpipe.errors import SupervisorHalt
 from ringpipe.logs import setup_logging
+from ringpipe.tls import TlsError, server_context
 
 __all__ = ["Supervisor"]
 
@@ -62,6 +64,9 @@ class Supervisor:
         self.stopping = False
         self.force = False
         self.listener: socket.socket | None = None
+        #: The HTTPS context, loaded once here (a bad certificate stops the start with one
+        #: clear line) and inherited by every worker through ``fork()``.
+        self.tls: ssl.SSLContext | None = None
         self.runtime_dir = Path()
         self._wakeup_r = self._wakeup_w = self._ready_r = self._ready_w = -1
         self._signals: list[int] = []
@@ -94,6 +99,12 @@ class Supervisor:
 
     def run(self) -> int:
         setup_logging(self.settings.log_level, "supervisor")
+        if self.settings.ssl_certfile is not None and self.settings.ssl_keyfile is not None:
+            try:
+                self.tls = server_context(self.settings.ssl_certfile, self.settings.ssl_keyfile)
+            except TlsError as exc:
+                log.error("%s", exc)
+                return 1
         try:
             self.listener = self.bind()
         except OSError as exc:
@@ -108,7 +119,8 @@ class Supervisor:
         self._install_signals()
         port = self.listener.getsockname()[1]
         host = self.settings.host
-        url = f"http://{'[' + host + ']' if ':' in host else host}:{port}"
+        scheme = "http" if self.tls is None else "https"
+        url = f"{scheme}://{'[' + host + ']' if ':' in host else host}:{port}"
         log.info(
             "listening",
             extra={"event": "listening", "url": url, "port": port, "workers": self.settings.workers},
@@ -228,6 +240,7 @@ class Supervisor:
                 runtime_dir=self.runtime_dir,
                 supervisor_pid=self.pid,
                 ready_fd=self._ready_w,
+                tls=self.tls,
             )
         except BaseException:
             with contextlib.suppress(Exception):

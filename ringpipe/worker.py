@@ -19,6 +19,7 @@ import logging
 import os
 import signal
 import socket
+import ssl
 import time
 from collections.abc import Callable, Generator
 from pathlib import Path
@@ -31,6 +32,7 @@ from ringpipe.app import RingpipeApp
 from ringpipe.config import Settings
 from ringpipe.connection import RingpipeHttpProtocol
 from ringpipe.edge import PipeEndpoints
+from ringpipe.limits import EdgeLimits
 from ringpipe.logs import setup_logging
 from ringpipe.node import Node
 from ringpipe.pages import build_pages
@@ -96,8 +98,13 @@ def run_worker(
     runtime_dir: Path,
     supervisor_pid: int,
     ready_fd: int,
+    tls: ssl.SSLContext | None = None,
 ) -> int:
-    """Serve until told to stop; returns the process exit code."""
+    """Serve until told to stop; returns the process exit code.
+
+    ``tls``: the supervisor's HTTPS context (``--ssl-certfile``); the protocol, not uvicorn,
+    runs TLS, so that the same port can also take plain HTTP (``tls.py``).
+    """
     setup_logging(settings.log_level, f"worker-{index}")
     ready = False
 
@@ -107,7 +114,7 @@ def run_worker(
     app = RingpipeApp(endpoints, build_pages(runtime_dir, settings.workers))
     config = uvicorn.Config(
         app,
-        http=RingpipeHttpProtocol,
+        http=RingpipeHttpProtocol.configured(EdgeLimits.from_settings(settings, tls)),
         # WebSocket receivers (websocket.py): pings every heartbeat, no compression (SPEC 2.7),
         # small client messages (a receiver has nothing to say).
         ws="websockets-sansio",

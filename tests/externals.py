@@ -182,3 +182,49 @@ def start_reference(log: Path) -> Reference:
         reference.stop()
         last = log.read_text(errors="replace")[-2000:]
     pytest.fail(f"piping-server did not start:\n{last}")
+
+
+# --------------------------------------------------------------------------------------------
+# Command-line tools from Debian packages (TLS and limit tests), and a throwaway certificate
+# --------------------------------------------------------------------------------------------
+
+
+def ensure_tool(binary: str, package: str) -> str:
+    """``binary`` on PATH, installed from Debian's ``package`` with apt-get when we are root."""
+    found = shutil.which(binary)
+    if found is not None:
+        return found
+    apt = shutil.which("apt-get")
+    if os.geteuid() != 0 or apt is None:
+        pytest.fail(f"{binary} is missing; install it (apt-get install -y {package})")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    cmd = [apt, "-o", "DPkg::Lock::Timeout=600", "install", "-y", "--no-install-recommends", package]
+    lock_dir = Path(os.environ.get("TMPDIR", "/tmp")) / "ringpipe-tests-apt"  # apt is one per machine
+    with _install_lock(lock_dir):
+        if shutil.which(binary) is None:
+            done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+            if done.returncode != 0:  # stale or missing package lists (fresh containers): refresh once
+                update = [apt, "-o", "DPkg::Lock::Timeout=600", "update"]
+                subprocess.run(update, env=env, capture_output=True, timeout=600)
+                done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+            if done.returncode != 0:
+                pytest.fail(f"{' '.join(cmd)} failed ({done.returncode}):\n{done.stderr[-2000:]}")
+    found = shutil.which(binary)
+    if found is None:
+        pytest.fail(f"{binary} is still missing after installing {package}")
+    return found
+
+
+def self_signed_cert(folder: Path) -> tuple[Path, Path]:
+    """A fresh self-signed certificate for localhost and 127.0.0.1 (made with openssl): (cert, key)."""
+    openssl = ensure_tool("openssl", "openssl")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    cmd = [
+        openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+        "-keyout", str(key), "-out", str(cert), "-subj", "/CN=localhost",
+        "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
+    ]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    if done.returncode != 0:
+        pytest.fail(f"openssl could not make a certificate:\n{done.stderr[-2000:]}")
+    return cert, key

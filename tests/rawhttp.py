@@ -11,6 +11,7 @@ pieces, and read several responses from one keep-alive connection.
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -90,8 +91,12 @@ class Conn:
         self.eof = False
 
     @classmethod
-    async def open(cls, port: int) -> Conn:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=1 << 24)
+    async def open(cls, port: int, *, tls: ssl.SSLContext | None = None) -> Conn:
+        """Connect to 127.0.0.1:``port``; over TLS (HTTPS) when ``tls`` is given."""
+        server_hostname = "localhost" if tls is not None else None
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", port, limit=1 << 24, ssl=tls, server_hostname=server_hostname
+        )
         return cls(reader, writer)
 
     async def send(self, data: bytes) -> None:

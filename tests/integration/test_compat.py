@@ -758,13 +758,7 @@ scenario("multipart/file-then-fields", deviation=_MULTIPART)(
 # ---- 1.1 item 6: HTTP/1.0, Expect: 100-continue, keep-alive ----
 
 
-_HTTP10_XFAIL: Final = (
-    "ringpipe answers an HTTP/1.0 request with an 'HTTP/1.1 200 OK' status line; the reference answers "
-    "'HTTP/1.0 200 OK' (piping.js forceHttp1_0StatusLine); headers and bytes are otherwise the same"
-)
-
-
-@scenario("http10/sender", xfail=_HTTP10_XFAIL)
+@scenario("http10/sender")
 async def _(t: Target, p: str) -> Obs:
     sender = await t.start(put(p, DATA, [("Content-Type", "text/plain")], version="1.0"))
     await asyncio.sleep(SETTLE)  # an HTTP/1.0 sender's log comes in one piece at the end
@@ -772,7 +766,7 @@ async def _(t: Target, p: str) -> Obs:
     return {"sender": await sender.result(), "receiver": receiver}
 
 
-@scenario("http10/receiver", xfail=_HTTP10_XFAIL)
+@scenario("http10/receiver")
 async def _(t: Target, p: str) -> Obs:
     receiver = await t.start(get(p, version="1.0"))
     await asyncio.sleep(SETTLE)
@@ -780,7 +774,7 @@ async def _(t: Target, p: str) -> Obs:
     return {"receiver": await receiver.result(), "sender": sender}
 
 
-@scenario("http10/receiver-of-unknown-length", xfail=_HTTP10_XFAIL)
+@scenario("http10/receiver-of-unknown-length")
 async def _(t: Target, p: str) -> Obs:
     receiver = await t.start(get(p, version="1.0"))
     await asyncio.sleep(SETTLE)
@@ -788,7 +782,7 @@ async def _(t: Target, p: str) -> Obs:
     return {"receiver": await receiver.result(), "sender": sender}
 
 
-@scenario("http10/sender-and-receiver-no-host", xfail=_HTTP10_XFAIL)
+@scenario("http10/sender-and-receiver-no-host")
 async def _(t: Target, p: str) -> Obs:
     receiver = await t.start(get(p, version="1.0", host=None))
     await asyncio.sleep(SETTLE)
@@ -1127,11 +1121,6 @@ scenario("path/dot-dot-above-root", deviation="dotdot-above-root")(_paths("/..",
 
 # ---- SPEC Part 3/4: oversize and malformed heads get an answer, never a 500 or a hang ----
 
-_NO_LIMITS: Final = (
-    "ringpipe has no request-target/header-block limit yet (SPEC Part 4 --max-path-bytes/--max-header-bytes): "
-)
-_REF_431: Final = "; the reference answers 431 with an empty body"
-
 
 def _oversize(raw: Callable[[str], bytes]) -> Run:
     async def run(t: Target, p: str) -> Obs:
@@ -1152,43 +1141,13 @@ def _oversize(raw: Callable[[str], bytes]) -> Run:
     return run
 
 
-scenario(
-    "limits/target-20k",
-    deviation="oversize-head",
-    xfail=_NO_LIMITS + "a GET with a 20 KB target is taken as a receiver: no answer within 2 s" + _REF_431,
-)(_oversize(lambda p: get(p + "/" + "a" * 20_000)))
-scenario(
-    "limits/target-1m",
-    deviation="oversize-head",
-    xfail=_NO_LIMITS + "a 1 MB target gets uvicorn's own 400 'Invalid HTTP request received.' "
-    "(text/plain; charset=utf-8), not 414 with an [ERROR] line" + _REF_431 + " (or resets before it)",
-)(_oversize(lambda p: get(p + "/" + "a" * 1_000_000)))
-scenario(
-    "limits/one-header-20k",
-    deviation="oversize-head",
-    xfail=_NO_LIMITS + "a GET with one 20 KB header is taken as a receiver: no answer within 2 s" + _REF_431,
-)(_oversize(lambda p: get(p, [("X-Big", "b" * 20_000)])))
-scenario(
-    "limits/header-block-1m",
-    deviation="oversize-head",
-    xfail=_NO_LIMITS
-    + "a GET with 20000 headers (1 MB) is taken as a receiver: no answer within 2 s"
-    + _REF_431
-    + " (or resets before it)",
-)(_oversize(lambda p: get(p, [(f"X-H{i}", "v" * 40) for i in range(20_000)])))
-scenario(
-    "limits/sender-target-20k",
-    deviation="oversize-head",
-    xfail=_NO_LIMITS
-    + "a PUT with a 20 KB target is taken as a sender: 200 '[INFO] Waiting for 1 receiver(s)...'"
-    + _REF_431,
-)(_oversize(lambda p: put(p + "/" + "a" * 20_000, b"x")))
-
-_BAD_REQUEST_XFAIL: Final = (
-    "a malformed request gets uvicorn's own 400 (Content-Type: text/plain; charset=utf-8, body 'Invalid HTTP "
-    "request received.' without a newline), not the SPEC's 'text/plain' and one-line '[ERROR] ...' body; the "
-    "reference answers 400 with an empty body"
+scenario("limits/target-20k", deviation="oversize-head")(_oversize(lambda p: get(p + "/" + "a" * 20_000)))
+scenario("limits/target-1m", deviation="oversize-head")(_oversize(lambda p: get(p + "/" + "a" * 1_000_000)))
+scenario("limits/one-header-20k", deviation="oversize-head")(_oversize(lambda p: get(p, [("X-Big", "b" * 20_000)])))
+scenario("limits/header-block-1m", deviation="oversize-head")(
+    _oversize(lambda p: get(p, [(f"X-H{i}", "v" * 40) for i in range(20_000)]))
 )
+scenario("limits/sender-target-20k", deviation="oversize-head")(_oversize(lambda p: put(p + "/" + "a" * 20_000, b"x")))
 
 
 def _malformed(raw: bytes) -> Run:
@@ -1201,16 +1160,14 @@ def _malformed(raw: bytes) -> Run:
     return run
 
 
-scenario("malformed/raw-utf8-in-target", deviation="bad-request-form", xfail=_BAD_REQUEST_XFAIL)(
+scenario("malformed/raw-utf8-in-target", deviation="bad-request-form")(
     _malformed("GET /{p}/\u3042 HTTP/1.1\r\nHost: x\r\n\r\n".encode())
 )
-scenario("malformed/request-line", deviation="bad-request-form", xfail=_BAD_REQUEST_XFAIL)(
-    _malformed(b"FOO BAR\r\n\r\n")
-)
-scenario("malformed/header-without-colon", deviation="bad-request-form", xfail=_BAD_REQUEST_XFAIL)(
+scenario("malformed/request-line", deviation="bad-request-form")(_malformed(b"FOO BAR\r\n\r\n"))
+scenario("malformed/header-without-colon", deviation="bad-request-form")(
     _malformed(b"GET {p} HTTP/1.1\r\nHost: x\r\nNo colon here\r\n\r\n")
 )
-scenario("malformed/space-in-target", deviation="bad-request-form", xfail=_BAD_REQUEST_XFAIL)(
+scenario("malformed/space-in-target", deviation="bad-request-form")(
     _malformed(b"GET {p}/a b HTTP/1.1\r\nHost: x\r\n\r\n")
 )
 

@@ -220,7 +220,7 @@ def test_part_3_and_4_defaults() -> None:
         15.0,
     )
     assert s.sender_response == "live"
-    assert (s.max_watchers, s.max_header_bytes, s.max_path_bytes) == (1024, 16 << 10, 4096)
+    assert (s.max_watchers, s.max_header_bytes, s.max_path_bytes) == (1024, 16 << 10, 8192)
     assert s.token == () and s.cors_origins == "*" and not s.ssl_only
 
 

@@ -1,0 +1,126 @@
+"""The edge's limits (SPEC Part 4) and how a connection is turned away when it breaks one.
+
+A request that cannot be served as HTTP (malformed, oversize head, over the connection
+limit, plain HTTP on an HTTPS-only port) never reaches the app: the HTTP protocol answers
+it itself with the SPEC's rejection form and hands the transport to a ``LingeringClose``.
+
+Why lingering: the client may still be sending (the rest of a 1 MB head, a body). Closing
+a socket with unread input makes the kernel send a reset, and a client that is still
+writing then sees "connection reset" and loses the answer it was sent. So the write side
+is shut first (the client reads the answer and then EOF), input is read and dropped for a
+short while, and only then is the socket closed. Both the time and the bytes dropped are
+bounded, so a refused client costs little and cannot hold a connection open.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Final
+
+if TYPE_CHECKING:
+    import ssl
+
+    from ringpipe.config import Settings
+
+__all__ = ["EdgeLimits", "LingeringClose", "rejection"]
+
+log = logging.getLogger("ringpipe.limits")
+
+#: Seconds a refused connection is drained before it is closed.
+LINGER_S: Final = 2.0
+#: Input bytes a refused connection may send while it lingers before it is cut.
+LINGER_BYTES: Final = 4 << 20
+
+#: The first byte of a TLS connection (a handshake record).
+TLS_HANDSHAKE: Final = 0x16
+
+
+@dataclass(frozen=True, slots=True)
+class EdgeLimits:
+    """What the HTTP protocol of one worker enforces, fixed for the worker's life.
+
+    ``header_timeout`` 0 means no deadline for a request head. ``tls`` is the server's TLS
+    context when ``--ssl-certfile`` is given: the port then speaks HTTPS, and plain HTTP
+    too unless ``ssl_only``.
+    """
+
+    max_header_bytes: int = 16 << 10
+    max_path_bytes: int = 4096
+    header_timeout: float = 10.0
+    max_connections: int = 10_000
+    tls: ssl.SSLContext | None = None
+    ssl_only: bool = False
+
+    @classmethod
+    def from_settings(cls, settings: Settings, tls: ssl.SSLContext | None) -> EdgeLimits:
+        return cls(
+            max_header_bytes=settings.max_header_bytes,
+            max_path_bytes=settings.max_path_bytes,
+            header_timeout=settings.header_timeout,
+            max_connections=settings.max_connections,
+            tls=tls,
+            ssl_only=settings.ssl_only,
+        )
+
+
+def rejection(status: int, message: str, default_headers: list[tuple[bytes, bytes]], *, version: bytes) -> bytes:
+    """A whole response in the SPEC's rejection form that closes the connection.
+
+    ``version`` is the status line's (``b"1.1"``, or ``b"1.0"`` for an HTTP/1.0 request);
+    ``default_headers`` are uvicorn's (the Date header).
+    """
+    body = f"[ERROR] {message}\n".encode()
+    phrase = http.HTTPStatus(status).phrase.encode()
+    lines = [b"HTTP/" + version + b" %d " % status + phrase]
+    lines += [name + b": " + value for name, value in default_headers]
+    lines += [
+        b"content-type: text/plain",
+        b"access-control-allow-origin: *",
+        b"content-length: %d" % len(body),
+        b"connection: close",
+    ]
+    return b"\r\n".join(lines) + b"\r\n\r\n" + body
+
+
+class LingeringClose(asyncio.Protocol):
+    """The transport's protocol once the answer is written: drop input, then close.
+
+    ``connection_lost`` is passed on to ``on_lost`` (the HTTP protocol's own), so the
+    server's bookkeeping of connections stays whole.
+    """
+
+    def __init__(self, transport: asyncio.Transport, on_lost: Callable[[Exception | None], None]) -> None:
+        self.transport = transport
+        self._on_lost = on_lost
+        self._left = LINGER_BYTES
+        loop = asyncio.get_running_loop()
+        self._timer: asyncio.TimerHandle | None = loop.call_later(LINGER_S, self._close)
+        if transport.can_write_eof():
+            transport.write_eof()  # the client reads the answer, then EOF
+        transport.resume_reading()
+
+    def data_received(self, data: bytes) -> None:
+        self._left -= len(data)
+        if self._left < 0:
+            self._close()
+
+    def eof_received(self) -> bool:
+        self._close()
+        return False  # (a TLS transport ignores True, and warns)
+
+    def _close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if not self.transport.is_closing():
+            self.transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._on_lost(exc)

@@ -1,0 +1,296 @@
+"""Limits at the HTTP edge (SPEC Part 3 errors, Part 4 limits), against a real server.
+
+Each limit answers precisely (400 malformed, 414 target, 431 head, 503 connections, in the
+one-line ``[ERROR]`` form, read by the client rather than lost to a reset), a connection that
+never finishes its request head is closed at ``--header-timeout``, and misbehaving clients
+in their hundreds do not slow or break the transfers of everyone else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import socket
+import threading
+import time
+from collections.abc import Callable
+
+import pytest
+
+from tests.conftest import Server
+from tests.pipeclient import get, pattern, put
+from tests.rawhttp import Conn, head, request
+
+MIB = 1 << 20
+ERROR_LINE = re.compile(rb"\[ERROR\] [^\n]+\n")
+
+
+def ask(port: int, raw: bytes, *, timeout: float = 10.0) -> bytes:
+    """Send ``raw`` on a blocking socket, then read until the server closes: all it answered."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        with contextlib.suppress(ConnectionError):
+            sock.sendall(raw)
+        out = b""
+        with contextlib.suppress(ConnectionError):
+            while data := sock.recv(65536):
+                out += data
+        return out
+
+
+def parse(answer: bytes) -> tuple[int, dict[str, str], bytes]:
+    head_bytes, _, body = answer.partition(b"\r\n\r\n")
+    lines = head_bytes.decode("latin-1").split("\r\n")
+    headers = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return int(lines[0].split()[1]), headers, body
+
+
+def assert_rejection(answer: bytes, status: int, message: str | None = None) -> None:
+    """The SPEC's rejection form, and the connection closed after it."""
+    code, headers, body = parse(answer)
+    assert code == status, answer[:300]
+    assert ERROR_LINE.fullmatch(body), body
+    if message is not None:
+        assert body == f"[ERROR] {message}\n".encode()
+    assert headers["content-type"] == "text/plain"
+    assert headers["access-control-allow-origin"] == "*"
+    assert headers["content-length"] == str(len(body))
+    assert headers["connection"] == "close"
+
+
+async def transfers(port: int, count: int, size: int, tag: str) -> None:
+    """``count`` concurrent 1 -> 1 transfers of ``size`` bytes, every byte checked."""
+
+    async def one(i: int) -> None:
+        data = pattern(size, seed=i)
+        path = f"/{tag}-{i}"
+        receiver = asyncio.create_task(get(port, path))
+        sender = await put(port, path, data)
+        got = await receiver
+        assert sender.status == 200 and got.status == 200
+        assert got.complete and got.body == data, f"{path}: {len(got.body)} of {size} bytes"
+
+    await asyncio.gather(*(one(i) for i in range(count)))
+
+
+def assert_same_workers(server: Server, before: dict[int, int]) -> None:
+    assert server.workers_by_slot() == before
+    assert sorted(server.workers()) == sorted(before.values())
+    assert not [line for line in server.raw_lines if "worker_died" in line or "Exception in ASGI" in line]
+
+
+# ---- (c) each limit reached ----
+
+
+def test_each_limit_answers_precisely(server_factory: Callable[..., Server]) -> None:
+    server = server_factory("--workers", "2", "--max-path-bytes", "1024", "--max-header-bytes", "4096")
+    port = server.port
+    assert_rejection(ask(port, head("GET", "/" + "a" * 1100)), 414, "The request target is longer than 1024 bytes.")
+    assert_rejection(
+        ask(port, head("GET", "/x", [("X-Big", "b" * 5000)])), 431, "The request head is larger than 4096 bytes."
+    )
+    many = [(f"X-H{i}", "v" * 40) for i in range(200)]
+    assert_rejection(ask(port, head("GET", "/x", many)), 431)
+    assert_rejection(ask(port, b"FOO BAR\r\n\r\n"), 400)
+    assert_rejection(ask(port, b"GET /x HTTP/1.1\r\nHost: x\r\nNo colon here\r\n\r\n"), 400)
+    assert_rejection(ask(port, b"GET /a b HTTP/1.1\r\nHost: x\r\n\r\n"), 400)
+    assert_rejection(ask(port, b"GET /\xe3\x81\x82 HTTP/1.1\r\nHost: x\r\n\r\n"), 400)
+    assert_rejection(ask(port, b"GET /x HTTP/1.1\r\nHost: x\r\nContent-Length: zz\r\n\r\n"), 400)
+    chunked = b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nnot-hex\r\n"
+    answers = ask(port, chunked)  # the reserved path answers first; the broken body is then a 400 or a close
+    assert parse(answers)[0] == 400
+    # within the limits everything still works: an 1000-byte target, a 3 KB head
+    asyncio.run(transfers(port, 1, 64 << 10, "p" * 1000))
+    ok = ask(port, head("GET", "/version", [("X-Fill", "f" * 3000), ("Connection", "close")]))
+    assert parse(ok)[0] == 200
+    logged = [line for line in server.raw_lines if '"event": "refused"' in line]
+    assert len(logged) >= 9, logged
+    assert all("aaaa" not in line for line in logged)  # no target or header in the log
+
+
+def test_the_answer_is_read_even_while_the_client_is_still_sending(server_factory: Callable[..., Server]) -> None:
+    """Lingering close: a 1 MB target or a 2 MB head sent in one go still gets its answer, not a reset."""
+    server = server_factory("--workers", "1")
+    assert_rejection(ask(server.port, head("GET", "/" + "a" * 1_000_000)), 414)
+    assert_rejection(ask(server.port, head("GET", "/x", [(f"X-{i}", "v" * 100) for i in range(20_000)])), 431)
+
+
+def test_connection_limit_is_503_then_recovers(server_factory: Callable[..., Server]) -> None:
+    server = server_factory("--workers", "1", "--max-connections", "5")
+    held = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(5)]
+    try:
+        time.sleep(0.3)
+        answer = ask(server.port, head("GET", "/version"))
+        assert_rejection(answer, 503, "The server is at its connection limit.")
+        # the held connections are served normally
+        held[0].sendall(head("GET", "/version"))
+        held[0].settimeout(5)
+        assert held[0].recv(4096).startswith(b"HTTP/1.1 200 ")
+    finally:
+        for sock in held:
+            sock.close()
+    time.sleep(0.5)
+    assert parse(ask(server.port, head("GET", "/version", [("Connection", "close")])))[0] == 200
+
+
+def test_header_timeout_closes_idle_and_partial_heads_only(server_factory: Callable[..., Server]) -> None:
+    """Closed at --header-timeout: a silent connection, a partial head, a partial second head
+    on a keep-alive connection. Not closed: parties waiting longer than that for their peers."""
+    server = server_factory("--workers", "2", "--header-timeout", "2")
+    port = server.port
+
+    async def main() -> None:
+        silent = await Conn.open(port)
+        partial = await Conn.open(port)
+        await partial.send(b"GET /partial HTTP/1.1\r\nHost: x\r\n")
+        second = await Conn.open(port)
+        await second.send(head("GET", "/version"))
+        assert (await second.reply(timeout=5)).status == 200
+        await second.send(b"GET /version HTTP/1.1\r\n")
+        receiver = asyncio.create_task(get(port, "/slow-peer"))
+        started = time.monotonic()
+        closed = await asyncio.gather(*(c.closed_within(6) for c in (silent, partial, second)))
+        assert closed == [True, True, True]
+        assert 1.5 < time.monotonic() - started < 6
+        await asyncio.sleep(1.0)  # the receiver has now waited longer than the header timeout
+        assert not receiver.done()
+        data = pattern(MIB, seed=3)
+        sent = await put(port, "/slow-peer", data)
+        got = await receiver
+        assert sent.status == 200 and got.complete and got.body == data
+
+    asyncio.run(main())
+    assert any('"event": "header_timeout"' in line for line in server.raw_lines)
+
+
+@pytest.mark.parametrize("later", [False, True], ids=["with-the-head", "mid-transfer"])
+def test_broken_chunk_framing_while_relaying_is_reported(server_factory: Callable[..., Server], later: bool) -> None:
+    """A chunked upload read straight into the ring breaks its framing (in the bytes that
+    came with the head, or later): the sender's log ends with the reason (not a reset), the
+    receiver's body is visibly cut."""
+    server = server_factory("--workers", "2")
+
+    async def main() -> None:
+        receiver = await Conn.open(server.port)
+        await receiver.send(head("GET", "/broken-chunks"))
+        await asyncio.sleep(0.3)
+        sender = await Conn.open(server.port)
+        good, bad = b"5\r\nhello\r\n", b"zz\r\n" + b"x" * 200_000
+        await sender.send(head("PUT", "/broken-chunks", [("Transfer-Encoding", "chunked")]) + good)
+        if later:
+            await asyncio.sleep(0.5)
+        log_task = asyncio.create_task(sender.reply(method="PUT", timeout=10))
+        await sender.send(bad)
+        log = await log_task
+        assert log.status == 200
+        assert log.body.decode().splitlines()[-1] == (
+            "[ERROR] The request body is malformed: bad byte 0x7a in a chunk size."
+        ), log.body
+        got = await receiver.reply(timeout=10)
+        assert got.status == 200 and not got.complete
+        assert await sender.closed_within(5)
+
+    asyncio.run(main())
+
+
+# ---- (a) slowloris ----
+
+
+def test_slowloris_does_not_starve_transfers(server_factory: Callable[..., Server]) -> None:
+    """500 connections each sending a header byte a second never finish their heads: 20
+    transfers of 1 MiB still complete within 10 s, and every slow connection is closed at
+    --header-timeout (3 s)."""
+    server = server_factory("--workers", "2", "--header-timeout", "3")
+    before = server.workers_by_slot()
+    port = server.port
+
+    async def slowloris(ends: list[float]) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        opened = time.monotonic()
+        writer.write(b"GET /slowloris HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        try:
+            for _ in range(30):
+                with contextlib.suppress(TimeoutError):
+                    if not await asyncio.wait_for(reader.read(1024), 1.0):
+                        break
+                writer.write(b"a")
+                await writer.drain()
+        except ConnectionError:
+            pass
+        ends.append(time.monotonic() - opened)
+        writer.close()
+
+    async def main() -> None:
+        ends: list[float] = []
+        attackers = [asyncio.create_task(slowloris(ends)) for _ in range(500)]
+        await asyncio.sleep(0.5)
+        started = time.monotonic()
+        await asyncio.wait_for(transfers(port, 20, MIB, "beside-slowloris"), 10)
+        assert time.monotonic() - started < 10
+        await asyncio.wait_for(asyncio.gather(*attackers), 30)
+        assert len(ends) == 500
+        assert min(ends) > 2.5, min(ends)
+        assert max(ends) < 3 + 6, max(ends)
+
+    asyncio.run(main())
+    assert_same_workers(server, before)
+
+
+# ---- (b) a flood of 400-worthy requests ----
+
+FLOOD: list[tuple[bytes, int]] = [
+    (b"FOO BAR\r\n\r\n", 400),
+    (b"GET /x HTTP/1.1\r\nHost: x\r\nNo colon\r\n\r\n", 400),
+    (b"GET /a b HTTP/1.1\r\n\r\n", 400),
+    (b"\x00\x01\x02\x03\r\n\r\n", 400),
+    (b"GET /x HTTP/9.9\r\n\r\n", 400),
+    (head("GET", "/" + "t" * 20_000), 414),
+    (head("GET", "/x", [("X-Big", "h" * 20_000)]), 431),
+    (request("PUT", "/x", b"", [("Content-Length", "-1")], length=False), 400),
+]
+
+
+def test_flood_of_bad_requests_leaves_transfers_intact(server_factory: Callable[..., Server]) -> None:
+    server = server_factory("--workers", "2")
+    before = server.workers_by_slot()
+    port = server.port
+    failures: list[str] = []
+    sent = [0]
+    stop = threading.Event()
+
+    def flood(offset: int) -> None:
+        i = offset
+        while not stop.is_set():
+            raw, status = FLOOD[i % len(FLOOD)]
+            i += 1
+            try:
+                answer = ask(port, raw, timeout=10)
+                assert_rejection(answer, status)
+            except (AssertionError, OSError, ValueError, IndexError) as exc:
+                failures.append(f"{raw[:40]!r}: {type(exc).__name__} {exc}"[:300])
+            sent[0] += 1
+
+    threads = [threading.Thread(target=flood, args=(k,)) for k in range(4)]
+    for thread in threads:
+        thread.start()
+    try:
+        time.sleep(0.5)
+        asyncio.run(asyncio.wait_for(transfers(port, 10, MIB, "beside-flood"), 30))
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(30)
+    assert not failures, failures[:5]
+    assert sent[0] >= 40, sent[0]
+    assert_same_workers(server, before)
+
+
+@pytest.mark.parametrize("version", ["1.0", "1.1"])
+def test_rejections_of_parsed_requests_keep_their_form(server_factory: Callable[..., Server], version: str) -> None:
+    """An HTTP/1.0 request's answers say HTTP/1.0 (as piping-server's do), errors included."""
+    server = server_factory("--workers", "1")
+    answer = ask(server.port, head("GET", "/limits-n?n=0", [("Connection", "close")], version=version))
+    assert answer.startswith(f"HTTP/{version} 400 ".encode()), answer[:100]
