@@ -59,7 +59,7 @@ OPEN_PATHS: Final = RESERVED_PATHS - {"/metrics"}
 #: Values of ``?watch=`` that do *not* make a GET a watcher; anything else needs ``watch``.
 _NOT_WATCH: Final = frozenset({"", "0", "false", "no", "off"})
 
-NO_CREDENTIAL: Final = "Authentication required: send 'Authorization: Bearer <token>' or use a signed URL."
+NO_CREDENTIAL: Final = "Authentication required: send a bearer token (an Authorization header) or use a signed URL."
 EXPIRED: Final = "Signature expired."
 
 
