@@ -74,6 +74,11 @@ DEVIATIONS: Final[dict[str, str]] = {
         "SPEC 1.2 item 8: ?n above --max-receivers (default 256) is a 400 naming the "
         "maximum; the reference has no maximum."
     ),
+    "preflight-ours": (
+        "SPEC 1.4 item 13 and Parts 2 and 4: a preflight also allows ringpipe's own request "
+        "headers (Authorization, Last-Event-ID, Ringpipe-Read-Key) and method (DELETE). The "
+        "lists are the reference's with those appended; every other header is the same."
+    ),
     "rejection-content-type": (
         "SPEC terms (rejection): every [ERROR] answer is text/plain. The reference's 405 has "
         "no Content-Type; ringpipe's has Content-Type: text/plain."
@@ -649,14 +654,14 @@ _PREFLIGHT = [
     ("Access-Control-Request-Method", "PUT"),
     ("Access-Control-Request-Headers", "content-type, x-piping"),
 ]
-scenario("options/preflight")(_preflight("{p}", _PREFLIGHT))
-scenario("options/private-network")(
+scenario("options/preflight", deviation="preflight-ours")(_preflight("{p}", _PREFLIGHT))
+scenario("options/private-network", deviation="preflight-ours")(
     _preflight("{p}", [*_PREFLIGHT, ("Access-Control-Request-Private-Network", "true")])
 )
-scenario("options/private-network-false")(
+scenario("options/private-network-false", deviation="preflight-ours")(
     _preflight("{p}", [*_PREFLIGHT, ("Access-Control-Request-Private-Network", "false")])
 )
-scenario("options/reserved-path")(_preflight("/help", _PREFLIGHT))
+scenario("options/reserved-path", deviation="preflight-ours")(_preflight("/help", _PREFLIGHT))
 
 
 @scenario("options/registers-nobody")
@@ -1379,7 +1384,28 @@ def _dotdot_above_root(side: str, obs: Obs, path: str) -> Obs:
     return {"second sender": obs["second sender"], "met": obs["met"]}
 
 
+_PREFLIGHT_REF: Final = {
+    "access-control-allow-headers": "Content-Type, Content-Disposition, X-Piping",
+    "access-control-allow-methods": "GET, HEAD, POST, PUT, OPTIONS",
+}
+_PREFLIGHT_OURS: Final = {
+    "access-control-allow-headers": "Content-Type, Content-Disposition, X-Piping, Authorization, Last-Event-ID, "
+    "Ringpipe-Read-Key",
+    "access-control-allow-methods": "GET, HEAD, POST, PUT, DELETE, OPTIONS",
+}
+
+
+def _preflight_ours(side: str, obs: Obs, path: str) -> Obs:
+    reply = obs["preflight"]
+    expected = _PREFLIGHT_OURS if side == OURS else _PREFLIGHT_REF
+    for name, value in expected.items():
+        assert header(reply, name) == value, reply
+    checked = [(k, "<checked>" if k in expected else v) for k, v in reply["headers"]]
+    return {**obs, "preflight": {**reply, "headers": checked}}
+
+
 NORMALIZERS: Final[dict[str, Callable[[str, Obs, str], Obs]]] = {
+    "preflight-ours": _preflight_ours,
     "receiver-abort-count": _receiver_abort_count,
     "multipart-length": _multipart_length,
     "max-receivers": _max_receivers,
