@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import time
 from urllib.parse import parse_qsl, urlsplit
 
 import pytest
@@ -13,6 +14,7 @@ from hypothesis import strategies as st
 
 from ringpipe.access import (
     EXPIRED,
+    NO_CREDENTIAL,
     AccessPolicy,
     Allow,
     Deny,
@@ -398,3 +400,71 @@ def test_formatter_redacts_message_extras_and_escaped_secrets() -> None:
     line = JsonFormatter("test").format(record)
     json.loads(line)
     assert not re.search(r"deadbeef|tok-9|quote", line), line
+
+
+# -- the gate in front of WebSocket upgrades (ASGI "websocket" scopes) --
+
+
+class _Endpoints:
+    def __init__(self) -> None:
+        self.websockets: list[str] = []
+
+    async def websocket(self, scope: dict[str, object], receive: object, send: object, path: str) -> None:
+        self.websockets.append(path)
+
+
+def _ws_scope(target: str, headers: list[tuple[bytes, bytes]], *, extension: bool) -> dict[str, object]:
+    path, _, query = target.partition("?")
+    return {
+        "type": "websocket",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": query.encode(),
+        "headers": headers,
+        "extensions": {"websocket.http.response": {}} if extension else {},
+    }
+
+
+def _run_ws(app: object, scope: dict[str, object]) -> list[dict[str, object]]:
+    import anyio
+
+    sent: list[dict[str, object]] = []
+
+    async def receive() -> dict[str, object]:
+        return {"type": "websocket.connect"}
+
+    async def send(message: dict[str, object]) -> None:
+        sent.append(message)
+
+    anyio.run(app, scope, receive, send)  # type: ignore[arg-type]
+    return sent
+
+
+def test_websocket_upgrades_are_gated_before_accept() -> None:
+    from ringpipe.app import RingpipeApp
+
+    endpoints = _Endpoints()
+    app = RingpipeApp(endpoints, pages=None, access=policy("r:reader-secret:recv", key=KEY))  # type: ignore[arg-type]
+    sent = _run_ws(app, _ws_scope("/ws", [], extension=True))
+    assert sent[0]["type"] == "websocket.http.response.start" and sent[0]["status"] == 401
+    assert (b"www-authenticate", b'Bearer realm="ringpipe"') in sent[0]["headers"]  # type: ignore[operator]
+    assert sent[1] == {"type": "websocket.http.response.body", "body": b"[ERROR] " + NO_CREDENTIAL.encode() + b"\n"}
+    sent = _run_ws(app, _ws_scope("/ws?watch=1", [(b"authorization", b"Bearer reader-secret")], extension=True))
+    assert sent[0]["status"] == 403  # a watcher needs the watch scope
+    sent = _run_ws(app, _ws_scope("/ws", [(b"authorization", b"Bearer nope")], extension=False))
+    assert sent == [{"type": "websocket.close", "code": 1008}]  # no HTTP denial extension: close before accept
+    assert endpoints.websockets == []
+    assert _run_ws(app, _ws_scope("/ws", [(b"authorization", b"Bearer reader-secret")], extension=True)) == []
+    assert _run_ws(app, _ws_scope(signed("/ws2", ["recv"], time.time() + 60), [], extension=True)) == []
+    assert endpoints.websockets == ["/ws", "/ws2"]
+
+
+def test_websocket_from_a_disallowed_origin_is_refused() -> None:
+    from ringpipe.app import RingpipeApp
+
+    endpoints = _Endpoints()
+    app = RingpipeApp(endpoints, None, cors=CorsPolicy.from_setting("https://app.example"))  # type: ignore[arg-type]
+    sent = _run_ws(app, _ws_scope("/ws", [(b"origin", b"https://evil.example")], extension=True))
+    assert sent[0]["status"] == 403
+    assert _run_ws(app, _ws_scope("/ws", [(b"origin", b"https://app.example")], extension=True)) == []
+    assert endpoints.websockets == ["/ws"]
