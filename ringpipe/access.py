@@ -212,8 +212,9 @@ class AccessPolicy:
             denials.append(verdict)
         if not denials:
             return Deny(401, NO_CREDENTIAL)
-        # Two credentials both failing: a 403 (a real problem) wins over a 401.
-        return max(denials, key=lambda d: d.status)
+        # Two credentials both failing: a 403 (a real problem) wins over a 401; between
+        # equals the signed URL's reason (e.g. "Signature expired.") is the one shown.
+        return max(reversed(denials), key=lambda d: d.status)
 
     def _bearer(self, authorization: str, scope: str, path: str) -> Allow | Deny:
         secret = bearer_secret(authorization)

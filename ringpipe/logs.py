@@ -104,3 +104,4 @@ def setup_logging(level: str, role: str) -> None:
         logger.handlers[:] = []
         logger.propagate = True
     logging.getLogger("uvicorn.access").disabled = True
+    logging.captureWarnings(True)  # warnings, too, go out as redacted JSON lines

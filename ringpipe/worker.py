@@ -92,6 +92,17 @@ class _WorkerServer(uvicorn.Server):
                 signal.signal(sig, handler)
 
 
+def _file_stamp(path: str | None) -> tuple[int, int, int] | None:
+    """What changes when a file is rewritten (inode, size, mtime), or None."""
+    if not path:
+        return None
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return (info.st_ino, info.st_size, info.st_mtime_ns)
+
+
 def run_worker(
     settings: Settings,
     *,
@@ -105,6 +116,7 @@ def run_worker(
     setup_logging(settings.log_level, f"worker-{index}")
     ready = False
     register_secrets([settings.signing_key] if settings.signing_key else [])
+    file_at_boot = _file_stamp(settings.tokens_file)
     try:
         access = policy_from_settings(settings)
         cors = CorsPolicy.from_setting(settings.cors_origins)
@@ -167,6 +179,8 @@ def run_worker(
 
         server = _WorkerServer(config, stop_requested.set)
         asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reload_tokens)
+        if _file_stamp(settings.tokens_file) != file_at_boot:
+            reload_tokens()  # changed (and its SIGHUP ignored) between our first read and the handler
         try:
             async with anyio.create_task_group() as tg:
                 await tg.start(node.mesh.run)
