@@ -269,6 +269,37 @@ def test_no_credential_needed_for_pages_and_preflight(servers: dict[str, Server]
         assert "DELETE" in (preflight.header("access-control-allow-methods") or "")
 
 
+def test_ringpipe_sign_prints_a_working_url(servers: dict[str, Server]) -> None:
+    """The command a user runs: ``ringpipe sign`` with the key in the environment."""
+    server = servers["signed"]
+    path = f"/acc-{uuid.uuid4().hex[:12]}/out"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RINGPIPE_")}
+    env["RINGPIPE_SIGNING_KEY"] = SIGNING_KEY
+
+    def sign_cli(*args: str) -> str:
+        done = subprocess.run(
+            [sys.executable, "-m", "ringpipe", "sign", *args, "--base-url", server.url],
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert done.returncode == 0 and done.stderr == "", done
+        assert done.stdout.count("\n") == 1
+        return done.stdout.strip()
+
+    send_url = sign_cli(path, "--scope", "send", "--ttl", "1m")
+    recv_url = sign_cli(path, "--scope", "recv,watch", "--prefix", path.rsplit("/", 1)[0])
+    assert send_url.startswith(server.url + path + "?rp_exp=")
+    target = send_url[len(server.url) :]
+    sender = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    sender.sendall(raw_request("POST", target, [], b"hello"))
+    assert read_reply(sender).status == 200
+    try:
+        reply = exchange(server.port, "GET", recv_url[len(server.url) :])
+        assert reply.status == 200
+    finally:
+        sender.close()
+    assert exchange(server.port, "PUT", recv_url[len(server.url) :], body=b"x").status == 403  # recv,watch only
+
+
 def test_signed_url_expiry(servers: dict[str, Server]) -> None:
     port = servers["signed"].port
     path = f"/acc-{uuid.uuid4().hex[:12]}"
