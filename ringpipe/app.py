@@ -1,49 +1,85 @@
-"""The ASGI application of one worker: routes a request to a reserved page or the pipe edge.
+"""The ASGI application of one worker: the access gate, then a reserved page or the pipe edge.
 
-Dispatch follows piping-server's order: GET/HEAD on a reserved path → page; POST/PUT on a
-reserved path → 400; POST/PUT → sender; GET → receiver; OPTIONS → CORS preflight;
-DELETE → cancel (SPEC 2.3); HEAD on a pipe → its status (SPEC 2.6); anything else → 405
-with ``Allow``.
+Every request first passes the gate (``access.py``), decided from method, path, query and
+headers alone, before anything registers on a pipe; a refused request is answered 401/403
+in the rejection form and never reaches a handler. WebSocket upgrades are gated the same way
+and refused before the handshake is accepted. The CORS policy (``cors.py``) is applied here
+too, to every response start, so every handler can keep writing the piping-compatible
+``Access-Control-Allow-Origin: *`` and an allowlist still answers per request Origin.
+
+Dispatch then follows piping-server's order: GET/HEAD on a reserved path → page; POST/PUT on
+a reserved path → 400; POST/PUT → sender; GET → receiver (any framing; a WebSocket upgrade
+too); OPTIONS → CORS preflight; DELETE → cancel (SPEC 2.3); HEAD on a pipe → its status
+(SPEC 2.6); anything else → 405 with ``Allow``.
+
+In the default configuration (no access control, ``--cors-origins '*'``) the gate costs two
+attribute reads per request and nothing per byte.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from typing import Final
 
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ringpipe import metrics
+from ringpipe.access import AccessPolicy, Deny
+from ringpipe.cors import CorsPolicy
 from ringpipe.edge import PipeEndpoints, reject
 from ringpipe.paths import RESERVED_PATHS, normalize_path
 from ringpipe.websocket import refuse_websocket
 
-__all__ = ["ALLOWED_METHODS", "RingpipeApp"]
+__all__ = ["ALLOWED_HEADERS", "ALLOWED_METHODS", "CORS_METHODS", "RingpipeApp"]
 
 log = logging.getLogger("ringpipe.app")
 
+#: Every method we accept: the ``Allow`` of a 405 and what a preflight allows (SPEC 1.4
+#: item 13); DELETE cancels a pipe (SPEC 2.3).
 ALLOWED_METHODS: Final = "GET, HEAD, POST, PUT, DELETE, OPTIONS"
-ALLOWED_HEADERS: Final = "Content-Type, Content-Disposition, X-Piping"
+CORS_METHODS: Final = ALLOWED_METHODS
+ALLOWED_HEADERS: Final = "Content-Type, Content-Disposition, X-Piping, Authorization, Last-Event-ID, Ringpipe-Read-Key"
+WWW_AUTHENTICATE: Final = b'Bearer realm="ringpipe"'
+#: A closing WebSocket handshake that the server cannot answer with an HTTP status: policy violation.
+WS_POLICY_VIOLATION: Final = 1008
+
+
+def _header(scope: Scope, name: bytes) -> bytes | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return value  # type: ignore[no-any-return]
+    return None
 
 
 class RingpipeApp:
-    """Raw ASGI entry point."""
+    """Raw ASGI entry point. ``access`` may be swapped whole at any time (SIGHUP reload)."""
 
-    def __init__(self, endpoints: PipeEndpoints, pages: ASGIApp) -> None:
+    def __init__(
+        self,
+        endpoints: PipeEndpoints,
+        pages: ASGIApp,
+        access: AccessPolicy | None = None,
+        cors: CorsPolicy | None = None,
+    ) -> None:
         self.endpoints = endpoints
         self.pages = pages
+        self.access = access or AccessPolicy((), None)
+        self.cors = cors or CorsPolicy(None)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "websocket":  # a WebSocket receiver (SPEC 2.1), never a page
-            path = normalize_path(scope.get("raw_path") or scope["path"].encode("latin-1"))
-            if path in RESERVED_PATHS:
-                await refuse_websocket(receive, send, 400, f"Cannot receive from the reserved path '{path}'.")
-            else:
-                await self.endpoints.receiver(scope, receive, send, path)
+        kind = scope["type"]
+        if kind == "websocket":
+            await self._websocket(scope, receive, send)
             return
-        if scope["type"] != "http":
+        if kind != "http":
             return
         path = normalize_path(scope.get("raw_path") or scope["path"].encode("latin-1"))
         method = scope["method"]
+        if self.cors.origins is not None:
+            send = self._cors_send(send, _header(scope, b"origin"))
+        if self.access.enabled and not await self._admitted(scope, send, method, path):
+            return
         if path in RESERVED_PATHS and method in ("GET", "HEAD"):
             # Route on the resolved path: /./help and /x/../help are /help, as in the reference.
             await self.pages({**scope, "path": path, "raw_path": path.encode("latin-1")}, receive, send)
@@ -63,10 +99,111 @@ class RingpipeApp:
         else:
             await self._not_allowed(scope, send)
 
+    # -- the gate --
+
+    def _verdict(self, scope: Scope, method: str, path: str) -> Deny | None:
+        authorization = _header(scope, b"authorization")
+        verdict = self.access.decide(
+            method,
+            path,
+            scope["query_string"],
+            None if authorization is None else authorization.decode("latin-1"),
+            time.time(),
+        )
+        return verdict if isinstance(verdict, Deny) else None
+
+    async def _admitted(self, scope: Scope, send: Send, method: str, path: str) -> bool:
+        denial = self._verdict(scope, method, path)
+        if denial is None:
+            return True
+        self._log_denial(denial, method, path)
+        body = f"[ERROR] {denial.message}\n".encode()
+        headers = [
+            (b"content-type", b"text/plain"),
+            (b"access-control-allow-origin", b"*"),
+            (b"content-length", str(len(body)).encode()),
+        ]
+        if denial.status == 401:
+            headers.append((b"www-authenticate", WWW_AUTHENTICATE))
+        if method in ("POST", "PUT"):
+            headers.append((b"connection", b"close"))  # the upload is never read
+        metrics.REJECTIONS.labels(code=str(denial.status)).inc()
+        await send({"type": "http.response.start", "status": denial.status, "headers": headers})
+        await send({"type": "http.response.body", "body": b"" if method == "HEAD" else body})
+        return False
+
+    @staticmethod
+    def _log_denial(denial: Deny, method: str, path: str) -> None:
+        log.info(
+            "access denied",
+            extra={
+                "event": "denied",
+                "status": denial.status,
+                "reason": denial.message,
+                "method": method,
+                "path": path,
+                "credential": denial.who,
+            },
+        )
+
+    async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Gate a WebSocket upgrade (a receiver or watcher): refuse before accepting it.
+
+        Refused upgrades get a real HTTP 401/403 in the rejection form where the server
+        supports the ASGI ``websocket.http.response`` extension, else a handshake close
+        (which uvicorn answers with 403). An admitted upgrade is a receiver or watcher
+        (``websocket.py``); one on a reserved path is refused with 400.
+        """
+        path = normalize_path(scope.get("raw_path") or scope["path"].encode("latin-1"))
+        denial: Deny | None = None
+        origin = _header(scope, b"origin")
+        if origin is not None and self.cors.origins is not None and self.cors.allow_origin(origin) is None:
+            denial = Deny(403, "Origin not allowed.")
+        elif self.access.enabled:
+            denial = self._verdict(scope, "GET", path)
+        if denial is not None:
+            self._log_denial(denial, "WEBSOCKET", path)
+            metrics.REJECTIONS.labels(code=str(denial.status)).inc()
+        if denial is None:
+            if path in RESERVED_PATHS:
+                await refuse_websocket(receive, send, 400, f"Cannot receive from the reserved path '{path}'.")
+            else:
+                await self.endpoints.receiver(scope, receive, send, path)
+            return
+        if denial is not None and "websocket.http.response" in scope.get("extensions", {}):
+            body = f"[ERROR] {denial.message}\n".encode()
+            headers = [(b"content-type", b"text/plain"), (b"content-length", str(len(body)).encode())]
+            if self.cors.origins is None:
+                headers.append((b"access-control-allow-origin", b"*"))  # the rejection form
+            if denial.status == 401:
+                headers.append((b"www-authenticate", WWW_AUTHENTICATE))
+            await send({"type": "websocket.http.response.start", "status": denial.status, "headers": headers})
+            await send({"type": "websocket.http.response.body", "body": body})
+            return
+        await send({"type": "websocket.close", "code": WS_POLICY_VIOLATION})
+
+    # -- CORS --
+
+    def _cors_send(self, send: Send, origin: bytes | None) -> Send:
+        """``send`` with this request's answer to the allowlist applied to its response start."""
+        cors = self.cors
+
+        async def send_with_cors(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": cors.rewrite(list(message.get("headers", ())), origin)}
+            await send(message)
+
+        return send_with_cors
+
     async def _preflight(self, scope: Scope, send: Send) -> None:
+        origin = _header(scope, b"origin")
+        if origin is not None and self.cors.allow_origin(origin) is None:
+            log.info("preflight from a disallowed origin", extra={"origin": origin.decode("latin-1")})
+            await reject(send, 403, "Origin not allowed.")
+            return
         headers = [
             (b"access-control-allow-origin", b"*"),
-            (b"access-control-allow-methods", ALLOWED_METHODS.encode()),
+            (b"access-control-allow-methods", CORS_METHODS.encode()),
             (b"access-control-allow-headers", ALLOWED_HEADERS.encode()),
         ]
         if (b"access-control-request-private-network", b"true") in scope["headers"]:

@@ -198,7 +198,10 @@ class Mesh:
         buffer = bytearray()
         try:
             async with stream:
-                await stream.send(protocol.encode(Hello(self.index, self.pid)))
+                try:
+                    await stream.send(protocol.encode(Hello(self.index, self.pid)))
+                except (anyio.BrokenResourceError, OSError):
+                    return  # a probe that connects and leaves at once (/readyz): not a peer, not a fault
                 while True:
                     try:
                         chunk = await stream.receive(READ_SIZE)

@@ -3,17 +3,69 @@
 Context travels as ``extra={...}``; every key that is not a standard ``LogRecord`` attribute
 becomes a field of the line. uvicorn's own loggers are routed here too (its access log is
 off: ringpipe logs one line per transfer instead).
+
+No secret is ever written (SPEC Part 4): every finished line goes through ``redact``, which
+replaces the secrets this process knows (token secrets, the signing key: registered with
+``register_secrets``) wherever they appear, and the *shapes* of secrets it cannot know:
+``Bearer <x>``, the value of an ``Authorization`` or ``Ringpipe-Read-Key`` header (as text
+or as a header tuple), and query values of ``rp_sig``, ``key``, ``*_key``, ``token``,
+``*_token``, ``secret`` and ``password``. Redaction runs on the whole line, message, extras
+and traceback alike, so a handler cannot leak one by logging a scope or a URL.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 import time
+from collections.abc import Iterable
 from typing import Any, Final
 
-__all__ = ["JsonFormatter", "setup_logging"]
+__all__ = ["REDACTED", "JsonFormatter", "redact", "register_secrets", "setup_logging"]
+
+REDACTED: Final = "[REDACTED]"
+#: Shorter secrets are not replaced literally (they would blot out ordinary words); the
+#: shape patterns still catch them where they appear as credentials.
+MIN_LITERAL_SECRET: Final = 4
+_SHAPES: Final = (
+    # A header's value, as text ("Authorization: Basic x") or as a tuple ((b'authorization', b'x')).
+    re.compile(
+        r"(?i)(\b(?:authorization|ringpipe-read-key)['\"\\]*\s*[:=,]\s*(?:(?-i:b)(?=['\"]))?['\"\\]*)[^'\"\\\r\n,;()\[\]{}]+"
+    ),
+    re.compile(r"(?i)(\bbearer\s+)[^\s'\"\\,;()\[\]{}]+"),
+    # A query or form value: rp_sig=, key=, read_key=, token=, api_token=, secret=, password=.
+    re.compile(
+        r"(?i)(\b(?:rp_sig|[a-z0-9_-]*key|[a-z0-9_-]*token|[a-z0-9_-]*secret|password)=)[^&\s'\"\\#;,()\[\]{}]+"
+    ),
+)
+_secrets: set[str] = set()
+
+
+def register_secrets(secrets: Iterable[str]) -> None:
+    """Secrets this process holds (token secrets, the signing key): never written to a log.
+
+    Kept for the process's lifetime, also after a reload removes a token, so a line about an
+    old token cannot leak it either.
+    """
+    for secret in secrets:
+        if len(secret) >= MIN_LITERAL_SECRET:
+            _secrets.add(secret)
+            escaped = json.dumps(secret)[1:-1]  # the form it takes inside a JSON string
+            if escaped != secret:
+                _secrets.add(escaped)
+
+
+def redact(text: str) -> str:
+    """``text`` with every known secret and every credential-shaped value replaced."""
+    for secret in sorted(_secrets, key=len, reverse=True):
+        if secret in text:
+            text = text.replace(secret, REDACTED)
+    for shape in _SHAPES:
+        text = shape.sub(lambda match: match.group(1) + REDACTED, text)
+    return text
+
 
 _STANDARD: Final = frozenset(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "color_message"}
 
@@ -37,7 +89,7 @@ class JsonFormatter(logging.Formatter):
         line.update({k: v for k, v in record.__dict__.items() if k not in _STANDARD and not k.startswith("_")})
         if record.exc_info:
             line["exc"] = self.formatException(record.exc_info)
-        return json.dumps(line, default=str)
+        return redact(json.dumps(line, default=str))
 
 
 def setup_logging(level: str, role: str) -> None:
@@ -52,3 +104,4 @@ def setup_logging(level: str, role: str) -> None:
         logger.handlers[:] = []
         logger.propagate = True
     logging.getLogger("uvicorn.access").disabled = True
+    logging.captureWarnings(True)  # warnings, too, go out as redacted JSON lines

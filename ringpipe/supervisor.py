@@ -15,6 +15,10 @@ Rules it keeps:
   The worker count never changes: it is an input to ``owner_of``.
 - A worker that fails before it ever became ready (exit 3) halts the supervisor instead of
   being forked again in a loop.
+- SIGHUP is forwarded to every worker, which re-reads the tokens file. A worker ignores
+  SIGHUP from its fork until its own handler is installed (SIGHUP's default would kill it).
+- Listening on an address that is not loopback with no access control configured logs one
+  warning: the relay is then open to anyone who can guess a path (SPEC Part 4).
 - SIGTERM/SIGINT: stop accepting, SIGTERM the workers, wait ``graceful_timeout`` (+5 s for
   their own clean-up), SIGKILL stragglers, sweep every ring of this supervisor, remove the
   runtime directory, exit 0. A second SIGINT cuts the wait short.
@@ -23,6 +27,7 @@ Rules it keeps:
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import logging
 import os
 import select
@@ -37,6 +42,7 @@ from pathlib import Path
 from typing import Final
 
 from ringpipe import shm
+from ringpipe.access import configured
 from ringpipe.config import Settings
 from ringpipe.errors import SupervisorHalt
 from ringpipe.logs import setup_logging
@@ -125,6 +131,7 @@ class Supervisor:
             "listening",
             extra={"event": "listening", "url": url, "port": port, "workers": self.settings.workers},
         )
+        self.warn_if_open(self.listener.getsockname()[0])
         try:
             for slot in range(self.settings.workers):
                 self.spawn(slot)
@@ -136,6 +143,20 @@ class Supervisor:
         finally:
             self.cleanup()
         return 0
+
+    def warn_if_open(self, address: str) -> None:
+        """One warning line when a non-loopback listener has no tokens and no signing key."""
+        try:
+            loopback = ipaddress.ip_address(address.split("%", 1)[0]).is_loopback
+        except ValueError:
+            loopback = False
+        if not loopback and not configured(self.settings):
+            log.warning(
+                "listening on %s with no access control: the relay is open to anyone who can reach it "
+                "and guess a path (use --token/--tokens-file or --signing-key; see SECURITY.md)",
+                address,
+                extra={"event": "open_relay", "host": self.settings.host},
+            )
 
     def loop(self, url: str) -> None:
         announced = False
@@ -183,7 +204,7 @@ class Supervisor:
         self._wakeup_r, self._wakeup_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._ready_r, self._ready_w = os.pipe2(os.O_NONBLOCK)
         signal.set_wakeup_fd(self._wakeup_w, warn_on_full_buffer=False)
-        for sig in HANDLED:
+        for sig in (*HANDLED, signal.SIGHUP):
             signal.signal(sig, lambda s, f: None)
 
     def handle_signals(self) -> None:
@@ -211,6 +232,12 @@ class Supervisor:
         self.force = True
         self.handle_term()
 
+    def handle_hup(self) -> None:
+        """Workers re-read the tokens file (each logs what it loaded, or why it kept the old)."""
+        if not self.stopping:
+            log.info("SIGHUP: reloading tokens in every worker", extra={"event": "reload"})
+            self.signal_workers(signal.SIGHUP)
+
     def handle_chld(self) -> None:
         pass  # reap() runs on every tick
 
@@ -228,6 +255,7 @@ class Supervisor:
             signal.set_wakeup_fd(-1)
             for sig in HANDLED:
                 signal.signal(sig, signal.SIG_DFL)
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the worker's reload handler is in
             os.close(self._wakeup_r)
             os.close(self._wakeup_w)
             os.close(self._ready_r)

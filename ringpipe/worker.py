@@ -4,6 +4,9 @@ Entered from ``supervisor.py`` right after ``fork()``, with the supervisor's lis
 socket. Exit codes are part of the supervisor protocol: 0 after a drain, ``BOOT_ERROR`` (3)
 if the worker never became ready, so the supervisor does not fork in a loop.
 
+SIGHUP re-reads the tokens file (``--tokens-file``) and swaps the gate's token table whole;
+a file that cannot be read or parsed keeps the tokens in use and logs an error.
+
 Draining (SIGTERM/SIGINT, or the supervisor vanished): uvicorn stops accepting and lets
 running responses finish; the node turns away waiting parties on the paths it owns; then
 the worker stays up while it still *owns* live relays, because parties on other workers
@@ -28,12 +31,14 @@ from typing import Final
 import anyio
 import uvicorn
 
+from ringpipe.access import TokenFileError, load_tokens, policy_from_settings
 from ringpipe.app import RingpipeApp
 from ringpipe.config import Settings
 from ringpipe.connection import RingpipeHttpProtocol
+from ringpipe.cors import CorsPolicy
 from ringpipe.edge import PipeEndpoints
 from ringpipe.limits import EdgeLimits
-from ringpipe.logs import setup_logging
+from ringpipe.logs import register_secrets, setup_logging
 from ringpipe.node import Node
 from ringpipe.pages import build_pages
 from ringpipe.websocket import HandshakeLogFilter
@@ -90,6 +95,17 @@ class _WorkerServer(uvicorn.Server):
                 signal.signal(sig, handler)
 
 
+def _file_stamp(path: str | None) -> tuple[int, int, int] | None:
+    """What changes when a file is rewritten (inode, size, mtime), or None."""
+    if not path:
+        return None
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return (info.st_ino, info.st_size, info.st_mtime_ns)
+
+
 def run_worker(
     settings: Settings,
     *,
@@ -107,11 +123,37 @@ def run_worker(
     """
     setup_logging(settings.log_level, f"worker-{index}")
     ready = False
+    register_secrets([settings.signing_key] if settings.signing_key else [])
+    file_at_boot = _file_stamp(settings.tokens_file)
+    try:
+        access = policy_from_settings(settings)
+        cors = CorsPolicy.from_setting(settings.cors_origins)
+    except ValueError as exc:  # TokenFileError too: never serve open when tokens were asked for
+        log.error("worker %d cannot start: %s", index, exc)
+        return BOOT_ERROR
+    register_secrets(token.secret for token in access.tokens)
 
     logging.getLogger("uvicorn.error").addFilter(HandshakeLogFilter())  # WebSocket lines carry query secrets
     node = Node(settings, index=index, supervisor_pid=supervisor_pid, runtime_dir=runtime_dir)
     endpoints = PipeEndpoints(node)
-    app = RingpipeApp(endpoints, build_pages(runtime_dir, settings.workers))
+    app = RingpipeApp(endpoints, build_pages(runtime_dir, settings.workers), access, cors)
+
+    def reload_tokens() -> None:
+        """SIGHUP: re-read the tokens file; on any problem keep the tokens in use."""
+        try:
+            tokens = load_tokens(settings)
+        except TokenFileError as exc:
+            log.error(
+                "tokens not reloaded, keeping the %d in use: %s",
+                len(app.access.tokens),
+                exc,
+                extra={"event": "tokens_reload_failed", "worker": index},
+            )
+            return
+        register_secrets(token.secret for token in tokens)
+        app.access = app.access.with_tokens(tokens)
+        log.info("tokens reloaded", extra={"event": "tokens_reloaded", "worker": index, "tokens": len(tokens)})
+
     config = uvicorn.Config(
         app,
         http=RingpipeHttpProtocol.configured(EdgeLimits.from_settings(settings, tls)),
@@ -151,6 +193,9 @@ def run_worker(
             stop()
 
         server = _WorkerServer(config, stop_requested.set)
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reload_tokens)
+        if _file_stamp(settings.tokens_file) != file_at_boot:
+            reload_tokens()  # changed (and its SIGHUP ignored) between our first read and the handler
         try:
             async with anyio.create_task_group() as tg:
                 await tg.start(node.mesh.run)
