@@ -198,7 +198,10 @@ class Mesh:
         buffer = bytearray()
         try:
             async with stream:
-                await stream.send(protocol.encode(Hello(self.index, self.pid)))
+                try:
+                    await stream.send(protocol.encode(Hello(self.index, self.pid)))
+                except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+                    return  # gone at once: a probe (/readyz) that only checked we accept
                 while True:
                     try:
                         chunk = await stream.receive(READ_SIZE)
