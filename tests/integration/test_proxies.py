@@ -27,6 +27,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 import pytest
 
@@ -54,7 +55,8 @@ def report_timings() -> Iterator[None]:
 
 #: A deterministic 1 GiB: block i is a fixed random 1 MiB block whose first 8 bytes are i.
 GENERATOR = """
-import random, sys
+import random, signal, sys
+signal.signal(signal.SIGPIPE, signal.SIG_DFL)
 size, block = int(sys.argv[1]), bytearray(random.Random(6).randbytes(1 << 20))
 out, i = sys.stdout.buffer, 0
 while size > 0:
@@ -65,7 +67,8 @@ out.flush()
 """
 #: A sender that never ends: 4 KiB every 50 ms until its pipe breaks.
 SLOW_GENERATOR = """
-import sys, time
+import signal, sys, time
+signal.signal(signal.SIGPIPE, signal.SIG_DFL)
 while True:
     sys.stdout.buffer.write(b"z" * 4096)
     sys.stdout.buffer.flush()
@@ -467,7 +470,7 @@ def test_websocket_reader_through_the_proxy(cluster: Cluster) -> None:
     body = os.urandom(300_000)
 
     async def scenario() -> tuple[bytes, int | None]:
-        async with connect(f"ws://127.0.0.1:{cluster.port}{path}", open_timeout=10) as ws:
+        async with connect(f"ws://127.0.0.1:{cluster.port}{path}", open_timeout=5) as ws:
             sender = asyncio.create_task(put(cluster.port, path, body))
             received = b""
             async for message in ws:
@@ -506,7 +509,12 @@ def test_stopping_a_node_moves_only_its_paths_and_breaks_its_transfers(cluster: 
     assert gen.stdout is not None and receiver.stdout is not None
     gen.stdout.close()
     got = bytearray()
-    pump = threading.Thread(target=lambda: got.extend(iter(lambda: receiver.stdout.read1(65536), b"")), daemon=True)  # type: ignore[union-attr]
+
+    def drain(stream: IO[bytes]) -> None:
+        while chunk := stream.read1(65536):  # type: ignore[attr-defined]
+            got.extend(chunk)
+
+    pump = threading.Thread(target=drain, args=(receiver.stdout,), daemon=True)
     pump.start()
     try:
         deadline = time.monotonic() + 20
@@ -519,6 +527,9 @@ def test_stopping_a_node_moves_only_its_paths_and_breaks_its_transfers(cluster: 
         sender_rc = sender.wait(30)
         receiver_rc = receiver.wait(30)
         TIMINGS[f"{cluster.proxy}: in-flight transfer broken after"] = time.monotonic() - stopped
+        print(
+            f"\n{cluster.proxy}: node stopped mid-transfer: curl exit codes: sender {sender_rc}, receiver {receiver_rc}"
+        )
         pump.join(10)
         assert sender_rc != 0, "the sender's curl exited 0 though its node stopped mid-upload"
         assert receiver_rc != 0, "the receiver's curl saw a clean end though its node stopped mid-transfer"
