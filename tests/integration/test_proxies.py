@@ -27,9 +27,10 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import pytest
+import yaml
 
 from tests import externals
 from tests.conftest import ROOT, Server
@@ -259,6 +260,74 @@ def test_shipped_configs_pass_the_proxies_own_checks(tmp_path: Path) -> None:
     done = subprocess.run([*nginx_command(conf, tmp_path), "-t", *nginx_globals(tmp_path)], capture_output=True)
     assert done.returncode == 0, done.stdout.decode() + done.stderr.decode()
     print(f"\n{externals.tool_version(haproxy)}; {externals.tool_version(externals.ensure_nginx())}")
+
+
+def parse_size(text: str) -> int:
+    """``960M``, ``1Gi``, ``1gb`` → bytes (binary units, as ringpipe, Docker and Kubernetes read them)."""
+    match = re.fullmatch(r"(\d+)\s*([kmg]?)(?:i?b?)", text.strip().lower())
+    assert match, text
+    return int(match.group(1)) << {"": 0, "k": 10, "m": 20, "g": 30}[match.group(2)]
+
+
+def haproxy_servers() -> list[tuple[str, int]]:
+    text = (DEPLOY / "haproxy.cfg").read_text()
+    return [(m.group(1), int(m.group(2))) for m in re.finditer(r"(?m)^\s*server (\S+) \S+ id (\d+)", text)]
+
+
+def test_haproxy_servers_have_pinned_distinct_ids_matching_nginx() -> None:
+    servers = haproxy_servers()
+    assert [name for name, _ in servers] == [f"ringpipe-{i}" for i in range(len(servers))]
+    assert len({sid for _, sid in servers}) == len(servers), "server ids must be distinct"
+    nginx = re.findall(r"(?m)^\s*server (ringpipe-\d+)\.ringpipe:8080", (DEPLOY / "nginx.conf").read_text())
+    assert nginx == [name for name, _ in servers], "haproxy.cfg and nginx.conf list different nodes"
+
+
+def test_compose_file_matches_the_proxy_configs() -> None:
+    compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
+    services = compose["services"]
+    nodes = sorted(name for name in services if name.startswith("ringpipe-"))
+    assert nodes == [name for name, _ in haproxy_servers()]
+    for name in nodes:
+        node = services[name]
+        assert node["networks"]["default"]["aliases"] == [f"{name}.ringpipe"]
+        env = node["environment"]
+        assert parse_size(env["RINGPIPE_MAX_MEMORY"]) < parse_size(node["shm_size"]), "rings must fit /dev/shm"
+        assert env["RINGPIPE_SENDER_RESPONSE"].startswith("${RINGPIPE_SENDER_RESPONSE")
+    assert services["haproxy"]["environment"]["RINGPIPE_DOMAIN"] == "ringpipe"
+    for proxy, conf in (("haproxy", "haproxy.cfg"), ("nginx", "nginx.conf")):
+        (volume,) = services[proxy]["volumes"]
+        assert volume.startswith(f"./{conf}:") and (DEPLOY / conf).exists()
+
+
+def test_kubernetes_manifests_match_the_proxy_config() -> None:
+    docs = [d for f in sorted((DEPLOY / "k8s").glob("*.yaml")) for d in yaml.safe_load_all(f.read_text())]
+    by_kind: dict[str, list[dict[str, Any]]] = {}
+    for doc in docs:
+        assert {"apiVersion", "kind", "metadata"} <= set(doc), doc
+        by_kind.setdefault(doc["kind"], []).append(doc)
+    (config,) = by_kind["ConfigMap"]
+    assert config["data"]["haproxy.cfg"] == (DEPLOY / "haproxy.cfg").read_text(), "ConfigMap drifted from haproxy.cfg"
+    (statefulset,) = by_kind["StatefulSet"]
+    assert statefulset["spec"]["replicas"] == len(haproxy_servers())
+    headless = next(s for s in by_kind["Service"] if s["metadata"]["name"] == statefulset["spec"]["serviceName"])
+    assert headless["spec"]["clusterIP"] == "None"
+    assert statefulset["metadata"]["name"] == "ringpipe" and headless["metadata"]["name"] == "ringpipe"
+    pod = statefulset["spec"]["template"]["spec"]
+    (node,) = pod["containers"]
+    env = {e["name"]: e.get("value") for e in node["env"]}
+    shm = next(v for v in pod["volumes"] if v["name"] == "shm")["emptyDir"]
+    assert shm["medium"] == "Memory"
+    assert (
+        parse_size(env["RINGPIPE_MAX_MEMORY"])
+        < parse_size(shm["sizeLimit"])
+        < parse_size(node["resources"]["limits"]["memory"])
+    ), "rings < /dev/shm < the memory limit (a memory emptyDir counts against it)"
+    assert {m["mountPath"] for m in node["volumeMounts"]} == {"/dev/shm", "/tmp"}
+    assert pod["securityContext"]["runAsNonRoot"] and node["securityContext"]["readOnlyRootFilesystem"]
+    (deployment,) = by_kind["Deployment"]
+    (haproxy,) = deployment["spec"]["template"]["spec"]["containers"]
+    domain = next(e["value"] for e in haproxy["env"] if e["name"] == "RINGPIPE_DOMAIN")
+    assert domain == "ringpipe.$(POD_NAMESPACE).svc.cluster.local"
 
 
 # -- routing: a sender and its receivers meet --
