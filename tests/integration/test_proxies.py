@@ -526,7 +526,8 @@ def test_sse_reader_through_the_proxy(cluster: Cluster) -> None:
     assert (got.header("content-type") or "").startswith("text/event-stream")
     events = [e for e in got.text.split("\n\n") if e.strip()]
     assert events[0].startswith("retry: 1000")
-    data = [line.removeprefix("data: ") for e in events for line in e.splitlines() if line.startswith("data: ")]
+    messages = [e.splitlines() for e in events if not any(line.startswith("event:") for line in e.splitlines())]
+    data = [line.removeprefix("data: ") for lines in messages for line in lines if line.startswith("data: ")]
     assert data == ["hello", "world"]
     assert "event: done" in events[-1]
 
