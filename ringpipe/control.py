@@ -200,8 +200,8 @@ class Mesh:
             async with stream:
                 try:
                     await stream.send(protocol.encode(Hello(self.index, self.pid)))
-                except (anyio.BrokenResourceError, OSError):
-                    return  # a probe that connects and leaves at once (/readyz): not a peer, not a fault
+                except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+                    return  # gone at once: a probe (/readyz) that only checked we accept
                 while True:
                     try:
                         chunk = await stream.receive(READ_SIZE)

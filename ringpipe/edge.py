@@ -175,26 +175,52 @@ def can_resume(scope: Scope) -> bool:
 
 
 class SenderLog:
-    """The sender's response: a live log of ``[INFO]`` lines (one body at the end for HTTP/1.0)."""
+    """The sender's response: a live log of ``[INFO]`` lines (one body at the end for HTTP/1.0).
 
-    def __init__(self, send: Send, *, http10: bool, worker: int) -> None:
+    With ``late`` (``--sender-response late``, SPEC Part 3) nothing of the response is sent
+    until ``body_read()``: the log lines are held, then the status line and every held line
+    go out at once and the log is live from there on. nginx stops forwarding a request body
+    once the upstream has answered, so a relay behind it must not answer before the body
+    is in. An error before that is answered at once with its own status (``fail``).
+
+    Invariant: ``started`` is True exactly when the response is committed to be the 200
+    log (its head is on the wire, or, for HTTP/1.0, will be at ``end``); until then an
+    error may still become a rejection with its own status.
+    """
+
+    def __init__(self, send: Send, *, http10: bool, worker: int, late: bool = False) -> None:
         self._send = send
         self._http10 = http10
         # nosniff: browsers would otherwise hold a text/plain response back to sniff its
         # type, and a page showing the live log would see nothing until the upload ended.
         self._headers = [*TEXT_HEADERS, *STREAM_HEADERS, (b"x-content-type-options", b"nosniff"), worker_header(worker)]
         self._held: list[bytes] = []
+        #: Late mode, head not yet sent: lines go to ``_held``.
+        self._holding = late and not http10
         self.started = False
         self.ended = False
 
     async def start(self) -> None:
+        if self._holding:
+            return  # late: the head waits for ``body_read``
         self.started = True
         if not self._http10:
             await self._send({"type": "http.response.start", "status": 200, "headers": self._headers})
 
+    async def body_read(self) -> None:
+        """The whole request body is in: a late log sends its head and held lines now."""
+        if not self._holding or self.started:
+            return
+        self.started = True  # before any await: a concurrent ``end`` must not send a second head
+        await self._send({"type": "http.response.start", "status": 200, "headers": self._headers})
+        while self._held:  # lines logged while we were sending are held too, in order
+            body, self._held = b"".join(self._held), []
+            await self._send({"type": "http.response.body", "body": body, "more_body": True})
+        self._holding = False
+
     async def line(self, text: str) -> None:
         data = (text + "\n").encode()
-        if self._http10:
+        if self._http10 or self._holding:
             self._held.append(data)
         else:
             await self._send({"type": "http.response.body", "body": data, "more_body": True})
@@ -207,8 +233,20 @@ class SenderLog:
             headers = [*self._headers, (b"content-length", str(len(body)).encode())]
             await self._send({"type": "http.response.start", "status": 200, "headers": headers})
             await self._send({"type": "http.response.body", "body": body})
-        else:
-            await self._send({"type": "http.response.body", "body": b"", "more_body": False})
+            return
+        await self.body_read()
+        await self._send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def fail(self, status: int, message: str) -> None:
+        """End with ``[ERROR] message``: as the log's last line once the log has started,
+        else (late mode, body not read yet) as a rejection with ``status``, at once."""
+        if self.ended:
+            return
+        if self.started or not self._holding:
+            await self.end(f"[ERROR] {message}")
+            return
+        self.ended = self.started = True
+        await reject(self._send, status, message, close=True)
 
 
 class PipeEndpoints:
@@ -249,7 +287,12 @@ class PipeEndpoints:
             return
         conn: Connection = scope["extensions"][EXTENSION]
         party = self.node.open_party(path, Role.SENDER, n, receiver_headers(scope), key=read_key(scope), stall_ms=stall)
-        out = SenderLog(send, http10=scope.get("http_version") == "1.0", worker=self.node.index)
+        out = SenderLog(
+            send,
+            http10=scope.get("http_version") == "1.0",
+            worker=self.node.index,
+            late=self.node.settings.sender_response == "late",
+        )
         try:
             start = await self._sender_wait(scope, send, conn, party, out)
             if start is not None:
@@ -309,9 +352,9 @@ class PipeEndpoints:
             await out.line("[INFO] Cancelled.")
         await conn.close()
 
-    async def _fail_log(self, out: SenderLog, conn: Connection, message: str) -> None:
-        if not out.ended:
-            await out.end(f"[ERROR] {message}")
+    async def _fail_log(self, out: SenderLog, conn: Connection, message: str, status: int = 503) -> None:
+        """End the sender's response with an error (``status`` if it is still unanswered) and close."""
+        await out.fail(status, message)
         await conn.close()
 
     async def _sender_run(
@@ -348,12 +391,13 @@ class PipeEndpoints:
                 self.node.leave(party, completed=False)
                 if ingest.error is not None and not conn.lost.is_set():  # malformed, not gone
                     with anyio.CancelScope(shield=True):
-                        await self._fail_log(out, conn, ingest.error)
+                        await self._fail_log(out, conn, ingest.error, 400)
                 tg.cancel_scope.cancel()
                 return
             producer.finish()
             eof = True
             await out.line("[INFO] Sent successfully!")
+            await out.body_read()
             uploaded.set()
 
         try:

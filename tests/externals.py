@@ -184,6 +184,54 @@ def start_reference(log: Path) -> Reference:
     pytest.fail(f"piping-server did not start:\n{last}")
 
 
+HAPROXY = Path("/usr/sbin/haproxy")
+#: One apt-get at a time across every checkout on the machine (apt's own lock covers only dpkg).
+APT_LOCK_DIR = Path("/tmp/ringpipe-apt")
+NGINX = Path("/usr/sbin/nginx")
+
+
+def apt_install(package: str, produces: Path) -> Path:
+    """Debian's ``package`` (which installs ``produces``), installed with apt-get when missing.
+
+    apt-get waits up to 10 minutes for another apt run's lock (``DPkg::Lock::Timeout``) and
+    stale package lists are refreshed once. Whatever service the package starts is not used:
+    tests run their own instances on their own ports.
+    """
+    if produces.exists():
+        return produces
+    apt = shutil.which("apt-get")
+    if os.geteuid() != 0 or apt is None:
+        pytest.fail(f"{produces} is missing; install Debian's {package} package (apt-get install -y {package})")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    cmd = [apt, "-o", "DPkg::Lock::Timeout=600", "install", "-y", "--no-install-recommends", package]
+    with _install_lock(APT_LOCK_DIR):
+        if produces.exists():
+            return produces
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+        if done.returncode != 0:  # stale or missing package lists (fresh containers): refresh once
+            subprocess.run([apt, "-o", "DPkg::Lock::Timeout=600", "update"], env=env, capture_output=True, timeout=600)
+            done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    if done.returncode != 0 or not produces.exists():
+        pytest.fail(f"{' '.join(cmd)} failed ({done.returncode}):\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
+    return produces
+
+
+def ensure_haproxy() -> Path:
+    """Debian's HAProxy (2.6 on bookworm) at /usr/sbin/haproxy."""
+    return apt_install("haproxy", HAPROXY)
+
+
+def ensure_nginx() -> Path:
+    """Debian's nginx (1.22 on bookworm) at /usr/sbin/nginx."""
+    return apt_install("nginx", NGINX)
+
+
+def tool_version(binary: Path) -> str:
+    """The first line ``binary -v`` prints (HAProxy on stdout, nginx on stderr)."""
+    done = subprocess.run([str(binary), "-v"], capture_output=True, text=True, timeout=30)
+    return (done.stdout or done.stderr).strip().splitlines()[0]
+
+
 # --------------------------------------------------------------------------------------------
 # Command-line tools from Debian packages (TLS and limit tests), and a throwaway certificate
 # --------------------------------------------------------------------------------------------
@@ -192,24 +240,9 @@ def start_reference(log: Path) -> Reference:
 def ensure_tool(binary: str, package: str) -> str:
     """``binary`` on PATH, installed from Debian's ``package`` with apt-get when we are root."""
     found = shutil.which(binary)
-    if found is not None:
-        return found
-    apt = shutil.which("apt-get")
-    if os.geteuid() != 0 or apt is None:
-        pytest.fail(f"{binary} is missing; install it (apt-get install -y {package})")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    cmd = [apt, "-o", "DPkg::Lock::Timeout=600", "install", "-y", "--no-install-recommends", package]
-    lock_dir = Path(os.environ.get("TMPDIR", "/tmp")) / "ringpipe-tests-apt"  # apt is one per machine
-    with _install_lock(lock_dir):
-        if shutil.which(binary) is None:
-            done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
-            if done.returncode != 0:  # stale or missing package lists (fresh containers): refresh once
-                update = [apt, "-o", "DPkg::Lock::Timeout=600", "update"]
-                subprocess.run(update, env=env, capture_output=True, timeout=600)
-                done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
-            if done.returncode != 0:
-                pytest.fail(f"{' '.join(cmd)} failed ({done.returncode}):\n{done.stderr[-2000:]}")
-    found = shutil.which(binary)
+    if found is None:
+        apt_install(package, Path("/usr/bin") / binary)
+        found = shutil.which(binary)
     if found is None:
         pytest.fail(f"{binary} is still missing after installing {package}")
     return found
