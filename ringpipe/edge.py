@@ -36,8 +36,6 @@ log = logging.getLogger("ringpipe.edge")
 
 TEXT_HEADERS: Final = [(b"content-type", b"text/plain"), (b"access-control-allow-origin", b"*")]
 CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
-#: Bytes a receiver sends between two updates of the bytes-out metric.
-METER_BYTES: Final = 1 << 20
 OWNER_LOST: Final = "The transfer was broken: a worker process of the server died."
 _MIME = re.compile(r"^\s*([^;]*)(\s*;?.*)$", re.DOTALL)
 
@@ -292,7 +290,6 @@ class PipeEndpoints:
         finally:
             if conn.sink is ingest:
                 conn.sink = None  # later body bytes, if any, are uvicorn's again
-            metrics.BYTES_IN.inc(producer.bytes_written)
             if not vanished and not eof:
                 producer.finish(broken=True)
             self.node.leave(party, completed=eof)
@@ -346,6 +343,7 @@ class PipeEndpoints:
             await conn.close()
             return
         consumer = Consumer(self.node, ring, start.relay, start.slot)
+        metrics.reader_started("raw", consumer)
         completed = False
         try:
             relayed: list[tuple[str, str]] | None = list(start.receiver_headers)
@@ -365,6 +363,7 @@ class PipeEndpoints:
                     await send({"type": "http.response.body", "body": b"", "more_body": False})
                 tg.cancel_scope.cancel()
         finally:
+            metrics.reader_ended("raw")
             consumer.leave(shm.DONE if completed else shm.DETACHED)
             self.node.leave(party, completed=completed)
             consumer.close()
@@ -393,43 +392,33 @@ async def _copy_out(consumer: Consumer, conn: Connection) -> bool:
     Each round sends whatever is published (up to ``READ_LIMIT``) with one ``writev`` of
     views into the ring (plus the chunk-size line when the response is chunked) and only
     then commits the read cursor, so the ring space stays reserved while the kernel copies.
-    The bytes-out metric is updated per ``METER_BYTES`` (an update costs microseconds,
-    which a stream of 64-byte tokens to 16 readers would pay thousands of times a second).
+    (``Consumer.commit`` also feeds the reader metrics: bytes out, relay latency.)
     """
     chunked = conn.chunked_response
-    unmetered = 0
-    try:
-        while True:
-            try:
-                views, next_seq = await consumer.views()
-            except PeerGone:
-                return False
-            if not views:
+    while True:
+        try:
+            views, next_seq = await consumer.views()
+        except PeerGone:
+            return False
+        if not views:
+            return True
+        size = sum(map(len, views))
+        parts: list[memoryview | bytes] = [b"%x\r\n" % size, *views, b"\r\n"] if chunked else [*views]
+        try:
+            await conn.write_parts(parts, size + (len(parts[0]) + 2 if chunked else 0))
+        except ConnectionError:
+            return False
+        finally:
+            del parts
+            for view in views:
+                view.release()
+        consumer.commit(next_seq, size)
+        if not chunked:
+            conn.account_body(size)
+            if conn.body_left == 0:
+                # The client has the whole Content-Length and may hang up before the
+                # producer's EOF reaches us: this receiver is complete now.
                 return True
-            size = sum(map(len, views))
-            parts: list[memoryview | bytes] = [b"%x\r\n" % size, *views, b"\r\n"] if chunked else [*views]
-            try:
-                await conn.write_parts(parts, size + (len(parts[0]) + 2 if chunked else 0))
-            except ConnectionError:
-                return False
-            finally:
-                del parts
-                for view in views:
-                    view.release()
-            consumer.commit(next_seq, size)
-            unmetered += size
-            if unmetered >= METER_BYTES:
-                metrics.BYTES_OUT.inc(unmetered)
-                unmetered = 0
-            if not chunked:
-                conn.account_body(size)
-                if conn.body_left == 0:
-                    # The client has the whole Content-Length and may hang up before the
-                    # producer's EOF reaches us: this receiver is complete now.
-                    return True
-    finally:
-        if unmetered:
-            metrics.BYTES_OUT.inc(unmetered)
 
 
 async def _cancel_on_inbox(party: LocalParty, scope: anyio.CancelScope) -> None:

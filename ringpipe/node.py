@@ -123,6 +123,7 @@ class LocalParty:
     owner: int
     inbox: Inbox = field(default_factory=Inbox, repr=False)
     left: bool = False
+    joined: float = field(default_factory=time.monotonic, repr=False)
 
     def deliver(self, item: InboxItem) -> None:
         self.inbox.put(item)
@@ -229,6 +230,8 @@ class Node:
         else:
             party = self.parties.get(frame.party.serial)
             if party is not None and party.id == frame.party:
+                if isinstance(frame, Start):
+                    metrics.party_started(party.role, party.joined)
                 party.deliver(frame)
 
     def on_peer_gone(self, worker: int, pid: int) -> None:
@@ -253,6 +256,7 @@ class Node:
                 self._carry_out(action)
             except Exception:
                 log.exception("failed to carry out %r", action)
+        metrics.pipes_changed(self.rendezvous)
 
     def _carry_out(self, action: Action) -> None:
         if isinstance(action, (Reject, Accepted, ReceiverConnected, ReceiverAborted, Finish)):
@@ -287,7 +291,7 @@ class Node:
             epoch=new_epoch(),
         )
         self._owned[action.relay_id] = _OwnedRelay(ring, info, action.path, time.monotonic())
-        metrics.RING_BYTES.inc(ring.capacity)
+        metrics.relay_established(ring, len(action.receivers))
         self.mesh.send(action.sender.worker, Start(action.sender, info, -1, action.receiver_headers))
         for slot, party in enumerate(action.receivers):
             self.mesh.send(party.worker, Start(party, info, slot, action.receiver_headers))
@@ -297,9 +301,10 @@ class Node:
         if owned is None:
             return
         relayed = owned.ring.write_seq
+        framings = metrics.framing_mix(owned.ring)
         owned.ring.unlink()
         owned.ring.close()
-        metrics.RING_BYTES.dec(owned.info.capacity)
+        metrics.relay_released(owned.info.capacity)
         ending = "aborted" if action.broken or action.completed == 0 else "done"
         workers = {owned.info.producer, *owned.info.readers}
         metrics.TRANSFERS.labels(ending=ending).inc()
@@ -311,6 +316,7 @@ class Node:
                 "event": "transfer",
                 "path": owned.path,
                 "n": len(owned.info.readers),
+                "framings": framings,
                 "bytes": relayed,
                 "duration_s": round(time.monotonic() - owned.started, 6),
                 "ending": ending,
@@ -319,6 +325,7 @@ class Node:
                 "owner_worker": self.index,
                 "sender_worker": owned.info.producer,
                 "receiver_workers": list(owned.info.readers),
+                "epoch": owned.info.epoch,
             },
         )
 

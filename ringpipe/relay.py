@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Final, Protocol
 
 import anyio
 
+from ringpipe import metrics
 from ringpipe.errors import PeerGone, WouldBlock
 from ringpipe.multipart import FirstPart, MultipartError
 from ringpipe.protocol import RelayInfo
@@ -132,6 +133,7 @@ class Producer(_Endpoint):
     def __init__(self, router: WakeRouter, ring: RingSegment, info: RelayInfo) -> None:
         super().__init__(router, ring, info, -1)
         self.bytes_written = 0
+        self.meter = metrics.ProducerMeter(ring)
 
     def offer(self, data: bytes | bytearray | memoryview) -> int:
         """Put as much of ``data`` in the ring as fits now; return how much (0 if full)."""
@@ -180,7 +182,12 @@ class Producer(_Endpoint):
         for slot in range(self.ring.n_readers):
             self.router.wake(self.info, slot)
 
+    def close(self) -> None:
+        self.meter.close()
+        super().close()
+
     def _wake_readers(self) -> None:
+        self.meter.published()
         slots = self.ring.take_sleeping_readers()
         if slots:
             self.router.wake_many(self.info, slots)
@@ -192,6 +199,7 @@ class Consumer(_Endpoint):
     def __init__(self, router: WakeRouter, ring: RingSegment, info: RelayInfo, slot: int) -> None:
         super().__init__(router, ring, info, slot)
         self.bytes_read = 0
+        self.meter = metrics.ReaderMeter(ring, ring.read_seq(slot))
 
     async def views(self) -> tuple[list[memoryview], int]:
         """Views of the next published bytes and the cursor to ``commit`` after sending them.
@@ -244,6 +252,7 @@ class Consumer(_Endpoint):
 
     def commit(self, read_seq: int, size: int) -> None:
         """``size`` bytes up to ``read_seq`` are sent: free them and wake a waiting writer."""
+        self.meter.sent(read_seq)
         self.ring.commit_read(self.slot, read_seq)
         self.sleeper.progressed()
         self.bytes_read += size
@@ -252,6 +261,7 @@ class Consumer(_Endpoint):
 
     def leave(self, status: int) -> None:
         """Stop gating the writer (detached or done) and let a sleeping writer re-check."""
+        self.meter.close(self.ring.read_seq(self.slot))
         self.ring.set_reader_status(self.slot, status)
         self.router.wake(self.info, -1)
 
