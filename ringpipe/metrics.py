@@ -47,7 +47,6 @@ from typing import TYPE_CHECKING, Final, Protocol
 
 import anyio.to_thread
 from prometheus_client import (
-    CONTENT_TYPE_LATEST,
     REGISTRY,
     CollectorRegistry,
     Counter,
@@ -116,6 +115,9 @@ EVICTION_REASONS: Final = ("stall", "window")
 FRAMING_CODES: Final = {name: code for code, name in enumerate(FRAMINGS, start=1)}
 #: How often a producer stamps a latency sample, and a reader flushes its bytes-out count.
 SAMPLE_INTERVAL_NS: Final = 100_000_000
+#: The classic Prometheus text format, which ``generate_latest`` writes (every Prometheus
+#: since 2.0 reads it; newer prometheus-client versions announce 1.0.0 for the same bytes).
+CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
 #: How soon after a rendezvous change the pipes gauge is recounted (changes in between coalesce).
 PIPES_REFRESH_S: Final = 0.25
 
@@ -477,4 +479,4 @@ def mark_process_dead(pid: int) -> None:
 async def metrics_endpoint(request: Request, runtime_dir: Path | None = None) -> Response:
     """``GET /metrics``: every worker's samples merged (the files are read off the event loop)."""
     body = await anyio.to_thread.run_sync(render, runtime_dir)
-    return Response(body, media_type=CONTENT_TYPE_LATEST)
+    return Response(body, headers={"content-type": CONTENT_TYPE})

@@ -168,3 +168,46 @@ def start_reference(log: Path) -> Reference:
         reference.stop()
         last = log.read_text(errors="replace")[-2000:]
     pytest.fail(f"piping-server did not start:\n{last}")
+
+
+# -- Prometheus (the metrics tests) --
+
+PROMETHEUS = Path("/usr/bin/prometheus")
+PROMTOOL = Path("/usr/bin/promtool")
+
+
+def apt_install(package: str, produces: Path) -> Path:
+    """Debian's ``package`` via apt-get (as root), unless ``produces`` is already there.
+
+    apt-get waits up to 10 minutes for a lock another apt holds (parallel installers on one
+    machine); the package lists are refreshed once if the first attempt fails (fresh CI
+    containers have none).
+    """
+    if produces.exists():
+        return produces
+    apt = shutil.which("apt-get")
+    if os.geteuid() != 0 or apt is None:
+        pytest.fail(f"{produces} is missing; install Debian's {package} package (apt-get install -y {package})")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    lock = ["-o", "DPkg::Lock::Timeout=600"]
+    cmd = [apt, *lock, "install", "-y", "--no-install-recommends", package]
+    with _install_lock(TESTS / ".playwright"):  # the lock ensure_chromium takes: one apt at a time
+        if produces.exists():
+            return produces
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1200)
+        if done.returncode != 0:
+            subprocess.run([apt, *lock, "update"], env=env, capture_output=True, timeout=900)
+            done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1200)
+    if done.returncode != 0 or not produces.exists():
+        pytest.fail(f"{' '.join(cmd)} failed ({done.returncode}):\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
+    return produces
+
+
+def ensure_prometheus() -> Path:
+    """Debian's Prometheus server binary (package ``prometheus``)."""
+    return apt_install("prometheus", PROMETHEUS)
+
+
+def ensure_promtool() -> Path:
+    """``promtool``, shipped in Debian's ``prometheus`` package."""
+    return apt_install("prometheus", PROMTOOL)
