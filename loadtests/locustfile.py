@@ -12,9 +12,10 @@ Custom events (request_type ``pipe``), one per pipe or per receiver:
   bytes delivered to all receivers);
 - ``rendezvous``: the sender's arrival to a receiver's response head (the transfer started);
 - ``first byte``: the sender's arrival to a receiver's first body byte;
-- ``throughput KiB/s bulk`` / ``throughput KiB/s llm``: per receiver, body bytes / (its last
-  byte - the sender's arrival), in KiB/s; the "response time" columns of these rows hold
-  KiB/s, not milliseconds (and so does their share of the "Aggregated" row).
+- ``throughput KiB/s bulk`` / ``throughput B/s llm``: per receiver, body bytes / (its last
+  byte - the sender's arrival), in KiB/s (bulk) or bytes/s (llm: a token stream is slow by
+  design); the "response time" columns of these rows hold rates, not milliseconds (and so
+  does their share of the "Aggregated" row).
 
 Run (see loadtests/README.md)::
 
@@ -193,4 +194,5 @@ class PipeUser(User):
             if first_at:
                 self.fire("first byte", max(0.0, first_at - sender_arrived[0]) * 1000)
             if size and last_at > sender_arrived[0]:
-                self.fire(f"throughput KiB/s {plan.mode}", size / 1024 / (last_at - sender_arrived[0]), size)
+                unit, scale = ("B/s", 1) if plan.mode == "llm" else ("KiB/s", 1024)
+                self.fire(f"throughput {unit} {plan.mode}", size / scale / (last_at - sender_arrived[0]), size)
