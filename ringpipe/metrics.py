@@ -26,11 +26,20 @@ Label values (the complete sets; other values are a bug):
 
 - ``state``: ``waiting``, ``established``;
 - ``framing``: ``raw``, ``sse``, ``ndjson``, ``websocket``;
-- ``ending``: ``done``, ``aborted``, ``cancelled``, ``lagged``, ``timeout``;
-- ``reason`` (evictions): ``stall`` (a receiver made no progress for ``stall_timeout``),
-  ``window`` (a watcher fell out of the replay window);
+- ``ending``: ``done``, ``aborted``, ``cancelled``, ``lagged``, ``timeout`` (counted once per
+  pipe by ``transfer_ended``: the owner counts established transfers when it releases them;
+  ``timeout`` is a pipe that never got all its parties within ``wait_timeout``);
+- ``reason`` (evictions, ``evicted``): ``stall`` (a receiver made no progress for
+  ``stall_timeout``; its transfer side ends ``lagged``), ``window`` (a watcher fell out of
+  the replay window);
 - ``role``: ``sender``, ``receiver``;
 - ``code``: the HTTP status of a rejection.
+
+Who calls what: ``Producer``/``Consumer`` (``relay.py``) own a ``ProducerMeter``/``ReaderMeter``,
+so bytes in/out, relay latency, lag and first byte need nothing from a framing; a framing
+calls ``reader_started(framing, consumer)``/``reader_ended(framing)`` around a receiver's
+life, a watcher ``watcher_started``/``watcher_ended`` (and builds its ``ReaderMeter`` with
+``first_byte=False``: it is not part of the transfer's start), as does a resumed reader.
 
 No metric carries a path name: paths may be secrets (SPEC Part 4).
 """
