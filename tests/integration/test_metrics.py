@@ -235,15 +235,22 @@ def test_a_killed_workers_live_gauges_vanish(server_factory: ServerFactory) -> N
         await asyncio.sleep(0.2)
         sender = asyncio.create_task(quietly(put(server.port, path, endless())))
         loop = asyncio.get_running_loop()
-        before = await loop.run_in_executor(
-            None, wait_metrics, server, lambda s: value(s, "ringpipe_ring_bytes") == 1 << 20
+        before = await loop.run_in_executor(  # (the pipes gauge is recounted up to 0.25 s later)
+            None,
+            wait_metrics,
+            server,
+            lambda s: (
+                value(s, "ringpipe_ring_bytes") == 1 << 20
+                and value(s, "ringpipe_pipes", state="established") == 1
+                and value(s, "ringpipe_receivers", framing="raw") == 1
+            ),
         )
         os.kill(server.workers_by_slot()[victim_slot], signal.SIGKILL)
         await asyncio.wait_for(asyncio.gather(receiver, sender), 20)
         return before
 
     before = run(scenario())
-    assert value(before, "ringpipe_pipes", state="established") == 1
+    assert value(before, "ringpipe_pipes", state="waiting") == 0
     server.wait_log(lambda r: r.get("event") == "worker_ready")
     after = wait_metrics(server, lambda s: idle(s) and value(s, "ringpipe_worker_restarts_total") == 1)
     assert value(after, "ringpipe_transfers_total", ending="done") == 0
@@ -265,4 +272,8 @@ def test_health_and_readiness(server: Server) -> None:
         assert http_get(server, "/healthz")[0] == 200
     finally:
         os.kill(frozen, signal.SIGCONT)
-    assert http_get(server, "/readyz")[0] == 200
+    answers = [http_get(server, "/readyz") for _ in range(5)]
+    assert all(a[0] == 200 for a in answers), answers
+    # the probe that gave up on the frozen worker did not hurt it (it once crashed on our hang-up)
+    assert server.workers_by_slot()[1] == frozen
+    assert not [r for r in server.logs if r.get("event") == "worker_died"]
