@@ -89,6 +89,14 @@ async def readiness_problems(runtime_dir: Path, workers: int) -> list[str]:
         return ["supervisor: no fleet state yet"]
     if fleet.stopping:
         return ["supervisor: shutting down"]
+    answered: dict[int, int | None] = {}
+
+    async def probe(slot: int) -> None:
+        answered[slot] = await _hello_pid(socket_path(runtime_dir, slot))
+
+    async with anyio.create_task_group() as tg:  # all at once: a stuck worker costs 1 s, not 1 s each
+        for slot in fleet.ready:
+            tg.start_soon(probe, slot)
     problems = []
     for slot in range(workers):
         pid = fleet.workers.get(slot)
@@ -96,7 +104,7 @@ async def readiness_problems(runtime_dir: Path, workers: int) -> list[str]:
             problems.append(f"worker {slot}: not running")
         elif slot not in fleet.ready:
             problems.append(f"worker {slot} (pid {pid}): starting")
-        elif await _hello_pid(socket_path(runtime_dir, slot)) != pid:
+        elif answered.get(slot) != pid:
             problems.append(f"control mesh: worker {slot} (pid {pid}) does not answer")
     return problems
 
