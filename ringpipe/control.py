@@ -220,6 +220,8 @@ class Mesh:
                             self._dispatch(peer.worker, frame)
         except ControlProtocolError as exc:
             log.error("control link from worker %s dropped: %s", peer.worker if peer else "?", exc)
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+            pass  # the caller hung up before our Hello (a /readyz probe that gave up): not a fault
         finally:
             if peer is not None:
                 self.peer_gone(peer.worker, peer.pid)

@@ -39,9 +39,11 @@ from ringpipe.readers import (
     STREAM_HEADERS,
     TEXT_HEADERS,
     HttpReader,
+    NdjsonReader,
     Reader,
     ReadOptions,
     ReadStart,
+    SseReader,
     content_headers,
     http_reader,
     read_options,
@@ -434,7 +436,6 @@ class PipeEndpoints:
         finally:
             if conn.sink is ingest:
                 conn.sink = None  # later body bytes, if any, are uvicorn's again
-            metrics.BYTES_IN.inc(producer.bytes_written)
             if not vanished and not eof:
                 producer.finish(broken=True)
             self.node.leave(party, completed=eof)
@@ -595,6 +596,11 @@ class PipeEndpoints:
             continue_gaps=watcher and not isinstance(reader, WebSocketReader) and type(reader) is not HttpReader,
             worker=self.node.index,
         )
+        framing = _framing_of(reader)
+        if watcher:
+            metrics.watcher_started()
+        else:
+            metrics.reader_started(framing, consumer)
         completed = False
         try:
             begin = ReadStart(
@@ -608,6 +614,12 @@ class PipeEndpoints:
                 tg.cancel_scope.cancel()
         finally:
             ending = None if completed else consumer.ending()
+            if watcher:
+                metrics.watcher_ended()
+            else:
+                metrics.reader_ended(framing)
+            if ending == "lagged":
+                metrics.evicted("window" if watcher else "stall")
             if completed:
                 consumer.leave(shm.DONE)
             elif not (plan.resumable and ending is None):  # a resumable drop keeps gating (grace)
@@ -626,6 +638,17 @@ class _ReadPlan:
     point: ResumePoint | None
     live: bool
     resumable: bool
+
+
+def _framing_of(reader: Reader) -> str:
+    """The metrics label of a reader's framing (``metrics.FRAMINGS``)."""
+    if isinstance(reader, WebSocketReader):
+        return "websocket"
+    if isinstance(reader, SseReader):
+        return "sse"
+    if isinstance(reader, NdjsonReader):
+        return "ndjson"
+    return "raw"
 
 
 async def _cancel_on_inbox(party: LocalParty, scope: anyio.CancelScope) -> None:

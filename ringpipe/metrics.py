@@ -1,76 +1,493 @@
-"""Every Prometheus metric ringpipe exports, and the ``/metrics`` handler.
+"""Every Prometheus metric ringpipe exports, the helpers that update them, and ``/metrics``.
 
 Workers run prometheus-client in multiprocess mode: the supervisor creates and wipes the
 directory and sets ``PROMETHEUS_MULTIPROC_DIR`` *before* any worker imports this module (the
 client picks its value class at import time), and calls ``mark_process_dead`` when it reaps
-a worker so that worker's live gauges disappear. Each scrape builds a fresh registry with a
-``MultiProcessCollector``. Without the variable (unit tests, one-off imports) the metrics
-live in this process's default registry.
+a worker so that worker's live gauges (``multiprocess_mode="livesum"``) disappear. Each
+scrape builds a fresh registry with a ``MultiProcessCollector`` plus ``FleetProcessCollector``
+(CPU, memory and file descriptors of every worker and of the supervisor, read from
+``/proc``). Without the variable (unit tests, one-off imports) the metrics live in this
+process's default registry.
+
+Cost rule: nothing here may cost the byte hot path more than a few percent. The per-chunk
+hooks (``ProducerMeter.published``, ``ReaderMeter.sent``) do one clock read or one load
+from the ring header and a comparison; everything else (a histogram observation, a counter
+update: a few microseconds each in multiprocess mode) happens at most every
+``SAMPLE_INTERVAL_NS`` per producer and per reader, or once per party or transfer.
+
+Relay latency is sampled through the ring header (see ``shm.py``): about every 100 ms the
+producer stamps "the bytes before ``seq`` were in the ring at ``t``" (CLOCK_MONOTONIC, which
+is system-wide on Linux, so every worker can compare it), and each reader that has sent past
+``seq`` to its socket observes ``now - t`` once. The producer stamps anew only once every
+attached reader has passed the previous stamp, so slow readers are sampled as faithfully as
+fast ones.
+
+Label values (the complete sets; other values are a bug):
+
+- ``state``: ``waiting``, ``established``;
+- ``framing``: ``raw``, ``sse``, ``ndjson``, ``websocket``;
+- ``ending``: ``done``, ``aborted``, ``cancelled``, ``lagged``, ``timeout`` (counted once per
+  pipe by ``transfer_ended``: the owner counts established transfers when it releases them;
+  ``timeout`` is a pipe that never got all its parties within ``wait_timeout``);
+- ``reason`` (evictions, ``evicted``): ``stall`` (a receiver made no progress for
+  ``stall_timeout``; its transfer side ends ``lagged``), ``window`` (a watcher fell out of
+  the replay window);
+- ``role``: ``sender``, ``receiver``;
+- ``code``: the HTTP status of a rejection.
+
+Who calls what: ``Producer``/``Consumer`` (``relay.py``) own a ``ProducerMeter``/``ReaderMeter``,
+so bytes in/out, relay latency, lag and first byte need nothing from a framing; a framing
+calls ``reader_started(framing, consumer)``/``reader_ended(framing)`` around a receiver's
+life, a watcher ``watcher_started``/``watcher_ended`` (and builds its ``ReaderMeter`` with
+``first_byte=False``: it is not part of the transfer's start), as does a resumed reader.
 
 No metric carries a path name: paths may be secrets (SPEC Part 4).
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
+import time
+from collections import Counter as _Tally
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Final, Protocol
 
 import anyio.to_thread
 from prometheus_client import (
-    CONTENT_TYPE_LATEST,
     REGISTRY,
     CollectorRegistry,
     Counter,
     Gauge,
+    Histogram,
     generate_latest,
 )
 from prometheus_client import multiprocess as _multiprocess
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
 from starlette.requests import Request
 from starlette.responses import Response
+
+from ringpipe.rendezvous import Waiting
+
+if TYPE_CHECKING:
+    from prometheus_client.metrics_core import Metric
+
+    from ringpipe.rendezvous import Rendezvous, Role
+    from ringpipe.shm import RingSegment
 
 __all__ = [
     "BYTES_IN",
     "BYTES_OUT",
+    "ENDINGS",
+    "EVICTIONS",
+    "EVICTION_REASONS",
+    "FANOUT",
+    "FIRST_BYTE",
+    "FRAMINGS",
+    "INVALID_UTF8",
+    "PIPES",
+    "READER_LAG",
+    "RECEIVERS",
     "REJECTIONS",
+    "RELAY_LATENCY",
+    "RENDEZVOUS_WAIT",
     "RING_BYTES",
     "TRANSFERS",
     "TRANSFERS_ACROSS_WORKERS",
+    "WATCHERS",
     "WORKER_RESTARTS",
+    "FleetProcessCollector",
+    "ProducerMeter",
+    "ReaderMeter",
+    "evicted",
+    "framing_mix",
+    "invalid_utf8",
     "mark_process_dead",
     "metrics_endpoint",
+    "party_started",
+    "pipes_changed",
+    "reader_ended",
+    "reader_started",
+    "rejected",
+    "relay_established",
+    "relay_released",
     "render",
+    "transfer_ended",
+    "watcher_ended",
+    "watcher_started",
 ]
 
+FRAMINGS: Final = ("raw", "sse", "ndjson", "websocket")
+ENDINGS: Final = ("done", "aborted", "cancelled", "lagged", "timeout")
+EVICTION_REASONS: Final = ("stall", "window")
+#: A framing's code in the ring header's per-reader word (0: the reader never started).
+FRAMING_CODES: Final = {name: code for code, name in enumerate(FRAMINGS, start=1)}
+#: How often a producer stamps a latency sample, and a reader flushes its bytes-out count.
+SAMPLE_INTERVAL_NS: Final = 100_000_000
+#: The classic Prometheus text format, which ``generate_latest`` writes (every Prometheus
+#: since 2.0 reads it; newer prometheus-client versions announce 1.0.0 for the same bytes).
+CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
+#: How soon after a rendezvous change the pipes gauge is recounted (changes in between coalesce).
+PIPES_REFRESH_S: Final = 0.25
+
+# -- the metrics --
+
+PIPES = Gauge(
+    "ringpipe_pipes",
+    "Paths with a pipe, by state: waiting (parties registered, not all there) or established (a live ring).",
+    ["state"],
+    multiprocess_mode="livesum",
+)
+RECEIVERS = Gauge(
+    "ringpipe_receivers",
+    "Receivers being served bytes of an established pipe, by reader framing.",
+    ["framing"],
+    multiprocess_mode="livesum",
+)
+WATCHERS = Gauge("ringpipe_watchers", "Watchers (?watch=1) attached to a pipe.", multiprocess_mode="livesum")
 BYTES_IN = Counter("ringpipe_bytes_in", "Bytes of uploads written into rings.")
-BYTES_OUT = Counter("ringpipe_bytes_out", "Bytes sent to receivers.")
+BYTES_OUT = Counter("ringpipe_bytes_out", "Bytes of pipes delivered to readers' sockets (payload, before framing).")
 TRANSFERS = Counter("ringpipe_transfers", "Transfers that ended, by how they ended.", ["ending"])
 TRANSFERS_ACROSS_WORKERS = Counter(
     "ringpipe_transfers_across_workers",
     "Transfers whose sender and receivers were not all served by one worker process.",
 )
 REJECTIONS = Counter("ringpipe_rejections", "Requests answered with an error status, by status code.", ["code"])
+RENDEZVOUS_WAIT = Histogram(
+    "ringpipe_rendezvous_wait_seconds",
+    "Time a party waited from its arrival until its transfer started, by role.",
+    ["role"],
+    buckets=(0.001, 0.005, 0.025, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
+)
+FIRST_BYTE = Histogram(
+    "ringpipe_first_byte_seconds",
+    "Time from a transfer's start (sender and every receiver present) to its first byte sent to a receiver.",
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+RELAY_LATENCY = Histogram(
+    "ringpipe_relay_latency_seconds",
+    "Time from a chunk entering the ring to its being sent to a reader's socket (sampled about every 100 ms).",
+    buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+FANOUT = Histogram(
+    "ringpipe_fanout",
+    "Receivers per established transfer (n).",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+)
+READER_LAG = Histogram(
+    "ringpipe_reader_lag_bytes",
+    "Bytes a reader was behind the producer when it sent past a latency sample.",
+    buckets=(0, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864),
+)
+EVICTIONS = Counter(
+    "ringpipe_evictions", "Readers cut off by the server: stall (receiver) or window (watcher).", ["reason"]
+)
+INVALID_UTF8 = Counter(
+    "ringpipe_invalid_utf8", "Byte sequences replaced by U+FFFD in text framings, by framing.", ["framing"]
+)
 RING_BYTES = Gauge("ringpipe_ring_bytes", "Shared memory held by rings of live transfers.", multiprocess_mode="livesum")
 WORKER_RESTARTS = Counter("ringpipe_worker_restarts", "Workers the supervisor had to replace.")
+
+# Every documented label value exists from the start (at 0), so dashboards and alerts see
+# a series, not an absence, before the first event of its kind.
+for _state in ("waiting", "established"):
+    PIPES.labels(state=_state)
+for _framing in FRAMINGS:
+    RECEIVERS.labels(framing=_framing)
+for _ending in ENDINGS:
+    TRANSFERS.labels(ending=_ending)
+for _reason in EVICTION_REASONS:
+    EVICTIONS.labels(reason=_reason)
+for _role in ("sender", "receiver"):
+    RENDEZVOUS_WAIT.labels(role=_role)
+
+
+# -- helpers the server calls (one line at each call site) --
+
+
+def rejected(code: int) -> None:
+    REJECTIONS.labels(code=str(code)).inc()
+
+
+def party_started(role: Role, joined: float) -> None:
+    """A party got its transfer's Start; ``joined`` is its ``time.monotonic()`` at arrival."""
+    RENDEZVOUS_WAIT.labels(role=role.value).observe(max(0.0, time.monotonic() - joined))
+
+
+def relay_established(ring: RingSegment, n: int) -> None:
+    """The owner created a ring for a transfer of ``n`` receivers."""
+    RING_BYTES.inc(ring.capacity)
+    FANOUT.observe(n)
+
+
+def relay_released(capacity: int) -> None:
+    RING_BYTES.dec(capacity)
+
+
+def transfer_ended(ending: str, *, across_workers: bool = False) -> None:
+    """Count a transfer's end; ``ending`` is one of ``ENDINGS``."""
+    TRANSFERS.labels(ending=ending).inc()
+    if across_workers:
+        TRANSFERS_ACROSS_WORKERS.inc()
+
+
+class _ReaderSlot(Protocol):
+    """A reader of a ring (``relay.Consumer``)."""
+
+    @property
+    def ring(self) -> RingSegment: ...
+
+    @property
+    def slot(self) -> int: ...
+
+
+def reader_started(framing: str, reader: _ReaderSlot | None = None) -> None:
+    """A receiver starts being served in ``framing``; ``reader`` records it for the transfer log."""
+    RECEIVERS.labels(framing=framing).inc()
+    if reader is not None:
+        reader.ring.set_reader_framing(reader.slot, FRAMING_CODES[framing])
+
+
+def reader_ended(framing: str) -> None:
+    RECEIVERS.labels(framing=framing).dec()
+
+
+def watcher_started() -> None:
+    WATCHERS.inc()
+
+
+def watcher_ended() -> None:
+    WATCHERS.dec()
+
+
+def evicted(reason: str) -> None:
+    """A reader was cut off: ``stall`` (receiver, ends "lagged") or ``window`` (watcher)."""
+    EVICTIONS.labels(reason=reason).inc()
+
+
+def invalid_utf8(framing: str, count: int = 1) -> None:
+    INVALID_UTF8.labels(framing=framing).inc(count)
+
+
+def framing_mix(ring: RingSegment) -> dict[str, int]:
+    """How many of a transfer's receivers were served in each framing (for its log line);
+    a receiver that left before its response started counts as ``none``."""
+    names = {code: name for name, code in FRAMING_CODES.items()}
+    tally = _Tally(names.get(ring.reader_framing(slot), "none") for slot in range(ring.n_readers))
+    return dict(sorted(tally.items()))
+
+
+class _PipeCount:
+    """Recounts ``ringpipe_pipes`` shortly after rendezvous changes (coalesced: a burst of
+    thousands of joins costs one count, not thousands)."""
+
+    def __init__(self) -> None:
+        self.scheduled = False
+
+    def changed(self, rendezvous: Rendezvous) -> None:
+        if self.scheduled:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no event loop (unit tests): count now
+            self.count(rendezvous)
+            return
+        self.scheduled = True
+        loop.call_later(PIPES_REFRESH_S, self.count, rendezvous)
+
+    def count(self, rendezvous: Rendezvous) -> None:
+        self.scheduled = False
+        waiting = sum(1 for pipe in rendezvous.pipes.values() if isinstance(pipe, Waiting))
+        PIPES.labels(state="waiting").set(waiting)
+        PIPES.labels(state="established").set(len(rendezvous.relays))
+
+
+_pipe_count = _PipeCount()
+
+
+def pipes_changed(rendezvous: Rendezvous) -> None:
+    """The owner's rendezvous changed: refresh this worker's share of ``ringpipe_pipes``."""
+    _pipe_count.changed(rendezvous)
+
+
+class ProducerMeter:
+    """The producer's side of the ring metrics: latency stamps and the bytes-in counter.
+
+    ``published`` runs after every publish into the ring; it reads the clock and returns
+    unless a sample is due (about every 100 ms).
+    """
+
+    __slots__ = ("_due_ns", "_metered", "_ring")
+
+    def __init__(self, ring: RingSegment) -> None:
+        self._ring = ring
+        self._due_ns = 0
+        self._metered = 0
+
+    def published(self) -> None:
+        now = time.monotonic_ns()
+        if now < self._due_ns:
+            return
+        self._due_ns = now + SAMPLE_INTERVAL_NS
+        ring = self._ring
+        write_seq = ring.write_seq
+        self._flush(write_seq)
+        stamped = ring.latency_stamp_seq()
+        if stamped and ring.slowest_read_seq() < stamped:
+            return  # a reader has not reached the last sample yet: keep it for that reader
+        ring.stamp_latency(write_seq, now)
+
+    def close(self) -> None:
+        """Count the bytes not yet counted (call before the ring is closed)."""
+        try:
+            self._flush(self._ring.write_seq)
+        except ValueError:  # the ring is already closed
+            pass
+
+    def _flush(self, write_seq: int) -> None:
+        if write_seq > self._metered:
+            BYTES_IN.inc(write_seq - self._metered)
+            self._metered = write_seq
+
+
+class ReaderMeter:
+    """One reader's side of the ring metrics: first byte, relay latency, lag, bytes out.
+
+    ``sent`` runs after every batch of bytes handed to the reader's socket, before its
+    cursor is committed (so the producer cannot replace a stamp this reader has yet to see).
+    Its common case is one load from the ring header and a comparison.
+    """
+
+    __slots__ = ("_first", "_metered", "_observed", "_ring")
+
+    def __init__(self, ring: RingSegment, start_seq: int = 0, *, first_byte: bool = True) -> None:
+        """``start_seq``: the reader's first cursor; ``first_byte``: whether this reader's
+        first byte measures the transfer's time to first byte (not for late joiners)."""
+        self._ring = ring
+        self._first = first_byte
+        self._metered = start_seq
+        self._observed = start_seq
+
+    def sent(self, read_seq: int) -> None:
+        ring = self._ring
+        if self._first:
+            self._first = False
+            FIRST_BYTE.observe(max(0, time.monotonic_ns() - ring.created_ns()) / 1e9)
+        stamp = ring.latency_stamp_seq()
+        if stamp <= self._observed or read_seq < stamp:
+            return
+        self._observed = stamp
+        RELAY_LATENCY.observe(max(0, time.monotonic_ns() - ring.latency_stamp_ns()) / 1e9)
+        READER_LAG.observe(max(0, ring.write_seq - read_seq))
+        self._flush(read_seq)
+
+    def close(self, read_seq: int) -> None:
+        """Count the bytes sent and not yet counted."""
+        self._flush(read_seq)
+
+    def _flush(self, read_seq: int) -> None:
+        if read_seq > self._metered:
+            BYTES_OUT.inc(read_seq - self._metered)
+            self._metered = read_seq
+
+
+# -- process metrics of the whole fleet --
+
+
+def _fleet_pids(runtime_dir: Path) -> list[tuple[str, int]]:
+    from ringpipe.supervisor import read_fleet  # the supervisor writes the file
+
+    fleet = read_fleet(runtime_dir)
+    if fleet is None:
+        return []
+    return [("supervisor", fleet.supervisor_pid)] + [(str(slot), pid) for slot, pid in sorted(fleet.workers.items())]
+
+
+_CLOCK_TICKS: Final = os.sysconf("SC_CLK_TCK")
+_PAGE_SIZE: Final = os.sysconf("SC_PAGE_SIZE")
+
+
+def _boot_time() -> float:
+    for line in Path("/proc/stat").read_text().splitlines():
+        if line.startswith("btime "):
+            return float(line.split()[1])
+    return 0.0  # pragma: no cover - every Linux has btime
+
+
+class FleetProcessCollector(Collector):
+    """``process_*{worker="0".."N-1"|"supervisor"}``: CPU, memory and descriptors of every process.
+
+    prometheus-client's own process collector sees only the process that serves the
+    scrape; this one reads ``/proc/<pid>`` of every process in the supervisor's fleet file.
+    A process that exits between the listing and the read is left out.
+    """
+
+    def __init__(self, runtime_dir: Path) -> None:
+        self.runtime_dir = runtime_dir
+
+    def collect(self) -> Iterator[Metric]:
+        cpu = CounterMetricFamily("process_cpu_seconds", "User and system CPU time spent.", labels=["worker"])
+        rss = GaugeMetricFamily("process_resident_memory_bytes", "Resident memory size.", labels=["worker"])
+        vms = GaugeMetricFamily("process_virtual_memory_bytes", "Virtual memory size.", labels=["worker"])
+        fds = GaugeMetricFamily("process_open_fds", "Open file descriptors.", labels=["worker"])
+        max_fds = GaugeMetricFamily("process_max_fds", "Maximum number of open file descriptors.", labels=["worker"])
+        start = GaugeMetricFamily(
+            "process_start_time_seconds", "Start time of the process since the epoch.", labels=["worker"]
+        )
+        boot = _boot_time()
+        for worker, pid in _fleet_pids(self.runtime_dir):
+            try:
+                stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                open_fds = len(os.listdir(f"/proc/{pid}/fd"))
+                limit = _max_fds(Path(f"/proc/{pid}/limits").read_text())
+            except (OSError, IndexError):
+                continue
+            cpu.add_metric([worker], (int(stat[11]) + int(stat[12])) / _CLOCK_TICKS)
+            vms.add_metric([worker], float(stat[20]))
+            rss.add_metric([worker], float(int(stat[21]) * _PAGE_SIZE))
+            start.add_metric([worker], boot + int(stat[19]) / _CLOCK_TICKS)
+            fds.add_metric([worker], float(open_fds))
+            if limit is not None:
+                max_fds.add_metric([worker], limit)
+        yield from (cpu, rss, vms, fds, max_fds, start)
+
+
+def _max_fds(limits: str) -> float | None:
+    for line in limits.splitlines():
+        if line.startswith("Max open files"):
+            soft = line.split()[3]
+            return None if soft == "unlimited" else float(soft)
+    return None
+
+
+# -- exposition --
 
 
 def _multiprocess_dir() -> str | None:
     return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
 
 
-def render() -> bytes:
-    """The Prometheus text of every worker (merged) or of this process alone."""
+def render(runtime_dir: Path | None = None) -> bytes:
+    """The Prometheus text of every worker (merged) and, given the supervisor's runtime
+    directory, the process metrics of the fleet; or of this process alone."""
     if _multiprocess_dir() is None:
         return generate_latest(REGISTRY)
     registry = CollectorRegistry()
     _multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    if runtime_dir is not None:
+        registry.register(FleetProcessCollector(runtime_dir))
     return generate_latest(registry)
 
 
 def mark_process_dead(pid: int) -> None:
+    """Forget a dead worker's live gauges (its counters and histograms keep counting)."""
     if _multiprocess_dir() is not None:
         _multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
 
 
-async def metrics_endpoint(request: Request) -> Response:
+async def metrics_endpoint(request: Request, runtime_dir: Path | None = None) -> Response:
     """``GET /metrics``: every worker's samples merged (the files are read off the event loop)."""
-    body = await anyio.to_thread.run_sync(render)
-    return Response(body, media_type=CONTENT_TYPE_LATEST)
+    body = await anyio.to_thread.run_sync(render, runtime_dir)
+    return Response(body, headers={"content-type": CONTENT_TYPE})

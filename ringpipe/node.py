@@ -161,6 +161,7 @@ class LocalParty:
     owner: int
     inbox: Inbox = field(default_factory=Inbox, repr=False)
     left: bool = False
+    joined: float = field(default_factory=time.monotonic, repr=False)
 
     def deliver(self, item: InboxItem) -> None:
         self.inbox.put(item)
@@ -330,6 +331,8 @@ class Node:
         else:
             party = self.parties.get(frame.party.serial)
             if party is not None and party.id == frame.party:
+                if isinstance(frame, Start):
+                    metrics.party_started(party.role, party.joined)
                 party.deliver(frame)
 
     def on_peer_gone(self, worker: int, pid: int) -> None:
@@ -355,6 +358,7 @@ class Node:
             except Exception:
                 log.exception("failed to carry out %r", action)
         self._arm_timer()
+        metrics.pipes_changed(self.rendezvous)
 
     def _arm_timer(self) -> None:
         deadline = self.rendezvous.next_deadline()
@@ -443,7 +447,7 @@ class Node:
         )
         owned = _OwnedRelay(ring, info, action.path, time.monotonic(), action.receiver_headers)
         self._owned[action.relay_id] = owned
-        metrics.RING_BYTES.inc(ring.capacity)
+        metrics.relay_established(ring, len(action.receivers))
         self.mesh.send(action.sender.worker, Start(action.sender, info, -1, action.receiver_headers))
         for slot, party in enumerate(action.receivers):
             self.mesh.send(party.worker, Start(party, info, slot, action.receiver_headers))
@@ -455,9 +459,10 @@ class Node:
         if owned is None:
             return
         relayed = owned.ring.write_seq
+        framings = metrics.framing_mix(owned.ring)
         owned.ring.unlink()
         owned.ring.close()
-        metrics.RING_BYTES.dec(owned.info.capacity)
+        metrics.relay_released(owned.info.capacity)
         if action.cancelled:
             ending = "cancelled"
         elif action.broken or action.completed == 0:
@@ -474,6 +479,7 @@ class Node:
                 "event": "transfer",
                 "path": owned.path,
                 "n": len(owned.info.readers),
+                "framings": framings,
                 "bytes": relayed,
                 "duration_s": round(time.monotonic() - owned.started, 6),
                 "ending": ending,
@@ -483,6 +489,7 @@ class Node:
                 "owner_worker": self.index,
                 "sender_worker": owned.info.producer,
                 "receiver_workers": list(owned.info.readers),
+                "epoch": owned.info.epoch,
             },
         )
 

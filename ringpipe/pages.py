@@ -4,6 +4,12 @@ What the pages say is in ``webpages.py``; this module picks it per request and s
 headers piping-server 1.12.9 sets (its exact Content-Type values, CORS only where it has
 it), plus ``/noscript``'s Content-Security-Policy with a fresh nonce per response. HEAD gets
 the same headers and no body (uvicorn drops the body of a HEAD response).
+
+Health (SPEC Part 3): ``/healthz`` answers ``ok`` whenever this process serves HTTP at all
+(liveness). ``/readyz`` answers ``ready`` only when the supervisor's fleet file lists a live,
+ready worker in every slot and every worker's control socket answers with the ``Hello`` of
+the pid the supervisor lists (the mesh that rendezvous traffic crosses is whole); otherwise
+503 with one line per missing part, e.g. ``worker 1 (pid 4242): starting``.
 """
 
 from __future__ import annotations
@@ -18,12 +24,14 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
-from ringpipe import __version__
+from ringpipe import __version__, protocol
 from ringpipe.control import socket_path
+from ringpipe.errors import ControlProtocolError
 from ringpipe.metrics import metrics_endpoint
+from ringpipe.supervisor import read_fleet
 from ringpipe.webpages import help_text, index_html, noscript_csp, noscript_html
 
-__all__ = ["base_url", "build_pages", "help_text"]
+__all__ = ["base_url", "build_pages", "help_text", "readiness_problems"]
 
 HTML = "text/html"
 TEXT = "text/plain"
@@ -47,16 +55,58 @@ def new_nonce() -> str:
     return base64.b64encode(secrets.token_bytes(16)).decode()
 
 
-async def _answers(path: Path) -> bool:
-    """True when a worker's control listener accepts a connection (it is up and meshed)."""
-    with anyio.move_on_after(1.0):
+#: How long /readyz waits for one worker's control socket to say Hello.
+HELLO_TIMEOUT_S = 1.0
+
+
+async def _hello_pid(path: Path) -> int | None:
+    """The pid in the ``Hello`` a worker's control listener sends on connect; None if it
+    does not answer (not listening, or too slow). We send nothing and hang up: a peer that
+    never said Hello is no party of the mesh, so the worker forgets the connection."""
+    with anyio.move_on_after(HELLO_TIMEOUT_S):
         try:
             stream = await anyio.connect_unix(path)
         except OSError:
-            return False
-        await stream.aclose()
-        return True
-    return False
+            return None
+        async with stream:
+            buffer = bytearray()
+            while True:
+                try:
+                    buffer += await stream.receive()
+                    frames, _used = protocol.decode(buffer)
+                except (anyio.EndOfStream, anyio.BrokenResourceError, OSError, ControlProtocolError):
+                    return None
+                if frames:
+                    hello = frames[0]
+                    return hello.pid if isinstance(hello, protocol.Hello) else None
+    return None
+
+
+async def readiness_problems(runtime_dir: Path, workers: int) -> list[str]:
+    """What keeps the server from being ready; empty when it is ready."""
+    fleet = read_fleet(runtime_dir)
+    if fleet is None:
+        return ["supervisor: no fleet state yet"]
+    if fleet.stopping:
+        return ["supervisor: shutting down"]
+    answered: dict[int, int | None] = {}
+
+    async def probe(slot: int) -> None:
+        answered[slot] = await _hello_pid(socket_path(runtime_dir, slot))
+
+    async with anyio.create_task_group() as tg:  # all at once: a stuck worker costs 1 s, not 1 s each
+        for slot in fleet.ready:
+            tg.start_soon(probe, slot)
+    problems = []
+    for slot in range(workers):
+        pid = fleet.workers.get(slot)
+        if pid is None:
+            problems.append(f"worker {slot}: not running")
+        elif slot not in fleet.ready:
+            problems.append(f"worker {slot} (pid {pid}): starting")
+        elif answered.get(slot) != pid:
+            problems.append(f"control mesh: worker {slot} (pid {pid}) does not answer")
+    return problems
 
 
 def build_pages(runtime_dir: Path | None, workers: int) -> Starlette:
@@ -88,12 +138,13 @@ def build_pages(runtime_dir: Path | None, workers: int) -> Starlette:
     async def healthz(request: Request) -> Response:
         return PlainTextResponse("ok\n")
 
+    async def metrics(request: Request) -> Response:
+        return await metrics_endpoint(request, runtime_dir)
+
     async def readyz(request: Request) -> Response:
-        if runtime_dir is None:
-            return PlainTextResponse("ready\n")
-        missing = [i for i in range(workers) if not await _answers(socket_path(runtime_dir, i))]
-        if missing:
-            return PlainTextResponse(f"not ready: workers {missing} are starting\n", status_code=503)
+        problems = [] if runtime_dir is None else await readiness_problems(runtime_dir, workers)
+        if problems:
+            return PlainTextResponse("not ready\n" + "".join(f"{p}\n" for p in problems), status_code=503)
         return PlainTextResponse("ready\n")
 
     methods = ["GET", "HEAD"]
@@ -107,6 +158,6 @@ def build_pages(runtime_dir: Path | None, workers: int) -> Starlette:
             Route("/noscript", noscript, methods=methods),
             Route("/healthz", healthz, methods=methods),
             Route("/readyz", readyz, methods=methods),
-            Route("/metrics", metrics_endpoint, methods=methods),
+            Route("/metrics", metrics, methods=methods),
         ]
     )

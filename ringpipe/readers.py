@@ -65,8 +65,6 @@ log = logging.getLogger("ringpipe.readers")
 TEXT_HEADERS: Final = [(b"content-type", b"text/plain"), (b"access-control-allow-origin", b"*")]
 #: On every streaming response (SPEC 2.7): no cache or proxy may store, transform or buffer it.
 STREAM_HEADERS: Final = [(b"cache-control", b"no-cache, no-transform"), (b"x-accel-buffering", b"no")]
-#: Bytes a receiver sends between two updates of the bytes-out metric.
-METER_BYTES: Final = 1 << 20
 #: Internal marker in a Join's receiver headers (never sent): the sender's upload is
 #: multipart, and the first part's headers come through the ring ahead of its data.
 HEADERS_IN_RING: Final = "ringpipe-headers-in-ring"
@@ -344,41 +342,35 @@ class _EncodedReader(HttpReader):
         raise NotImplementedError
 
     async def _pump(self, consumer: Consumer) -> bool:
+        """Chunks → encoded writes until the ending (``Consumer.commit`` meters the bytes)."""
         encoder = self.encoder
-        unmetered = 0
-        try:
-            while True:
-                try:
-                    views, next_seq = await consumer.views()
-                except Gap as gap:
-                    await self._write(encoder.gap(gap.lost_from, gap.lost_to))
-                    continue
-                except PeerGone as gone:
-                    await self._end(gone.ending, str(gone))
-                    return False
-                if not views:
-                    await self._end("done")
-                    return True
-                data = b"".join(views)
-                for view in views:
-                    view.release()
-                out = encoder.feed(data)
-                if out:
-                    await self._write(out)
-                consumer.commit(next_seq, len(data))
-                unmetered += len(data)
-                if unmetered >= METER_BYTES:
-                    metrics.BYTES_OUT.inc(unmetered)
-                    unmetered = 0
-        finally:
-            if unmetered:
-                metrics.BYTES_OUT.inc(unmetered)
+        while True:
+            try:
+                views, next_seq = await consumer.views()
+            except Gap as gap:
+                await self._write(encoder.gap(gap.lost_from, gap.lost_to))
+                continue
+            except PeerGone as gone:
+                await self._end(gone.ending, str(gone))
+                return False
+            if not views:
+                await self._end("done")
+                return True
+            data = b"".join(views)
+            for view in views:
+                view.release()
+            out = encoder.feed(data)
+            if out:
+                await self._write(out)
+            consumer.commit(next_seq, len(data))
 
     async def finish(self, completed: bool, ending: str | None = None) -> None:
         try:
             await self._finish(completed, ending)
         finally:
             TEXT_STATS.utf8_replaced += self.encoder.replaced
+            if self.encoder.replaced:
+                metrics.invalid_utf8("sse" if isinstance(self, SseReader) else "ndjson", self.encoder.replaced)
 
     async def _finish(self, completed: bool, ending: str | None) -> None:
         if self.conn.lost.is_set():
@@ -505,42 +497,32 @@ async def _copy_out(consumer: Consumer, conn: Connection) -> bool:
     Each round sends whatever is published (up to ``READ_LIMIT``) with one ``writev`` of
     views into the ring (plus the chunk-size line when the response is chunked) and only
     then commits the read cursor, so the ring space stays reserved while the kernel copies.
-    The bytes-out metric is updated per ``METER_BYTES`` (an update costs microseconds,
-    which a stream of 64-byte tokens to 16 readers would pay thousands of times a second).
+    (``Consumer.commit`` also feeds the reader's metrics: bytes out, relay latency, lag.)
     A raw reader cannot say how a transfer broke: every ending but done (and a watcher's
     gap) cuts the response.
     """
     chunked = conn.chunked_response
-    unmetered = 0
-    try:
-        while True:
-            try:
-                views, next_seq = await consumer.views()
-            except (PeerGone, Gap):
-                return False
-            if not views:
+    while True:
+        try:
+            views, next_seq = await consumer.views()
+        except (PeerGone, Gap):
+            return False
+        if not views:
+            return True
+        size = sum(map(len, views))
+        parts: list[memoryview | bytes] = [b"%x\r\n" % size, *views, b"\r\n"] if chunked else [*views]
+        try:
+            await conn.write_parts(parts, size + (len(parts[0]) + 2 if chunked else 0))
+        except ConnectionError:
+            return False
+        finally:
+            del parts
+            for view in views:
+                view.release()
+        consumer.commit(next_seq, size)
+        if not chunked:
+            conn.account_body(size)
+            if conn.body_left == 0:
+                # The client has the whole Content-Length and may hang up before the
+                # producer's EOF reaches us: this receiver is complete now.
                 return True
-            size = sum(map(len, views))
-            parts: list[memoryview | bytes] = [b"%x\r\n" % size, *views, b"\r\n"] if chunked else [*views]
-            try:
-                await conn.write_parts(parts, size + (len(parts[0]) + 2 if chunked else 0))
-            except ConnectionError:
-                return False
-            finally:
-                del parts
-                for view in views:
-                    view.release()
-            consumer.commit(next_seq, size)
-            unmetered += size
-            if unmetered >= METER_BYTES:
-                metrics.BYTES_OUT.inc(unmetered)
-                unmetered = 0
-            if not chunked:
-                conn.account_body(size)
-                if conn.body_left == 0:
-                    # The client has the whole Content-Length and may hang up before the
-                    # producer's EOF reaches us: this receiver is complete now.
-                    return True
-    finally:
-        if unmetered:
-            metrics.BYTES_OUT.inc(unmetered)

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Final, Protocol
 
 import anyio
 
-from ringpipe import shm
+from ringpipe import metrics, shm
 from ringpipe.errors import Gap, PeerGone, WouldBlock
 from ringpipe.multipart import FirstPart, MultipartError
 from ringpipe.protocol import RelayInfo
@@ -158,6 +158,7 @@ class Producer(_Endpoint):
         self.on_stall = on_stall
         #: slot -> (its read_seq, when it was first seen there) while the writer waits.
         self._progress: dict[int, tuple[int, float]] = {}
+        self.meter = metrics.ProducerMeter(ring)
 
     def offer(self, data: bytes | bytearray | memoryview) -> int:
         """Put as much of ``data`` in the ring as fits now; return how much (0 if full)."""
@@ -227,7 +228,12 @@ class Producer(_Endpoint):
             self.router.wake(self.info, slot)
         self._wake_watchers()
 
+    def close(self) -> None:
+        self.meter.close()
+        super().close()
+
     def _wake_readers(self) -> None:
+        self.meter.published()
         slots = self.ring.take_sleeping_readers()
         if slots:
             self.router.wake_many(self.info, slots)
@@ -285,6 +291,8 @@ class Consumer(_Endpoint):
                 self._pos = start
             elif start > ring.read_seq(slot):
                 ring.commit_read(slot, start)
+        #: Metrics of this reader; the transfer's time to first byte is a fresh receiver's only.
+        self.meter = metrics.ReaderMeter(ring, self.offset, first_byte=start is None and slot != WATCHER_SLOT)
 
     async def views(self) -> tuple[list[memoryview], int]:
         """Views of the next published bytes and the cursor to ``commit`` after sending them.
@@ -378,6 +386,7 @@ class Consumer(_Endpoint):
 
     def commit(self, read_seq: int, size: int) -> None:
         """``size`` bytes up to ``read_seq`` are sent: free them and wake a waiting writer."""
+        self.meter.sent(read_seq)
         self.bytes_read += size
         if self._pos is not None:
             self.sleeper.progressed()
@@ -392,12 +401,14 @@ class Consumer(_Endpoint):
             self.router.wake(self.info, -1)
 
     def close(self) -> None:
+        self.meter.close(self.offset)  # idempotent: also counts a resumable drop's bytes
         if self.moved:
             self.router.unregister(self.info.segment, WATCHER_SLOT, self.sleeper.wake)
         super().close()
 
     def leave(self, status: int) -> None:
         """Stop gating the writer (detached or done) and let a sleeping writer re-check."""
+        self.meter.close(self.offset)
         if self.slot >= 0:
             self.ring.set_reader_status(self.slot, status)
             self.router.wake(self.info, -1)

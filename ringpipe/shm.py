@@ -13,11 +13,11 @@ out from under a live reader.
 Layout (every header field is one aligned little-endian uint64; 64-byte lines so the writer
 and each reader write to their own cache line)::
 
-    line 0       magic "RPRING01" | capacity | n_readers | data_offset
+    line 0       magic "RPRING01" | capacity | n_readers | data_offset | created_ns
     line 1       write_seq | state (0 open, 1 eof, 2 broken, 3 cancelled) | writer_waiting
-                 | replay_window | watchers_waiting
+                 | replay_window | watchers_waiting | stamp_seq | stamp_ns
     line 2+i     read_seq[i] | status[i] (0 attached, 1 detached, 2 done, 3 evicted)
-                 | reader_waiting[i]
+                 | reader_waiting[i] | framing[i]
     line 2+n..   256 bytes: watcher_waiting[w], one byte per worker slot w
     data_offset  capacity bytes of data (data_offset is page-aligned)
 
@@ -37,6 +37,14 @@ sequence first and the data after; likewise a reader copies out before it stores
 ``read_seq``. A reader loads ``state`` *before* ``write_seq``, and the writer stores
 ``write_seq`` before ``state``, so a reader that sees EOF also sees the final sequence.
 
+Metrics words (``metrics.py`` reads and writes them; no relay decision depends on them):
+``created_ns`` is the owner's CLOCK_MONOTONIC when the pipe was established (system-wide on
+Linux, so comparable in every worker: time to first byte); ``stamp_seq``/``stamp_ns`` is the
+producer's latest latency sample, "the bytes before ``stamp_seq`` were in the ring at
+``stamp_ns``" (``stamp_ns`` is stored first, so a reader that loads ``stamp_seq`` first never
+pairs a new sequence with an old time); ``framing[i]`` is what reader *i* is served as (for
+the transfer's log line).
+
 Wake-ups: a side about to sleep sets its *waiting* word, re-checks, and sleeps; the other
 side, after publishing, takes (reads and clears) the waiting words and wakes only those
 sleepers (``wakeup.py`` across workers). TSO may reorder a store with a later load, so a wake-up can be
@@ -54,6 +62,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from multiprocessing import shared_memory
 from typing import Any, Final
 
@@ -80,7 +89,10 @@ WATCHER_WORKERS: Final = 256
 
 _LINE = 8  # uint64 words per 64-byte line
 _W_MAGIC, _W_CAPACITY, _W_READERS, _W_DATA = 0, 1, 2, 3
+_W_CREATED_NS = 4
 _W_WRITE_SEQ, _W_STATE, _W_WRITER_WAITING, _W_WINDOW, _W_WATCHERS = 8, 9, 10, 11, 12
+_W_STAMP_SEQ, _W_STAMP_NS = 13, 14
+_R_FRAMING = 3  # word of a reader's line
 
 
 class _NoTracker:
@@ -212,6 +224,7 @@ class RingSegment:
         words[_W_READERS] = n_readers
         words[_W_DATA] = data_offset
         words[_W_WINDOW] = window
+        words[_W_CREATED_NS] = time.monotonic_ns()
         words[_W_MAGIC] = MAGIC  # last: a half-built header never looks valid
         words.release()
         return cls(shm, owned=True)
@@ -481,6 +494,35 @@ class RingSegment:
         """Detach or finish a reader: from then on it no longer gates the writer."""
         if self._words is not None:
             self.words[_LINE * (2 + slot) + 1] = status
+
+    # -- metrics words (see the module docstring) --
+
+    def created_ns(self) -> int:
+        """CLOCK_MONOTONIC nanoseconds when the owner established the pipe."""
+        return int(self.words[_W_CREATED_NS])
+
+    def stamp_latency(self, seq: int, ns: int) -> None:
+        """Producer: the bytes before ``seq`` were in the ring at ``ns`` (time first, then seq)."""
+        words = self.words
+        words[_W_STAMP_NS] = ns
+        words[_W_STAMP_SEQ] = seq
+
+    def latency_stamp_seq(self) -> int:
+        """The sequence of the latest latency sample (0: none yet)."""
+        return int(self.words[_W_STAMP_SEQ])
+
+    def latency_stamp_ns(self) -> int:
+        return int(self.words[_W_STAMP_NS])
+
+    def slowest_read_seq(self) -> int:
+        """The cursor of the slowest attached reader (``write_seq`` when none is attached)."""
+        return self._slowest_attached()
+
+    def set_reader_framing(self, slot: int, code: int) -> None:
+        self.words[_LINE * (2 + slot) + _R_FRAMING] = code
+
+    def reader_framing(self, slot: int) -> int:
+        return int(self.words[_LINE * (2 + slot) + _R_FRAMING])
 
 
 def _ending(state: int) -> PeerGone:

@@ -19,6 +19,9 @@ Rules it keeps:
   SIGHUP from its fork until its own handler is installed (SIGHUP's default would kill it).
 - Listening on an address that is not loopback with no access control configured logs one
   warning: the relay is then open to anyone who can guess a path (SPEC Part 4).
+- The fleet file (``<runtime dir>/fleet.json``: slot → pid, which slots reported ready,
+  whether it is stopping) is rewritten atomically on every change. ``/readyz`` and the
+  per-worker process metrics read it; it is the only state the supervisor shares.
 - SIGTERM/SIGINT: stop accepting, SIGTERM the workers, wait ``graceful_timeout`` (+5 s for
   their own clean-up), SIGKILL stragglers, sweep every ring of this supervisor, remove the
   runtime directory, exit 0. A second SIGINT cuts the wait short.
@@ -28,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import json
 import logging
 import os
 import select
@@ -38,6 +42,7 @@ import ssl
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
@@ -48,13 +53,42 @@ from ringpipe.errors import SupervisorHalt
 from ringpipe.logs import setup_logging
 from ringpipe.tls import TlsError, server_context
 
-__all__ = ["Supervisor"]
+__all__ = ["FLEET_FILE", "Fleet", "Supervisor", "read_fleet"]
 
 log = logging.getLogger("ringpipe.supervisor")
 
 BOOT_ERROR: Final = 3  # mirrors worker.BOOT_ERROR without importing the worker stack early
 HANDLED: Final = (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD, signal.SIGQUIT)
 CLEANUP_MARGIN_S: Final = 5.0
+FLEET_FILE: Final = "fleet.json"
+
+
+@dataclass(frozen=True, slots=True)
+class Fleet:
+    """The supervisor's view of its workers, as published in the fleet file."""
+
+    supervisor_pid: int
+    expected: int
+    #: slot -> pid of the worker process running in it now
+    workers: dict[int, int]
+    #: slots whose current worker reported ready (listening and meshed)
+    ready: frozenset[int]
+    stopping: bool
+
+
+def read_fleet(runtime_dir: Path) -> Fleet | None:
+    """The fleet as the supervisor last published it; None if there is no (valid) file."""
+    try:
+        data = json.loads((runtime_dir / FLEET_FILE).read_text())
+        return Fleet(
+            supervisor_pid=int(data["supervisor_pid"]),
+            expected=int(data["expected"]),
+            workers={int(slot): int(pid) for slot, pid in data["workers"].items()},
+            ready=frozenset(int(slot) for slot in data["ready"]),
+            stopping=bool(data["stopping"]),
+        )
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
 
 
 class Supervisor:
@@ -117,6 +151,7 @@ class Supervisor:
             log.error("cannot listen on %s:%s: %s", self.settings.host, self.settings.port, exc.strerror)
             return 1
         self.prepare_runtime()
+        self.publish_fleet()
         from ringpipe import (
             metrics,  # noqa: F401 - after PROMETHEUS_MULTIPROC_DIR is set
             worker,  # noqa: F401 - preload the worker stack before forking
@@ -191,6 +226,7 @@ class Supervisor:
                 for line in os.read(self._ready_r, 4096).decode().split():
                     slot = int(line)
                     self.ready.add(slot)
+                    self.publish_fleet()
                     if slot in self.replaced:
                         self.replaced.discard(slot)
                         log.info(
@@ -218,6 +254,7 @@ class Supervisor:
         if not self.stopping:
             log.info("stopping: draining workers", extra={"grace_s": self.settings.graceful_timeout})
             self.stopping = True
+            self.publish_fleet()
             if self.listener is not None:
                 self.listener.close()
                 self.listener = None
@@ -248,6 +285,7 @@ class Supervisor:
         pid = os.fork()
         if pid:
             self.workers[slot] = pid
+            self.publish_fleet()
             return
         # child: undo the supervisor's signal plumbing, then become a worker
         code = 1
@@ -296,6 +334,7 @@ class Supervisor:
             del self.workers[slot]
             was_ready = slot in self.ready
             self.ready.discard(slot)
+            self.publish_fleet()
             metrics.mark_process_dead(pid)
             swept = shm.sweep(shm.segment_prefix(self.pid, pid))
             how = self._describe(status)
@@ -311,6 +350,25 @@ class Supervisor:
             metrics.WORKER_RESTARTS.inc()
             self.replaced.add(slot)
             self.spawn(slot)
+
+    def publish_fleet(self) -> None:
+        """Rewrite the fleet file atomically (write a temporary file, then rename it)."""
+        if not self.runtime_dir.name:
+            return
+        data = {
+            "supervisor_pid": self.pid,
+            "expected": self.settings.workers,
+            "workers": {str(slot): pid for slot, pid in sorted(self.workers.items())},
+            "ready": sorted(self.ready),
+            "stopping": self.stopping,
+        }
+        target = self.runtime_dir / FLEET_FILE
+        temporary = target.with_suffix(".tmp")
+        try:
+            temporary.write_text(json.dumps(data))
+            os.replace(temporary, target)
+        except OSError as exc:  # the runtime directory is ours; this is a broken machine
+            log.error("cannot write %s: %s", target, exc.strerror)
 
     @staticmethod
     def _describe(status: int) -> str:

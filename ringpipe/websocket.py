@@ -175,12 +175,14 @@ class WebSocketReader(Reader):
                 else:
                     await self.send({"type": "websocket.send", "bytes": data})
                 consumer.commit(next_seq, len(data))
-                metrics.BYTES_OUT.inc(len(data))
         except OSError:  # uvicorn's ClientDisconnected: the client is gone
             self.lost = True
             return False
         finally:
-            TEXT_STATS.utf8_replaced += (lines.replaced if lines else 0) + (text.replaced if text else 0)
+            replaced = (lines.replaced if lines else 0) + (text.replaced if text else 0)
+            TEXT_STATS.utf8_replaced += replaced
+            if replaced:
+                metrics.invalid_utf8("websocket", replaced)
 
     async def finish(self, completed: bool, ending: str | None = None) -> None:
         if self.accepted and not completed:

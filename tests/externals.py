@@ -188,6 +188,8 @@ HAPROXY = Path("/usr/sbin/haproxy")
 #: One apt-get at a time across every checkout on the machine (apt's own lock covers only dpkg).
 APT_LOCK_DIR = Path("/tmp/ringpipe-apt")
 NGINX = Path("/usr/sbin/nginx")
+PROMETHEUS = Path("/usr/bin/prometheus")
+PROMTOOL = Path("/usr/bin/promtool")
 
 
 def apt_install(package: str, produces: Path) -> Path:
@@ -261,3 +263,13 @@ def self_signed_cert(folder: Path) -> tuple[Path, Path]:
     if done.returncode != 0:
         pytest.fail(f"openssl could not make a certificate:\n{done.stderr[-2000:]}")
     return cert, key
+
+
+def ensure_prometheus() -> Path:
+    """Debian's Prometheus server binary (package ``prometheus``)."""
+    return apt_install("prometheus", PROMETHEUS)
+
+
+def ensure_promtool() -> Path:
+    """``promtool``, shipped in Debian's ``prometheus`` package."""
+    return apt_install("prometheus", PROMTOOL)

@@ -157,7 +157,7 @@ def test_offsets_not_held_and_wrong_epochs_get_410(server_factory: ServerFactory
 def test_grace_expires_into_a_plain_abort(server_factory: ServerFactory) -> None:
     """A resumable receiver that does not come back is aborted when its grace ends; a plain
     receiver is aborted at once, as in piping-server."""
-    server = server_factory("--workers", "2", "--reconnect-grace", "1.5")
+    server = server_factory("--workers", "2", "--reconnect-grace", "6")
 
     async def scenario(resumable: bool) -> tuple[Response, float]:
         path = fresh()
@@ -170,10 +170,10 @@ def test_grace_expires_into_a_plain_abort(server_factory: ServerFactory) -> None
 
     log, took = run(scenario(True))
     assert log.text.endswith("[INFO] All receiver(s) was/were aborted halfway.\n")
-    assert 1.0 < took < 15
+    assert 5.0 < took < 30  # the slot was held for the grace
     log, took = run(scenario(False))
     assert log.text.endswith("[INFO] All receiver(s) was/were aborted halfway.\n")
-    assert took < 1.5
+    assert took < 4  # at once (generous: the machine is noisy)
 
 
 def test_a_reloaded_page_takes_the_stream_back_from_the_oldest_byte(server: Server) -> None:
