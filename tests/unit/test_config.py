@@ -254,3 +254,13 @@ def test_sender_response_and_tls_pairing() -> None:
         Settings(ssl_certfile="cert.pem")
     with pytest.raises(ConfigError, match="ssl-only"):
         Settings(ssl_only=True)
+
+
+def test_readme_documents_every_option() -> None:
+    """Every `serve` flag and its variable are in the README's settings table."""
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    for option in options():
+        assert f"| `{option.flag}`" in readme, option.flag
+        assert f"`RINGPIPE_{option.name.upper()}`" in readme, option.name

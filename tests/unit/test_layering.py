@@ -13,7 +13,7 @@ import pytest
 import ringpipe
 
 PACKAGE_DIR = Path(ringpipe.__file__).parent
-PURE = ("ring", "rendezvous", "protocol", "paths", "config", "errors", "framing")
+PURE = ("ring", "rendezvous", "protocol", "paths", "config", "errors", "framing", "access", "signing", "cors")
 FORBIDDEN = frozenset({"anyio", "asyncio", "multiprocessing", "socket", "starlette", "uvicorn", "prometheus_client"})
 
 
