@@ -71,6 +71,7 @@ from ringpipe.rendezvous import (
     Stalled,
     StatusReply,
     Tick,
+    TimedOut,
     WatcherStart,
     WorkerGone,
 )
@@ -402,6 +403,8 @@ class Node:
                 self.mesh.send(action.party.worker, Reject(action.party, 410, "The pipe is gone."))
             else:
                 self.mesh.send(action.party.worker, Start(action.party, owned.info, slot, owned.receiver_headers))
+        elif isinstance(action, TimedOut):
+            metrics.transfer_ended("timeout")
         elif isinstance(action, StatusReply):
             owned = self._owned.get(action.relay_id) if action.relay_id is not None else None
             offset, epoch = (owned.ring.write_seq, owned.info.epoch) if owned is not None else (0, "")

@@ -108,6 +108,7 @@ __all__ = [
     "ReceiverEvicted",
     "Reject",
     "Release",
+    "TimedOut",
     "Rendezvous",
     "Resume",
     "RingView",
@@ -366,6 +367,14 @@ class StatusReply:
 
 
 @dataclass(frozen=True, slots=True)
+class TimedOut:
+    """A waiting pipe on ``path`` lost its last party to ``wait_timeout``: it never started
+    (the ``timeout`` ending of the transfers metric; nothing to clean up)."""
+
+    path: str
+
+
+@dataclass(frozen=True, slots=True)
 class Release:
     """Every party of ``relay_id`` has left: the ring can be unlinked.
 
@@ -399,6 +408,7 @@ Action = (
     | Break
     | CancelRelay
     | StatusReply
+    | TimedOut
     | Release
 )
 
@@ -888,6 +898,8 @@ class Rendezvous:
                     actions += self._forget_waiting(what)
                     seconds = f"{self.limits.wait_timeout:g}"
                     actions.append(Reject(what, 408, f"Nobody else came to '{path}' within {seconds} s."))
+                    if path not in self.pipes:
+                        actions.append(TimedOut(path))
             elif kind == 2:
                 assert isinstance(what, PartyId)
                 parked = self._parked.pop(what, None)

@@ -41,6 +41,7 @@ from ringpipe.rendezvous import (
     Stalled,
     StatusReply,
     Tick,
+    TimedOut,
     WatcherStart,
     WorkerGone,
 )
@@ -130,8 +131,9 @@ def test_waiting_parties_time_out_with_408_and_the_heap_skips_stale_entries() ->
     assert rv.handle(Tick(9.9)) == []
     [reject] = rv.handle(Tick(10))
     assert isinstance(reject, Reject) and reject.party == R1 and reject.status == 408
-    [reject] = rv.handle(Tick(15))
+    [reject, timed_out] = rv.handle(Tick(15))
     assert isinstance(reject, Reject) and reject.party == S and reject.status == 408
+    assert timed_out == TimedOut(PATH)  # the pipe's last party: it never started
     assert rv.pipes == {} and rv.next_deadline() is None
 
 
