@@ -552,6 +552,10 @@ class RingpipeHttpProtocol(HttpToolsProtocol):
             self.pipeline.clear()
             self.pipeline.extend(queued)
             return
+        self._connection_gone()
+
+    def _connection_gone(self) -> None:
+        """The client is gone: mark our ``Connection`` lost and tell a diverted body's sink."""
         conn = self._rp_connection
         if conn is not None:
             conn._gone()
@@ -627,12 +631,7 @@ class RingpipeHttpProtocol(HttpToolsProtocol):
             running.disconnected = True
             running.message_event.set()
         super().connection_lost(exc)
-        conn = self._rp_connection
-        if conn is not None:
-            conn._gone()
-            if conn.sink is not None:
-                sink, conn.sink = conn.sink, None
-                sink.lost()
+        self._connection_gone()
 
     def on_message_begin(self) -> None:
         super().on_message_begin()

@@ -88,36 +88,12 @@ def ensure_playwright_core() -> Path:
 
 def ensure_chromium() -> Path:
     """Debian's Chromium at /usr/bin/chromium, installed with apt-get when we are root."""
-    return apt_binary(CHROMIUM, "chromium")
+    return apt_install("chromium", CHROMIUM)
 
 
 def ensure_jq() -> Path:
     """Debian's jq at /usr/bin/jq (the LLM-token examples pipe curl into it)."""
-    return apt_binary(JQ, "jq")
-
-
-def apt_binary(binary: Path, package: str) -> Path:
-    """``binary``, installed from Debian ``package`` with apt-get when missing and we are root.
-
-    apt-get waits for the dpkg lock (another installer may be running) instead of failing.
-    """
-    if binary.exists():
-        return binary
-    apt = shutil.which("apt-get")
-    if os.geteuid() != 0 or apt is None:
-        pytest.fail(f"{binary} is missing; install Debian's {package} package (apt-get install -y {package})")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    cmd = [apt, "-o", "DPkg::Lock::Timeout=600", "install", "-y", "--no-install-recommends", package]
-    with _install_lock(TESTS / ".playwright"):
-        if binary.exists():
-            return binary
-        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
-        if done.returncode != 0:  # stale or missing package lists (fresh containers): refresh once
-            subprocess.run([apt, "-o", "DPkg::Lock::Timeout=600", "update"], env=env, capture_output=True, timeout=600)
-            done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
-    if done.returncode != 0 or not binary.exists():
-        pytest.fail(f"{' '.join(cmd)} failed ({done.returncode}):\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
-    return binary
+    return apt_install("jq", JQ)
 
 
 def free_port() -> int:
