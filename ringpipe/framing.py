@@ -178,7 +178,23 @@ class _TextStream:
         self._after_cr = False
 
 
-class SseEncoder:
+class _OverText:
+    """An encoder over one reader's ``_TextStream``: how many bytes it has taken (``offset``)
+    and how many invalid UTF-8 sequences it replaced (``replaced``)."""
+
+    _text: _TextStream
+
+    @property
+    def replaced(self) -> int:
+        """Invalid UTF-8 sequences replaced by U+FFFD so far."""
+        return self._text.replaced
+
+    @property
+    def offset(self) -> int:
+        return self._text.offset
+
+
+class SseEncoder(_OverText):
     """Pipe bytes → ``text/event-stream`` for one reader (see the module docstring for the rule).
 
     ``begin(content_type)`` picks the mode once the producer is known (the head, with
@@ -194,15 +210,6 @@ class SseEncoder:
         #: Passthrough: the last byte relayed ends a line (a comment may go in here).
         self._at_line_start = True
         self._last = b"\n\n"
-
-    @property
-    def replaced(self) -> int:
-        """Invalid UTF-8 sequences replaced by U+FFFD so far."""
-        return self._text.replaced
-
-    @property
-    def offset(self) -> int:
-        return self._text.offset
 
     def begin(self, content_type: str | None) -> None:
         if is_event_stream(content_type) and not self._forced_base64:
@@ -277,21 +284,13 @@ class SseEncoder:
         return f"event: {name}\n".encode() + (self._id() if with_id else b"") + f"data: {data}\n\n".encode()
 
 
-class NdjsonEncoder:
+class NdjsonEncoder(_OverText):
     """Pipe bytes → NDJSON lines for one reader: ``{"offset", "data"|"base64"}`` per chunk, then the end."""
 
     def __init__(self, *, offset: int = 0, base64: bool = False) -> None:
         self.base64 = base64
         self._forced_base64 = base64
         self._text = _TextStream(offset)
-
-    @property
-    def replaced(self) -> int:
-        return self._text.replaced
-
-    @property
-    def offset(self) -> int:
-        return self._text.offset
 
     def begin(self, content_type: str | None) -> None:
         if not is_text_like(content_type):
@@ -328,17 +327,13 @@ def _line(payload: dict[str, object]) -> bytes:
     return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
 
 
-class LineSplitter:
+class LineSplitter(_OverText):
     """Pipe bytes → whole lines (text, without their line ends), for WebSocket ``?format=lines``."""
 
     def __init__(self, *, offset: int = 0, max_line: int = MAX_LINE_CHARS) -> None:
         self._text = _TextStream(offset)
         self._partial = ""
         self._max = max_line
-
-    @property
-    def replaced(self) -> int:
-        return self._text.replaced
 
     def feed(self, data: bytes) -> list[str]:
         return self._split(self._text.text(data))
