@@ -2,9 +2,9 @@
 
 Each reader is a real client on a loopback socket: ``pipeclient`` for HTTP (it reports whether
 a response ended cleanly), the ``websockets`` library for WebSocket, and the SSE stream is
-read back through ``EventSourceModel``, the WHATWG parser used by the unit tests. Tests of
-endings that need the lifecycle work (cancel, stall eviction) are written against the SPEC
-interface and marked xfail until that branch is merged.
+read back through ``EventSourceModel``, the WHATWG parser used by the unit tests. Every
+ending is checked in every framing: done, aborted, cancelled (``DELETE``) and lagged (stall
+eviction), and watchers join a running pipe in each framing.
 """
 
 from __future__ import annotations
