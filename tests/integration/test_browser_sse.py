@@ -149,7 +149,8 @@ def test_reload_mid_stream_resumes_exactly(browser: Browser, site: Server) -> No
     assert state["text"] == TEXT
 
 
-def test_index_watch_view_renders_a_live_stream(browser: Browser, site: Server) -> None:
+def watch_a_fresh_path(browser: Browser, site: Server) -> str:
+    """Open ``/``, start its Watch view on a fresh path, and wait until it says it waits."""
     path = fresh_path()
     open_page(browser, site.url + "/")
     browser.run(
@@ -160,6 +161,11 @@ def test_index_watch_view_renders_a_live_stream(browser: Browser, site: Server) 
         """,
         path=path,
     )
+    return path
+
+
+def test_index_watch_view_renders_a_live_stream(browser: Browser, site: Server) -> None:
+    path = watch_a_fresh_path(browser, site)
     sender = producer(f"{site.url}/{path}", pause=0.4)
     try:
         shown = browser.run(
@@ -183,16 +189,7 @@ def test_index_watch_view_renders_a_live_stream(browser: Browser, site: Server) 
 
 
 def test_index_watch_view_names_an_aborted_stream(browser: Browser, site: Server) -> None:
-    path = fresh_path()
-    open_page(browser, site.url + "/")
-    browser.run(
-        """
-        await page.fill('#watch-path', args.path);
-        await page.click('#watch-button');
-        await page.locator('#watch-status').filter({ hasText: 'Waiting for a sender' }).waitFor();
-        """,
-        path=path,
-    )
+    path = watch_a_fresh_path(browser, site)
     sender = producer(f"{site.url}/{path}", pause=5.0, tokens=["partial ", "never sent"])
     try:
         browser.run("await page.locator('#watch-status').filter({ hasText: 'Streaming' }).waitFor();")
