@@ -47,7 +47,6 @@ __all__ = [
     "HEADERS_IN_RING",
     "STREAM_HEADERS",
     "TEXT_HEADERS",
-    "TEXT_STATS",
     "HttpReader",
     "ReadOptions",
     "ReadStart",
@@ -80,16 +79,6 @@ _REASONS: Final = {
     "cancelled": "the transfer was cancelled",
     "lagged": "this reader made no progress and was evicted",
 }
-
-
-class TextStats:
-    """Process-wide counts of the text framings, for the metrics module to export."""
-
-    #: Invalid UTF-8 sequences replaced by U+FFFD for SSE/NDJSON/WebSocket-text readers.
-    utf8_replaced = 0
-
-
-TEXT_STATS: Final = TextStats()
 
 
 async def reject(send: Send, status: int, message: str, *, close: bool = False, head: bool = False) -> None:
@@ -368,7 +357,6 @@ class _EncodedReader(HttpReader):
         try:
             await self._finish(completed, ending)
         finally:
-            TEXT_STATS.utf8_replaced += self.encoder.replaced
             if self.encoder.replaced:
                 metrics.invalid_utf8("sse" if isinstance(self, SseReader) else "ndjson", self.encoder.replaced)
 

@@ -34,7 +34,7 @@ from ringpipe import metrics
 from ringpipe.errors import Gap, PeerGone
 from ringpipe.framing import LineSplitter, Utf8Text
 from ringpipe.protocol import Start
-from ringpipe.readers import HEADERS_IN_RING, TEXT_HEADERS, TEXT_STATS, Reader, ReadOptions, ReadStart, part_headers
+from ringpipe.readers import HEADERS_IN_RING, TEXT_HEADERS, Reader, ReadOptions, ReadStart, part_headers
 from ringpipe.relay import Consumer
 
 __all__ = ["CLOSE_CODES", "REJECTED_BASE", "HandshakeLogFilter", "WebSocketReader", "refuse_websocket"]
@@ -180,7 +180,6 @@ class WebSocketReader(Reader):
             return False
         finally:
             replaced = (lines.replaced if lines else 0) + (text.replaced if text else 0)
-            TEXT_STATS.utf8_replaced += replaced
             if replaced:
                 metrics.invalid_utf8("websocket", replaced)
 
