@@ -188,6 +188,29 @@ class Connection:
             self.transport.write(b"".join(parts))
             await self._wait_drained()
             return
+        if not self._writev(parts, total):
+            await self._wait_drained()
+
+    def write_parts_now(self, parts: list[memoryview | bytes], total: int) -> bool | None:
+        """``write_parts`` without waiting, for a wake-up callback (see ``readers._Express``).
+
+        Returns None, having written nothing, when the bytes cannot go out at once without
+        copying or queueing behind others (TLS, a transport backlog, a closing
+        connection); else whether the kernel took them all. When it did not, the rest is
+        already queued (copied) in the transport, so the caller's views may be released,
+        but it must not write again before the backlog drains: the next ``write_parts``
+        waits for that, and so keeps the per-reader backpressure.
+
+        Raises:
+            ConnectionResetError: the client is gone.
+        """
+        if self.tls or self.lost.is_set() or self.transport.is_closing() or self.transport.get_write_buffer_size():
+            return None
+        return self._writev(parts, total)
+
+    def _writev(self, parts: list[memoryview | bytes], total: int) -> bool:
+        """One ``writev``; what the kernel did not take goes, copied, to the transport.
+        True when the kernel took everything."""
         try:
             written = os.writev(self.fileno(), parts)
         except BlockingIOError:
@@ -196,7 +219,8 @@ class Connection:
             raise ConnectionResetError(str(exc)) from None
         if written < total:
             self.transport.write(_rest(parts, written))
-            await self._wait_drained()
+            return False
+        return True
 
     @property
     def body_left(self) -> int | None:

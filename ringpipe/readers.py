@@ -37,11 +37,11 @@ from starlette.types import Scope, Send
 
 from ringpipe import metrics
 from ringpipe.connection import EXTENSION, Connection
-from ringpipe.errors import Gap, PeerGone
+from ringpipe.errors import Gap, PeerGone, WouldBlock
 from ringpipe.framing import RETRY, NdjsonEncoder, SseEncoder
 from ringpipe.paths import query_param
 from ringpipe.protocol import Start
-from ringpipe.relay import HEADER_BLOCK, HEADER_MAGIC, Consumer, parse_header_block
+from ringpipe.relay import HEADER_BLOCK, HEADER_MAGIC, READ_LIMIT, Consumer, parse_header_block
 
 __all__ = [
     "HEADERS_IN_RING",
@@ -490,7 +490,20 @@ async def _copy_out(consumer: Consumer, conn: Connection) -> bool:
     gap) cuts the response.
     """
     chunked = conn.chunked_response
+    if not conn.tls:
+        consumer.express = _Express(consumer, conn, chunked)
+    try:
+        return await _copy_rounds(consumer, conn, chunked)
+    finally:
+        consumer.express = None
+
+
+async def _copy_rounds(consumer: Consumer, conn: Connection, chunked: bool) -> bool:
     while True:
+        if not chunked and conn.body_left == 0:
+            # The client has the whole Content-Length (perhaps sent by ``_Express``) and may
+            # hang up before the producer's EOF reaches us: this receiver is complete now.
+            return True
         try:
             views, next_seq = await consumer.views()
         except (PeerGone, Gap):
@@ -510,7 +523,69 @@ async def _copy_out(consumer: Consumer, conn: Connection) -> bool:
         consumer.commit(next_seq, size)
         if not chunked:
             conn.account_body(size)
+
+
+class _Express:
+    """``_copy_out``'s round run from the wake-up callback itself (``Consumer.express``).
+
+    A receiver caught up with the writer sleeps until the producer publishes; waking its
+    task to send a 64-byte token costs more than sending it. So while the task sleeps in
+    ``Consumer.views``, the wake-up runs the same round right here: peek, one ``writev``
+    of ring views, commit, ask for the next wake-up. The task is woken instead, to do it
+    the slow way, whenever anything is unusual: the socket has a backlog (backpressure
+    stays the task's job), the transfer ended or broke, the Content-Length is complete,
+    or bytes keep coming (after ``ROUNDS`` rounds, so one busy pipe cannot hog the
+    callback). Invariant: a round commits exactly what the kernel took or the transport
+    copied, so the task resumes at the right cursor whatever happened here.
+    """
+
+    ROUNDS: Final = 4
+    __slots__ = ("chunked", "conn", "consumer")
+
+    def __init__(self, consumer: Consumer, conn: Connection, chunked: bool) -> None:
+        self.consumer = consumer
+        self.conn = conn
+        self.chunked = chunked
+
+    def __call__(self) -> bool:
+        """True: served, the task may sleep on; False: wake the task."""
+        consumer = self.consumer
+        if not consumer.in_lockstep:
+            return False
+        try:
+            for _ in range(self.ROUNDS):
+                if not self._round():
+                    return False
+                if consumer.rearm():
+                    return True
+        except Exception:  # never break the producer's callback: the task will see it again
+            log.debug("express round failed; the reader's task takes over", exc_info=True)
+        return False
+
+    def _round(self) -> bool:
+        consumer, conn = self.consumer, self.conn
+        try:
+            views, next_seq = consumer.ring.peek(consumer.slot, READ_LIMIT)
+        except (WouldBlock, PeerGone):
+            return False
+        if not views:
+            return False
+        size = sum(map(len, views))
+        chunked = self.chunked
+        parts: list[memoryview | bytes] = [b"%x\r\n" % size, *views, b"\r\n"] if chunked else [*views]
+        try:
+            sent = conn.write_parts_now(parts, size + (len(parts[0]) + 2 if chunked else 0))
+        except ConnectionError:
+            sent = None
+        finally:
+            del parts
+            for view in views:
+                view.release()
+        if sent is None:
+            return False
+        consumer.commit(next_seq, size)
+        if not chunked:
+            conn.account_body(size)
             if conn.body_left == 0:
-                # The client has the whole Content-Length and may hang up before the
-                # producer's EOF reaches us: this receiver is complete now.
-                return True
+                return False
+        return sent

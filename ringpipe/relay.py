@@ -88,6 +88,12 @@ class _Sleeper:
         self._timeout = WAIT_MIN_S
         self._woken = False
 
+    @property
+    def parked(self) -> bool:
+        """Whether the owner is inside ``sleep`` right now, waiting for a wake-up."""
+        future = self._future
+        return future is not None and not future.done()
+
     def wake(self) -> None:
         self._woken = True
         future = self._future
@@ -126,10 +132,13 @@ class _Endpoint:
         self.info = info
         self.slot = slot
         self.sleeper = _Sleeper()
-        router.register(info.segment, slot, self.sleeper.wake)
+        router.register(info.segment, slot, self._on_wake)
+
+    def _on_wake(self) -> None:
+        self.sleeper.wake()
 
     def close(self) -> None:
-        self.router.unregister(self.info.segment, self.slot, self.sleeper.wake)
+        self.router.unregister(self.info.segment, self.slot, self._on_wake)
         self.ring.close()
 
 
@@ -293,6 +302,43 @@ class Consumer(_Endpoint):
                 ring.commit_read(slot, start)
         #: Metrics of this reader; the transfer's time to first byte is a fresh receiver's only.
         self.meter = metrics.ReaderMeter(ring, self.offset, first_byte=start is None and slot != WATCHER_SLOT)
+        #: Set by a reader that can send from inside the wake-up callback (see ``_on_wake``).
+        self.express: Callable[[], bool] | None = None
+
+    def _on_wake(self) -> None:
+        """A wake-up for this reader: serve it right here when the reader can, else wake its task.
+
+        When the reader's task sleeps in ``views`` waiting for bytes, ``express`` (set by
+        the reader) sends what was published from inside this callback, the producer's
+        read callback or the wake-up datagram's, and returns True if the task may keep
+        sleeping: no task switch per reader per chunk. Anything else (an ending, a full
+        socket, an error) returns False and the task handles it as before.
+        """
+        express = self.express
+        if express is not None and self.sleeper.parked and express():
+            return
+        self.sleeper.wake()
+
+    @property
+    def in_lockstep(self) -> bool:
+        """Whether ``peek``/``commit`` on the ring cursor are this reader's next step (not a
+        watcher, not catching up, not moved to another worker than its slot's)."""
+        return self._pos is None and self.slot >= 0 and not self.moved
+
+    def rearm(self) -> bool:
+        """Ask the writer for the next wake-up; True if nothing was published meanwhile
+        (the same announce-then-re-check as ``views`` does before it sleeps)."""
+        ring, slot = self.ring, self.slot
+        ring.set_reader_waiting(slot)
+        try:
+            views, _ = ring.peek(slot, 1)
+        except WouldBlock:
+            return True
+        except PeerGone:
+            return False
+        for view in views:
+            view.release()
+        return False
 
     async def views(self) -> tuple[list[memoryview], int]:
         """Views of the next published bytes and the cursor to ``commit`` after sending them.
