@@ -204,9 +204,14 @@ class Connection:
         Raises:
             ConnectionResetError: the client is gone.
         """
-        if self.tls or self.lost.is_set() or self.transport.is_closing() or self.transport.get_write_buffer_size():
+        if not self.can_write_now():
             return None
         return self._writev(parts, total)
+
+    def can_write_now(self) -> bool:
+        """Whether ``write_parts_now`` would write (not TLS, open, no transport backlog)."""
+        transport = self.transport
+        return not (self.tls or self.lost.is_set() or transport.is_closing() or transport.get_write_buffer_size())
 
     def _writev(self, parts: list[memoryview | bytes], total: int) -> bool:
         """One ``writev``; what the kernel did not take goes, copied, to the transport.

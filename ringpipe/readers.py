@@ -332,6 +332,15 @@ class _EncodedReader(HttpReader):
 
     async def _pump(self, consumer: Consumer) -> bool:
         """Chunks → encoded writes until the ending (``Consumer.commit`` meters the bytes)."""
+        conn = self.conn
+        if not conn.tls and (conn.chunked_response or conn.unframed):
+            consumer.express = _TextExpress(consumer, self)
+        try:
+            return await self._pump_rounds(consumer)
+        finally:
+            consumer.express = None
+
+    async def _pump_rounds(self, consumer: Consumer) -> bool:
         encoder = self.encoder
         while True:
             try:
@@ -491,7 +500,7 @@ async def _copy_out(consumer: Consumer, conn: Connection) -> bool:
     """
     chunked = conn.chunked_response
     if not conn.tls:
-        consumer.express = _Express(consumer, conn, chunked)
+        consumer.express = _RawExpress(consumer, conn, chunked)
     try:
         return await _copy_rounds(consumer, conn, chunked)
     finally:
@@ -526,26 +535,25 @@ async def _copy_rounds(consumer: Consumer, conn: Connection, chunked: bool) -> b
 
 
 class _Express:
-    """``_copy_out``'s round run from the wake-up callback itself (``Consumer.express``).
+    """A reader's round run from the wake-up callback itself (``Consumer.express``).
 
     A receiver caught up with the writer sleeps until the producer publishes; waking its
     task to send a 64-byte token costs more than sending it. So while the task sleeps in
-    ``Consumer.views``, the wake-up runs the same round right here: peek, one ``writev``
-    of ring views, commit, ask for the next wake-up. The task is woken instead, to do it
-    the slow way, whenever anything is unusual: the socket has a backlog (backpressure
-    stays the task's job), the transfer ended or broke, the Content-Length is complete,
-    or bytes keep coming (after ``ROUNDS`` rounds, so one busy pipe cannot hog the
-    callback). Invariant: a round commits exactly what the kernel took or the transport
-    copied, so the task resumes at the right cursor whatever happened here.
+    ``Consumer.views``, the wake-up runs the same round right here: peek, one ``writev``,
+    commit, ask for the next wake-up. The task is woken instead, to do it the slow way,
+    whenever anything is unusual: the socket has a backlog (backpressure stays the task's
+    job), the transfer ended or broke, the Content-Length is complete, or bytes keep
+    coming (after ``ROUNDS`` rounds, so one busy pipe cannot hog the callback).
+    Invariant: a round commits exactly the bytes that went to the kernel or were copied
+    into the transport, so the task resumes at the right cursor whatever happened here.
     """
 
     ROUNDS: Final = 4
-    __slots__ = ("chunked", "conn", "consumer")
+    __slots__ = ("conn", "consumer")
 
-    def __init__(self, consumer: Consumer, conn: Connection, chunked: bool) -> None:
+    def __init__(self, consumer: Consumer, conn: Connection) -> None:
         self.consumer = consumer
         self.conn = conn
-        self.chunked = chunked
 
     def __call__(self) -> bool:
         """True: served, the task may sleep on; False: wake the task."""
@@ -561,6 +569,20 @@ class _Express:
         except Exception:  # never break the producer's callback: the task will see it again
             log.debug("express round failed; the reader's task takes over", exc_info=True)
         return False
+
+    def _round(self) -> bool:
+        """One round; True if it sent everything it took and the reader may go on."""
+        raise NotImplementedError
+
+
+class _RawExpress(_Express):
+    """``_copy_out``'s round: ring views straight to the socket."""
+
+    __slots__ = ("chunked",)
+
+    def __init__(self, consumer: Consumer, conn: Connection, chunked: bool) -> None:
+        super().__init__(consumer, conn)
+        self.chunked = chunked
 
     def _round(self) -> bool:
         consumer, conn = self.consumer, self.conn
@@ -589,3 +611,39 @@ class _Express:
             if conn.body_left == 0:
                 return False
         return sent
+
+
+class _TextExpress(_Express):
+    """``_EncodedReader._pump``'s round: a chunk re-encoded (SSE, NDJSON), framed by hand as
+    uvicorn would (a chunk of the chunked body; nothing for an unframed HTTP/1.0 body)."""
+
+    __slots__ = ("reader",)
+
+    def __init__(self, consumer: Consumer, reader: _EncodedReader) -> None:
+        super().__init__(consumer, reader.conn)
+        self.reader = reader
+
+    def _round(self) -> bool:
+        consumer, conn = self.consumer, self.conn
+        if not conn.can_write_now():  # checked first: the encoder must not see bytes we then cannot send
+            return False
+        try:
+            views, next_seq = consumer.ring.peek(consumer.slot, READ_LIMIT)
+        except (WouldBlock, PeerGone):
+            return False
+        if not views:
+            return False
+        data = b"".join(views)
+        for view in views:
+            view.release()
+        out = self.reader.encoder.feed(data)
+        sent: bool | None = True
+        if out:
+            self.reader._last_write = time.monotonic()
+            parts: list[memoryview | bytes] = [out] if conn.unframed else [b"%x\r\n" % len(out), out, b"\r\n"]
+            try:
+                sent = conn.write_parts_now(parts, sum(map(len, parts)))
+            except ConnectionError:
+                sent = None  # the bytes are spent: the task meets the dead socket on its next write
+        consumer.commit(next_seq, len(data))
+        return bool(sent)

@@ -1,0 +1,254 @@
+"""The express path: a parked reader served from its wake-up callback (``readers._Express``).
+
+Real shared-memory ring, real ``relay.Consumer``, a real socket pair for the client
+connection; only uvicorn's transport is replaced by a list that records what it was
+asked to queue. What a user would check: the client gets exactly the producer's bytes,
+framed, in order; a socket backlog, an ending or a full Content-Length leaves the work
+to the reader's task (it is woken, nothing is committed behind its back); the writer is
+asked to wake the reader again after an express round.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import socket
+import uuid
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from ringpipe import shm
+from ringpipe.connection import Connection
+from ringpipe.framing import SseEncoder
+from ringpipe.protocol import RelayInfo
+from ringpipe.readers import _RawExpress, _TextExpress
+from ringpipe.relay import Consumer
+
+
+class _Router:
+    def wake(self, info: RelayInfo, slot: int) -> None: ...
+    def wake_many(self, info: RelayInfo, slots: list[int]) -> None: ...
+    def wake_watchers(self, info: RelayInfo, workers: list[int]) -> None: ...
+    def register(self, segment: str, slot: int, callback: Callable[[], None]) -> None: ...
+    def unregister(self, segment: str, slot: int, callback: Callable[[], None] | None = None) -> None: ...
+
+
+class _Transport:
+    """What ``write_parts_now`` needs of uvicorn's transport; ``write`` queues a copy."""
+
+    def __init__(self) -> None:
+        self.queued = bytearray()
+
+    def write(self, data: bytes) -> None:
+        self.queued += data
+
+    def get_write_buffer_size(self) -> int:
+        return len(self.queued)
+
+    def is_closing(self) -> bool:
+        return False
+
+
+class _Conn:
+    """The parts of ``Connection`` the express path uses, over a real socket."""
+
+    write_parts_now = Connection.write_parts_now
+    can_write_now = Connection.can_write_now
+    _writev = Connection._writev
+    account_body = Connection.account_body
+
+    def __init__(self, sock: socket.socket, *, unframed: bool = False) -> None:
+        self.sock = sock
+        self.tls = False
+        self.lost = asyncio.Event()
+        self.transport = _Transport()
+        self.unframed = unframed
+        self.chunked_response = not unframed
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+
+@pytest.fixture
+def ring() -> Iterator[tuple[shm.RingSegment, RelayInfo]]:
+    name = f"ringpipe-test-{uuid.uuid4().hex[:12]}"
+    segment = shm.RingSegment.create(name, 64 * 1024, 1)
+    try:
+        yield segment, RelayInfo(name, 64 * 1024, 0, 0, (0,), "e")
+    finally:
+        segment.close()
+        segment.unlink()
+
+
+@pytest.fixture
+def client() -> Iterator[tuple[socket.socket, socket.socket]]:
+    server_end, client_end = socket.socketpair()
+    server_end.setblocking(False)
+    client_end.setblocking(False)
+    try:
+        yield server_end, client_end
+    finally:
+        server_end.close()
+        client_end.close()
+
+
+def _parked(consumer: Consumer, loop: asyncio.AbstractEventLoop) -> asyncio.Future[bool]:
+    """Put the consumer's task "inside" ``views``' sleep, as the event loop would see it."""
+    future: asyncio.Future[bool] = loop.create_future()
+    consumer.sleeper._future = future
+    return future
+
+
+def _drain(sock: socket.socket) -> bytes:
+    out = bytearray()
+    while True:
+        try:
+            data = sock.recv(1 << 20)
+        except BlockingIOError:
+            return bytes(out)
+        if not data:
+            return bytes(out)
+        out += data
+
+
+def _dechunk(body: bytes) -> bytes:
+    out = bytearray()
+    while body:
+        line, _, body = body.partition(b"\r\n")
+        size = int(line, 16)
+        out += body[:size]
+        assert body[size : size + 2] == b"\r\n"
+        body = body[size + 2 :]
+    return bytes(out)
+
+
+def test_a_token_goes_out_from_the_callback(ring: tuple[shm.RingSegment, RelayInfo], client) -> None:
+    segment, info = ring
+    server_end, client_end = client
+    loop = asyncio.new_event_loop()
+    try:
+        consumer = Consumer(_Router(), shm.RingSegment.attach(info.segment), info, 0)
+        conn = _Conn(server_end)
+        consumer.express = _RawExpress(consumer, conn, chunked=True)  # type: ignore[arg-type]
+        for token in [b"Hello", b", ", b"world" * 20]:
+            future = _parked(consumer, loop)
+            consumer.ring.set_reader_waiting(0)
+            segment.write_nowait(token)
+            assert segment.take_sleeping_readers() == [0]
+            consumer._on_wake()
+            assert not future.done(), "the task was woken for a plain token"
+            assert _drain(client_end) == b"%x\r\n%s\r\n" % (len(token), token)
+            assert segment.take_sleeping_readers() == [0], "the reader must be woken again next time"
+        assert consumer.offset == segment.write_seq
+        consumer.close()
+    finally:
+        loop.close()
+
+
+def test_backlog_ending_and_full_length_leave_it_to_the_task(ring, client) -> None:
+    segment, info = ring
+    server_end, client_end = client
+    loop = asyncio.new_event_loop()
+    try:
+        consumer = Consumer(_Router(), shm.RingSegment.attach(info.segment), info, 0)
+        conn = _Conn(server_end)
+        consumer.express = _RawExpress(consumer, conn, chunked=True)  # type: ignore[arg-type]
+        conn.transport.queued += b"earlier"  # the socket has a backlog: backpressure is the task's
+        segment.write_nowait(b"x" * 100)
+        future = _parked(consumer, loop)
+        consumer._on_wake()
+        assert future.done() and consumer.offset == 0 and _drain(client_end) == b""
+        conn.transport.queued.clear()
+        consumer.ring.commit_read(0, 100)
+        segment.finish_writing()  # the clean end: the task writes the last chunk
+        future = _parked(consumer, loop)
+        consumer._on_wake()
+        assert future.done() and _drain(client_end) == b""
+        consumer.close()
+    finally:
+        loop.close()
+
+
+def test_partial_writes_lose_nothing(ring, client) -> None:
+    """A client that reads slowly: what the kernel refuses is queued (copied) and the task
+    woken; it drains before anything else is written. The client gets every byte once."""
+    segment, info = ring
+    server_end, client_end = client
+    server_end.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    rng = random.Random(7)
+    produced = bytearray()
+    received = bytearray()
+    loop = asyncio.new_event_loop()
+    try:
+        consumer = Consumer(_Router(), shm.RingSegment.attach(info.segment), info, 0)
+        conn = _Conn(server_end)
+        consumer.express = _RawExpress(consumer, conn, chunked=True)  # type: ignore[arg-type]
+        woken = 0
+        for _ in range(300):
+            data = rng.randbytes(rng.choice([1, 64, 3000, 20000]))
+            written = segment.write_nowait(data) if segment.free_span(1) is not None else 0
+            produced += data[:written]
+            future = _parked(consumer, loop)
+            consumer._on_wake()
+            if future.done():  # the task's turn: flush the backlog, then send the rest itself
+                woken += 1
+                received += _drain(client_end)
+                while conn.transport.queued:
+                    sent = server_end.send(conn.transport.queued)
+                    del conn.transport.queued[:sent]
+                    received += _drain(client_end)
+                consumer.sleeper._future = None
+            if rng.random() < 0.5:
+                received += _drain(client_end)
+        for _ in range(100):  # the rest, by express rounds once the client reads again
+            received += _drain(client_end)
+            while conn.transport.queued:
+                sent = server_end.send(conn.transport.queued)
+                del conn.transport.queued[:sent]
+                received += _drain(client_end)
+            if consumer.offset == segment.write_seq:
+                break
+            _parked(consumer, loop)
+            consumer._on_wake()
+            consumer.sleeper._future = None
+        received += _drain(client_end)
+        assert woken > 0, "the slow client never pushed back"
+        assert _dechunk(bytes(received)) == bytes(produced)
+        consumer.close()
+    finally:
+        loop.close()
+
+
+def test_sse_tokens_are_encoded_once(ring, client) -> None:
+    segment, info = ring
+    server_end, client_end = client
+    loop = asyncio.new_event_loop()
+
+    class _Reader:
+        def __init__(self, conn: _Conn) -> None:
+            self.conn = conn
+            self.encoder = SseEncoder(epoch="e")
+            self.encoder.begin(None)
+            self._last_write = 0.0
+
+    try:
+        consumer = Consumer(_Router(), shm.RingSegment.attach(info.segment), info, 0)
+        conn = _Conn(server_end)
+        reader = _Reader(conn)
+        consumer.express = _TextExpress(consumer, reader)  # type: ignore[arg-type]
+        model = SseEncoder(epoch="e")
+        model.begin(None)
+        expected = bytearray()
+        for token in [b"The", b" quick", b" fox\n", "\u00e9".encode()[:1], "\u00e9".encode()[1:] + b"!"]:
+            _parked(consumer, loop)
+            segment.write_nowait(token)
+            consumer._on_wake()
+            out = model.feed(token)
+            if out:
+                expected += b"%x\r\n%s\r\n" % (len(out), out)
+        assert _drain(client_end) == bytes(expected)
+        assert reader._last_write > 0
+        consumer.close()
+    finally:
+        loop.close()
