@@ -609,6 +609,7 @@ class _RawExpress(_Express):
         if not chunked:
             conn.account_body(size)
             if conn.body_left == 0:
+                consumer.satisfied = True  # the task returns from ``views`` and completes
                 return False
         return sent
 

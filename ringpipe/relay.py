@@ -304,6 +304,9 @@ class Consumer(_Endpoint):
         self.meter = metrics.ReaderMeter(ring, self.offset, first_byte=start is None and slot != WATCHER_SLOT)
         #: Set by a reader that can send from inside the wake-up callback (see ``_on_wake``).
         self.express: Callable[[], bool] | None = None
+        #: Set by ``express`` when this reader needs no more bytes (its Content-Length is
+        #: sent): ``views`` then reports the end at once instead of waiting for the producer's.
+        self.satisfied = False
 
     def _on_wake(self) -> None:
         """A wake-up for this reader: serve it right here when the reader can, else wake its task.
@@ -356,6 +359,8 @@ class Consumer(_Endpoint):
             return await self._views_behind(self._pos)
         ring, slot = self.ring, self.slot
         while True:
+            if self.satisfied:
+                return [], self.offset
             try:
                 return ring.peek(slot, READ_LIMIT)
             except WouldBlock:
