@@ -73,6 +73,13 @@ class Settings:
         metadata=_meta("Shared-memory ring per established pipe, in bytes; a power of two (4096 .. 1 GiB)."),
     )
     max_receivers: int = field(default=256, metadata=_meta("Largest ?n a pipe may ask for (1 .. 256)."))
+    colocate_max_n: int = field(
+        default=16,
+        metadata=_meta(
+            "Pipes with ?n up to this many receivers are served whole by their path's owner worker: "
+            "a connection accepted elsewhere is handed to it (0: never; ends then meet across workers)."
+        ),
+    )
     graceful_timeout: float = field(
         default=30.0,
         metadata=_meta("On SIGTERM/SIGINT, seconds running transfers may take to finish before workers are killed."),
@@ -261,6 +268,7 @@ _VALIDATORS: Final[dict[str, Callable[[object], str | None]]] = {
     "workers": _check_workers,
     "ring_bytes": _check_ring,
     "max_receivers": _check_receivers,
+    "colocate_max_n": _check_count(0, MAX_RECEIVERS_CEILING),
     "graceful_timeout": _check_graceful,
     "log_level": _check_level,
     "replay_bytes": _check_count(0, MAX_RING_BYTES // 2),
@@ -308,6 +316,7 @@ _PARSERS: Final[dict[str, Callable[[str], object]]] = {
     "workers": int,
     "ring_bytes": parse_size,
     "max_receivers": int,
+    "colocate_max_n": int,
     "graceful_timeout": float,
     "log_level": str.lower,
     "replay_bytes": parse_size,

@@ -44,6 +44,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResp
 
 from ringpipe import metrics
 from ringpipe.chunked import BodyFraming
+from ringpipe.handoff import Handoff
 from ringpipe.limits import LINGER_S, TLS_HANDSHAKE, EdgeLimits, LingeringClose, rejection
 from ringpipe.rawbody import RawBody
 from ringpipe.tls import start_server_tls
@@ -332,6 +333,12 @@ class RingpipeHttpProtocol(HttpToolsProtocol):
 
     #: This worker's limits; ``configured`` makes the subclass a worker serves with.
     limits: ClassVar[EdgeLimits] = EdgeLimits()
+    #: How to pass a connection to its pipe's owner worker (``handoff.py``); None: never.
+    handoff: ClassVar[Handoff | None] = None
+    #: Bytes a peer worker read from this connection before handing it here (``adopting``).
+    _replay: bytes | None = None
+    #: The current request was handed here: it is served here, whoever owns its path.
+    _adopted = False
 
     _rp_connection: Connection | None = None
     #: Body bytes read past a held-back head; None when nothing is held.
@@ -359,9 +366,15 @@ class RingpipeHttpProtocol(HttpToolsProtocol):
     url = b""
 
     @classmethod
-    def configured(cls, limits: EdgeLimits) -> type[RingpipeHttpProtocol]:
-        """This protocol with ``limits`` (uvicorn builds protocols from a class)."""
-        return type(cls.__name__, (cls,), {"limits": limits, "__doc__": cls.__doc__})
+    def configured(cls, limits: EdgeLimits, handoff: Handoff | None = None) -> type[RingpipeHttpProtocol]:
+        """This protocol with ``limits`` and ``handoff`` (uvicorn builds protocols from a class)."""
+        return type(cls.__name__, (cls,), {"limits": limits, "handoff": handoff, "__doc__": cls.__doc__})
+
+    def adopting(self, replay: bytes) -> RingpipeHttpProtocol:
+        """Make this fresh protocol serve a connection another worker handed over, starting
+        with the ``replay`` bytes that worker had read (fed before anything new is read)."""
+        self._replay = replay
+        return self
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -379,6 +392,10 @@ class RingpipeHttpProtocol(HttpToolsProtocol):
             self._sniffing = True
         elif len(self.connections) > limits.max_connections:
             self._refuse(503, AT_CONNECTION_LIMIT)
+        replay, self._replay = self._replay, None
+        if replay is not None and not self._refused:
+            self._adopted = True
+            self.data_received(replay)
 
     def data_received(self, data: bytes) -> None:
         if self._deferred is not None:
@@ -406,6 +423,8 @@ class RingpipeHttpProtocol(HttpToolsProtocol):
                 self._tail = (self._tail + data)[-3:]
             else:
                 self._tail = b""
+                if self._head_bytes == size and self.handoff is not None and self._hand_off(data, end):
+                    return
                 self._splitting = True
                 try:
                     self._feed(data[:end])
@@ -421,6 +440,28 @@ class RingpipeHttpProtocol(HttpToolsProtocol):
                 if not data:
                     return
         self._feed(data)
+
+    def _hand_off(self, data: bytes, end: int) -> bool:
+        """Pass this connection to the owner of its request's pipe (``handoff.py``); True if
+        it is gone there. ``data`` is this read, a whole request head first (``end`` bytes).
+
+        Only between requests (nothing running or queued on the connection), not under
+        TLS (the session lives here), and not for a request handed here already.
+        """
+        handoff = self.handoff
+        conn = self._rp_connection
+        if handoff is None or conn is None or conn.tls or self._adopted or self.pipeline:
+            return False
+        if self._running is not None and not self._running.response_complete:
+            return False
+        worker = handoff.target(data[:end])
+        if worker is None or not handoff.send(worker, conn.fileno(), data):
+            return False
+        metrics.HANDOFFS.inc()
+        self._cancel_head_timer()
+        self.transport.pause_reading()
+        self.transport.abort()  # closes our copy only: the peer's keeps the connection open
+        return True
 
     def _feed(self, data: bytes) -> None:
         """uvicorn's ``data_received`` minus its own 400: ours is the SPEC's form (``_refuse``)."""
@@ -640,6 +681,7 @@ class RingpipeHttpProtocol(HttpToolsProtocol):
             self.data_received(leftover)
 
     def on_response_complete(self) -> None:
+        self._adopted = False
         held, self.holding, self._framing = self.holding, None, None
         super().on_response_complete()
         deferred = self._deferred

@@ -96,6 +96,7 @@ __all__ = [
     "RING_BYTES",
     "TRANSFERS",
     "TRANSFERS_ACROSS_WORKERS",
+    "HANDOFFS",
     "WATCHERS",
     "WORKER_RESTARTS",
     "FleetProcessCollector",
@@ -153,6 +154,10 @@ TRANSFERS = Counter("ringpipe_transfers", "Transfers that ended, by how they end
 TRANSFERS_ACROSS_WORKERS = Counter(
     "ringpipe_transfers_across_workers",
     "Transfers whose sender and receivers were not all served by one worker process.",
+)
+HANDOFFS = Counter(
+    "ringpipe_handoffs",
+    "Connections passed to their pipe's owner worker, so that the pipe is served by one process.",
 )
 REJECTIONS = Counter("ringpipe_rejections", "Requests answered with an error status, by status code.", ["code"])
 RENDEZVOUS_WAIT = Histogram(

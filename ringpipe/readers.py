@@ -296,7 +296,10 @@ class _EncodedReader(HttpReader):
         uvicorn's cycle cannot send; its bytes go straight to the connection, as raw ones do."""
         if self.http10:
             if data:
-                await self.conn.write_parts([data], len(data))
+                # Like uvicorn's ``send`` once the client is gone: nothing to tell anyone
+                # (the hang-up callback ends this reader).
+                with contextlib.suppress(ConnectionError):
+                    await self.conn.write_parts([data], len(data))
             if more:
                 return
             data = b""

@@ -25,6 +25,7 @@ import socket
 import ssl
 import time
 from collections.abc import Callable, Generator
+from functools import partial
 from pathlib import Path
 from typing import Final
 
@@ -37,6 +38,7 @@ from ringpipe.config import Settings
 from ringpipe.connection import RingpipeHttpProtocol
 from ringpipe.cors import CorsPolicy
 from ringpipe.edge import PipeEndpoints
+from ringpipe.handoff import Handoff, HandoffChannel, handoff_target
 from ringpipe.limits import EdgeLimits
 from ringpipe.logs import register_secrets, setup_logging
 from ringpipe.node import Node
@@ -154,9 +156,38 @@ def run_worker(
         app.access = app.access.with_tokens(tokens)
         log.info("tokens reloaded", extra={"event": "tokens_reloaded", "worker": index, "tokens": len(tokens)})
 
+    adopted: set[asyncio.Task[None]] = set()
+    serving: list[_WorkerServer] = []  # the server, once ``main`` made it
+
+    def adopt(sock: socket.socket, data: bytes) -> None:
+        """A peer handed us a connection (``handoff.py``): serve it as if we had accepted it."""
+        task = asyncio.get_running_loop().create_task(serve_adopted(sock, data))
+        adopted.add(task)
+        task.add_done_callback(adopted.discard)
+
+    async def serve_adopted(sock: socket.socket, data: bytes) -> None:
+        def protocol() -> RingpipeHttpProtocol:
+            server = serving[0]
+            made = protocol_class(config=config, server_state=server.server_state, app_state=server.lifespan.state)
+            return made.adopting(data)
+
+        try:
+            await asyncio.get_running_loop().connect_accepted_socket(protocol, sock)
+        except Exception:
+            log.exception("could not serve a handed-off connection")
+            sock.close()
+
+    handoffs: HandoffChannel | None = None
+    handoff: Handoff | None = None
+    if settings.workers > 1 and settings.colocate_max_n > 0:
+        handoffs = HandoffChannel(runtime_dir, index, adopt)
+        target = partial(handoff_target, index=index, workers=settings.workers, max_n=settings.colocate_max_n)
+        handoff = Handoff(target=target, send=handoffs.send)
+
+    protocol_class = RingpipeHttpProtocol.configured(EdgeLimits.from_settings(settings, tls), handoff)
     config = uvicorn.Config(
         app,
-        http=RingpipeHttpProtocol.configured(EdgeLimits.from_settings(settings, tls)),
+        http=protocol_class,
         # WebSocket receivers (websocket.py): pings every heartbeat, no compression (SPEC 2.7),
         # small client messages (a receiver has nothing to say).
         ws="websockets-sansio",
@@ -184,6 +215,8 @@ def run_worker(
             if not stopping.is_set():
                 log.info("draining", extra={"worker": index})
                 stopping.set()
+                if handoffs is not None:
+                    handoffs.close()
                 node.drain()
 
         async def stop_on_request() -> None:
@@ -193,6 +226,7 @@ def run_worker(
             stop()
 
         server = _WorkerServer(config, stop_requested.set)
+        serving.append(server)
         asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reload_tokens)
         if _file_stamp(settings.tokens_file) != file_at_boot:
             reload_tokens()  # changed (and its SIGHUP ignored) between our first read and the handler
@@ -200,6 +234,8 @@ def run_worker(
             async with anyio.create_task_group() as tg:
                 await tg.start(node.mesh.run)
                 node.wakes.start()
+                if handoffs is not None:
+                    handoffs.start()
                 tg.start_soon(stop_on_request)
 
                 async def announce_ready() -> None:
@@ -225,6 +261,8 @@ def run_worker(
                     await anyio.sleep(0.05)
                 tg.cancel_scope.cancel()
         finally:
+            if handoffs is not None:
+                handoffs.close()
             endpoints.hangups.close()
             node.close()
 

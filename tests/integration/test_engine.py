@@ -54,8 +54,9 @@ def kernel_max(path: str) -> int:
 
 
 def test_parties_of_one_pipe_meet_across_four_workers(server_factory: ServerFactory) -> None:
-    """120 concurrent n=3 pipes on 4 workers: every byte intact, and pipes spanned workers."""
-    server = server_factory("--workers", "4")
+    """120 concurrent n=3 pipes on 4 workers: every byte intact, and pipes spanned workers
+    (no hand-off to the owner: this is about parties meeting across workers)."""
+    server = server_factory("--workers", "4", "--colocate-max-n", "0")
     pipes = 120
     paths = [fresh() for _ in range(pipes)]
     payloads = [pattern(30_000 + i * 101, seed=i) for i in range(pipes)]
@@ -233,7 +234,8 @@ def test_kill_9_of_a_worker_mid_transfer(server_factory: ServerFactory) -> None:
     """The slot is refilled within 1 s; pipes that touched the dead worker end with an error
     at every surviving party; all other pipes finish intact; no ring is left behind."""
     workers = 3
-    server = server_factory("--workers", str(workers))
+    # Without hand-offs: the case of interest is a pipe whose parties sit on several workers.
+    server = server_factory("--workers", str(workers), "--colocate-max-n", "0")
     victim_slot = 1
     pipes = 36
     paths = [fresh() for _ in range(pipes)]

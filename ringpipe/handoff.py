@@ -1,0 +1,230 @@
+"""Connection hand-off: a small pipe's connections all go to its owner worker.
+
+Why: the kernel spreads accepted connections over the workers at random, so a pipe's
+sender and receiver usually land on different workers, which then meet through the
+owner's control frames, one shared-memory segment attached by both, and a datagram plus
+a process wake-up every time a reader waits for bytes. For the common small pipe (an LLM
+token stream to one or a few readers) that is most of its cost: measured on a 2-core VM,
+a 64-byte record took ~0.13 ms longer across workers than within one, and a 1 MiB pipe
+cost ~1.3 ms more server CPU. So a worker that reads a request head for a pipe whose
+``?n`` is at most ``--colocate-max-n`` (and whose path another worker owns) passes the
+socket itself, with the bytes it has read, to the owner (``SCM_RIGHTS`` over a Unix
+datagram socket), which serves it as if it had accepted it. Larger fan-outs keep their
+readers where the kernel put them: their writes then spread over every core.
+
+The hand-off is an optimisation, never a requirement: whenever it cannot happen (the
+owner is restarting or draining, its queue is full, the read is too large, TLS state
+lives in this process, a request is still being answered on the connection) the
+connection is served where it is, and the pipe's ends meet across workers as before.
+A connection is handed off at most once per request (the adopter never passes it on for
+the request it was given), so a disagreement about owners cannot bounce it around.
+
+``handoff_target`` is pure (no I/O); ``HandoffChannel`` is the socket.
+"""
+
+from __future__ import annotations
+
+import array
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+from ringpipe.paths import RESERVED_PATHS, normalize_path, owner_of, parse_int_like_js, query_param
+
+__all__ = ["MAX_HANDOFF_BYTES", "Handoff", "HandoffChannel", "handoff_socket_path", "handoff_target"]
+
+log = logging.getLogger("ringpipe.handoff")
+
+#: The most bytes read from a connection that go along with it (a head, and perhaps the
+#: start of a body). A larger first read is served where it was read.
+MAX_HANDOFF_BYTES: Final = 64 * 1024
+#: Hand-offs taken per wake-up of the channel, so one burst cannot starve the loop.
+_BATCH: Final = 64
+
+
+def handoff_target(head: bytes, *, index: int, workers: int, max_n: int) -> int | None:
+    """The worker to hand a connection to, given its request ``head``; None: serve it here.
+
+    ``head`` is one whole request head (request line through the blank line). Only
+    origin-form targets on pipe paths (not ``RESERVED_PATHS``) whose ``?n`` (default 1,
+    parsed as the app parses it) is 1..``max_n`` qualify, and only when another worker
+    owns the path. Anything unexpected means "here": the app then answers it as usual.
+    """
+    if workers < 2 or max_n < 1:
+        return None
+    line_end = head.find(b"\r\n")
+    parts = head[: line_end if line_end >= 0 else len(head)].split(b" ")
+    if len(parts) != 3 or not parts[1].startswith(b"/"):
+        return None
+    raw_path, _, query = parts[1].partition(b"?")
+    raw_path = raw_path.partition(b"#")[0]
+    key = normalize_path(raw_path)
+    if key in RESERVED_PATHS:
+        return None
+    n = 1
+    text = query_param(query.partition(b"#")[0], "n") if query else None
+    if text is not None:
+        parsed = parse_int_like_js(text)
+        if parsed is None:
+            return None
+        n = parsed
+    if not 1 <= n <= max_n:
+        return None
+    owner = owner_of(key, workers)
+    return None if owner == index else owner
+
+
+def handoff_socket_path(runtime_dir: Path, worker: int) -> Path:
+    return runtime_dir / f"handoff-{worker}.sock"
+
+
+class HandoffChannel:
+    """This worker's hand-off sockets: passes connections to peers, adopts theirs.
+
+    ``SOCK_SEQPACKET`` over Unix sockets: one listening socket per worker
+    (``handoff-<i>.sock`` in the runtime folder), one connection from each worker to each
+    peer it hands to, opened on first use. Each message is one connection: the bytes
+    read from it, with its descriptor attached (``SCM_RIGHTS``). Not datagrams: a Unix
+    datagram queue holds only ``net.unix.max_dgram_qlen`` messages (10 by default), so a
+    burst of connections would mostly be served where they landed; a stream of packets
+    is bounded by bytes (``SO_SNDBUF``) instead, thousands of request heads.
+
+    ``adopt(sock, data)`` gets each connection handed here, with the bytes already read
+    from it; it owns ``sock`` from then on.
+    """
+
+    def __init__(self, runtime_dir: Path, index: int, adopt: Callable[[socket.socket, bytes], None]) -> None:
+        self._runtime_dir = runtime_dir
+        self._adopt = adopt
+        self._peers: dict[int, socket.socket] = {}
+        self._inbound: dict[int, socket.socket] = {}
+        path = handoff_socket_path(runtime_dir, index)
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        self._listener = _packet_socket()
+        self._listener.bind(str(path))
+        self._listener.listen(64)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.open = True
+
+    def start(self) -> None:
+        """Adopt incoming connections from the running event loop."""
+        self._loop = asyncio.get_running_loop()
+        self._loop.add_reader(self._listener.fileno(), self._on_peer_connecting)
+
+    def send(self, worker: int, fd: int, data: bytes) -> bool:
+        """Pass connection ``fd`` and the ``data`` read from it to ``worker``; True if it
+        took them (the caller must then close its copy without a word to the client)."""
+        if not self.open or len(data) > MAX_HANDOFF_BYTES:
+            return False
+        peer = self._peers.get(worker)
+        if peer is None:
+            peer = _packet_socket()
+            try:
+                peer.connect(str(handoff_socket_path(self._runtime_dir, worker)))
+            except OSError:  # not there yet (starting, restarting) or its backlog is full
+                peer.close()
+                return False
+            self._peers[worker] = peer
+        try:
+            peer.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]))])
+        except BlockingIOError:  # its queue is full: serve it here
+            return False
+        except OSError:  # the peer went away (died, draining): reconnect next time
+            del self._peers[worker]
+            peer.close()
+            return False
+        return True
+
+    def _on_peer_connecting(self) -> None:
+        try:
+            sock, _ = self._listener.accept()
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            log.exception("hand-off listener failed")
+            return
+        sock.setblocking(False)
+        fd = sock.fileno()
+        self._inbound[fd] = sock
+        assert self._loop is not None
+        self._loop.add_reader(fd, self._on_readable, sock)
+
+    def _on_readable(self, sock: socket.socket) -> None:
+        for _ in range(_BATCH):
+            fds = array.array("i")
+            try:
+                data, ancillary, flags, _addr = sock.recvmsg(MAX_HANDOFF_BYTES + 1, socket.CMSG_SPACE(fds.itemsize))
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                data, ancillary, flags = b"", [], 0
+            if not data and not ancillary:  # the peer closed (exited or died)
+                self._forget(sock)
+                return
+            for level, kind, payload in ancillary:
+                if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                    fds.frombytes(payload[: len(payload) - len(payload) % fds.itemsize])
+            if len(fds) != 1 or flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC) or not data:
+                for fd in fds:
+                    with contextlib.suppress(OSError):
+                        os.close(fd)
+                log.warning("dropped a malformed hand-off", extra={"event": "handoff_dropped"})
+                continue
+            try:
+                conn = socket.socket(fileno=fds[0])
+            except OSError:
+                with contextlib.suppress(OSError):
+                    os.close(fds[0])
+                continue
+            try:
+                self._adopt(conn, data)
+            except Exception:
+                log.exception("could not adopt a handed-off connection")
+                conn.close()
+
+    def _forget(self, sock: socket.socket) -> None:
+        if self._inbound.pop(sock.fileno(), None) is not None and self._loop is not None:
+            with contextlib.suppress(RuntimeError, ValueError):
+                self._loop.remove_reader(sock.fileno())
+        sock.close()
+
+    def close(self) -> None:
+        """Take no more hand-offs (draining, exit): peers then serve their connections themselves.
+
+        Connections already queued here are still adopted by nobody: closing the sockets
+        closes them (the clients see the connection drop, as with any worker exit)."""
+        if not self.open:
+            return
+        self.open = False
+        if self._loop is not None:
+            with contextlib.suppress(RuntimeError, ValueError):
+                self._loop.remove_reader(self._listener.fileno())
+        self._listener.close()
+        for sock in list(self._inbound.values()):
+            self._forget(sock)
+        for peer in self._peers.values():
+            peer.close()
+        self._peers.clear()
+
+
+def _packet_socket() -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
+    return sock
+
+
+@dataclass(frozen=True, slots=True)
+class Handoff:
+    """What a worker's HTTP protocol needs to hand a connection off (``connection.py``)."""
+
+    #: ``handoff_target`` bound to this worker: request head -> worker index, or None.
+    target: Callable[[bytes], int | None]
+    #: ``HandoffChannel.send``: (worker, fd, bytes read) -> whether it was taken.
+    send: Callable[[int, int, bytes], bool]
