@@ -167,6 +167,10 @@ class LocalParty:
     def deliver(self, item: InboxItem) -> None:
         self.inbox.put(item)
 
+    def hang_up(self) -> None:
+        """The party's client went away (a bound method is the hang-up callback: no closure)."""
+        self.inbox.put(Hangup())
+
 
 @dataclass(slots=True)
 class _OwnedRelay:
