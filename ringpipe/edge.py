@@ -307,7 +307,7 @@ class PipeEndpoints:
         self, scope: Scope, send: Send, conn: Connection, party: LocalParty, out: SenderLog
     ) -> Start | None:
         fd = conn.fileno()
-        self.hangups.watch(fd, lambda: party.deliver(Hangup()))
+        self.hangups.watch(fd, party.hang_up)
         expects_continue = (_header(scope, b"expect") or "").lower() == "100-continue"
         try:
             async for item in party.inbox:
@@ -533,12 +533,9 @@ class PipeEndpoints:
             stall_ms=stall,
         )
 
-        def hangup() -> None:
-            party.deliver(Hangup())
-
         plan = _ReadPlan(point=point, live=watch and query_param(query, "from") == "live", resumable=resumable)
         try:
-            async with reader.session(hangup):  # hang-ups are a callback: waiting receivers stay cheap
+            async with reader.session(party.hang_up):  # hang-ups are a callback: waiting receivers stay cheap
                 await self._receiver_life(reader, party, plan)
         finally:
             if not party.left:
