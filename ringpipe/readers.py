@@ -41,7 +41,7 @@ from ringpipe.errors import Gap, PeerGone
 from ringpipe.framing import RETRY, NdjsonEncoder, SseEncoder
 from ringpipe.paths import query_param
 from ringpipe.protocol import Start
-from ringpipe.relay import HEADER_BLOCK, HEADER_MAGIC, Consumer, parse_header_block
+from ringpipe.relay import HEADER_BLOCK, HEADER_MAGIC, RAW_READ_LIMIT, Consumer, parse_header_block
 
 __all__ = [
     "HEADERS_IN_RING",
@@ -482,7 +482,7 @@ async def _headers_from_ring(consumer: Consumer, relayed: list[tuple[str, str]])
 async def _copy_out(consumer: Consumer, conn: Connection) -> bool:
     """Ring → socket for one receiver, zero-copy; True at the producer's clean end.
 
-    Each round sends whatever is published (up to ``READ_LIMIT``) with one ``writev`` of
+    Each round sends whatever is published (up to ``RAW_READ_LIMIT``) with one ``writev`` of
     views into the ring (plus the chunk-size line when the response is chunked) and only
     then commits the read cursor, so the ring space stays reserved while the kernel copies.
     (``Consumer.commit`` also feeds the reader's metrics: bytes out, relay latency, lag.)
@@ -492,7 +492,7 @@ async def _copy_out(consumer: Consumer, conn: Connection) -> bool:
     chunked = conn.chunked_response
     while True:
         try:
-            views, next_seq = await consumer.views()
+            views, next_seq = await consumer.views(RAW_READ_LIMIT)
         except (PeerGone, Gap):
             return False
         if not views:
