@@ -23,6 +23,11 @@ MAX_SIZE_LINE: Final = 4096
 #: Most trailer bytes we accept after the last chunk.
 MAX_TRAILERS: Final = 16 * 1024
 _HEX: Final = frozenset(b"0123456789abcdefABCDEF")
+_HEX_DIGITS: Final = b"0123456789abcdefABCDEF"
+#: Longest size line the fast path takes at once: 16 hex digits and CRLF.
+_FAST_LINE: Final = 18
+#: Chunks at least this large make ``framing_hint`` guess the next framing's length.
+HINT_MIN_CHUNK: Final = 4096
 
 
 class FramingError(ValueError):
@@ -55,6 +60,9 @@ class BodyFraming:
         self._digits = 0
         self._line = 0
         self._trailers = 0
+        #: Bytes of the framing before the last chunk's data (CRLF, size line): the hint.
+        self._last_frame = 0
+        self._last_size = 0
         if content_length == 0:
             self._state = _State.DONE
 
@@ -69,6 +77,19 @@ class BodyFraming:
         self.data_left -= size
         if self.data_left == 0:
             self._state = _State.DATA_CR if self.chunked else _State.DONE
+
+    def framing_hint(self) -> int:
+        """How many bytes the framing before the next chunk's data most likely takes; 0: no guess.
+
+        Right after a large chunk's data, a client that sends equal chunks sends
+        ``CRLF size CRLF`` as long as the last one. Reading just that much (``rawbody.py``)
+        lets the next chunk's data go straight into the ring instead of partly through the
+        scratch buffer. A wrong guess is harmless: fewer bytes mean one more small read,
+        more bytes are data that ``feed`` reports as usual.
+        """
+        if self._state is _State.DATA_CR and self._last_size >= HINT_MIN_CHUNK:
+            return 2 + self._last_frame
+        return 0
 
     def feed(self, buf: bytes | bytearray | memoryview) -> tuple[list[tuple[int, int]], int]:
         """Parse ``buf``; return the ``(start, end)`` data spans in it and where parsing stopped.
@@ -89,6 +110,11 @@ class BodyFraming:
                 i += take
                 self.took_data(take)
                 continue
+            if state is _State.DATA_CR or (state is _State.SIZE and not self._line):
+                fast = self._fast_frame(view, i, end)
+                if fast > i:
+                    i = fast
+                    continue
             byte = view[i]
             i += 1
             if state is _State.SIZE:
@@ -99,6 +125,7 @@ class BodyFraming:
                     self._state = _State.SIZE_LF
             elif state is _State.SIZE_LF:
                 self._expect_lf(byte)
+                self._last_frame = self._line + 1  # the size line, its CR counted, and LF
                 self._end_size_line()
             elif state is _State.DATA_CR:
                 if byte != 0x0D:
@@ -112,6 +139,29 @@ class BodyFraming:
         return spans, i
 
     # -- size lines --
+
+    def _fast_frame(self, view: memoryview, i: int, end: int) -> int:
+        """Take a whole ``[CRLF] size CRLF`` at ``i`` in one step (the common case: plain hex,
+        no extensions); return where it ends, or ``i`` to let the byte-wise path decide.
+
+        Only called at the start of a size line (``SIZE`` with nothing counted) or right
+        after a chunk's data (``DATA_CR``); it changes state only for a complete, valid
+        line, exactly as the byte-wise path would, so malformed input still raises there.
+        """
+        start = i
+        if self._state is _State.DATA_CR:
+            if end - i < 2 or view[i] != 0x0D or view[i + 1] != 0x0A:
+                return start
+            i += 2
+        head = bytes(view[i : min(end, i + _FAST_LINE)])
+        j = head.find(b"\r\n")
+        if j <= 0 or head[:j].translate(None, _HEX_DIGITS):
+            return start
+        self._size = int(head[:j], 16)
+        self._digits = self._line = 0
+        self._last_frame = j + 2
+        self._end_size_line()
+        return i + j + 2
 
     def _size_byte(self, byte: int) -> None:
         self._count_line()
@@ -128,6 +178,7 @@ class BodyFraming:
             raise FramingError(f"bad byte {byte:#04x} in a chunk size")
 
     def _end_size_line(self) -> None:
+        self._last_size = self._size
         if self._size == 0:
             self._state = _State.TRAILER
         else:

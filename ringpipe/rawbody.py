@@ -10,6 +10,12 @@ ring like any other. Compared with uvicorn's path (a ``bytes`` object per socket
 more per ``on_body`` slice, then the copy into the ring) this removes every copy in user
 space on the way in.
 
+Between large chunks the framing read asks for only as many bytes as the last chunk's
+framing took (``BodyFraming.framing_hint``): with a client that sends equal chunks, every
+data byte then goes straight to the ring and each chunk is one publish, instead of ~4 KiB
+of it being copied through the scratch and published on its own. Small chunks (tokens) keep
+full scratch reads, so several records still arrive in one read.
+
 ``RawBody`` is the transport's protocol only for the length of one body; then the HTTP
 protocol gets the transport back with a fresh parser, and any bytes read past the body (a
 pipelined next request) are fed to it. Backpressure is unchanged: a full ring means the
@@ -68,6 +74,9 @@ class RawBody(asyncio.BufferedProtocol):
             if span is not None:
                 self._span = span
                 return span
+        hint = self.framing.framing_hint()
+        if hint and not self._finished:  # just the framing, so the next chunk lands in the ring whole
+            return memoryview(self._scratch)[:hint]
         return memoryview(self._scratch)
 
     def buffer_updated(self, nbytes: int) -> None:

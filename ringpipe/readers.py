@@ -41,7 +41,7 @@ from ringpipe.errors import Gap, PeerGone, WouldBlock
 from ringpipe.framing import RETRY, NdjsonEncoder, SseEncoder
 from ringpipe.paths import query_param
 from ringpipe.protocol import Start
-from ringpipe.relay import HEADER_BLOCK, HEADER_MAGIC, READ_LIMIT, Consumer, parse_header_block
+from ringpipe.relay import HEADER_BLOCK, HEADER_MAGIC, RAW_READ_LIMIT, READ_LIMIT, Consumer, parse_header_block
 
 __all__ = [
     "HEADERS_IN_RING",
@@ -510,7 +510,7 @@ async def _headers_from_ring(consumer: Consumer, relayed: list[tuple[str, str]])
 async def _copy_out(consumer: Consumer, conn: Connection) -> bool:
     """Ring → socket for one receiver, zero-copy; True at the producer's clean end.
 
-    Each round sends whatever is published (up to ``READ_LIMIT``) with one ``writev`` of
+    Each round sends whatever is published (up to ``RAW_READ_LIMIT``) with one ``writev`` of
     views into the ring (plus the chunk-size line when the response is chunked) and only
     then commits the read cursor, so the ring space stays reserved while the kernel copies.
     (``Consumer.commit`` also feeds the reader's metrics: bytes out, relay latency, lag.)
@@ -533,7 +533,7 @@ async def _copy_rounds(consumer: Consumer, conn: Connection, chunked: bool) -> b
             # hang up before the producer's EOF reaches us: this receiver is complete now.
             return True
         try:
-            views, next_seq = await consumer.views()
+            views, next_seq = await consumer.views(RAW_READ_LIMIT)
         except (PeerGone, Gap):
             return False
         if not views:
@@ -606,7 +606,7 @@ class _RawExpress(_Express):
     def _round(self) -> bool:
         consumer, conn = self.consumer, self.conn
         try:
-            views, next_seq = consumer.ring.peek(consumer.slot, READ_LIMIT)
+            views, next_seq = consumer.ring.peek(consumer.slot, RAW_READ_LIMIT)
         except (WouldBlock, PeerGone):
             return False
         if not views:

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ringpipe.chunked import BodyFraming, FramingError
+from ringpipe.chunked import HINT_MIN_CHUNK, BodyFraming, FramingError
 
 
 def encode(chunks: list[bytes], *, ext: bool = False, trailers: list[bytes] = ()) -> bytes:  # type: ignore[assignment]
@@ -100,3 +100,77 @@ def test_took_data_guards_its_invariant() -> None:
     framing = BodyFraming(content_length=3)
     with pytest.raises(ValueError):
         framing.took_data(4)
+
+
+def decode_with_hints(framing: BodyFraming, wire: bytes, scratch: int) -> tuple[bytes, int]:
+    """Drive ``framing`` exactly like rawbody.py: data straight "into the ring", framing
+    reads of ``framing_hint()`` bytes when it guesses, else ``scratch`` bytes. Returns the
+    data and how many data bytes went through ``feed`` (the copied ones)."""
+    data = bytearray()
+    copied = pos = 0
+    while pos < len(wire) and not framing.done:
+        if framing.data_left:
+            take = min(framing.data_left, len(wire) - pos)
+            data += wire[pos : pos + take]
+            framing.took_data(take)
+            pos += take
+            continue
+        buf = wire[pos : pos + (framing.framing_hint() or scratch)]
+        spans, used = framing.feed(buf)
+        for start, end in spans:
+            data += buf[start:end]
+            copied += end - start
+        pos += used
+    return bytes(data), copied
+
+
+@given(
+    sizes=st.lists(st.integers(1, 3 * HINT_MIN_CHUNK), max_size=8),
+    ext=st.booleans(),
+    scratch=st.sampled_from([1, 7, 4096]),
+)
+def test_framing_reads_of_the_hinted_size_give_the_body(sizes: list[int], ext: bool, scratch: int) -> None:
+    chunks = [bytes([i % 251]) * size for i, size in enumerate(sizes)]
+    framing = BodyFraming(content_length=None)
+    data, _copied = decode_with_hints(framing, encode(chunks, ext=ext) + b"NEXT", scratch)
+    assert framing.done
+    assert data == b"".join(chunks)
+
+
+def test_equal_large_chunks_go_straight_to_the_ring_after_the_first() -> None:
+    chunk = b"a" * (4 * HINT_MIN_CHUNK)
+    framing = BodyFraming(content_length=None)
+    data, copied = decode_with_hints(framing, encode([chunk] * 5), 4096)
+    assert data == chunk * 5
+    assert copied == 4096 - len(b"4000\r\n")  # only the first read, before any hint, took data
+
+
+def test_no_hint_after_small_chunks_or_inside_data() -> None:
+    framing = BodyFraming(content_length=None)
+    spans, used = framing.feed(b"3\r\nabc")
+    assert framing.framing_hint() == 0  # a small chunk: framing reads stay scratch-sized
+    framing = BodyFraming(content_length=None)
+    framing.feed(b"%x\r\n" % HINT_MIN_CHUNK)
+    assert framing.data_left == HINT_MIN_CHUNK and framing.framing_hint() == 0
+    framing.took_data(HINT_MIN_CHUNK)
+    assert framing.framing_hint() == len(b"\r\n1000\r\n")
+
+
+@pytest.mark.parametrize(
+    "wire",
+    [
+        b"10;a=b\r\n" + b"x" * 16 + b"\r\n0\r\n\r\n",  # extensions: the byte-wise path
+        b"0000000000000010\r\n" + b"x" * 16 + b"\r\n0\r\n\r\n",  # 16 digits, the most allowed
+        b"10\r\n" + b"x" * 16 + b"\r\n0\r\nX-A: 1\r\n\r\n",  # trailers after a fast size line
+    ],
+)
+def test_fast_and_byte_wise_size_lines_agree(wire: bytes) -> None:
+    whole = BodyFraming(content_length=None)
+    spans, used = whole.feed(wire)
+    assert whole.done and used == len(wire) and sum(e - s for s, e in spans) == 16
+    bytewise = BodyFraming(content_length=None)
+    total = 0
+    for i in range(len(wire)):
+        got, _ = bytewise.feed(wire[i : i + 1])
+        total += sum(e - s for s, e in got)
+    assert bytewise.done and total == 16
