@@ -223,11 +223,30 @@ def test_an_error_before_the_body_is_read_is_answered_at_once_with_its_status(la
     assert late.proc.wait(40) == 0
 
 
+async def sender_registered(port: int, path: str, timeout: float = 10.0) -> None:
+    """Wait until ``HEAD path`` shows a pipe there (status 200: a party is registered)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            writer.write(f"HEAD {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+            status, _ = await read_head(reader)
+        finally:
+            writer.close()
+        if status == 200:
+            return
+        assert time.monotonic() < deadline, f"no pipe at {path} after {timeout} s (HEAD: {status})"
+        await asyncio.sleep(0.02)
+
+
 def test_conflict_is_answered_at_once(late: Server) -> None:
     path = fresh()
 
     async def scenario() -> None:
         first = await RawSender.open(late.port, path, [("Transfer-Encoding", "chunked")])
+        # The first sender's Join must reach the path's owner before the second's: two
+        # connections accepted by two workers can otherwise arrive in either order.
+        await sender_registered(late.port, path)
         second = await RawSender.open(late.port, path, [("Transfer-Encoding", "chunked")])
         try:
             resp = await asyncio.wait_for(second.response(), 10)
