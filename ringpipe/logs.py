@@ -40,6 +40,15 @@ _SHAPES: Final = (
         r"(?i)(\b(?:rp_sig|[a-z0-9_-]*key|[a-z0-9_-]*token|[a-z0-9_-]*secret|password)=)[^&\s'\"\\#;,()\[\]{}]+"
     ),
 )
+#: For each of ``_SHAPES``, lowercase words one of which any match contains. An ASCII text
+#: lowercases exactly as the patterns' ``(?i)`` matches (the non-ASCII case equivalents such
+#: as U+017F for "s" cannot occur in it), so one without these words needs no regex pass.
+#: Every formatted log line is ASCII (``json.dumps`` escapes the rest).
+_SHAPE_WORDS: Final = (
+    ("authorization", "ringpipe-read-key"),
+    ("bearer",),
+    ("rp_sig=", "key=", "token=", "secret=", "password="),
+)
 _secrets: set[str] = set()
 
 
@@ -62,8 +71,10 @@ def redact(text: str) -> str:
     for secret in sorted(_secrets, key=len, reverse=True):
         if secret in text:
             text = text.replace(secret, REDACTED)
-    for shape in _SHAPES:
-        text = shape.sub(lambda match: match.group(1) + REDACTED, text)
+    lowered = text.lower() if text.isascii() else None
+    for shape, words in zip(_SHAPES, _SHAPE_WORDS, strict=True):
+        if lowered is None or any(word in lowered for word in words):
+            text = shape.sub(lambda match: match.group(1) + REDACTED, text)
     return text
 
 

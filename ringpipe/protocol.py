@@ -164,6 +164,8 @@ FRAME_TYPES: Final[tuple[type[Any], ...]] = (
     ReceiverEvicted,
     PipeStatus,
 )
+#: What ``json.dumps(..., separators=(",", ":"))`` uses, built once instead of per frame.
+_JSON: Final = json.JSONEncoder(separators=(",", ":"))
 _TYPE_CODE: Final = {cls: code for code, cls in enumerate(FRAME_TYPES)}
 _HINTS: Final = {cls: typing.get_type_hints(cls) for cls in (*FRAME_TYPES, PartyId, RelayInfo)}
 #: Fields a frame must carry; the others have defaults and may be left out.
@@ -172,19 +174,29 @@ _REQUIRED: Final = {
 }
 
 
+#: ``(name, default)`` of each field of every dataclass a frame can hold, in field order
+#: (``dataclasses.fields`` rebuilt this tuple on every call, for every frame sent).
+_FIELDS: Final = {cls: tuple((f.name, f.default) for f in fields(cls)) for cls in _HINTS}
+
+
 def _to_json(value: object) -> object:
-    if isinstance(value, PartyId):
-        return [value.worker, value.pid, value.serial]
-    if isinstance(value, enum.Enum):
-        return value.value
-    if is_dataclass(value) and not isinstance(value, type):
+    cls = type(value)
+    if cls is PartyId:
+        party = typing.cast(PartyId, value)
+        return [party.worker, party.pid, party.serial]
+    known = _FIELDS.get(cls)
+    if known is not None:
         # Fields still at their default are left out (the decoder fills them in): most
         # joins carry no key, offset or stall timeout, and control frames stay small.
         return {
-            f.name: _to_json(v)
-            for f in fields(value)
-            if (v := getattr(value, f.name)) is not f.default and (f.default is MISSING or v != f.default)
+            name: _to_json(v)
+            for name, default in known
+            if (v := getattr(value, name)) is not default and (default is MISSING or v != default)
         }
+    if cls is str or cls is int or cls is bool or value is None:
+        return value
+    if isinstance(value, enum.Enum):
+        return value.value
     if isinstance(value, tuple):
         return [_to_json(v) for v in value]
     return value
@@ -192,7 +204,7 @@ def _to_json(value: object) -> object:
 
 def encode(frame: Frame) -> bytes:
     """Serialize one frame, header included."""
-    payload = json.dumps(_to_json(frame), separators=(",", ":")).encode()
+    payload = _JSON.encode(_to_json(frame)).encode()
     return HEADER.pack(MAGIC, VERSION, _TYPE_CODE[type(frame)], len(payload)) + payload
 
 
@@ -200,43 +212,101 @@ def _bad(what: str) -> ControlProtocolError:
     return ControlProtocolError(f"malformed control frame: {what}")
 
 
+_Decoder = typing.Callable[[object], object]
+#: One checking converter per field type, built on first use: ``typing`` introspection per
+#: field of every frame received was most of the decoder's time.
+_DECODERS: dict[Any, _Decoder] = {}
+
+
 def _from_json(hint: Any, raw: object) -> object:
+    """``raw`` (parsed JSON) as a value of type ``hint``; ``ControlProtocolError`` if it is not one."""
+    return _decoder(hint)(raw)
+
+
+def _decoder(hint: Any) -> _Decoder:
+    decoder = _DECODERS.get(hint)
+    if decoder is None:
+        decoder = _DECODERS[hint] = _build_decoder(hint)
+    return decoder
+
+
+def _build_decoder(hint: Any) -> _Decoder:
     origin = typing.get_origin(hint)
     if hint is PartyId:
-        if not (isinstance(raw, list) and len(raw) == 3 and all(type(v) is int for v in raw)):
-            raise _bad(f"party {raw!r}")
-        return PartyId(*raw)
+
+        def party(raw: object) -> object:
+            if not (isinstance(raw, list) and len(raw) == 3 and all(type(v) is int for v in raw)):
+                raise _bad(f"party {raw!r}")
+            return PartyId(*raw)
+
+        return party
     if hint is bool or hint is int or hint is str:
-        if type(raw) is not hint:
-            raise _bad(f"expected {hint.__name__}, got {raw!r}")
-        return raw
+
+        def scalar(raw: object) -> object:
+            if type(raw) is not hint:
+                raise _bad(f"expected {hint.__name__}, got {raw!r}")
+            return raw
+
+        return scalar
     if isinstance(hint, type) and issubclass(hint, enum.Enum):
-        try:
-            return hint(raw)
-        except ValueError:
-            raise _bad(f"bad {hint.__name__} {raw!r}") from None
+
+        def member(raw: object) -> object:
+            try:
+                return hint(raw)
+            except ValueError:
+                raise _bad(f"bad {hint.__name__} {raw!r}") from None
+
+        return member
     if origin in (types.UnionType, typing.Union):
-        if raw is None and type(None) in typing.get_args(hint):
-            return None
-        inner = [a for a in typing.get_args(hint) if a is not type(None)]
-        return _from_json(inner[0], raw)
+        nullable = type(None) in typing.get_args(hint)
+        inner = _decoder([a for a in typing.get_args(hint) if a is not type(None)][0])
+
+        def union(raw: object) -> object:
+            if raw is None and nullable:
+                return None
+            return inner(raw)
+
+        return union
     if origin is tuple:
-        if not isinstance(raw, list):
-            raise _bad(f"expected list, got {raw!r}")
         args = typing.get_args(hint)
         if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_from_json(args[0], item) for item in raw)
-        if len(args) != len(raw):
-            raise _bad(f"expected {len(args)} items, got {raw!r}")
-        return tuple(_from_json(a, item) for a, item in zip(args, raw, strict=True))
+            item = _decoder(args[0])
+
+            def variadic(raw: object) -> object:
+                if not isinstance(raw, list):
+                    raise _bad(f"expected list, got {raw!r}")
+                return tuple(item(v) for v in raw)
+
+            return variadic
+        items = [_decoder(a) for a in args]
+
+        def fixed(raw: object) -> object:
+            if not isinstance(raw, list):
+                raise _bad(f"expected list, got {raw!r}")
+            if len(items) != len(raw):
+                raise _bad(f"expected {len(items)} items, got {raw!r}")
+            return tuple(decode_item(v) for decode_item, v in zip(items, raw, strict=True))
+
+        return fixed
     if isinstance(hint, type) and is_dataclass(hint):
-        if not isinstance(raw, dict):
-            raise _bad(f"expected object, got {raw!r}")
-        hints = _HINTS[hint]
-        if not _REQUIRED[hint] <= set(raw) <= set(hints):
-            raise _bad(f"{hint.__name__} fields {sorted(raw)}")
-        return hint(**{name: _from_json(h, raw[name]) for name, h in hints.items() if name in raw})
-    raise _bad(f"unsupported field type {hint!r}")  # pragma: no cover - a bug in FRAME_TYPES
+        cls = hint
+        required = _REQUIRED[cls]
+        allowed = set(_HINTS[cls])
+        field_decoders = [(name, _decoder(h)) for name, h in _HINTS[cls].items()]
+
+        def obj(raw: object) -> object:
+            if not isinstance(raw, dict):
+                raise _bad(f"expected object, got {raw!r}")
+            if not required <= raw.keys() <= allowed:
+                raise _bad(f"{cls.__name__} fields {sorted(raw)}")
+            return cls(**{name: dec(raw[name]) for name, dec in field_decoders if name in raw})
+
+        return obj
+
+    def unsupported(raw: object) -> object:  # pragma: no cover - a bug in FRAME_TYPES
+        raise _bad(f"unsupported field type {hint!r}")
+
+    return unsupported
 
 
 def decode(buffer: bytes | bytearray | memoryview) -> tuple[list[Frame], int]:
@@ -264,7 +334,7 @@ def decode(buffer: bytes | bytearray | memoryview) -> tuple[list[Frame], int]:
             raw = json.loads(bytes(view[pos + HEADER.size : end]))
         except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError, huge ints
             raise _bad(str(exc)) from None
-        frame = _from_json(FRAME_TYPES[code], raw)
+        frame = _decoder(FRAME_TYPES[code])(raw)
         frames.append(typing.cast(Frame, frame))
         pos = end
     return frames, pos

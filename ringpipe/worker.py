@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -243,6 +244,10 @@ def run_worker(
                     while not server.started:
                         await anyio.sleep(0.005)
                     ready = True
+                    # Everything built so far (modules, app, uvicorn) lives as long as the
+                    # worker: keep it out of the cyclic collector, whose full passes would
+                    # otherwise walk it again and again while requests churn objects.
+                    gc.freeze()
                     os.write(ready_fd, f"{index}\n".encode())
 
                 async def watch_supervisor() -> None:
