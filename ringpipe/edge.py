@@ -228,6 +228,12 @@ class SenderLog:
             await self._send({"type": "http.response.body", "body": data, "more_body": True})
 
     async def end(self, text: str) -> None:
+        if not self._http10 and not self._holding:
+            # The last line and the final chunk in one write (one syscall, one wake-up of
+            # the client) instead of two: the same bytes on the wire.
+            self.ended = True
+            await self._send({"type": "http.response.body", "body": (text + "\n").encode(), "more_body": False})
+            return
         await self.line(text)
         self.ended = True
         if self._http10:
