@@ -773,6 +773,7 @@ class Rendezvous:
             relay.sender = None
             if not completed and (relay.slots or relay.reserved) and not relay.cancelled:
                 relay.broken = True
+                relay.aborted += len(relay.reserved)  # dropped receivers that can no longer resume
                 relay.reserved.clear()
                 actions.append(Break(relay_id, tuple(relay.slots)))
                 actions += self._turn_parked_away(relay)

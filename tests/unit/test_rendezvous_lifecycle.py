@@ -316,7 +316,8 @@ def test_sender_vanishing_clears_reservations() -> None:
     rv = rendezvous(held(), reconnect_grace=5)
     relay_of(rv, 1, resumable=True)
     rv.handle(Leave(R1, completed=False), now=0)
-    assert rv.handle(Leave(S, completed=False)) == [Break(1, ()), Release(1, 0, 0, True, False, 0)]
+    # The dropped receiver can no longer resume: it counts as aborted (the counts add up to n).
+    assert rv.handle(Leave(S, completed=False)) == [Break(1, ()), Release(1, 0, 1, True, False, 0)]
 
 
 # -- stall eviction -------------------------------------------------------------------------
