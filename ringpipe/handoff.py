@@ -19,6 +19,9 @@ connection is served where it is, and the pipe's ends meet across workers as bef
 A connection is handed off at most once per request (the adopter never passes it on for
 the request it was given), so a disagreement about owners cannot bounce it around.
 
+The sockets live in the supervisor's private runtime folder (``mkdtemp``: mode 0700),
+like the control and wake-up sockets: only the server's own user can hand it a descriptor.
+
 ``handoff_target`` is pure (no I/O); ``HandoffChannel`` is the socket.
 """
 
