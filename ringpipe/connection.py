@@ -406,6 +406,9 @@ class RingpipeHttpProtocol(HttpToolsProtocol):
         if replay is not None and not self._refused:
             self._adopted = True
             self.data_received(replay)
+            # The event loop starts reading this transport after ``connection_made``
+            # returns, whatever was paused in it: pause again once it has.
+            self.loop.call_soon(self._keep_paused)
 
     def data_received(self, data: bytes) -> None:
         if self._deferred is not None:
@@ -413,6 +416,10 @@ class RingpipeHttpProtocol(HttpToolsProtocol):
         if self.holding is not None:
             self.holding += data
             self.flow.pause_reading()
+            # Also the transport itself: after a hand-off, uvloop starts reading once
+            # ``connection_made`` (which replayed the head and paused) has returned, so
+            # ``flow`` can believe reading is paused while it is not.
+            self.transport.pause_reading()
             return
         self._unset_keepalive_if_required()
         if self._sniffing:
@@ -450,6 +457,10 @@ class RingpipeHttpProtocol(HttpToolsProtocol):
                 if not data:
                     return
         self._feed(data)
+
+    def _keep_paused(self) -> None:
+        if self.flow.read_paused and not self.transport.is_closing():
+            self.transport.pause_reading()
 
     def _hand_off(self, data: bytes, end: int) -> bool:
         """Pass this connection to the owner of its request's pipe (``handoff.py``); True if
