@@ -45,8 +45,10 @@ __all__ = ["MAX_HANDOFF_BYTES", "Handoff", "HandoffChannel", "handoff_socket_pat
 log = logging.getLogger("ringpipe.handoff")
 
 #: The most bytes read from a connection that go along with it (a head, and perhaps the
-#: start of a body). A larger first read is served where it was read.
-MAX_HANDOFF_BYTES: Final = 64 * 1024
+#: start of a body): one whole read of uvloop's (256 KiB), so that a sender that writes its
+#: head and first chunk at once is handed off too. A larger first read is served where it
+#: was read.
+MAX_HANDOFF_BYTES: Final = 320 * 1024
 #: Hand-offs taken per wake-up of the channel, so one burst cannot starve the loop.
 _BATCH: Final = 64
 
