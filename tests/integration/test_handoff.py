@@ -14,31 +14,15 @@ import asyncio
 import os
 import signal
 import time
-import urllib.request
-import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 from websockets.asyncio.client import connect as ws_connect
 
 from ringpipe.paths import owner_of
-from tests.conftest import Server, shm_segments
+from tests.conftest import shm_segments
+from tests.integration.test_engine import ServerFactory, fresh, metric, run
 from tests.pipeclient import Response, get, pattern, put
 from tests.rawhttp import Conn
-
-ServerFactory = Callable[..., Server]
-
-
-def run(coro):  # type: ignore[no-untyped-def]
-    return asyncio.run(asyncio.wait_for(coro, 120))
-
-
-def fresh() -> str:
-    return "/" + uuid.uuid4().hex
-
-
-def metric(server: Server, name: str) -> float:
-    text = urllib.request.urlopen(server.url + "/metrics", timeout=10).read().decode()
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name + " "))
 
 
 def test_small_pipes_are_served_whole_by_their_owner(server_factory: ServerFactory) -> None:

@@ -112,6 +112,16 @@ def _drain(sock: socket.socket) -> bytes:
         out += data
 
 
+def _flush(conn: _Conn, server_end: socket.socket, client_end: socket.socket) -> bytes:
+    """What the reader's task does with a backlog: send it all (the client reads meanwhile)."""
+    received = bytearray(_drain(client_end))
+    while conn.transport.queued:
+        sent = server_end.send(conn.transport.queued)
+        del conn.transport.queued[:sent]
+        received += _drain(client_end)
+    return bytes(received)
+
+
 def _dechunk(body: bytes) -> bytes:
     out = bytearray()
     while body:
@@ -193,20 +203,12 @@ def test_partial_writes_lose_nothing(ring, client) -> None:
             consumer._on_wake()
             if future.done():  # the task's turn: flush the backlog, then send the rest itself
                 woken += 1
-                received += _drain(client_end)
-                while conn.transport.queued:
-                    sent = server_end.send(conn.transport.queued)
-                    del conn.transport.queued[:sent]
-                    received += _drain(client_end)
+                received += _flush(conn, server_end, client_end)
                 consumer.sleeper._future = None
             if rng.random() < 0.5:
                 received += _drain(client_end)
         for _ in range(100):  # the rest, by express rounds once the client reads again
-            received += _drain(client_end)
-            while conn.transport.queued:
-                sent = server_end.send(conn.transport.queued)
-                del conn.transport.queued[:sent]
-                received += _drain(client_end)
+            received += _flush(conn, server_end, client_end)
             if consumer.offset == segment.write_seq:
                 break
             _parked(consumer, loop)
