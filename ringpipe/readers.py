@@ -539,9 +539,9 @@ async def _copy_rounds(consumer: Consumer, conn: Connection, chunked: bool) -> b
         if not views:
             return True
         size = sum(map(len, views))
-        parts: list[memoryview | bytes] = [b"%x\r\n" % size, *views, b"\r\n"] if chunked else [*views]
+        parts, total = _framed(views, size, chunked)
         try:
-            await conn.write_parts(parts, size + (len(parts[0]) + 2 if chunked else 0))
+            await conn.write_parts(parts, total)
         except ConnectionError:
             return False
         finally:
@@ -551,6 +551,15 @@ async def _copy_rounds(consumer: Consumer, conn: Connection, chunked: bool) -> b
         consumer.commit(next_seq, size)
         if not chunked:
             conn.account_body(size)
+
+
+def _framed(body: list[memoryview] | list[bytes], size: int, chunked: bool) -> tuple[list[memoryview | bytes], int]:
+    """``body`` (``size`` bytes) as the parts of one write, and their total: one chunk of a
+    chunked response (size line, bytes, CRLF), or the bytes alone."""
+    if not chunked:
+        return [*body], size
+    head = b"%x\r\n" % size
+    return [head, *body, b"\r\n"], len(head) + size + 2
 
 
 class _Express:
@@ -613,9 +622,9 @@ class _RawExpress(_Express):
             return False
         size = sum(map(len, views))
         chunked = self.chunked
-        parts: list[memoryview | bytes] = [b"%x\r\n" % size, *views, b"\r\n"] if chunked else [*views]
+        parts, total = _framed(views, size, chunked)
         try:
-            sent = conn.write_parts_now(parts, size + (len(parts[0]) + 2 if chunked else 0))
+            sent = conn.write_parts_now(parts, total)
         except ConnectionError:
             sent = None
         finally:
@@ -660,9 +669,9 @@ class _TextExpress(_Express):
         sent: bool | None = True
         if out:
             self.reader._last_write = time.monotonic()
-            parts: list[memoryview | bytes] = [out] if conn.unframed else [b"%x\r\n" % len(out), out, b"\r\n"]
+            parts, total = _framed([out], len(out), not conn.unframed)
             try:
-                sent = conn.write_parts_now(parts, sum(map(len, parts)))
+                sent = conn.write_parts_now(parts, total)
             except ConnectionError:
                 sent = None  # the bytes are spent: the task meets the dead socket on its next write
         consumer.commit(next_seq, len(data))
