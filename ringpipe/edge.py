@@ -32,7 +32,7 @@ from ringpipe import metrics, shm
 from ringpipe.connection import EXTENSION, Connection, HangupWatcher
 from ringpipe.multipart import FirstPart, boundary_of
 from ringpipe.node import Hangup, LocalParty, Node
-from ringpipe.paths import parse_int_like_js, query_param
+from ringpipe.paths import query_n, query_param
 from ringpipe.protocol import Broken, PipeStatus, Start
 from ringpipe.readers import (
     HEADERS_IN_RING,
@@ -266,10 +266,7 @@ class PipeEndpoints:
 
     def parse_n(self, scope: Scope, role: Role) -> int | str:
         """``?n`` as an int, or the rejection message (SPEC 1.2, 8; piping's texts)."""
-        raw = query_param(scope["query_string"], "n")
-        if raw is None:
-            return 1
-        n = parse_int_like_js(raw)
+        n = query_n(scope["query_string"])
         if n is None:
             return 'Invalid "n" query parameter' if role is Role.SENDER else 'Invalid query parameter "n"'
         if n <= 0:

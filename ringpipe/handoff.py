@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from ringpipe.paths import RESERVED_PATHS, normalize_path, owner_of, parse_int_like_js, query_param
+from ringpipe.paths import RESERVED_PATHS, normalize_path, owner_of, query_n
 
 __all__ = ["MAX_HANDOFF_BYTES", "Handoff", "HandoffChannel", "handoff_socket_path", "handoff_target"]
 
@@ -72,14 +72,8 @@ def handoff_target(head: bytes, *, index: int, workers: int, max_n: int) -> int 
     key = normalize_path(raw_path)
     if key in RESERVED_PATHS:
         return None
-    n = 1
-    text = query_param(query.partition(b"#")[0], "n") if query else None
-    if text is not None:
-        parsed = parse_int_like_js(text)
-        if parsed is None:
-            return None
-        n = parsed
-    if not 1 <= n <= max_n:
+    n = query_n(query.partition(b"#")[0])
+    if n is None or not 1 <= n <= max_n:
         return None
     owner = owner_of(key, workers)
     return None if owner == index else owner

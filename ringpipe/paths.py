@@ -15,7 +15,7 @@ import zlib
 from typing import Final
 from urllib.parse import parse_qsl
 
-__all__ = ["RESERVED_PATHS", "normalize_path", "owner_of", "parse_int_like_js", "query_param"]
+__all__ = ["RESERVED_PATHS", "normalize_path", "owner_of", "parse_int_like_js", "query_n", "query_param"]
 
 #: Paths served by the server itself; a sender may not POST/PUT to them (SPEC 1.4, 17).
 RESERVED_PATHS: Final = frozenset(
@@ -79,6 +79,13 @@ def query_param(query_string: bytes, name: str) -> str | None:
         if key == name:
             return value
     return None
+
+
+def query_n(query_string: bytes) -> int | None:
+    """A request's ``?n``: 1 when absent, the integer as piping-server reads it, None when it
+    is not a number (range checks are the caller's)."""
+    raw = query_param(query_string, "n")
+    return 1 if raw is None else parse_int_like_js(raw)
 
 
 def parse_int_like_js(text: str) -> int | None:
