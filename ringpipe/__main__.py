@@ -1,5 +1,5 @@
 """``python -m ringpipe`` is the ``ringpipe`` command."""
 
-from ringpipe.cli import main
+from ringpipe.process.cli import main
 
 raise SystemExit(main())

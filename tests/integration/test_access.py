@@ -26,8 +26,8 @@ from pathlib import Path
 
 import pytest
 
-from ringpipe.config import SCOPES
-from ringpipe.signing import signed_query
+from ringpipe.core.config import SCOPES
+from ringpipe.core.signing import signed_query
 from tests.conftest import ROOT, Server, start_server, stop_and_check
 
 ServerFactory = Callable[..., Server]

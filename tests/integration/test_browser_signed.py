@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from ringpipe.signing import signed_query
+from ringpipe.core.signing import signed_query
 from tests.conftest import Server, start_server, stop_and_check
 from tests.integration.test_browser import Browser, browser  # noqa: F401 - the module's browser fixture
 

@@ -132,7 +132,7 @@ def test_console_script_is_installed() -> None:
 
 def test_repeatable_and_switch_flags() -> None:
     """--token repeats, --ssl-only is a switch; both land in Settings."""
-    from ringpipe.cli import parse_settings
+    from ringpipe.process.cli import parse_settings
 
     s = parse_settings(["--token", "a:x:send", "--token", "b:y:recv:/r/", "--port", "0"])
     assert s.token == ("a:x:send", "b:y:recv:/r/")

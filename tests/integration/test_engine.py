@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from ringpipe.paths import owner_of
+from ringpipe.core.paths import owner_of
 from tests.conftest import Server, shm_segments
 from tests.pipeclient import Response, get, pattern, put
 

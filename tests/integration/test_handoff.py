@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator
 
 from websockets.asyncio.client import connect as ws_connect
 
-from ringpipe.paths import owner_of
+from ringpipe.core.paths import owner_of
 from tests.conftest import shm_segments
 from tests.integration.test_engine import ServerFactory, fresh, metric, run
 from tests.pipeclient import Response, get, pattern, put

@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator, Callable
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from ringpipe.paths import owner_of
+from ringpipe.core.paths import owner_of
 from tests.conftest import Server
 from tests.externals import ensure_promtool
 from tests.pipeclient import Response, get, pattern, put

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ringpipe.access import (
+from ringpipe.core.access import (
     EXPIRED,
     NO_CREDENTIAL,
     AccessPolicy,
@@ -24,11 +24,11 @@ from ringpipe.access import (
     parse_tokens_file,
     required_scope,
 )
-from ringpipe.cli import parse_ttl, sign_url
-from ringpipe.cors import CorsPolicy, parse_origins
-from ringpipe.logs import JsonFormatter, redact, register_secrets
-from ringpipe.paths import normalize_path
-from ringpipe.signing import covers_path, normalize_prefix, parse_signed, signed_query
+from ringpipe.core.cors import CorsPolicy, parse_origins
+from ringpipe.core.paths import normalize_path
+from ringpipe.core.signing import covers_path, normalize_prefix, parse_signed, signed_query
+from ringpipe.ops.logs import JsonFormatter, redact, register_secrets
+from ringpipe.process.cli import parse_ttl, sign_url
 
 KEY = "unit-signing-key"
 NOW = 1_800_000_000.0
@@ -441,7 +441,7 @@ def _run_ws(app: object, scope: dict[str, object]) -> list[dict[str, object]]:
 
 
 def test_websocket_upgrades_are_gated_before_accept() -> None:
-    from ringpipe.app import RingpipeApp
+    from ringpipe.http.app import RingpipeApp
 
     endpoints = _Endpoints()
     app = RingpipeApp(endpoints, pages=None, access=policy("r:reader-secret:recv", key=KEY))  # type: ignore[arg-type]
@@ -460,7 +460,7 @@ def test_websocket_upgrades_are_gated_before_accept() -> None:
 
 
 def test_websocket_from_a_disallowed_origin_is_refused() -> None:
-    from ringpipe.app import RingpipeApp
+    from ringpipe.http.app import RingpipeApp
 
     endpoints = _Endpoints()
     app = RingpipeApp(endpoints, None, cors=CorsPolicy.from_setting("https://app.example"))  # type: ignore[arg-type]

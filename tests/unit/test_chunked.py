@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ringpipe.chunked import HINT_MIN_CHUNK, BodyFraming, FramingError
+from ringpipe.core.chunked import HINT_MIN_CHUNK, BodyFraming, FramingError
 
 
 def encode(chunks: list[bytes], *, ext: bool = False, trailers: list[bytes] = ()) -> bytes:  # type: ignore[assignment]

@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from ringpipe.config import LOG_LEVELS, ConfigError, Settings, options, parse_size
+from ringpipe.core.config import LOG_LEVELS, ConfigError, Settings, options, parse_size
 
 # -- defaults -------------------------------------------------------------------------------
 

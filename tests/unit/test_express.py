@@ -18,12 +18,12 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from ringpipe import shm
-from ringpipe.connection import Connection
-from ringpipe.framing import SseEncoder
-from ringpipe.protocol import RelayInfo
-from ringpipe.readers import _RawExpress, _TextExpress
-from ringpipe.relay import Consumer
+from ringpipe.core.control_frames import RelayInfo
+from ringpipe.core.framing import SseEncoder
+from ringpipe.http.connection import Connection
+from ringpipe.http.readers import _RawExpress, _TextExpress
+from ringpipe.mesh.relay import Consumer
+from ringpipe.shm import segment
 
 
 class _Router:
@@ -71,14 +71,14 @@ class _Conn:
 
 
 @pytest.fixture
-def ring() -> Iterator[tuple[shm.RingSegment, RelayInfo]]:
+def ring() -> Iterator[tuple[segment.RingSegment, RelayInfo]]:
     name = f"ringpipe-test-{uuid.uuid4().hex[:12]}"
-    segment = shm.RingSegment.create(name, 64 * 1024, 1)
+    created = segment.RingSegment.create(name, 64 * 1024, 1)
     try:
-        yield segment, RelayInfo(name, 64 * 1024, 0, 0, (0,), "e")
+        yield created, RelayInfo(name, 64 * 1024, 0, 0, (0,), "e")
     finally:
-        segment.close()
-        segment.unlink()
+        created.close()
+        created.unlink()
 
 
 @pytest.fixture
@@ -133,45 +133,45 @@ def _dechunk(body: bytes) -> bytes:
     return bytes(out)
 
 
-def test_a_token_goes_out_from_the_callback(ring: tuple[shm.RingSegment, RelayInfo], client) -> None:
-    segment, info = ring
+def test_a_token_goes_out_from_the_callback(ring: tuple[segment.RingSegment, RelayInfo], client) -> None:
+    created, info = ring
     server_end, client_end = client
     loop = asyncio.new_event_loop()
     try:
-        consumer = Consumer(_Router(), shm.RingSegment.attach(info.segment), info, 0)
+        consumer = Consumer(_Router(), segment.RingSegment.attach(info.segment), info, 0)
         conn = _Conn(server_end)
         consumer.express = _RawExpress(consumer, conn, chunked=True)  # type: ignore[arg-type]
         for token in [b"Hello", b", ", b"world" * 20]:
             future = _parked(consumer, loop)
             consumer.ring.set_reader_waiting(0)
-            segment.write_nowait(token)
-            assert segment.take_sleeping_readers() == [0]
+            created.write_nowait(token)
+            assert created.take_sleeping_readers() == [0]
             consumer._on_wake()
             assert not future.done(), "the task was woken for a plain token"
             assert _drain(client_end) == b"%x\r\n%s\r\n" % (len(token), token)
-            assert segment.take_sleeping_readers() == [0], "the reader must be woken again next time"
-        assert consumer.offset == segment.write_seq
+            assert created.take_sleeping_readers() == [0], "the reader must be woken again next time"
+        assert consumer.offset == created.write_seq
         consumer.close()
     finally:
         loop.close()
 
 
 def test_backlog_ending_and_full_length_leave_it_to_the_task(ring, client) -> None:
-    segment, info = ring
+    created, info = ring
     server_end, client_end = client
     loop = asyncio.new_event_loop()
     try:
-        consumer = Consumer(_Router(), shm.RingSegment.attach(info.segment), info, 0)
+        consumer = Consumer(_Router(), segment.RingSegment.attach(info.segment), info, 0)
         conn = _Conn(server_end)
         consumer.express = _RawExpress(consumer, conn, chunked=True)  # type: ignore[arg-type]
         conn.transport.queued += b"earlier"  # the socket has a backlog: backpressure is the task's
-        segment.write_nowait(b"x" * 100)
+        created.write_nowait(b"x" * 100)
         future = _parked(consumer, loop)
         consumer._on_wake()
         assert future.done() and consumer.offset == 0 and _drain(client_end) == b""
         conn.transport.queued.clear()
         consumer.ring.commit_read(0, 100)
-        segment.finish_writing()  # the clean end: the task writes the last chunk
+        created.finish_writing()  # the clean end: the task writes the last chunk
         future = _parked(consumer, loop)
         consumer._on_wake()
         assert future.done() and _drain(client_end) == b""
@@ -183,7 +183,7 @@ def test_backlog_ending_and_full_length_leave_it_to_the_task(ring, client) -> No
 def test_partial_writes_lose_nothing(ring, client) -> None:
     """A client that reads slowly: what the kernel refuses is queued (copied) and the task
     woken; it drains before anything else is written. The client gets every byte once."""
-    segment, info = ring
+    created, info = ring
     server_end, client_end = client
     server_end.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
     rng = random.Random(7)
@@ -191,13 +191,13 @@ def test_partial_writes_lose_nothing(ring, client) -> None:
     received = bytearray()
     loop = asyncio.new_event_loop()
     try:
-        consumer = Consumer(_Router(), shm.RingSegment.attach(info.segment), info, 0)
+        consumer = Consumer(_Router(), segment.RingSegment.attach(info.segment), info, 0)
         conn = _Conn(server_end)
         consumer.express = _RawExpress(consumer, conn, chunked=True)  # type: ignore[arg-type]
         woken = 0
         for _ in range(300):
             data = rng.randbytes(rng.choice([1, 64, 3000, 20000]))
-            written = segment.write_nowait(data) if segment.free_span(1) is not None else 0
+            written = created.write_nowait(data) if created.free_span(1) is not None else 0
             produced += data[:written]
             future = _parked(consumer, loop)
             consumer._on_wake()
@@ -209,7 +209,7 @@ def test_partial_writes_lose_nothing(ring, client) -> None:
                 received += _drain(client_end)
         for _ in range(100):  # the rest, by express rounds once the client reads again
             received += _flush(conn, server_end, client_end)
-            if consumer.offset == segment.write_seq:
+            if consumer.offset == created.write_seq:
                 break
             _parked(consumer, loop)
             consumer._on_wake()
@@ -223,7 +223,7 @@ def test_partial_writes_lose_nothing(ring, client) -> None:
 
 
 def test_sse_tokens_are_encoded_once(ring, client) -> None:
-    segment, info = ring
+    created, info = ring
     server_end, client_end = client
     loop = asyncio.new_event_loop()
 
@@ -235,7 +235,7 @@ def test_sse_tokens_are_encoded_once(ring, client) -> None:
             self._last_write = 0.0
 
     try:
-        consumer = Consumer(_Router(), shm.RingSegment.attach(info.segment), info, 0)
+        consumer = Consumer(_Router(), segment.RingSegment.attach(info.segment), info, 0)
         conn = _Conn(server_end)
         reader = _Reader(conn)
         consumer.express = _TextExpress(consumer, reader)  # type: ignore[arg-type]
@@ -244,7 +244,7 @@ def test_sse_tokens_are_encoded_once(ring, client) -> None:
         expected = bytearray()
         for token in [b"The", b" quick", b" fox\n", "\u00e9".encode()[:1], "\u00e9".encode()[1:] + b"!"]:
             _parked(consumer, loop)
-            segment.write_nowait(token)
+            created.write_nowait(token)
             consumer._on_wake()
             out = model.feed(token)
             if out:

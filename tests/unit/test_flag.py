@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from ringpipe.flag import Flag
+from ringpipe.shm.flag import Flag
 
 
 def test_set_wakes_every_waiter_even_if_cleared_before_they_run() -> None:

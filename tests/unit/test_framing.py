@@ -16,8 +16,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ringpipe.errors import ENDINGS
-from ringpipe.framing import (
+from ringpipe.core.errors import ENDINGS
+from ringpipe.core.framing import (
     PING,
     RETRY,
     LineSplitter,

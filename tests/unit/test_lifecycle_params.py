@@ -8,8 +8,8 @@ import hashlib
 import pytest
 from starlette.types import Scope
 
-from ringpipe.edge import ResumePoint, can_resume, read_key, resume_point, stall_ms
-from ringpipe.readers import _with_length
+from ringpipe.http.edge import ResumePoint, can_resume, read_key, resume_point, stall_ms
+from ringpipe.http.readers import _with_length
 
 
 def scope(query: str = "", headers: list[tuple[str, str]] | None = None) -> Scope:

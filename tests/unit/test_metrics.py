@@ -14,7 +14,8 @@ from collections.abc import Iterator
 import pytest
 from prometheus_client import REGISTRY
 
-from ringpipe import metrics, shm
+from ringpipe.ops import metrics
+from ringpipe.shm import segment
 
 _serials = itertools.count(1)
 
@@ -24,14 +25,14 @@ def sample(name: str) -> float:
 
 
 @pytest.fixture
-def ring() -> Iterator[shm.RingSegment]:
-    name = shm.segment_name(os.getpid(), os.getpid(), 900_000 + next(_serials))
-    segment = shm.RingSegment.create(name, 4096, 2)
+def ring() -> Iterator[segment.RingSegment]:
+    name = segment.segment_name(os.getpid(), os.getpid(), 900_000 + next(_serials))
+    created = segment.RingSegment.create(name, 4096, 2)
     try:
-        yield segment
+        yield created
     finally:
-        segment.unlink()
-        segment.close()
+        created.unlink()
+        created.close()
 
 
 class Clock:
@@ -49,7 +50,9 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
     return fake
 
 
-def test_producer_stamps_at_most_once_per_interval_and_keeps_unread_stamps(ring: shm.RingSegment, clock: Clock) -> None:
+def test_producer_stamps_at_most_once_per_interval_and_keeps_unread_stamps(
+    ring: segment.RingSegment, clock: Clock
+) -> None:
     meter = metrics.ProducerMeter(ring)
     ring.write_nowait(b"a" * 100)
     meter.published()
@@ -71,7 +74,7 @@ def test_producer_stamps_at_most_once_per_interval_and_keeps_unread_stamps(ring:
     assert (ring.latency_stamp_seq(), ring.latency_stamp_ns()) == (200, clock.now)
 
 
-def test_producer_counts_bytes_in_once(ring: shm.RingSegment, clock: Clock) -> None:
+def test_producer_counts_bytes_in_once(ring: segment.RingSegment, clock: Clock) -> None:
     before = sample("ringpipe_bytes_in_total")
     meter = metrics.ProducerMeter(ring)
     ring.write_nowait(b"x" * 300)
@@ -84,7 +87,7 @@ def test_producer_counts_bytes_in_once(ring: shm.RingSegment, clock: Clock) -> N
     assert sample("ringpipe_bytes_in_total") - before == 500
 
 
-def test_reader_observes_each_stamp_once_after_sending_past_it(ring: shm.RingSegment, clock: Clock) -> None:
+def test_reader_observes_each_stamp_once_after_sending_past_it(ring: segment.RingSegment, clock: Clock) -> None:
     latency0 = sample("ringpipe_relay_latency_seconds_count")
     latency_sum0 = sample("ringpipe_relay_latency_seconds_sum")
     first0 = sample("ringpipe_first_byte_seconds_count")
@@ -109,7 +112,7 @@ def test_reader_observes_each_stamp_once_after_sending_past_it(ring: shm.RingSeg
     assert sample("ringpipe_bytes_out_total") - out0 == 1000
 
 
-def test_framing_mix_reads_each_readers_framing(ring: shm.RingSegment) -> None:
+def test_framing_mix_reads_each_readers_framing(ring: segment.RingSegment) -> None:
     class Reader:
         def __init__(self, slot: int) -> None:
             self.ring, self.slot = ring, slot

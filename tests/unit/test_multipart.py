@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ringpipe.multipart import FirstPart, MultipartError, boundary_of
+from ringpipe.core.multipart import FirstPart, MultipartError, boundary_of
 
 BOUNDARY = b"----ringpipeBoundary7MA4YWxk"
 

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ringpipe.paths import RESERVED_PATHS, normalize_path, owner_of, parse_int_like_js, query_param
+from ringpipe.core.paths import RESERVED_PATHS, normalize_path, owner_of, parse_int_like_js, query_param
 
 # -- normalize_path --------------------------------------------------------------------------
 
@@ -130,7 +130,7 @@ def test_owner_of_agrees_across_processes_with_different_hash_seeds() -> None:
     """Every worker process computes the same owner, whatever its str-hash salt."""
     paths = ["/hello", "/a/b%20c", "/\u00c3\u00a9", "/x" * 50]
     code = (
-        "import json, sys; from ringpipe.paths import owner_of; "
+        "import json, sys; from ringpipe.core.paths import owner_of; "
         "print(json.dumps([owner_of(p, w) for p in json.loads(sys.argv[1]) for w in (3, 7, 16)]))"
     )
     expected = [owner_of(p, w) for p in paths for w in (3, 7, 16)]

@@ -11,9 +11,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ringpipe import protocol
-from ringpipe.errors import ControlProtocolError
-from ringpipe.protocol import (
+from ringpipe.core import control_frames
+from ringpipe.core.control_frames import (
     FRAME_TYPES,
     HEADER,
     MAGIC,
@@ -28,7 +27,8 @@ from ringpipe.protocol import (
     decode,
     encode,
 )
-from ringpipe.rendezvous import (
+from ringpipe.core.errors import ControlProtocolError
+from ringpipe.core.rendezvous import (
     Accepted,
     Answer,
     Cancel,
@@ -325,4 +325,4 @@ def test_decode_mutated_valid_frames_is_total(data: bytes) -> None:
 def test_max_payload_is_accepted_up_to_the_limit() -> None:
     """A header announcing exactly MAX_PAYLOAD bytes is legal and simply waits for the bytes."""
     assert decode(HEADER.pack(MAGIC, VERSION, 0, MAX_PAYLOAD)) == ([], 0)
-    assert protocol.MAX_PAYLOAD == 4 << 20
+    assert control_frames.MAX_PAYLOAD == 4 << 20

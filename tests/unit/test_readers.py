@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ringpipe.readers import ReadOptions, read_options
+from ringpipe.http.readers import ReadOptions, read_options
 
 
 def scope(query: bytes = b"", accept: bytes | None = None, kind: str = "http") -> dict[str, object]:

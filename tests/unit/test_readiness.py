@@ -12,10 +12,10 @@ import json
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from ringpipe import protocol
-from ringpipe.control import socket_path
-from ringpipe.pages import readiness_problems
-from ringpipe.supervisor import FLEET_FILE, read_fleet
+from ringpipe.core import control_frames
+from ringpipe.http.pages import readiness_problems
+from ringpipe.mesh.control import socket_path
+from ringpipe.ops.fleet import FLEET_FILE, read_fleet
 
 
 def write_fleet(runtime: Path, workers: dict[int, int], ready: list[int], stopping: bool = False) -> None:
@@ -37,7 +37,7 @@ async def with_control_sockets(
     for slot, pid in hellos.items():
 
         async def hello(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, slot: int = slot, pid: int = pid):  # type: ignore[no-untyped-def]
-            writer.write(protocol.encode(protocol.Hello(slot, pid)))
+            writer.write(control_frames.encode(control_frames.Hello(slot, pid)))
             await writer.drain()
             await reader.read()
             writer.close()

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ringpipe.rendezvous import (
+from ringpipe.core.rendezvous import (
     SHUTTING_DOWN,
     Accepted,
     Action,

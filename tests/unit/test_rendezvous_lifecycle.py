@@ -11,7 +11,7 @@ from collections import Counter
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ringpipe.rendezvous import (
+from ringpipe.core.rendezvous import (
     Accepted,
     Answer,
     Break,

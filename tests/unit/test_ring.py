@@ -6,8 +6,8 @@ import itertools
 
 import pytest
 
-from ringpipe.errors import RingpipeError, WouldBlock
-from ringpipe.ring import Plan, Span, plan_read, plan_write, slowest
+from ringpipe.core.errors import RingpipeError, WouldBlock
+from ringpipe.core.ring import Plan, Span, plan_read, plan_write, slowest
 
 CAP = 8
 

@@ -25,9 +25,9 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from ringpipe import shm
-from ringpipe.errors import WouldBlock
-from ringpipe.ring import plan_read, plan_write, slowest
+from ringpipe.core.errors import WouldBlock
+from ringpipe.core.ring import plan_read, plan_write, slowest
+from ringpipe.shm import segment
 
 # -- the pure arithmetic against a bytearray ------------------------------------------------
 
@@ -133,13 +133,13 @@ SHM_PREFIX = f"ringpipe-test-{os.getpid()}-"
 
 
 class ShmRingModel(RuleBasedStateMachine):
-    """``shm.RingSegment``: the writer's mapping writes, a second mapping (attach) reads."""
+    """``segment.RingSegment``: the writer's mapping writes, a second mapping (attach) reads."""
 
     @initialize(n_readers=st.integers(1, 3))
     def setup(self, n_readers: int) -> None:
         self.name = SHM_PREFIX + uuid.uuid4().hex
-        self.writer = shm.RingSegment.create(self.name, SHM_CAPACITY, n_readers)
-        self.reader = shm.RingSegment.attach(self.name)
+        self.writer = segment.RingSegment.create(self.name, SHM_CAPACITY, n_readers)
+        self.reader = segment.RingSegment.attach(self.name)
         assert (self.reader.capacity, self.reader.n_readers) == (SHM_CAPACITY, n_readers)
         self.read_seqs = [0] * n_readers
         self.attached = [True] * n_readers
@@ -196,16 +196,16 @@ class ShmRingModel(RuleBasedStateMachine):
     def detach(self, pick: int) -> None:
         attached = self._attached()
         slot = attached[pick % len(attached)]
-        self.reader.set_reader_status(slot, shm.DETACHED)
+        self.reader.set_reader_status(slot, segment.DETACHED)
         self.attached[slot] = False
-        assert self.writer.reader_status(slot) == shm.DETACHED
+        assert self.writer.reader_status(slot) == segment.DETACHED
 
     @precondition(lambda self: not self.finished and len(self.history) >= SHM_CAPACITY)
     @rule()
     def finish(self) -> None:
         self.writer.finish_writing()
         self.finished = True
-        assert self.reader.state == shm.EOF
+        assert self.reader.state == segment.EOF
 
     @rule(sleepers=st.sets(st.integers(0, 2)), writer_sleeps=st.booleans())
     def wake_flags(self, sleepers: set[int], writer_sleeps: bool) -> None:
@@ -252,8 +252,8 @@ def test_shm_ring_matches_the_model_and_leaves_no_segment() -> None:
 def test_shm_ring_many_laps_with_a_detach() -> None:
     """Over many laps, with odd chunk sizes and one reader leaving, every reader gets its exact stream."""
     name = SHM_PREFIX + uuid.uuid4().hex
-    writer = shm.RingSegment.create(name, SHM_CAPACITY, 3)
-    reader = shm.RingSegment.attach(name)
+    writer = segment.RingSegment.create(name, SHM_CAPACITY, 3)
+    reader = segment.RingSegment.attach(name)
     try:
         payload = random.Random(7).randbytes(12 * SHM_CAPACITY + 123)
         got: list[bytearray] = [bytearray() for _ in range(3)]
@@ -275,7 +275,7 @@ def test_shm_ring_many_laps_with_a_detach() -> None:
                 except WouldBlock:
                     pass
             if rounds == 5:
-                reader.set_reader_status(2, shm.DETACHED)
+                reader.set_reader_status(2, segment.DETACHED)
             assert rounds < 10_000
         assert got[0] == got[1] == payload
         assert got[2] == payload[: len(got[2])] and 0 < len(got[2]) < len(payload)

@@ -23,10 +23,10 @@ from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from ringpipe import shm
-from ringpipe.errors import Gap, PeerGone, WouldBlock
-from ringpipe.protocol import RelayInfo
-from ringpipe.relay import WATCHER_SLOT, Consumer
+from ringpipe.core.control_frames import RelayInfo
+from ringpipe.core.errors import Gap, PeerGone, WouldBlock
+from ringpipe.mesh.relay import WATCHER_SLOT, Consumer
+from ringpipe.shm import segment
 
 BLOCKED = object()
 
@@ -76,7 +76,7 @@ class ResumeModel(RuleBasedStateMachine):
     def setup(self, capacity: int, n_readers: int, window_share: int) -> None:
         self.name = f"ringpipe-test-{uuid.uuid4().hex[:12]}"
         self.window = capacity // window_share
-        self.ring = shm.RingSegment.create(self.name, capacity, n_readers, self.window)
+        self.ring = segment.RingSegment.create(self.name, capacity, n_readers, self.window)
         self.info = RelayInfo(self.name, capacity, 0, 0, tuple([0] * n_readers), "e")
         self.history = bytearray()
         self.finished = False
@@ -86,7 +86,7 @@ class ResumeModel(RuleBasedStateMachine):
         self.gaps = 0
 
     def _consumer(self, slot: int, start: int | None, *, continue_gaps: bool = False) -> Consumer:
-        ring = shm.RingSegment.attach(self.name)
+        ring = segment.RingSegment.attach(self.name)
         return Consumer(_Router(), ring, self.info, slot, start=start, continue_gaps=continue_gaps)
 
     def teardown(self) -> None:
@@ -137,7 +137,7 @@ class ResumeModel(RuleBasedStateMachine):
             event("catch-up overtaken by the writer: lagged")
             self.drop(client.slot)
             client.refused = True
-            self.ring.set_reader_status(client.slot, shm.DETACHED)
+            self.ring.set_reader_status(client.slot, segment.DETACHED)
             return None
         if got is BLOCKED:
             return None
@@ -182,7 +182,7 @@ class ResumeModel(RuleBasedStateMachine):
         if offset < oldest:
             assert offset < head - self.window, "an offset inside the window was refused"
             client.refused = True
-            self.ring.set_reader_status(client.slot, shm.DETACHED)
+            self.ring.set_reader_status(client.slot, segment.DETACHED)
             event("resume refused: out of the window")
             return
         event("resume behind the cursor" if offset < self.ring.read_seq(client.slot) else "resume at the cursor")

@@ -8,7 +8,7 @@ from html.parser import HTMLParser
 import pytest
 
 from ringpipe import __version__
-from ringpipe.webpages import help_text, index_html, noscript_csp, noscript_html
+from ringpipe.core.page_texts import help_text, index_html, noscript_csp, noscript_html
 
 
 class Tags(HTMLParser):

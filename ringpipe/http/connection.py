@@ -42,18 +42,18 @@ from typing import TYPE_CHECKING, Any, ClassVar, Final, Protocol, cast
 import httptools
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
-from ringpipe import metrics
-from ringpipe.chunked import BodyFraming
-from ringpipe.flag import Flag
-from ringpipe.handoff import Handoff
-from ringpipe.limits import LINGER_S, TLS_HANDSHAKE, EdgeLimits, LingeringClose, rejection
-from ringpipe.rawbody import RawBody
-from ringpipe.tls import start_server_tls
+from ringpipe.core.chunked import BodyFraming
+from ringpipe.http.limits import LINGER_S, TLS_HANDSHAKE, EdgeLimits, LingeringClose, rejection
+from ringpipe.http.rawbody import RawBody
+from ringpipe.http.tls import start_server_tls
+from ringpipe.mesh.handoff import Handoff
+from ringpipe.ops import metrics
+from ringpipe.shm.flag import Flag
 
 if TYPE_CHECKING:
     from collections import deque
 
-    from ringpipe.relay import Ingest
+    from ringpipe.mesh.relay import Ingest
 
 __all__ = ["EXTENSION", "BodySink", "Connection", "HangupWatcher", "RingpipeHttpProtocol"]
 

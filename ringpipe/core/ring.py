@@ -34,7 +34,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import NamedTuple
 
-from ringpipe.errors import WouldBlock
+from ringpipe.core.errors import WouldBlock
 
 __all__ = ["Plan", "Span", "gate", "held", "plan_read", "plan_write", "slowest"]
 

@@ -33,26 +33,26 @@ from typing import Final
 import anyio
 import uvicorn
 
-from ringpipe.access import TokenFileError, load_tokens, policy_from_settings
-from ringpipe.app import RingpipeApp
-from ringpipe.config import Settings
-from ringpipe.connection import RingpipeHttpProtocol
-from ringpipe.cors import CorsPolicy
-from ringpipe.edge import PipeEndpoints
-from ringpipe.handoff import Handoff, HandoffChannel, handoff_target
-from ringpipe.limits import EdgeLimits
-from ringpipe.logs import register_secrets, setup_logging
-from ringpipe.node import Node
-from ringpipe.pages import build_pages
-from ringpipe.websocket import HandshakeLogFilter
+from ringpipe.core.access import TokenFileError, load_tokens, policy_from_settings
+from ringpipe.core.config import Settings
+from ringpipe.core.cors import CorsPolicy
+from ringpipe.http.app import RingpipeApp
+from ringpipe.http.connection import RingpipeHttpProtocol
+from ringpipe.http.edge import PipeEndpoints
+from ringpipe.http.limits import EdgeLimits
+from ringpipe.http.pages import build_pages
+from ringpipe.http.websocket import HandshakeLogFilter
+from ringpipe.mesh.handoff import Handoff, HandoffChannel, handoff_target
+from ringpipe.mesh.node import Node
+from ringpipe.ops.fleet import BOOT_ERROR
+from ringpipe.ops.logs import register_secrets, setup_logging
 
-__all__ = ["BOOT_ERROR", "run_worker"]
+__all__ = ["run_worker"]
 
 log = logging.getLogger("ringpipe.worker")
 #: gc's first-generation threshold in a worker (see ``run_worker``).
 GC_YOUNG_THRESHOLD: Final = 50_000
 
-BOOT_ERROR: Final = 3
 _SIGNALS: Final = (signal.SIGINT, signal.SIGTERM)
 
 

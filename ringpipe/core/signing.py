@@ -29,8 +29,8 @@ from dataclasses import dataclass
 from typing import Final
 from urllib.parse import parse_qsl, quote, urlencode
 
-from ringpipe.config import SCOPES
-from ringpipe.paths import normalize_path
+from ringpipe.core.config import SCOPES
+from ringpipe.core.paths import normalize_path
 
 __all__ = [
     "SIGNED_PARAMS",

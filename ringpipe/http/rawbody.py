@@ -28,12 +28,12 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING, Final
 
-from ringpipe import metrics
-from ringpipe.chunked import BodyFraming, FramingError
+from ringpipe.core.chunked import BodyFraming, FramingError
+from ringpipe.ops import metrics
 
 if TYPE_CHECKING:
-    from ringpipe.connection import RingpipeHttpProtocol
-    from ringpipe.relay import Ingest
+    from ringpipe.http.connection import RingpipeHttpProtocol
+    from ringpipe.mesh.relay import Ingest
 
 __all__ = ["RawBody"]
 

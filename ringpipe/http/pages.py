@@ -24,12 +24,13 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
-from ringpipe import __version__, protocol
-from ringpipe.control import socket_path
-from ringpipe.errors import ControlProtocolError
-from ringpipe.metrics import metrics_endpoint
-from ringpipe.supervisor import read_fleet
-from ringpipe.webpages import help_text, index_html, noscript_csp, noscript_html
+from ringpipe import __version__
+from ringpipe.core import control_frames
+from ringpipe.core.errors import ControlProtocolError
+from ringpipe.core.page_texts import help_text, index_html, noscript_csp, noscript_html
+from ringpipe.mesh.control import socket_path
+from ringpipe.ops.fleet import read_fleet
+from ringpipe.ops.metrics import metrics_endpoint
 
 __all__ = ["base_url", "build_pages", "help_text", "readiness_problems"]
 
@@ -73,12 +74,12 @@ async def _hello_pid(path: Path) -> int | None:
             while True:
                 try:
                     buffer += await stream.receive()
-                    frames, _used = protocol.decode(buffer)
+                    frames, _used = control_frames.decode(buffer)
                 except (anyio.EndOfStream, anyio.BrokenResourceError, OSError, ControlProtocolError):
                     return None
                 if frames:
                     hello = frames[0]
-                    return hello.pid if isinstance(hello, protocol.Hello) else None
+                    return hello.pid if isinstance(hello, control_frames.Hello) else None
     return None
 
 

@@ -28,13 +28,22 @@ from typing import Final
 import anyio
 from starlette.types import Message, Receive, Scope, Send
 
-from ringpipe import metrics, shm
-from ringpipe.connection import EXTENSION, Connection, HangupWatcher
-from ringpipe.multipart import FirstPart, boundary_of
-from ringpipe.node import Hangup, LocalParty, Node
-from ringpipe.paths import query_n, query_param
-from ringpipe.protocol import Broken, PipeStatus, Start
-from ringpipe.readers import (
+from ringpipe.core.control_frames import Broken, PipeStatus, Start
+from ringpipe.core.multipart import FirstPart, boundary_of
+from ringpipe.core.paths import query_n, query_param
+from ringpipe.core.rendezvous import (
+    Accepted,
+    Answer,
+    Cancelled,
+    Finish,
+    ReceiverAborted,
+    ReceiverConnected,
+    ReceiverEvicted,
+    Reject,
+    Role,
+)
+from ringpipe.http.connection import EXTENSION, Connection, HangupWatcher
+from ringpipe.http.readers import (
     HEADERS_IN_RING,
     STREAM_HEADERS,
     TEXT_HEADERS,
@@ -50,19 +59,11 @@ from ringpipe.readers import (
     reject,
     worker_header,
 )
-from ringpipe.relay import WATCHER_SLOT, Consumer, Ingest, Producer
-from ringpipe.rendezvous import (
-    Accepted,
-    Answer,
-    Cancelled,
-    Finish,
-    ReceiverAborted,
-    ReceiverConnected,
-    ReceiverEvicted,
-    Reject,
-    Role,
-)
-from ringpipe.websocket import WebSocketReader
+from ringpipe.http.websocket import WebSocketReader
+from ringpipe.mesh.node import Hangup, LocalParty, Node
+from ringpipe.mesh.relay import WATCHER_SLOT, Consumer, Ingest, Producer
+from ringpipe.ops import metrics
+from ringpipe.shm import segment
 
 __all__ = ["HEADERS_IN_RING", "PipeEndpoints", "content_headers", "reject", "worker_header"]
 
@@ -368,7 +369,7 @@ class PipeEndpoints:
         n = len(start.relay.readers)
         await out.line(f"[INFO] Start sending to {n} receiver(s)!")
         try:
-            ring = shm.RingSegment.attach(start.relay.segment)
+            ring = segment.RingSegment.attach(start.relay.segment)
         except FileNotFoundError:  # every receiver left before we could start
             await self._fail_log(out, conn, "All receivers left before the transfer started.")
             return
@@ -572,7 +573,7 @@ class PipeEndpoints:
         if start is None:
             return
         try:
-            ring = shm.RingSegment.attach(start.relay.segment)
+            ring = segment.RingSegment.attach(start.relay.segment)
         except FileNotFoundError:  # the sender vanished before we attached
             with anyio.CancelScope(shield=True):
                 await reader.finish(False)
@@ -621,9 +622,9 @@ class PipeEndpoints:
             if ending == "lagged":
                 metrics.evicted("window" if watcher else "stall")
             if completed:
-                consumer.leave(shm.DONE)
+                consumer.leave(segment.DONE)
             elif not (plan.resumable and ending is None):  # a resumable drop keeps gating (grace)
-                consumer.leave(shm.DETACHED)
+                consumer.leave(segment.DETACHED)
             self.node.leave(party, completed=completed)
             consumer.close()
             with anyio.CancelScope(shield=True), anyio.move_on_after(FINISH_TIMEOUT_S):

@@ -50,7 +50,7 @@ import json
 import re
 from typing import Final, Literal
 
-from ringpipe.errors import ENDINGS
+from ringpipe.core.errors import ENDINGS
 
 __all__ = [
     "MAX_LINE_CHARS",

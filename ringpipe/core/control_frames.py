@@ -27,8 +27,8 @@ import typing
 from dataclasses import MISSING, dataclass, fields, is_dataclass
 from typing import Any, Final
 
-from ringpipe.errors import ControlProtocolError
-from ringpipe.rendezvous import (
+from ringpipe.core.errors import ControlProtocolError
+from ringpipe.core.rendezvous import (
     Accepted,
     Answer,
     Cancel,

@@ -24,12 +24,12 @@ from typing import Final
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ringpipe import metrics
-from ringpipe.access import AccessPolicy, Deny
-from ringpipe.cors import CorsPolicy
-from ringpipe.edge import PipeEndpoints, reject
-from ringpipe.paths import RESERVED_PATHS, normalize_path
-from ringpipe.websocket import refuse_websocket
+from ringpipe.core.access import AccessPolicy, Deny
+from ringpipe.core.cors import CorsPolicy
+from ringpipe.core.paths import RESERVED_PATHS, normalize_path
+from ringpipe.http.edge import PipeEndpoints, reject
+from ringpipe.http.websocket import refuse_websocket
+from ringpipe.ops import metrics
 
 __all__ = ["ALLOWED_HEADERS", "ALLOWED_METHODS", "CORS_METHODS", "RingpipeApp"]
 

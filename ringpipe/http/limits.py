@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Final
 if TYPE_CHECKING:
     import ssl
 
-    from ringpipe.config import Settings
+    from ringpipe.core.config import Settings
 
 __all__ = ["EdgeLimits", "LingeringClose", "rejection"]
 

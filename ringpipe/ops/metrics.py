@@ -69,13 +69,13 @@ from prometheus_client.registry import Collector
 from starlette.requests import Request
 from starlette.responses import Response
 
-from ringpipe.rendezvous import Waiting
+from ringpipe.core.rendezvous import Waiting
 
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
 
-    from ringpipe.rendezvous import Rendezvous, Role
-    from ringpipe.shm import RingSegment
+    from ringpipe.core.rendezvous import Rendezvous, Role
+    from ringpipe.shm.segment import RingSegment
 
 __all__ = [
     "BYTES_IN",
@@ -402,7 +402,7 @@ class ReaderMeter:
 
 
 def _fleet_pids(runtime_dir: Path) -> list[tuple[str, int]]:
-    from ringpipe.supervisor import read_fleet  # the supervisor writes the file
+    from ringpipe.ops.fleet import read_fleet
 
     fleet = read_fleet(runtime_dir)
     if fleet is None:

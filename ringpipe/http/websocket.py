@@ -30,12 +30,12 @@ from typing import Final
 
 from starlette.types import Receive, Scope, Send
 
-from ringpipe import metrics
-from ringpipe.errors import Gap, PeerGone
-from ringpipe.framing import LineSplitter, Utf8Text
-from ringpipe.protocol import Start
-from ringpipe.readers import HEADERS_IN_RING, TEXT_HEADERS, Reader, ReadOptions, ReadStart, part_headers
-from ringpipe.relay import Consumer
+from ringpipe.core.control_frames import Start
+from ringpipe.core.errors import Gap, PeerGone
+from ringpipe.core.framing import LineSplitter, Utf8Text
+from ringpipe.http.readers import HEADERS_IN_RING, TEXT_HEADERS, Reader, ReadOptions, ReadStart, part_headers
+from ringpipe.mesh.relay import Consumer
+from ringpipe.ops import metrics
 
 __all__ = ["CLOSE_CODES", "REJECTED_BASE", "HandshakeLogFilter", "WebSocketReader", "refuse_websocket"]
 

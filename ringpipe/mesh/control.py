@@ -24,9 +24,9 @@ from pathlib import Path
 import anyio
 import anyio.abc
 
-from ringpipe import protocol
-from ringpipe.errors import ControlProtocolError
-from ringpipe.protocol import Frame, Hello
+from ringpipe.core import control_frames
+from ringpipe.core.control_frames import Frame, Hello
+from ringpipe.core.errors import ControlProtocolError
 
 __all__ = ["Mesh", "socket_path"]
 
@@ -77,7 +77,7 @@ class _Link:
                 self.mesh.peer_unreachable(self.peer)
                 return
             async with stream:
-                await stream.send(protocol.encode(Hello(self.mesh.index, self.mesh.pid)))
+                await stream.send(control_frames.encode(Hello(self.mesh.index, self.mesh.pid)))
                 pid = await self._read_hello(stream)
                 if pid is None:
                     return
@@ -108,7 +108,7 @@ class _Link:
                 except (anyio.EndOfStream, anyio.BrokenResourceError, OSError):
                     return None
                 buffer += chunk
-                frames, _used = protocol.decode(buffer)
+                frames, _used = control_frames.decode(buffer)
                 if frames:
                     hello = frames[0]
                     if isinstance(hello, Hello) and hello.worker == self.peer:
@@ -180,7 +180,7 @@ class Mesh:
         link = self._links.get(worker)
         if link is None:
             link = self._links[worker] = _Link(self, worker)
-        link.push(protocol.encode(frame))
+        link.push(control_frames.encode(frame))
 
     async def _flush_local(self) -> None:
         frames, self._local = self._local, []
@@ -199,7 +199,7 @@ class Mesh:
         try:
             async with stream:
                 try:
-                    await stream.send(protocol.encode(Hello(self.index, self.pid)))
+                    await stream.send(control_frames.encode(Hello(self.index, self.pid)))
                 except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
                     return  # gone at once: a probe (/readyz) that only checked we accept
                 while True:
@@ -208,7 +208,7 @@ class Mesh:
                     except (anyio.EndOfStream, anyio.BrokenResourceError, OSError):
                         break
                     buffer += chunk
-                    frames, used = protocol.decode(buffer)
+                    frames, used = control_frames.decode(buffer)
                     del buffer[:used]
                     for frame in frames:
                         if peer is None:

@@ -34,12 +34,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ringpipe import metrics, shm
-from ringpipe.config import Settings
-from ringpipe.control import Mesh
-from ringpipe.paths import owner_of
-from ringpipe.protocol import Broken, Frame, Hello, PipeStatus, RelayInfo, Start
-from ringpipe.rendezvous import (
+from ringpipe.core.config import Settings
+from ringpipe.core.control_frames import Broken, Frame, Hello, PipeStatus, RelayInfo, Start
+from ringpipe.core.paths import owner_of
+from ringpipe.core.rendezvous import (
     Accepted,
     Action,
     Answer,
@@ -74,7 +72,10 @@ from ringpipe.rendezvous import (
     WatcherStart,
     WorkerGone,
 )
-from ringpipe.wakeup import WakeChannel
+from ringpipe.mesh.control import Mesh
+from ringpipe.ops import metrics
+from ringpipe.shm import segment
+from ringpipe.shm.wakeup import WakeChannel
 
 __all__ = ["Hangup", "InboxItem", "LocalParty", "Node"]
 
@@ -174,7 +175,7 @@ class LocalParty:
 
 @dataclass(slots=True)
 class _OwnedRelay:
-    ring: shm.RingSegment
+    ring: segment.RingSegment
     info: RelayInfo
     path: str
     started: float
@@ -201,7 +202,7 @@ class Node:
         self.pid = os.getpid()
         self.supervisor_pid = supervisor_pid
         self.rendezvous = Rendezvous(
-            owner_limits(settings), self._ring_view, lambda n: shm.segment_bytes(settings.ring_bytes, n)
+            owner_limits(settings), self._ring_view, lambda n: segment.segment_bytes(settings.ring_bytes, n)
         )
         self.parties: dict[int, LocalParty] = {}
         self._owned: dict[int, _OwnedRelay] = {}
@@ -425,7 +426,7 @@ class Node:
         elif isinstance(action, Detach):
             owned = self._owned.get(action.relay_id)
             if owned is not None:
-                owned.ring.set_reader_status(action.slot, shm.DETACHED)
+                owned.ring.set_reader_status(action.slot, segment.DETACHED)
                 self.wake(owned.info, -1)
         elif isinstance(action, Break):
             owned = self._owned.get(action.relay_id)
@@ -439,9 +440,9 @@ class Node:
             self._release(action)
 
     def _establish(self, action: Establish) -> None:
-        name = shm.segment_name(self.supervisor_pid, self.pid, action.relay_id)
+        name = segment.segment_name(self.supervisor_pid, self.pid, action.relay_id)
         settings = self.settings
-        ring = shm.RingSegment.create(name, settings.ring_bytes, len(action.receivers), settings.replay_window)
+        ring = segment.RingSegment.create(name, settings.ring_bytes, len(action.receivers), settings.replay_window)
         stall_ms = action.stall_ms if action.stall_ms >= 0 else round(settings.stall_timeout * 1000)
         info = RelayInfo(
             segment=name,

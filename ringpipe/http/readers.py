@@ -35,13 +35,13 @@ from typing import Final
 
 from starlette.types import Scope, Send
 
-from ringpipe import metrics
-from ringpipe.connection import EXTENSION, Connection
-from ringpipe.errors import Gap, PeerGone, WouldBlock
-from ringpipe.framing import RETRY, NdjsonEncoder, SseEncoder
-from ringpipe.paths import query_param
-from ringpipe.protocol import Start
-from ringpipe.relay import HEADER_BLOCK, HEADER_MAGIC, RAW_READ_LIMIT, READ_LIMIT, Consumer, parse_header_block
+from ringpipe.core.control_frames import Start
+from ringpipe.core.errors import Gap, PeerGone, WouldBlock
+from ringpipe.core.framing import RETRY, NdjsonEncoder, SseEncoder
+from ringpipe.core.paths import query_param
+from ringpipe.http.connection import EXTENSION, Connection
+from ringpipe.mesh.relay import HEADER_BLOCK, HEADER_MAGIC, RAW_READ_LIMIT, READ_LIMIT, Consumer, parse_header_block
+from ringpipe.ops import metrics
 
 __all__ = [
     "HEADERS_IN_RING",

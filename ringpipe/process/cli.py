@@ -19,11 +19,11 @@ import time
 from typing import NoReturn
 
 from ringpipe import __version__
-from ringpipe.access import TokenFileError, load_tokens
-from ringpipe.config import SCOPES, ConfigError, Settings, options
-from ringpipe.cors import parse_origins
-from ringpipe.paths import normalize_path
-from ringpipe.signing import covers_path, normalize_prefix, signed_query
+from ringpipe.core.access import TokenFileError, load_tokens
+from ringpipe.core.config import SCOPES, ConfigError, Settings, options
+from ringpipe.core.cors import parse_origins
+from ringpipe.core.paths import normalize_path
+from ringpipe.core.signing import covers_path, normalize_prefix, signed_query
 
 __all__ = ["main"]
 
@@ -194,6 +194,6 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] == "sign":
         return sign_main(argv[1:])
     settings = parse_settings(argv)
-    from ringpipe.supervisor import Supervisor
+    from ringpipe.process.supervisor import Supervisor
 
     return Supervisor(settings).run()

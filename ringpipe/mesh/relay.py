@@ -8,7 +8,7 @@ it sent from the ring, so a receiver whose socket is backed up holds the writer 
 Wait strategy: a side that finds nothing to do sets its *waiting* word in the ring header,
 re-checks, and sleeps on a local future. The other side wakes it after publishing, locally if
 both live in this worker, else with a datagram (``wakeup.py``). Because a
-wake-up can in theory be missed (see ``shm.py``), every sleep has a timeout that backs off
+wake-up can in theory be missed (see ``segment.py``), every sleep has a timeout that backs off
 from 0.1 s to 1 s: a missed wake costs latency, never a hang, and an idle relay wakes at
 most once a second.
 """
@@ -24,11 +24,12 @@ from typing import TYPE_CHECKING, Final, Protocol
 
 import anyio
 
-from ringpipe import metrics, shm
-from ringpipe.errors import Gap, PeerGone, WouldBlock
-from ringpipe.multipart import FirstPart, MultipartError
-from ringpipe.protocol import RelayInfo
-from ringpipe.shm import RingSegment
+from ringpipe.core.control_frames import RelayInfo
+from ringpipe.core.errors import Gap, PeerGone, WouldBlock
+from ringpipe.core.multipart import FirstPart, MultipartError
+from ringpipe.ops import metrics
+from ringpipe.shm import segment
+from ringpipe.shm.segment import RingSegment
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -405,11 +406,11 @@ class Consumer(_Endpoint):
         """How the transfer ended for this reader if not cleanly (see ``errors.ENDINGS``), else None."""
         ring = self.ring
         state = ring.state
-        if state == shm.CANCELLED:
+        if state == segment.CANCELLED:
             return "cancelled"
-        if self.slot >= 0 and ring.reader_status(self.slot) == shm.EVICTED:
+        if self.slot >= 0 and ring.reader_status(self.slot) == segment.EVICTED:
             return "lagged"
-        if state == shm.BROKEN:
+        if state == segment.BROKEN:
             return "aborted"
         return None
 

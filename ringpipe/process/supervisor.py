@@ -32,7 +32,6 @@ from __future__ import annotations
 import contextlib
 import gc
 import ipaddress
-import json
 import logging
 import os
 import select
@@ -43,53 +42,23 @@ import ssl
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from ringpipe import shm
-from ringpipe.access import configured
-from ringpipe.config import Settings
-from ringpipe.errors import SupervisorHalt
-from ringpipe.logs import setup_logging
-from ringpipe.tls import TlsError, server_context
+from ringpipe.core.access import configured
+from ringpipe.core.config import Settings
+from ringpipe.core.errors import SupervisorHalt
+from ringpipe.http.tls import TlsError, server_context
+from ringpipe.ops.fleet import BOOT_ERROR, FLEET_FILE, Fleet, write_fleet
+from ringpipe.ops.logs import setup_logging
+from ringpipe.shm import segment
 
-__all__ = ["FLEET_FILE", "Fleet", "Supervisor", "read_fleet"]
+__all__ = ["Supervisor"]
 
 log = logging.getLogger("ringpipe.supervisor")
 
-BOOT_ERROR: Final = 3  # mirrors worker.BOOT_ERROR without importing the worker stack early
 HANDLED: Final = (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD, signal.SIGQUIT)
 CLEANUP_MARGIN_S: Final = 5.0
-FLEET_FILE: Final = "fleet.json"
-
-
-@dataclass(frozen=True, slots=True)
-class Fleet:
-    """The supervisor's view of its workers, as published in the fleet file."""
-
-    supervisor_pid: int
-    expected: int
-    #: slot -> pid of the worker process running in it now
-    workers: dict[int, int]
-    #: slots whose current worker reported ready (listening and meshed)
-    ready: frozenset[int]
-    stopping: bool
-
-
-def read_fleet(runtime_dir: Path) -> Fleet | None:
-    """The fleet as the supervisor last published it; None if there is no (valid) file."""
-    try:
-        data = json.loads((runtime_dir / FLEET_FILE).read_text())
-        return Fleet(
-            supervisor_pid=int(data["supervisor_pid"]),
-            expected=int(data["expected"]),
-            workers={int(slot): int(pid) for slot, pid in data["workers"].items()},
-            ready=frozenset(int(slot) for slot in data["ready"]),
-            stopping=bool(data["stopping"]),
-        )
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return None
 
 
 class Supervisor:
@@ -132,7 +101,7 @@ class Supervisor:
         metrics_dir = self.runtime_dir / "metrics"
         metrics_dir.mkdir()
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
-        removed = shm.sweep_orphans()
+        removed = segment.sweep_orphans()
         if removed:
             log.warning("swept %d ring segment(s) left by dead supervisors", len(removed))
 
@@ -153,10 +122,8 @@ class Supervisor:
             return 1
         self.prepare_runtime()
         self.publish_fleet()
-        from ringpipe import (
-            metrics,  # noqa: F401 - after PROMETHEUS_MULTIPROC_DIR is set
-            worker,  # noqa: F401 - preload the worker stack before forking
-        )
+        from ringpipe.ops import metrics  # noqa: F401 - after PROMETHEUS_MULTIPROC_DIR is set
+        from ringpipe.process import worker  # noqa: F401 - preload the worker stack before forking
 
         self._install_signals()
         port = self.listener.getsockname()[1]
@@ -304,7 +271,7 @@ class Supervisor:
             os.close(self._wakeup_r)
             os.close(self._wakeup_w)
             os.close(self._ready_r)
-            from ringpipe.worker import run_worker
+            from ringpipe.process.worker import run_worker
 
             code = run_worker(
                 self.settings,
@@ -326,7 +293,7 @@ class Supervisor:
             os._exit(code)
 
     def reap(self) -> None:
-        from ringpipe import metrics
+        from ringpipe.ops import metrics
 
         while True:
             try:
@@ -343,7 +310,7 @@ class Supervisor:
             self.ready.discard(slot)
             self.publish_fleet()
             metrics.mark_process_dead(pid)
-            swept = shm.sweep(shm.segment_prefix(self.pid, pid))
+            swept = segment.sweep(segment.segment_prefix(self.pid, pid))
             how = self._describe(status)
             if self.stopping:
                 log.info("worker exited", extra={"slot": slot, "worker_pid": pid, "how": how})
@@ -362,20 +329,17 @@ class Supervisor:
         """Rewrite the fleet file atomically (write a temporary file, then rename it)."""
         if not self.runtime_dir.name:
             return
-        data = {
-            "supervisor_pid": self.pid,
-            "expected": self.settings.workers,
-            "workers": {str(slot): pid for slot, pid in sorted(self.workers.items())},
-            "ready": sorted(self.ready),
-            "stopping": self.stopping,
-        }
-        target = self.runtime_dir / FLEET_FILE
-        temporary = target.with_suffix(".tmp")
+        fleet = Fleet(
+            supervisor_pid=self.pid,
+            expected=self.settings.workers,
+            workers=dict(self.workers),
+            ready=frozenset(self.ready),
+            stopping=self.stopping,
+        )
         try:
-            temporary.write_text(json.dumps(data))
-            os.replace(temporary, target)
+            write_fleet(self.runtime_dir, fleet)
         except OSError as exc:  # the runtime directory is ours; this is a broken machine
-            log.error("cannot write %s: %s", target, exc.strerror)
+            log.error("cannot write %s: %s", self.runtime_dir / FLEET_FILE, exc.strerror)
 
     @staticmethod
     def _describe(status: int) -> str:
@@ -403,7 +367,7 @@ class Supervisor:
         self.workers.clear()
 
     def cleanup(self) -> None:
-        swept = shm.sweep(shm.segment_prefix(self.pid))
+        swept = segment.sweep(segment.segment_prefix(self.pid))
         if swept:
             log.info("swept %d ring segment(s) at exit", len(swept))
         if self.listener is not None:

@@ -66,8 +66,8 @@ import time
 from multiprocessing import shared_memory
 from typing import Any, Final
 
-from ringpipe import ring
-from ringpipe.errors import Gap, PeerGone, WouldBlock
+from ringpipe.core import ring
+from ringpipe.core.errors import Gap, PeerGone, WouldBlock
 
 __all__ = [
     "RingSegment",

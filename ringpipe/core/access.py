@@ -32,12 +32,12 @@ import hmac
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
-from ringpipe.config import token_problem
-from ringpipe.paths import RESERVED_PATHS, query_param
-from ringpipe.signing import SignedUrl, covers_path, normalize_prefix, parse_signed
+from ringpipe.core.config import token_problem
+from ringpipe.core.paths import RESERVED_PATHS, query_param
+from ringpipe.core.signing import SignedUrl, covers_path, normalize_prefix, parse_signed
 
 if TYPE_CHECKING:
-    from ringpipe.config import Settings
+    from ringpipe.core.config import Settings
 
 __all__ = [
     "Allow",

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from ringpipe.paths import RESERVED_PATHS, normalize_path, owner_of, query_n
+from ringpipe.core.paths import RESERVED_PATHS, normalize_path, owner_of, query_n
 
 __all__ = ["MAX_HANDOFF_BYTES", "Handoff", "HandoffChannel", "handoff_socket_path", "handoff_target"]
 
