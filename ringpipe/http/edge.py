@@ -42,7 +42,8 @@ from ringpipe.core.rendezvous import (
     Reject,
     Role,
 )
-from ringpipe.http.connection import EXTENSION, Connection, HangupWatcher
+from ringpipe.http.connection import EXTENSION, Connection
+from ringpipe.http.hangup import HangupWatcher
 from ringpipe.http.readers import (
     HEADERS_IN_RING,
     STREAM_HEADERS,

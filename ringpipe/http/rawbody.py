@@ -26,16 +26,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, Protocol
 
 from ringpipe.core.chunked import BodyFraming, FramingError
 from ringpipe.ops import metrics
 
 if TYPE_CHECKING:
-    from ringpipe.http.connection import RingpipeHttpProtocol
     from ringpipe.mesh.relay import Ingest
 
-__all__ = ["RawBody"]
+__all__ = ["HttpLender", "RawBody", "raw_body_framing"]
 
 log = logging.getLogger("ringpipe.rawbody")
 
@@ -44,10 +43,26 @@ log = logging.getLogger("ringpipe.rawbody")
 SCRATCH_BYTES: Final = 4096
 
 
+class HttpLender(Protocol):
+    """The HTTP protocol that lends its transport to a ``RawBody`` and gets it back at the end.
+
+    That is ``protocol.RingpipeHttpProtocol``, named here by its shape: it builds the
+    ``RawBody``, so this module cannot import it.
+    """
+
+    def end_raw_body(self, raw: RawBody, leftover: bytes) -> None: ...
+
+    def connection_lost(self, exc: Exception | None) -> None: ...
+
+    def pause_writing(self) -> None: ...
+
+    def resume_writing(self) -> None: ...
+
+
 class RawBody(asyncio.BufferedProtocol):
     """The transport's protocol while one diverted request body is read into the ring."""
 
-    def __init__(self, http: RingpipeHttpProtocol, ingest: Ingest, framing: BodyFraming) -> None:
+    def __init__(self, http: HttpLender, ingest: Ingest, framing: BodyFraming) -> None:
         self.http = http
         self.ingest = ingest
         self.framing = framing
@@ -136,3 +151,34 @@ class RawBody(asyncio.BufferedProtocol):
         self._finished = True
         self.ingest.end()
         self.http.end_raw_body(self, leftover)
+
+
+def raw_body_framing(method: str, headers: list[tuple[bytes, bytes]]) -> BodyFraming | None:
+    """The body framing of a request whose body may go straight into a ring, else None.
+
+    Only PUT/POST with a plain ``Content-Length`` (> 0) or ``Transfer-Encoding: chunked``
+    body qualify; multipart forms and other encodings take uvicorn's path.
+    """
+    if method not in ("PUT", "POST"):
+        return None
+    length: int | None = None
+    chunked = False
+    for name, value in headers:
+        if name == b"content-length":
+            try:
+                length = int(value)
+            except ValueError:
+                return None
+        elif name == b"transfer-encoding":
+            if value.strip().lower() != b"chunked":
+                return None
+            chunked = True
+        elif name == b"content-type" and value.lower().startswith(b"multipart/"):
+            return None
+        elif name == b"upgrade":
+            return None
+    if chunked:
+        return BodyFraming(content_length=None) if length is None else None
+    if length is not None and length > 0:
+        return BodyFraming(content_length=length)
+    return None
