@@ -424,7 +424,7 @@ class RingView:
 
 @dataclass(frozen=True, slots=True)
 class Limits:
-    """This owner's share of the server's limits (see ``Node``: each owner gets 1/workers).
+    """This owner's share of the server's limits (see ``WorkerPipes``: each owner gets 1/workers).
 
     ``max_memory``: bytes of rings this owner may hold at once, as counted by the
     ``ring_cost(n)`` the shell passes to ``Rendezvous``. Timeouts in seconds; 0 means none.

@@ -61,8 +61,8 @@ from ringpipe.http.readers import (
     worker_header,
 )
 from ringpipe.http.websocket import WebSocketReader
-from ringpipe.mesh.node import Hangup, LocalParty, Node
-from ringpipe.mesh.relay import WATCHER_SLOT, Consumer, Ingest, Producer
+from ringpipe.mesh.relay import Consumer, Ingest, Producer, Slot
+from ringpipe.mesh.worker_pipes import Hangup, LocalParty, WorkerPipes
 from ringpipe.ops import metrics
 from ringpipe.shm import segment
 
@@ -260,9 +260,9 @@ class SenderLog:
 
 
 class PipeEndpoints:
-    """Sender and receiver handlers bound to one worker's ``Node``."""
+    """Sender and receiver handlers bound to one worker's ``WorkerPipes``."""
 
-    def __init__(self, node: Node) -> None:
+    def __init__(self, node: WorkerPipes) -> None:
         self.node = node
         self.hangups = HangupWatcher()
 
@@ -579,7 +579,7 @@ class PipeEndpoints:
             with anyio.CancelScope(shield=True):
                 await reader.finish(False)
             return
-        watcher = start.slot == WATCHER_SLOT
+        watcher = start.slot == Slot.WATCHER
         first: int | None = None
         if plan.point is not None:
             first = plan.point.offset

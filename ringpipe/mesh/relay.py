@@ -20,6 +20,7 @@ import json
 import logging
 import struct
 import time
+from enum import IntEnum
 from typing import TYPE_CHECKING, Final, Protocol
 
 import anyio
@@ -40,11 +41,11 @@ __all__ = [
     "HEADER_BLOCK",
     "RAW_READ_LIMIT",
     "READ_LIMIT",
-    "WATCHER_SLOT",
     "Consumer",
     "Ingest",
     "Producer",
     "ReadControl",
+    "Slot",
     "WakeRouter",
     "header_block",
     "parse_header_block",
@@ -60,12 +61,22 @@ READ_LIMIT: Final = 256 * 1024
 RAW_READ_LIMIT: Final = 1024 * 1024
 WAIT_MIN_S: Final = 0.1
 WAIT_MAX_S: Final = 1.0
-#: The ``slot`` of a watcher: it reads without a cursor in the ring header.
-WATCHER_SLOT: Final = -2
+
+
+class Slot(IntEnum):
+    """The slots that are not a reader's cursor in the ring header (those are 0 .. n-1).
+
+    A slot says where a party works on a ring (``Start.slot``) and where its wake-ups go
+    (``WakeRouter``). Watchers read without a cursor, so all of one worker's watchers of a
+    ring share ``WATCHER`` and are woken together.
+    """
+
+    WRITER = -1
+    WATCHER = -2
 
 
 class WakeRouter(Protocol):
-    """Delivers a wake-up to ring ``info``'s ``slot`` (-1: the writer), wherever it lives."""
+    """Delivers a wake-up to ring ``info``'s ``slot``, wherever it lives."""
 
     def wake(self, info: RelayInfo, slot: int) -> None: ...
 
@@ -168,7 +179,7 @@ class Producer(_Endpoint):
         stall_s: float = 0.0,
         on_stall: Callable[[int], None] | None = None,
     ) -> None:
-        super().__init__(router, ring, info, -1)
+        super().__init__(router, ring, info, Slot.WRITER)
         self.bytes_written = 0
         self.stall_s = stall_s
         self.on_stall = on_stall
@@ -262,7 +273,7 @@ class Producer(_Endpoint):
 
 
 class Consumer(_Endpoint):
-    """Reads the ring for one receiver (reader ``slot``) or one watcher (``WATCHER_SLOT``).
+    """Reads the ring for one receiver (reader ``slot``) or one watcher (``Slot.WATCHER``).
 
     A receiver reads in lockstep: its cursor in the ring header gates the writer, and
     ``views`` hands out views of the ring itself. A watcher, and a receiver that resumed
@@ -297,10 +308,10 @@ class Consumer(_Endpoint):
         #: for the slot go to the old worker, so it also sleeps as a watcher of its worker.
         self.moved = worker is not None and 0 <= slot < len(info.readers) and info.readers[slot] != worker
         if self.moved:
-            router.register(info.segment, WATCHER_SLOT, self.sleeper.wake)
+            router.register(info.segment, Slot.WATCHER, self.sleeper.wake)
         #: The position of a reader that reads behind (watcher, catching-up receiver), else None.
         self._pos: int | None = None
-        if slot == WATCHER_SLOT:
+        if slot == Slot.WATCHER:
             self._pos = ring.oldest_held() if start is None else start
         elif start is not None:
             if start < ring.read_seq(slot):
@@ -308,7 +319,7 @@ class Consumer(_Endpoint):
             elif start > ring.read_seq(slot):
                 ring.commit_read(slot, start)
         #: Metrics of this reader; the transfer's time to first byte is a fresh receiver's only.
-        self.meter = metrics.ReaderMeter(ring, self.offset, first_byte=start is None and slot != WATCHER_SLOT)
+        self.meter = metrics.ReaderMeter(ring, self.offset, first_byte=start is None and slot != Slot.WATCHER)
         #: Set by a reader that can send from inside the wake-up callback (see ``_on_wake``).
         self.express: Callable[[], bool] | None = None
         #: Set by ``express`` when this reader needs no more bytes (its Content-Length is
@@ -457,12 +468,12 @@ class Consumer(_Endpoint):
         self.ring.commit_read(self.slot, read_seq)
         self.sleeper.progressed()
         if self.ring.take_writer_waiting():
-            self.router.wake(self.info, -1)
+            self.router.wake(self.info, Slot.WRITER)
 
     def close(self) -> None:
         self.meter.close(self.offset)  # idempotent: also counts a resumable drop's bytes
         if self.moved:
-            self.router.unregister(self.info.segment, WATCHER_SLOT, self.sleeper.wake)
+            self.router.unregister(self.info.segment, Slot.WATCHER, self.sleeper.wake)
         super().close()
 
     def leave(self, status: int) -> None:
@@ -470,7 +481,7 @@ class Consumer(_Endpoint):
         self.meter.close(self.offset)
         if self.slot >= 0:
             self.ring.set_reader_status(self.slot, status)
-            self.router.wake(self.info, -1)
+            self.router.wake(self.info, Slot.WRITER)
 
 
 class Ingest:

@@ -8,10 +8,10 @@ SIGHUP re-reads the tokens file (``--tokens-file``) and swaps the gate's token t
 a file that cannot be read or parsed keeps the tokens in use and logs an error.
 
 Draining (SIGTERM/SIGINT, or the supervisor vanished): uvicorn stops accepting and lets
-running responses finish; the node turns away waiting parties on the paths it owns; then
-the worker stays up while it still *owns* live relays, because parties on other workers
-still talk to it, until the grace period ends. Only then does the mesh close and the node
-unlink its rings.
+running responses finish; ``WorkerPipes`` turns away waiting parties on the paths this
+worker owns; then the worker stays up while it still *owns* live relays, because parties on
+other workers still talk to it, until the grace period ends. Only then does the mesh close
+and the worker unlink its rings.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ from ringpipe.http.pages import build_pages
 from ringpipe.http.protocol import RingpipeHttpProtocol
 from ringpipe.http.websocket import HandshakeLogFilter
 from ringpipe.mesh.handoff import Handoff, HandoffChannel, handoff_target
-from ringpipe.mesh.node import Node
+from ringpipe.mesh.worker_pipes import WorkerPipes
 from ringpipe.ops.fleet import BOOT_ERROR
 from ringpipe.ops.logs import register_secrets, setup_logging
 
@@ -139,8 +139,8 @@ def run_worker(
     register_secrets(token.secret for token in access.tokens)
 
     logging.getLogger("uvicorn.error").addFilter(HandshakeLogFilter())  # WebSocket lines carry query secrets
-    node = Node(settings, index=index, supervisor_pid=supervisor_pid, runtime_dir=runtime_dir)
-    endpoints = PipeEndpoints(node)
+    pipes = WorkerPipes(settings, index=index, supervisor_pid=supervisor_pid, runtime_dir=runtime_dir)
+    endpoints = PipeEndpoints(pipes)
     app = RingpipeApp(endpoints, build_pages(runtime_dir, settings.workers), access, cors)
 
     def reload_tokens() -> None:
@@ -220,7 +220,7 @@ def run_worker(
                 stopping.set()
                 if handoffs is not None:
                     handoffs.close()
-                node.drain()
+                pipes.drain()
 
         async def stop_on_request() -> None:
             # The signal handler's callback runs outside any task, where anyio (used by the
@@ -235,8 +235,8 @@ def run_worker(
             reload_tokens()  # changed (and its SIGHUP ignored) between our first read and the handler
         try:
             async with anyio.create_task_group() as tg:
-                await tg.start(node.mesh.run)
-                node.wakes.start()
+                await tg.start(pipes.mesh.run)
+                pipes.wakes.start()
                 if handoffs is not None:
                     handoffs.start()
                 tg.start_soon(stop_on_request)
@@ -269,14 +269,14 @@ def run_worker(
                 await server.serve(sockets=[listener])
                 stop()
                 deadline = time.monotonic() + settings.graceful_timeout
-                while node.rendezvous.relays and time.monotonic() < deadline:
+                while pipes.rendezvous.relays and time.monotonic() < deadline:
                     await anyio.sleep(0.05)
                 tg.cancel_scope.cancel()
         finally:
             if handoffs is not None:
                 handoffs.close()
             endpoints.hangups.close()
-            node.close()
+            pipes.close()
 
     try:
         with asyncio.Runner(loop_factory=config.get_loop_factory()) as runner:  # uvloop when installed

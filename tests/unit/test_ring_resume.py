@@ -25,7 +25,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 
 from ringpipe.core.control_frames import RelayInfo
 from ringpipe.core.errors import Gap, PeerGone, WouldBlock
-from ringpipe.mesh.relay import WATCHER_SLOT, Consumer
+from ringpipe.mesh.relay import Consumer, Slot
 from ringpipe.shm import segment
 
 BLOCKED = object()
@@ -81,7 +81,7 @@ class ResumeModel(RuleBasedStateMachine):
         self.history = bytearray()
         self.finished = False
         self.clients = [Client(i, self._consumer(i, None)) for i in range(n_readers)]
-        self.watcher = self._consumer(WATCHER_SLOT, None, continue_gaps=True)
+        self.watcher = self._consumer(Slot.WATCHER, None, continue_gaps=True)
         self.watched: list[tuple[int, bytes]] = []
         self.gaps = 0
 

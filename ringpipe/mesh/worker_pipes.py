@@ -1,10 +1,10 @@
 """One worker's share of the server: its local parties, the paths it owns, its wake-ups.
 
-A ``Node`` plays two roles at once:
+``WorkerPipes`` plays two roles at once:
 
 - **participant**: each sender or receiver request on this worker is a ``LocalParty``. It
-  sends ``Join``/``Leave`` to the path's owner (maybe this very node) and reads the owner's
-  answers from its inbox.
+  sends ``Join``/``Leave`` to the path's owner (maybe this very worker) and reads the
+  owner's answers from its inbox.
 - **owner**: for the paths that hash to this worker, it feeds ``Join``/``Leave`` frames to the
   pure ``Rendezvous`` and carries out the actions: answer parties, create the ring segment
   and send ``Start``, mark readers detached or the ring broken, unlink the segment.
@@ -16,7 +16,7 @@ the total. (A server whose budget per worker is below one ring refuses every tra
 Timers (``wait_timeout``, ``reconnect_grace``) live in the owner's rendezvous as one heap,
 driven by one task that sleeps until the earliest deadline.
 
-Failure rule: when a peer worker dies, this node (as owner) treats that peer's parties as
+Failure rule: when a peer worker dies, this worker (as owner) treats that peer's parties as
 gone, and (as participant) fails every local party whose owner was that peer. Either way
 each affected party ends with a visible error; no other pipe is touched.
 """
@@ -73,16 +73,14 @@ from ringpipe.core.rendezvous import (
     WorkerGone,
 )
 from ringpipe.mesh.control import Mesh
+from ringpipe.mesh.relay import Slot
 from ringpipe.ops import metrics
 from ringpipe.shm import segment
 from ringpipe.shm.wakeup import WakeChannel
 
-__all__ = ["Hangup", "InboxItem", "LocalParty", "Node"]
+__all__ = ["Hangup", "InboxItem", "LocalParty", "WorkerPipes"]
 
 log = logging.getLogger("ringpipe.node")
-
-#: The slot a watcher registers its wake-up under (``relay.WATCHER_SLOT``).
-WATCHERS = -2
 
 
 def owner_limits(settings: Settings) -> Limits:
@@ -193,8 +191,8 @@ def new_epoch() -> str:
     return "".join(reversed(digits))
 
 
-class Node:
-    """The runtime state of one worker process."""
+class WorkerPipes:
+    """The pipes of one worker process: its parties in them, and those whose path it owns."""
 
     def __init__(self, settings: Settings, *, index: int, supervisor_pid: int, runtime_dir: Path) -> None:
         self.settings = settings
@@ -276,13 +274,13 @@ class Node:
     # -- wake router (relay.WakeRouter) --
 
     def register(self, segment: str, slot: int, callback: Callable[[], None]) -> None:
-        if slot == WATCHERS:
+        if slot == Slot.WATCHER:
             self._watcher_wakers.setdefault(segment, set()).add(callback)
         else:
             self._wakers[(segment, slot)] = callback
 
     def unregister(self, segment: str, slot: int, callback: Callable[[], None] | None = None) -> None:
-        if slot == WATCHERS:
+        if slot == Slot.WATCHER:
             callbacks = self._watcher_wakers.get(segment)
             if callbacks is not None and callback is not None:
                 callbacks.discard(callback)
@@ -295,9 +293,9 @@ class Node:
         """Wake every watcher of ring ``info`` on each of ``workers``."""
         for worker in workers:
             if worker == self.index:
-                self._wake_local(info.segment, WATCHERS)
+                self._wake_local(info.segment, Slot.WATCHER)
             elif worker < self.settings.workers:
-                self.wakes.send(worker, info.segment, [WATCHERS])
+                self.wakes.send(worker, info.segment, [Slot.WATCHER])
 
     def wake(self, info: RelayInfo, slot: int) -> None:
         worker = info.producer if slot < 0 else info.readers[slot]
@@ -319,7 +317,7 @@ class Node:
             self.wakes.send(worker, info.segment, batch)
 
     def _wake_local(self, segment: str, slot: int) -> None:
-        if slot == WATCHERS:
+        if slot == Slot.WATCHER:
             for wake in list(self._watcher_wakers.get(segment, ())):
                 wake()
             return
@@ -351,7 +349,7 @@ class Node:
                 party.deliver(Broken(party.id))
 
     def drain(self) -> None:
-        """Shutdown: turn away every party waiting on a path this node owns."""
+        """Shutdown: turn away every party waiting on a path this worker owns."""
         self.mesh.draining = True
         self._apply(self.rendezvous.handle(Drain()))
 
@@ -403,7 +401,7 @@ class Node:
             self._establish(action)
         elif isinstance(action, (WatcherStart, Resume)):
             owned = self._owned.get(action.relay_id)
-            slot = action.slot if isinstance(action, Resume) else WATCHERS
+            slot = action.slot if isinstance(action, Resume) else Slot.WATCHER
             if owned is None:
                 self.mesh.send(action.party.worker, Reject(action.party, 410, "The pipe is gone."))
             else:
@@ -419,7 +417,7 @@ class Node:
             owned = self._owned.get(action.relay_id)
             if owned is not None:
                 owned.ring.cancel()
-                self.wake(owned.info, -1)
+                self.wake(owned.info, Slot.WRITER)
                 self.wake_many(owned.info, list(range(owned.ring.n_readers)))
             for party in action.parties:
                 self.mesh.send(party.worker, Cancelled(party))
@@ -427,7 +425,7 @@ class Node:
             owned = self._owned.get(action.relay_id)
             if owned is not None:
                 owned.ring.set_reader_status(action.slot, segment.DETACHED)
-                self.wake(owned.info, -1)
+                self.wake(owned.info, Slot.WRITER)
         elif isinstance(action, Break):
             owned = self._owned.get(action.relay_id)
             if owned is not None:
@@ -456,11 +454,11 @@ class Node:
         owned = _OwnedRelay(ring, info, action.path, time.monotonic(), action.receiver_headers)
         self._owned[action.relay_id] = owned
         metrics.relay_established(ring, len(action.receivers))
-        self.mesh.send(action.sender.worker, Start(action.sender, info, -1, action.receiver_headers))
+        self.mesh.send(action.sender.worker, Start(action.sender, info, Slot.WRITER, action.receiver_headers))
         for slot, party in enumerate(action.receivers):
             self.mesh.send(party.worker, Start(party, info, slot, action.receiver_headers))
         for party in action.watchers:
-            self.mesh.send(party.worker, Start(party, info, WATCHERS, action.receiver_headers))
+            self.mesh.send(party.worker, Start(party, info, Slot.WATCHER, action.receiver_headers))
 
     def _release(self, action: Release) -> None:
         owned = self._owned.pop(action.relay_id, None)
@@ -502,7 +500,7 @@ class Node:
         )
 
     def close(self) -> None:
-        """Unlink every ring this node owns (worker exit)."""
+        """Unlink every ring this worker owns (worker exit)."""
         if self._timer_task is not None:
             self._timer_task.cancel()
         self.wakes.close()
