@@ -106,10 +106,10 @@ InboxItem = Frame | Hangup
 class Inbox:
     """A party's mailbox: frames and hang-ups in arrival order, async-iterable until closed.
 
-    A list and at most one waiting future: the party's handler is its only reader. (anyio's
-    memory object streams did the same with several objects and a task-info lookup per
-    receive, for every one of thousands of waiting receivers; an empty deque alone is a
-    ~760-byte block, a list 56 bytes, and an inbox rarely holds more than two items.)
+    A list and at most one waiting future: the party's handler is its only reader. (An anyio
+    memory object stream takes several objects and a task-info lookup per receive, for each
+    of thousands of waiting receivers; an empty deque alone is a ~760-byte block, a list 56
+    bytes, and an inbox rarely holds more than two items.)
     """
 
     __slots__ = ("_closed", "_items", "_waiter")
