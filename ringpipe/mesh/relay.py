@@ -64,11 +64,10 @@ WAIT_MAX_S: Final = 1.0
 
 
 class Slot(IntEnum):
-    """The slots that are not a reader's cursor in the ring header (those are 0 .. n-1).
+    """The slots (``Start.slot``, wake-ups) that name no reader cursor; readers are 0 .. n-1.
 
-    A slot says where a party works on a ring (``Start.slot``) and where its wake-ups go
-    (``WakeRouter``). Watchers read without a cursor, so all of one worker's watchers of a
-    ring share ``WATCHER`` and are woken together.
+    All of one worker's watchers of a ring share ``WATCHER``: they read without a cursor
+    and are woken together.
     """
 
     WRITER = -1
