@@ -7,7 +7,7 @@ A sender's life: validate → ``Join`` the owner → (waiting: log lines, hang-u
 ``EPOLLRDHUP``, body untouched) → ``Start`` → pump the body into the ring while the owner's
 notes become log lines → ``Finish`` ends the log. A receiver's: validate → ``Join`` →
 (waiting: no response at all, except an SSE reader's head and pings) → ``Start`` → its
-``Reader`` (``readers.py``, ``websocket.py``: raw, SSE, NDJSON, WebSocket) relays ring →
+``Reader`` (``readers/``, ``websocket.py``: raw, SSE, NDJSON, WebSocket) relays ring →
 socket → clean end, or an end that says how the transfer broke (producer vanished, pipe
 cancelled, reader evicted; raw: the connection closed before the last chunk).
 
@@ -43,19 +43,14 @@ from ringpipe.core.rendezvous import (
     Role,
 )
 from ringpipe.http.connection import EXTENSION, Connection, HangupWatcher
-from ringpipe.http.readers import (
+from ringpipe.http.readers.base import Reader, ReadOptions, ReadStart, read_options
+from ringpipe.http.readers.encoded import NdjsonReader, SseReader
+from ringpipe.http.readers.raw import HttpReader
+from ringpipe.http.responses import (
     HEADERS_IN_RING,
     STREAM_HEADERS,
     TEXT_HEADERS,
-    HttpReader,
-    NdjsonReader,
-    Reader,
-    ReadOptions,
-    ReadStart,
-    SseReader,
     content_headers,
-    http_reader,
-    read_options,
     reject,
     worker_header,
 )
@@ -504,7 +499,7 @@ class PipeEndpoints:
     # -- receivers --
 
     async def receiver(self, scope: Scope, receive: Receive, send: Send, path: str) -> None:
-        """A GET (any framing, ``readers.py``) or a WebSocket (``websocket.py``) on a pipe path:
+        """A GET (any framing, ``readers/``) or a WebSocket (``websocket.py``) on a pipe path:
         a receiver, a watcher (``?watch=1``) or a resuming receiver (an offset)."""
         options = read_options(scope)
         reader = self._reader(scope, receive, send, options if isinstance(options, ReadOptions) else ReadOptions())
@@ -548,7 +543,12 @@ class PipeEndpoints:
     def _reader(self, scope: Scope, receive: Receive, send: Send, options: ReadOptions) -> Reader:
         if scope["type"] == "websocket":
             return WebSocketReader(scope, receive, send, options)
-        return http_reader(scope, send, options, worker=self.node.index, heartbeat=self.node.settings.heartbeat)
+        worker, heartbeat = self.node.index, self.node.settings.heartbeat
+        if options.format == "sse":
+            return SseReader(scope, send, options, worker=worker, heartbeat=heartbeat)
+        if options.format == "ndjson":
+            return NdjsonReader(scope, send, options, worker=worker, heartbeat=heartbeat)
+        return HttpReader(scope, send, worker=worker, heartbeat=heartbeat)
 
     async def _receiver_life(self, reader: Reader, party: LocalParty, plan: _ReadPlan) -> None:
         start: Start | None = None

@@ -33,7 +33,8 @@ from starlette.types import Receive, Scope, Send
 from ringpipe.core.control_frames import Start
 from ringpipe.core.errors import Gap, PeerGone
 from ringpipe.core.framing import LineSplitter, Utf8Text
-from ringpipe.http.readers import HEADERS_IN_RING, TEXT_HEADERS, Reader, ReadOptions, ReadStart, part_headers
+from ringpipe.http.readers.base import Reader, ReadOptions, ReadStart, part_headers
+from ringpipe.http.responses import HEADERS_IN_RING, TEXT_HEADERS
 from ringpipe.mesh.relay import Consumer
 from ringpipe.ops import metrics
 

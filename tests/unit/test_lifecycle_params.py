@@ -9,7 +9,7 @@ import pytest
 from starlette.types import Scope
 
 from ringpipe.http.edge import ResumePoint, can_resume, read_key, resume_point, stall_ms
-from ringpipe.http.readers import _with_length
+from ringpipe.http.readers.raw import _with_length
 
 
 def scope(query: str = "", headers: list[tuple[str, str]] | None = None) -> Scope:
