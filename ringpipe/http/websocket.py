@@ -1,7 +1,7 @@
 """WebSocket receivers (SPEC 2.1): a GET with ``Upgrade: websocket`` on a pipe path is a receiver.
 
-It counts toward ``n`` like any receiver and lives the same life in ``edge.py``; this module is
-its ``Reader``. uvicorn's ``websockets-sansio`` protocol does the WebSocket work (handshake,
+It counts toward ``n`` like any receiver and lives the same life in ``receiver.py``; this
+module is its ``Reader``. uvicorn's ``websockets-sansio`` protocol does the WebSocket work (handshake,
 framing, and a ping every ``heartbeat`` seconds: ``worker.py`` sets ``ws_ping_interval``);
 ringpipe sees ASGI ``websocket.*`` messages.
 
