@@ -1,6 +1,6 @@
 """Reader framings (SPEC 2.1, 2.2): the producer's bytes re-encoded for SSE, NDJSON and WebSocket lines.
 
-Pure: bytes in, bytes (or strings) out; no socket, no clock. ``readers.py`` is the I/O shell.
+Pure: bytes in, bytes (or strings) out; no socket, no clock. ``http/readers/`` is the I/O shell.
 
 **Text.** A text framing decodes the pipe as UTF-8 with an incremental decoder, so a
 character split across two chunks is never broken; an invalid sequence becomes U+FFFD and is

@@ -27,7 +27,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from ringpipe.core.access import AccessPolicy, Deny
 from ringpipe.core.cors import CorsPolicy
 from ringpipe.core.paths import RESERVED_PATHS, normalize_path
-from ringpipe.http.edge import PipeEndpoints, reject
+from ringpipe.http.endpoints import PipeEndpoints
+from ringpipe.http.responses import reject
 from ringpipe.http.websocket import refuse_websocket
 from ringpipe.ops import metrics
 

@@ -1,6 +1,6 @@
 """Reserved pages served by Starlette: ``/``, ``/noscript``, ``/help``, ``/version``, health, metrics.
 
-What the pages say is in ``webpages.py``; this module picks it per request and sets the
+What the pages say is in ``core.page_texts``; this module picks it per request and sets the
 headers piping-server 1.12.9 sets (its exact Content-Type values, CORS only where it has
 it), plus ``/noscript``'s Content-Security-Policy with a fresh nonce per response. HEAD gets
 the same headers and no body (uvicorn drops the body of a HEAD response).
@@ -32,7 +32,7 @@ from ringpipe.mesh.control import socket_path
 from ringpipe.ops.fleet import read_fleet
 from ringpipe.ops.metrics import metrics_endpoint
 
-__all__ = ["base_url", "build_pages", "help_text", "readiness_problems"]
+__all__ = ["base_url", "build_pages", "readiness_problems"]
 
 HTML = "text/html"
 TEXT = "text/plain"

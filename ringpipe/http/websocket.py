@@ -1,7 +1,7 @@
 """WebSocket receivers (SPEC 2.1): a GET with ``Upgrade: websocket`` on a pipe path is a receiver.
 
-It counts toward ``n`` like any receiver and lives the same life in ``edge.py``; this module is
-its ``Reader``. uvicorn's ``websockets-sansio`` protocol does the WebSocket work (handshake,
+It counts toward ``n`` like any receiver and lives the same life in ``receiver.py``; this
+module is its ``Reader``. uvicorn's ``websockets-sansio`` protocol does the WebSocket work (handshake,
 framing, and a ping every ``heartbeat`` seconds: ``worker.py`` sets ``ws_ping_interval``);
 ringpipe sees ASGI ``websocket.*`` messages.
 
@@ -33,7 +33,8 @@ from starlette.types import Receive, Scope, Send
 from ringpipe.core.control_frames import Start
 from ringpipe.core.errors import Gap, PeerGone
 from ringpipe.core.framing import LineSplitter, Utf8Text
-from ringpipe.http.readers import HEADERS_IN_RING, TEXT_HEADERS, Reader, ReadOptions, ReadStart, part_headers
+from ringpipe.http.readers.base import Reader, ReadOptions, ReadStart, part_headers
+from ringpipe.http.responses import HEADERS_IN_RING, TEXT_HEADERS
 from ringpipe.mesh.relay import Consumer
 from ringpipe.ops import metrics
 

@@ -37,7 +37,7 @@ from ringpipe.core.access import TokenFileError, load_tokens, policy_from_settin
 from ringpipe.core.config import Settings
 from ringpipe.core.cors import CorsPolicy
 from ringpipe.http.app import RingpipeApp
-from ringpipe.http.edge import PipeEndpoints
+from ringpipe.http.endpoints import PipeEndpoints
 from ringpipe.http.limits import EdgeLimits
 from ringpipe.http.pages import build_pages
 from ringpipe.http.protocol import RingpipeHttpProtocol

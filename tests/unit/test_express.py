@@ -1,4 +1,4 @@
-"""The express path: a parked reader served from its wake-up callback (``readers._Express``).
+"""The express path: a parked reader served from its wake-up callback (``readers.wakeup_delivery``).
 
 Real shared-memory ring, real ``relay.Consumer``, a real socket pair for the client
 connection; only uvicorn's transport is replaced by a list that records what it was
@@ -21,7 +21,7 @@ import pytest
 from ringpipe.core.control_frames import RelayInfo
 from ringpipe.core.framing import SseEncoder
 from ringpipe.http.connection import Connection
-from ringpipe.http.readers import _RawExpress, _TextExpress
+from ringpipe.http.readers.wakeup_delivery import EncodedWakeupDelivery, RawWakeupDelivery
 from ringpipe.mesh.relay import Consumer
 from ringpipe.shm import segment
 
@@ -140,7 +140,7 @@ def test_a_token_goes_out_from_the_callback(ring: tuple[segment.RingSegment, Rel
     try:
         consumer = Consumer(_Router(), segment.RingSegment.attach(info.segment), info, 0)
         conn = _Conn(server_end)
-        consumer.express = _RawExpress(consumer, conn, chunked=True)  # type: ignore[arg-type]
+        consumer.express = RawWakeupDelivery(consumer, conn, chunked=True)  # type: ignore[arg-type]
         for token in [b"Hello", b", ", b"world" * 20]:
             future = _parked(consumer, loop)
             consumer.ring.set_reader_waiting(0)
@@ -163,7 +163,7 @@ def test_backlog_ending_and_full_length_leave_it_to_the_task(ring, client) -> No
     try:
         consumer = Consumer(_Router(), segment.RingSegment.attach(info.segment), info, 0)
         conn = _Conn(server_end)
-        consumer.express = _RawExpress(consumer, conn, chunked=True)  # type: ignore[arg-type]
+        consumer.express = RawWakeupDelivery(consumer, conn, chunked=True)  # type: ignore[arg-type]
         conn.transport.queued += b"earlier"  # the socket has a backlog: backpressure is the task's
         created.write_nowait(b"x" * 100)
         future = _parked(consumer, loop)
@@ -193,7 +193,7 @@ def test_partial_writes_lose_nothing(ring, client) -> None:
     try:
         consumer = Consumer(_Router(), segment.RingSegment.attach(info.segment), info, 0)
         conn = _Conn(server_end)
-        consumer.express = _RawExpress(consumer, conn, chunked=True)  # type: ignore[arg-type]
+        consumer.express = RawWakeupDelivery(consumer, conn, chunked=True)  # type: ignore[arg-type]
         woken = 0
         for _ in range(300):
             data = rng.randbytes(rng.choice([1, 64, 3000, 20000]))
@@ -238,7 +238,7 @@ def test_sse_tokens_are_encoded_once(ring, client) -> None:
         consumer = Consumer(_Router(), segment.RingSegment.attach(info.segment), info, 0)
         conn = _Conn(server_end)
         reader = _Reader(conn)
-        consumer.express = _TextExpress(consumer, reader)  # type: ignore[arg-type]
+        consumer.express = EncodedWakeupDelivery(consumer, reader)  # type: ignore[arg-type]
         model = SseEncoder(epoch="e")
         model.begin(None)
         expected = bytearray()

@@ -8,8 +8,8 @@ import hashlib
 import pytest
 from starlette.types import Scope
 
-from ringpipe.http.edge import ResumePoint, can_resume, read_key, resume_point, stall_ms
-from ringpipe.http.readers import _with_length
+from ringpipe.http.readers.raw import _with_length
+from ringpipe.http.request_params import ResumePoint, can_resume, read_key, resume_point, stall_ms
 
 
 def scope(query: str = "", headers: list[tuple[str, str]] | None = None) -> Scope:

@@ -1,10 +1,10 @@
-"""Reader options (``readers.read_options``): which framing a request asks for, and refusals."""
+"""Reader options (``readers.base.read_options``): which framing a request asks for, and refusals."""
 
 from __future__ import annotations
 
 import pytest
 
-from ringpipe.http.readers import ReadOptions, read_options
+from ringpipe.http.readers.base import ReadOptions, read_options
 
 
 def scope(query: bytes = b"", accept: bytes | None = None, kind: str = "http") -> dict[str, object]:

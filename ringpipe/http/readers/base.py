@@ -1,0 +1,115 @@
+"""The ``Reader`` contract: what differs between framings in a receiver's life.
+
+``http.receiver`` runs every receiver's life the same way (join, wait, start, relay, leave)
+and asks its ``Reader`` for what differs:
+
+- ``session(on_hangup)``: the reader's connection for the whole life (hang-up callback; SSE
+  also sends its head *at once*, with ``retry: 1000``, and a ``: ping`` comment after every
+  ``heartbeat`` seconds without a write, while waiting and while idle);
+- ``reject(status, message)``: the piping error form before the head, an in-band event after;
+- ``relay(consumer, start)``: the response from the transfer's start to its ending; True only
+  for a complete transfer (the producer's clean end);
+- ``finish(completed)``: make an incomplete end visible (raw: close before the last chunk;
+  SSE/NDJSON: the ending, if none went out yet).
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Final
+
+from starlette.types import Scope
+
+from ringpipe.core.control_frames import Start
+from ringpipe.core.errors import PeerGone
+from ringpipe.core.paths import query_param
+from ringpipe.mesh.relay import HEADER_BLOCK, HEADER_MAGIC, Consumer, parse_header_block
+
+__all__ = ["ReadOptions", "ReadStart", "Reader", "part_headers", "read_options"]
+
+HTTP_FORMATS: Final = ("raw", "sse", "ndjson")
+WEBSOCKET_FORMATS: Final = ("raw", "lines", "text")
+
+
+@dataclass(frozen=True, slots=True)
+class ReadOptions:
+    """How a reader wants the pipe: ``?format=``, ``?encoding=base64``, ``?done=openai``."""
+
+    format: str = "raw"
+    base64: bool = False
+    done_openai: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ReadStart:
+    """Where a reader joins the pipe (SPEC 2.4): a watcher, a resumed receiver (offset,
+    ``Last-Event-ID``), by ``Range`` (raw answers 206). A fresh receiver is the default."""
+
+    watcher: bool = False
+    resumed: bool = False
+    by_range: bool = False
+
+
+def read_options(scope: Scope) -> ReadOptions | str:
+    """The reader's options, or the rejection message for a value we do not know.
+
+    HTTP: ``?format=raw|sse|ndjson`` (``Accept: text/event-stream`` means sse when ``format``
+    is absent, which is what EventSource sends); WebSocket: ``?format=raw|lines|text``.
+    """
+    query = scope["query_string"]
+    websocket = scope["type"] == "websocket"
+    known = WEBSOCKET_FORMATS if websocket else HTTP_FORMATS
+    fmt = query_param(query, "format")
+    if fmt is None:
+        accept = b",".join(v for k, v in scope["headers"] if k == b"accept").lower()
+        fmt = "sse" if not websocket and b"text/event-stream" in accept else "raw"
+    if fmt not in known:
+        return f"Unknown format '{fmt}': use {', '.join(known[:-1])} or {known[-1]}."
+    encoding = query_param(query, "encoding") or "text"
+    if encoding not in ("text", "base64"):
+        return f"Unknown encoding '{encoding}': use text or base64."
+    done = query_param(query, "done")
+    if done not in (None, "openai"):
+        return f"Unknown done marker '{done}': use openai."
+    return ReadOptions(fmt, encoding == "base64", done == "openai")
+
+
+class Reader(abc.ABC):
+    """What differs between framings in a receiver's life (see the module docstring)."""
+
+    @abc.abstractmethod
+    def session(self, on_hangup: Callable[[], None]) -> contextlib.AbstractAsyncContextManager[None]:
+        """The reader's connection from its join to its leave; ``on_hangup`` once the client is gone."""
+
+    @abc.abstractmethod
+    async def reject(self, status: int, message: str) -> None:
+        """Refuse the reader with ``status`` and the piping error text ``message``."""
+
+    @abc.abstractmethod
+    async def relay(self, consumer: Consumer, start: Start, begin: ReadStart) -> bool:
+        """The response from the transfer's start to its ending; True for a complete transfer.
+
+        Raises:
+            OSError: the client went away while we wrote (the caller treats it as gone).
+        """
+
+    @abc.abstractmethod
+    async def finish(self, completed: bool, ending: str | None = None) -> None:
+        """After the relay (or instead of it): make an incomplete end visible to the client,
+        saying ``ending`` (``errors.ENDINGS``; None: unknown, told as aborted) where the
+        framing can."""
+
+
+async def part_headers(consumer: Consumer) -> dict[str, str] | None:
+    """A multipart upload's first-part headers from the head of the ring; None if the
+    producer vanished first."""
+    try:
+        magic, size = HEADER_BLOCK.unpack(await consumer.read_exact(HEADER_BLOCK.size))
+        if magic != HEADER_MAGIC:
+            raise PeerGone("no header block at the head of the ring")
+        return dict(parse_header_block(await consumer.read_exact(size)))
+    except PeerGone:
+        return None

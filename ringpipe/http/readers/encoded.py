@@ -1,0 +1,237 @@
+"""The SSE and NDJSON readers (SPEC 2.1, 2.2): each chunk decoded from the ring, re-encoded by
+``core.framing``, then the ending as an event or a line.
+
+They copy each chunk once, encode it, and send it through uvicorn, which writes it at once:
+the transport's write buffer limit is 0, so every write is flushed and awaited
+(backpressure). While the reader's task sleeps caught up, ``EncodedWakeupDelivery`` runs
+the same rounds from the wake-up callback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Final
+
+from starlette.types import Scope, Send
+
+from ringpipe.core.control_frames import Start
+from ringpipe.core.errors import Gap, PeerGone
+from ringpipe.core.framing import RETRY, NdjsonEncoder, SseEncoder
+from ringpipe.http.readers.base import ReadOptions, ReadStart, part_headers
+from ringpipe.http.readers.raw import HttpReader
+from ringpipe.http.readers.wakeup_delivery import EncodedWakeupDelivery
+from ringpipe.http.responses import HEADERS_IN_RING, STREAM_HEADERS, worker_header
+from ringpipe.mesh.relay import Consumer
+from ringpipe.ops import metrics
+
+__all__ = ["NdjsonReader", "SseReader"]
+
+#: What an ending event says when the relay was interrupted from outside (eviction, cancel).
+_REASONS: Final = {
+    "aborted": "the transfer was broken",
+    "cancelled": "the transfer was cancelled",
+    "lagged": "this reader made no progress and was evicted",
+}
+
+
+class _EncodedReader(HttpReader):
+    """SSE and NDJSON: decode the ring's chunks and write them re-encoded, then the ending."""
+
+    content_type: bytes = b""
+    encoder: SseEncoder | NdjsonEncoder
+
+    def __init__(self, scope: Scope, send: Send, options: ReadOptions, *, worker: int, heartbeat: float) -> None:
+        super().__init__(scope, send, worker=worker, heartbeat=heartbeat)
+        self.options = options
+        self.ended = False
+        self._last_write = time.monotonic()
+
+    def _head(self) -> list[tuple[bytes, bytes]]:
+        return [
+            (b"content-type", self.content_type),
+            (b"access-control-allow-origin", b"*"),
+            *STREAM_HEADERS,
+            (b"x-content-type-options", b"nosniff"),
+            (b"x-robots-tag", b"none"),
+            worker_header(self.worker),
+        ]
+
+    async def _start(self, preamble: bytes = b"") -> None:
+        if self.http10:
+            self.conn.unframed_response()
+        await self.send({"type": "http.response.start", "status": 200, "headers": self._head()})
+        self.head_sent = True
+        if preamble:
+            await self._write(preamble)
+
+    async def _write(self, data: bytes) -> None:
+        self._last_write = time.monotonic()
+        await self._body(data, more=True)
+
+    async def _body(self, data: bytes, *, more: bool) -> None:
+        """Send body bytes. An HTTP/1.0 response has no framing (it ends at close), which
+        uvicorn's cycle cannot send; its bytes go straight to the connection, as raw ones do."""
+        if self.http10:
+            if data:
+                # Like uvicorn's ``send`` once the client is gone: nothing to tell anyone
+                # (the hang-up callback ends this reader).
+                with contextlib.suppress(ConnectionError):
+                    await self.conn.write_parts([data], len(data))
+            if more:
+                return
+            data = b""
+        await self.send({"type": "http.response.body", "body": data, "more_body": more})
+
+    async def _end(self, ending: str, reason: str | None = None) -> None:
+        if self.ended:
+            return
+        self.ended = True
+        tail = self.encoder.end(ending, reason)
+        await self._body(tail, more=False)
+
+    async def relay(self, consumer: Consumer, start: Start, begin: ReadStart) -> bool:
+        content_type = dict(start.receiver_headers).get("content-type")
+        if (HEADERS_IN_RING, "1") in start.receiver_headers and consumer.offset == 0:
+            part = await part_headers(consumer)
+            if part is None:
+                self._begin(content_type, 0)
+                if not self.head_sent:
+                    return False
+                await self._end("aborted", "the producer vanished")
+                return False
+            content_type = part.get("content-type")
+            self._begin(content_type, consumer.offset - consumer.bytes_read)
+        else:
+            self._begin(content_type, consumer.offset)
+        if not self.head_sent:
+            await self._start()
+        return await self._pump(consumer)
+
+    def _begin(self, content_type: str | None, offset: int) -> None:
+        raise NotImplementedError
+
+    async def _pump(self, consumer: Consumer) -> bool:
+        """Chunks → encoded writes until the ending (``Consumer.commit`` meters the bytes)."""
+        conn = self.conn
+        if not conn.tls and (conn.chunked_response or conn.unframed):
+            consumer.express = EncodedWakeupDelivery(consumer, self)
+        try:
+            return await self._pump_rounds(consumer)
+        finally:
+            consumer.express = None
+
+    async def _pump_rounds(self, consumer: Consumer) -> bool:
+        encoder = self.encoder
+        while True:
+            try:
+                views, next_seq = await consumer.views()
+            except Gap as gap:
+                await self._write(encoder.gap(gap.lost_from, gap.lost_to))
+                continue
+            except PeerGone as gone:
+                await self._end(gone.ending, str(gone))
+                return False
+            if not views:
+                await self._end("done")
+                return True
+            data = b"".join(views)
+            for view in views:
+                view.release()
+            out = encoder.feed(data)
+            if out:
+                await self._write(out)
+            consumer.commit(next_seq, len(data))
+
+    async def finish(self, completed: bool, ending: str | None = None) -> None:
+        try:
+            await self._finish(completed, ending)
+        finally:
+            if self.encoder.replaced:
+                metrics.invalid_utf8("sse" if isinstance(self, SseReader) else "ndjson", self.encoder.replaced)
+
+    async def _finish(self, completed: bool, ending: str | None) -> None:
+        if self.conn.lost.is_set():
+            return
+        if self.head_sent and not self.ended:
+            with contextlib.suppress(OSError):
+                await self._end(ending or "aborted", _REASONS.get(ending or "aborted"))
+            return
+        if not completed and not self.head_sent:
+            await self.conn.close()
+
+
+class SseReader(_EncodedReader):
+    """``text/event-stream``: head and ``retry`` at once, pings while idle, events per chunk."""
+
+    content_type = b"text/event-stream"
+    encoder: SseEncoder
+
+    def __init__(self, scope: Scope, send: Send, options: ReadOptions, *, worker: int, heartbeat: float) -> None:
+        super().__init__(scope, send, options, worker=worker, heartbeat=heartbeat)
+        self.encoder = SseEncoder(epoch="", base64=options.base64, done_openai=options.done_openai)
+        self._epoch = ""
+
+    def _begin(self, content_type: str | None, offset: int) -> None:
+        self.encoder = SseEncoder(
+            epoch=self._epoch, offset=offset, base64=self.options.base64, done_openai=self.options.done_openai
+        )
+        self.encoder.begin(content_type)
+
+    async def relay(self, consumer: Consumer, start: Start, begin: ReadStart) -> bool:
+        self._epoch = start.relay.epoch
+        return await super().relay(consumer, start, begin)
+
+    @contextlib.asynccontextmanager
+    async def session(self, on_hangup: Callable[[], None]) -> AsyncIterator[None]:
+        async with super().session(on_hangup):
+            await self._start(RETRY)  # at once, even while the producer is still to come
+            beat = asyncio.create_task(self._heartbeat()) if self.heartbeat > 0 else None
+            try:
+                yield
+            finally:
+                if beat is not None:
+                    beat.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await beat
+
+    async def _heartbeat(self) -> None:
+        """``: ping`` after ``heartbeat`` seconds without a write (proxies drop silent streams)."""
+        while not self.ended and not self.conn.lost.is_set():
+            idle = time.monotonic() - self._last_write
+            if idle < self.heartbeat:
+                await asyncio.sleep(self.heartbeat - idle)
+                continue
+            ping = self.encoder.ping()
+            if ping is None:  # passthrough, mid-line: try again a beat later
+                self._last_write = time.monotonic()
+                continue
+            try:
+                await self._write(ping)
+            except OSError:
+                return
+
+    async def reject(self, status: int, message: str) -> None:
+        if not self.head_sent:
+            await super().reject(status, message)
+            return
+        metrics.REJECTIONS.labels(code=str(status)).inc()
+        self.ended = True
+        await self._body(self.encoder.rejected(status, message), more=False)
+
+
+class NdjsonReader(_EncodedReader):
+    """``application/x-ndjson``: the head when the transfer starts (as raw), a JSON line per chunk."""
+
+    content_type = b"application/x-ndjson"
+    encoder: NdjsonEncoder
+
+    def __init__(self, scope: Scope, send: Send, options: ReadOptions, *, worker: int, heartbeat: float) -> None:
+        super().__init__(scope, send, options, worker=worker, heartbeat=heartbeat)
+        self.encoder = NdjsonEncoder(base64=options.base64)
+
+    def _begin(self, content_type: str | None, offset: int) -> None:
+        self.encoder = NdjsonEncoder(offset=offset, base64=self.options.base64)
+        self.encoder.begin(content_type)

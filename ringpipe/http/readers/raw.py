@@ -1,0 +1,166 @@
+"""The plain GET reader (SPEC 1.1, 4): the producer's bytes, with the sender's headers.
+
+It keeps the zero-copy path: each round is one ``writev`` of views into the ring. It is also
+the base of the encoded readers (``readers.encoded``), which share its connection handling.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+
+from starlette.types import Scope, Send
+
+from ringpipe.core.control_frames import Start
+from ringpipe.core.errors import Gap, PeerGone
+from ringpipe.http.connection import EXTENSION, Connection
+from ringpipe.http.readers.base import Reader, ReadStart, part_headers
+from ringpipe.http.readers.wakeup_delivery import RawWakeupDelivery, framed
+from ringpipe.http.responses import HEADERS_IN_RING, STREAM_HEADERS, content_headers, reject, worker_header
+from ringpipe.mesh.relay import RAW_READ_LIMIT, Consumer
+
+__all__ = ["HttpReader"]
+
+
+class _WhenLost:
+    """``HttpReader.session``: ``on_hangup`` is the connection's lost-callback inside the block.
+
+    A slotted object rather than an ``asynccontextmanager``: every waiting receiver holds its
+    session for as long as it waits, and a generator-based one keeps a suspended async
+    generator, its frame and the manager's own dict (~0.5 KiB) where this keeps two slots.
+    """
+
+    __slots__ = ("_callback", "_conn")
+
+    def __init__(self, conn: Connection, callback: Callable[[], None]) -> None:
+        self._conn = conn
+        self._callback = callback
+
+    async def __aenter__(self) -> None:
+        self._conn.call_when_lost(self._callback)
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self._conn.forget_when_lost(self._callback)
+
+
+class HttpReader(Reader):
+    """A plain GET receiver: the producer's bytes, with the sender's headers (SPEC 1.1, 4)."""
+
+    def __init__(self, scope: Scope, send: Send, *, worker: int, heartbeat: float) -> None:
+        self.scope = scope
+        self.send = send
+        self.conn: Connection = scope["extensions"][EXTENSION]
+        self.worker = worker
+        self.heartbeat = heartbeat
+        self.http10 = scope.get("http_version") == "1.0"
+        self.head_sent = False
+
+    def session(self, on_hangup: Callable[[], None]) -> contextlib.AbstractAsyncContextManager[None]:
+        return _WhenLost(self.conn, on_hangup)  # a callback, not a task: waiting receivers stay cheap
+
+    async def reject(self, status: int, message: str) -> None:
+        await reject(self.send, status, message)
+
+    async def relay(self, consumer: Consumer, start: Start, begin: ReadStart) -> bool:
+        offset = consumer.offset
+        relayed: list[tuple[str, str]] | None = list(start.receiver_headers)
+        if (HEADERS_IN_RING, "1") in start.receiver_headers:
+            if offset == 0:
+                relayed = await _headers_from_ring(consumer, list(start.receiver_headers))
+            else:  # joined past the part's headers: relay the bytes untyped
+                relayed = [h for h in start.receiver_headers if h[0] != HEADERS_IN_RING]
+        if relayed is None:  # the sender vanished before its part headers
+            return False
+        status = 200
+        if begin.watcher or begin.resumed or offset > 0:
+            relayed = _with_length(relayed, consumer.offset)
+            relayed += [("ringpipe-offset", str(consumer.offset)), ("ringpipe-epoch", start.relay.epoch)]
+            if begin.by_range:
+                status = 206
+                total = next((int(v) + offset for k, v in relayed if k == "content-length"), None)
+                last = f"{total - 1}/{total}" if total else "*/*"
+                relayed.append(("content-range", f"bytes {offset}-{last}"))
+        headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in relayed]
+        headers += [*STREAM_HEADERS, worker_header(self.worker)]
+        if self.http10 and not any(k == b"content-length" for k, _ in headers):
+            self.conn.unframed_response()  # HTTP/1.0 has no chunks: the body ends at close
+        await self.send({"type": "http.response.start", "status": status, "headers": headers})
+        self.head_sent = True
+        completed = await _copy_out(consumer, self.conn)
+        if completed:
+            await self.send({"type": "http.response.body", "body": b"", "more_body": False})
+        return completed
+
+    async def finish(self, completed: bool, ending: str | None = None) -> None:
+        if not completed and not self.conn.lost.is_set():
+            await self.conn.close()
+
+
+def _with_length(headers: list[tuple[str, str]], start: int) -> list[tuple[str, str]]:
+    """Headers for a body that starts ``start`` bytes into the pipe (Content-Length cut down)."""
+    out = []
+    for name, value in headers:
+        if name == "content-length":
+            if not value.isdigit() or int(value) < start:
+                continue
+            value = str(int(value) - start)
+        out.append((name, value))
+    return out
+
+
+async def _headers_from_ring(consumer: Consumer, relayed: list[tuple[str, str]]) -> list[tuple[str, str]] | None:
+    """A multipart upload's response headers: the first part's content headers, then ours;
+    None if the producer vanished first (the receiver's connection is then closed unanswered)."""
+    part = await part_headers(consumer)
+    if part is None:
+        return None
+    content = content_headers(None, part.get("content-type"), part.get("content-disposition"))
+    return content + [h for h in relayed if h[0] != HEADERS_IN_RING]
+
+
+async def _copy_out(consumer: Consumer, conn: Connection) -> bool:
+    """Ring → socket for one receiver, zero-copy; True at the producer's clean end.
+
+    Each round sends whatever is published (up to ``RAW_READ_LIMIT``) with one ``writev`` of
+    views into the ring (plus the chunk-size line when the response is chunked) and only
+    then commits the read cursor, so the ring space stays reserved while the kernel copies.
+    (``Consumer.commit`` also feeds the reader's metrics: bytes out, relay latency, lag.)
+    While the task sleeps caught up, ``RawWakeupDelivery`` runs the same rounds from the
+    wake-up callback (not over TLS, whose bytes the transport must encrypt).
+    A raw reader cannot say how a transfer broke: every ending but done (and a watcher's
+    gap) cuts the response.
+    """
+    chunked = conn.chunked_response
+    if not conn.tls:
+        consumer.express = RawWakeupDelivery(consumer, conn, chunked)
+    try:
+        return await _copy_rounds(consumer, conn, chunked)
+    finally:
+        consumer.express = None
+
+
+async def _copy_rounds(consumer: Consumer, conn: Connection, chunked: bool) -> bool:
+    while True:
+        if not chunked and conn.body_left == 0:
+            # The client has the whole Content-Length (perhaps sent from the wake-up callback)
+            # and may hang up before the producer's EOF reaches us: this receiver is complete now.
+            return True
+        try:
+            views, next_seq = await consumer.views(RAW_READ_LIMIT)
+        except (PeerGone, Gap):
+            return False
+        if not views:
+            return True
+        size = sum(map(len, views))
+        parts, total = framed(views, size, chunked)
+        try:
+            await conn.write_parts(parts, total)
+        except ConnectionError:
+            return False
+        finally:
+            del parts
+            for view in views:
+                view.release()
+        consumer.commit(next_seq, size)
+        if not chunked:
+            conn.account_body(size)

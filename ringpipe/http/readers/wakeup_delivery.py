@@ -1,0 +1,157 @@
+"""A caught-up reader served from the ring's wake-up callback itself (``Consumer.express``).
+
+A receiver caught up with the writer sleeps until the producer publishes; waking its task
+to send a 64-byte token costs more than sending it. So while the task sleeps in
+``Consumer.views``, the wake-up runs the same round right here: peek, one ``writev``,
+commit, ask for the next wake-up. The task is woken instead, to do it the slow way,
+whenever anything is unusual: the socket has a backlog (backpressure stays the task's
+job), the transfer ended or broke, the Content-Length is complete, or bytes keep coming
+(after ``ROUNDS`` rounds, so one busy pipe cannot hog the callback).
+
+Invariant: a round commits exactly the bytes that went to the kernel or were copied into
+the transport, so the task resumes at the right cursor whatever happened here.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Final, Protocol
+
+from ringpipe.core.errors import PeerGone, WouldBlock
+from ringpipe.core.framing import NdjsonEncoder, SseEncoder
+from ringpipe.http.connection import Connection
+from ringpipe.mesh.relay import RAW_READ_LIMIT, READ_LIMIT, Consumer
+
+__all__ = ["EncodedWakeupDelivery", "EncodingReader", "RawWakeupDelivery", "WakeupDelivery", "framed"]
+
+log = logging.getLogger("ringpipe.readers")
+
+
+def framed(body: list[memoryview] | list[bytes], size: int, chunked: bool) -> tuple[list[memoryview | bytes], int]:
+    """``body`` (``size`` bytes) as the parts of one write, and their total: one chunk of a
+    chunked response (size line, bytes, CRLF), or the bytes alone."""
+    if not chunked:
+        return [*body], size
+    head = b"%x\r\n" % size
+    return [head, *body, b"\r\n"], len(head) + size + 2
+
+
+class WakeupDelivery:
+    """A reader's rounds run from its wake-up callback (see the module docstring).
+
+    Set as ``Consumer.express`` while the reader's task relays; the subclass says what one
+    round sends.
+    """
+
+    ROUNDS: Final = 4
+    __slots__ = ("conn", "consumer")
+
+    def __init__(self, consumer: Consumer, conn: Connection) -> None:
+        self.consumer = consumer
+        self.conn = conn
+
+    def __call__(self) -> bool:
+        """True: served, the task may sleep on; False: wake the task."""
+        consumer = self.consumer
+        if not consumer.in_lockstep:
+            return False
+        try:
+            for _ in range(self.ROUNDS):
+                if not self._round():
+                    return False
+                if consumer.rearm():
+                    return True
+        except Exception:  # never break the producer's callback: the task will see it again
+            log.debug("express round failed; the reader's task takes over", exc_info=True)
+        return False
+
+    def _round(self) -> bool:
+        """One round; True if it sent everything it took and the reader may go on."""
+        raise NotImplementedError
+
+
+class RawWakeupDelivery(WakeupDelivery):
+    """The raw reader's round: ring views straight to the socket."""
+
+    __slots__ = ("chunked",)
+
+    def __init__(self, consumer: Consumer, conn: Connection, chunked: bool) -> None:
+        super().__init__(consumer, conn)
+        self.chunked = chunked
+
+    def _round(self) -> bool:
+        consumer, conn = self.consumer, self.conn
+        try:
+            views, next_seq = consumer.ring.peek(consumer.slot, RAW_READ_LIMIT)
+        except (WouldBlock, PeerGone):
+            return False
+        if not views:
+            return False
+        size = sum(map(len, views))
+        chunked = self.chunked
+        parts, total = framed(views, size, chunked)
+        try:
+            sent = conn.write_parts_now(parts, total)
+        except ConnectionError:
+            sent = None
+        finally:
+            del parts
+            for view in views:
+                view.release()
+        if sent is None:
+            return False
+        consumer.commit(next_seq, size)
+        if not chunked:
+            conn.account_body(size)
+            if conn.body_left == 0:
+                consumer.satisfied = True  # the task returns from ``views`` and completes
+                return False
+        return sent
+
+
+class EncodingReader(Protocol):
+    """What ``EncodedWakeupDelivery`` uses of an SSE or NDJSON reader."""
+
+    conn: Connection
+    #: ``time.monotonic()`` of the reader's last write (its heartbeat counts from there).
+    _last_write: float
+
+    @property
+    def encoder(self) -> SseEncoder | NdjsonEncoder: ...
+
+
+class EncodedWakeupDelivery(WakeupDelivery):
+    """An SSE or NDJSON reader's round: a chunk re-encoded, framed by hand as uvicorn would
+    (a chunk of the chunked body; nothing for an unframed HTTP/1.0 body)."""
+
+    __slots__ = ("reader",)
+
+    def __init__(self, consumer: Consumer, reader: EncodingReader) -> None:
+        super().__init__(consumer, reader.conn)
+        self.reader = reader
+
+    def _round(self) -> bool:
+        consumer, conn = self.consumer, self.conn
+        if not conn.can_write_now():  # checked first: the encoder must not see bytes we then cannot send
+            return False
+        try:
+            views, next_seq = consumer.ring.peek(consumer.slot, READ_LIMIT)
+        except (WouldBlock, PeerGone):
+            return False
+        if not views:
+            return False
+        data = b"".join(views)
+        for view in views:
+            view.release()
+        out = self.reader.encoder.feed(data)
+        sent: bool | None = True
+        if out:
+            self.reader._last_write = time.monotonic()
+            parts, total = framed([out], len(out), not conn.unframed)
+            try:
+                sent = conn.write_parts_now(parts, total)
+            except ConnectionError:
+                sent = None  # the bytes are spent: the task meets the dead socket on its next write
+        consumer.commit(next_seq, len(data))
+        return bool(sent)

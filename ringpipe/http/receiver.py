@@ -1,0 +1,206 @@
+"""The receiver endpoint: a GET or a WebSocket on a pipe path, as a raw ASGI callable.
+
+A receiver's life: validate → ``Join`` → (waiting: no response at all, except an SSE
+reader's head and pings) → ``Start`` → its ``Reader`` (``http.readers``, ``http.websocket``:
+raw, SSE, NDJSON, WebSocket) relays ring → socket → clean end, or an end that says how the
+transfer broke (producer vanished, pipe cancelled, reader evicted; raw: the connection
+closed before the last chunk).
+
+A watcher (``?watch=1``) is a receiver without a slot; a receiver with an offset
+(``Last-Event-ID``, ``?last_event_id=``, ``?offset=``, ``Range: bytes=N-``) resumes (SPEC 2.4).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final
+
+import anyio
+from starlette.types import Receive, Scope, Send
+
+from ringpipe.core.control_frames import Broken, Start
+from ringpipe.core.paths import query_param
+from ringpipe.core.rendezvous import Cancelled, Reject, Role
+from ringpipe.http.readers.base import Reader, ReadOptions, ReadStart, read_options
+from ringpipe.http.readers.encoded import NdjsonReader, SseReader
+from ringpipe.http.readers.raw import HttpReader
+from ringpipe.http.request_params import ResumePoint, can_resume, header, parse_n, read_key, resume_point, stall_ms
+from ringpipe.http.responses import OWNER_LOST
+from ringpipe.http.websocket import WebSocketReader
+from ringpipe.mesh.relay import Consumer, Slot
+from ringpipe.mesh.worker_pipes import Hangup, LocalParty, WorkerPipes
+from ringpipe.ops import metrics
+from ringpipe.shm import segment
+
+__all__ = ["ReceiverEndpoint"]
+
+#: Longest we try to tell a reader how its transfer ended (a stalled client may never read it).
+FINISH_TIMEOUT_S: Final = 10.0
+
+
+class ReceiverEndpoint:
+    """``GET /p`` (any framing) and WebSocket receivers, bound to one worker's ``WorkerPipes``."""
+
+    def __init__(self, node: WorkerPipes) -> None:
+        self.node = node
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send, path: str) -> None:
+        """A receiver, a watcher (``?watch=1``) or a resuming receiver (an offset)."""
+        options = read_options(scope)
+        reader = self._reader(scope, receive, send, options if isinstance(options, ReadOptions) else ReadOptions())
+        if isinstance(options, str):
+            await reader.reject(400, options)
+            return
+        if header(scope, b"service-worker") == "script":
+            await reader.reject(400, "Service Worker registration is rejected.")
+            return
+        n = parse_n(scope, Role.RECEIVER, self.node.settings.max_receivers)
+        if isinstance(n, str):
+            await reader.reject(400, n)
+            return
+        query = scope["query_string"]
+        watch = query_param(query, "watch") in ("1", "true")
+        point = None if watch else resume_point(scope)
+        stall = stall_ms(scope)
+        if isinstance(point, str) or isinstance(stall, str):
+            await reader.reject(400, point if isinstance(point, str) else str(stall))
+            return
+        resumable = point is not None or can_resume(scope)
+        party = self.node.open_party(
+            path,
+            Role.WATCHER if watch else Role.RECEIVER,
+            n,
+            key=read_key(scope),
+            offset=point.offset if point is not None else -1,
+            epoch=point.epoch if point is not None else "",
+            resumable=resumable,
+            stall_ms=stall,
+        )
+
+        plan = _ReadPlan(point=point, live=watch and query_param(query, "from") == "live", resumable=resumable)
+        try:
+            async with reader.session(party.hang_up):  # hang-ups are a callback: waiting receivers stay cheap
+                await self._life(reader, party, plan)
+        finally:
+            if not party.left:
+                self.node.leave(party, completed=False)
+
+    def _reader(self, scope: Scope, receive: Receive, send: Send, options: ReadOptions) -> Reader:
+        """The reader for the request's framing (``ReadOptions.format``)."""
+        if scope["type"] == "websocket":
+            return WebSocketReader(scope, receive, send, options)
+        worker, heartbeat = self.node.index, self.node.settings.heartbeat
+        if options.format == "sse":
+            return SseReader(scope, send, options, worker=worker, heartbeat=heartbeat)
+        if options.format == "ndjson":
+            return NdjsonReader(scope, send, options, worker=worker, heartbeat=heartbeat)
+        return HttpReader(scope, send, worker=worker, heartbeat=heartbeat)
+
+    async def _life(self, reader: Reader, party: LocalParty, plan: _ReadPlan) -> None:
+        start: Start | None = None
+        async for item in party.inbox:
+            if isinstance(item, Start):
+                start = item
+                break
+            if isinstance(item, Reject):
+                self.node.leave(party, completed=False)
+                await reader.reject(item.status, item.message)
+                return
+            if isinstance(item, Cancelled):
+                self.node.leave(party, completed=False)
+                await reader.reject(410, f"The transfer on '{party.path}' was cancelled.")
+                return
+            if isinstance(item, Broken):
+                self.node.leave(party, completed=False)
+                await reader.reject(503, OWNER_LOST)
+                return
+            if isinstance(item, Hangup):
+                return
+        if start is None:
+            return
+        try:
+            ring = segment.RingSegment.attach(start.relay.segment)
+        except FileNotFoundError:  # the sender vanished before we attached
+            with anyio.CancelScope(shield=True):
+                await reader.finish(False)
+            return
+        watcher = start.slot == Slot.WATCHER
+        first: int | None = None
+        if plan.point is not None:
+            first = plan.point.offset
+        elif watcher and plan.live:
+            first = ring.write_seq
+        elif plan.resumable and not watcher:
+            # A reloaded page takes back a dropped reader's slot from the oldest byte held
+            # (at a fresh start that is the slot's own cursor, 0).
+            first = ring.oldest_held()
+        consumer = Consumer(
+            self.node,
+            ring,
+            start.relay,
+            start.slot,
+            start=first,
+            continue_gaps=watcher and not isinstance(reader, WebSocketReader) and type(reader) is not HttpReader,
+            worker=self.node.index,
+        )
+        framing = _framing_of(reader)
+        if watcher:
+            metrics.watcher_started()
+        else:
+            metrics.reader_started(framing, consumer)
+        completed = False
+        try:
+            begin = ReadStart(
+                watcher=watcher,
+                resumed=plan.point is not None,
+                by_range=plan.point is not None and plan.point.by_range,
+            )
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(_cancel_on_inbox, party, tg.cancel_scope)
+                completed = await reader.relay(consumer, start, begin)
+                tg.cancel_scope.cancel()
+        finally:
+            ending = None if completed else consumer.ending()
+            if watcher:
+                metrics.watcher_ended()
+            else:
+                metrics.reader_ended(framing)
+            if ending == "lagged":
+                metrics.evicted("window" if watcher else "stall")
+            if completed:
+                consumer.leave(segment.DONE)
+            elif not (plan.resumable and ending is None):  # a resumable drop keeps gating (grace)
+                consumer.leave(segment.DETACHED)
+            self.node.leave(party, completed=completed)
+            consumer.close()
+            with anyio.CancelScope(shield=True), anyio.move_on_after(FINISH_TIMEOUT_S):
+                await reader.finish(completed, ending)  # a stalled client must not hold us
+
+
+@dataclass(frozen=True, slots=True)
+class _ReadPlan:
+    """What a receiver asked for besides its path and framing: a resume point, a live start
+    (watchers), resumability (its slot is held for ``reconnect_grace`` when it drops)."""
+
+    point: ResumePoint | None
+    live: bool
+    resumable: bool
+
+
+def _framing_of(reader: Reader) -> str:
+    """The metrics label of a reader's framing (``metrics.FRAMINGS``)."""
+    if isinstance(reader, WebSocketReader):
+        return "websocket"
+    if isinstance(reader, SseReader):
+        return "sse"
+    if isinstance(reader, NdjsonReader):
+        return "ndjson"
+    return "raw"
+
+
+async def _cancel_on_inbox(party: LocalParty, scope: anyio.CancelScope) -> None:
+    """During a transfer, anything in a receiver's inbox (Broken, Cancelled, Evicted, Hangup)
+    ends it; the ring then says which ending (``Consumer.ending``)."""
+    async for _item in party.inbox:
+        scope.cancel()
+        return

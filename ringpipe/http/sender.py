@@ -1,0 +1,299 @@
+"""The sender endpoint: a POST or PUT on a pipe path, as a raw ASGI callable.
+
+A sender's life: validate → ``Join`` the owner → (waiting: log lines, hang-up watched with
+``EPOLLRDHUP``, body untouched) → ``Start`` → pump the body into the ring while the owner's
+notes become log lines → ``Finish`` ends the log. Raw ASGI, not a Starlette endpoint,
+because chunk sizes and flow control matter here.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Final
+
+import anyio
+from starlette.types import Message, Receive, Scope, Send
+
+from ringpipe.core.control_frames import Broken, Start
+from ringpipe.core.multipart import FirstPart, boundary_of
+from ringpipe.core.rendezvous import (
+    Accepted,
+    Cancelled,
+    Finish,
+    ReceiverAborted,
+    ReceiverConnected,
+    ReceiverEvicted,
+    Reject,
+    Role,
+)
+from ringpipe.http.connection import EXTENSION, Connection
+from ringpipe.http.hangup import HangupWatcher
+from ringpipe.http.request_params import header, parse_n, read_key, receiver_headers, stall_ms
+from ringpipe.http.responses import OWNER_LOST, STREAM_HEADERS, TEXT_HEADERS, reject, worker_header
+from ringpipe.mesh.relay import Ingest, Producer
+from ringpipe.mesh.worker_pipes import Hangup, LocalParty, WorkerPipes
+from ringpipe.shm import segment
+
+__all__ = ["SenderEndpoint", "SenderLog"]
+
+log = logging.getLogger("ringpipe.edge")
+
+CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+class SenderLog:
+    """The sender's response: a live log of ``[INFO]`` lines (one body at the end for HTTP/1.0).
+
+    With ``late`` (``--sender-response late``, SPEC Part 3) nothing of the response is sent
+    until ``body_read()``: the log lines are held, then the status line and every held line
+    go out at once and the log is live from there on. nginx stops forwarding a request body
+    once the upstream has answered, so a relay behind it must not answer before the body
+    is in. An error before that is answered at once with its own status (``fail``).
+
+    Invariant: ``started`` is True exactly when the response is committed to be the 200
+    log (its head is on the wire, or, for HTTP/1.0, will be at ``end``); until then an
+    error may still become a rejection with its own status.
+    """
+
+    def __init__(self, send: Send, *, http10: bool, worker: int, late: bool = False) -> None:
+        self._send = send
+        self._http10 = http10
+        # nosniff: browsers would otherwise hold a text/plain response back to sniff its
+        # type, and a page showing the live log would see nothing until the upload ended.
+        self._headers = [*TEXT_HEADERS, *STREAM_HEADERS, (b"x-content-type-options", b"nosniff"), worker_header(worker)]
+        self._held: list[bytes] = []
+        #: Late mode, head not yet sent: lines go to ``_held``.
+        self._holding = late and not http10
+        self.started = False
+        self.ended = False
+
+    async def start(self) -> None:
+        if self._holding:
+            return  # late: the head waits for ``body_read``
+        self.started = True
+        if not self._http10:
+            await self._send({"type": "http.response.start", "status": 200, "headers": self._headers})
+
+    async def body_read(self) -> None:
+        """The whole request body is in: a late log sends its head and held lines now."""
+        if not self._holding or self.started:
+            return
+        self.started = True  # before any await: a concurrent ``end`` must not send a second head
+        await self._send({"type": "http.response.start", "status": 200, "headers": self._headers})
+        while self._held:  # lines logged while we were sending are held too, in order
+            body, self._held = b"".join(self._held), []
+            await self._send({"type": "http.response.body", "body": body, "more_body": True})
+        self._holding = False
+
+    async def line(self, text: str) -> None:
+        data = (text + "\n").encode()
+        if self._http10 or self._holding:
+            self._held.append(data)
+        else:
+            await self._send({"type": "http.response.body", "body": data, "more_body": True})
+
+    async def end(self, text: str) -> None:
+        if not self._http10 and not self._holding:
+            # The last line and the final chunk in one write (one syscall, one wake-up of
+            # the client) instead of two: the same bytes on the wire.
+            self.ended = True
+            await self._send({"type": "http.response.body", "body": (text + "\n").encode(), "more_body": False})
+            return
+        await self.line(text)
+        self.ended = True
+        if self._http10:
+            body = b"".join(self._held)
+            headers = [*self._headers, (b"content-length", str(len(body)).encode())]
+            await self._send({"type": "http.response.start", "status": 200, "headers": headers})
+            await self._send({"type": "http.response.body", "body": body})
+            return
+        await self.body_read()
+        await self._send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def fail(self, status: int, message: str) -> None:
+        """End with ``[ERROR] message``: as the log's last line once the log has started,
+        else (late mode, body not read yet) as a rejection with ``status``, at once."""
+        if self.ended:
+            return
+        if self.started or not self._holding:
+            await self.end(f"[ERROR] {message}")
+            return
+        self.ended = self.started = True
+        await reject(self._send, status, message, close=True)
+
+
+class SenderEndpoint:
+    """``POST``/``PUT /p`` bound to one worker's ``WorkerPipes``; a waiting sender's hang-up is
+    noticed by ``hangups`` (its body is left untouched until the transfer starts)."""
+
+    def __init__(self, node: WorkerPipes, hangups: HangupWatcher) -> None:
+        self.node = node
+        self.hangups = hangups
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send, path: str) -> None:
+        if header(scope, b"content-range") is not None:
+            await reject(send, 400, f"Content-Range is not supported for now in {scope['method']}", close=True)
+            return
+        n = parse_n(scope, Role.SENDER, self.node.settings.max_receivers)
+        if isinstance(n, str):
+            await reject(send, 400, n, close=True)
+            return
+        stall = stall_ms(scope)
+        if isinstance(stall, str):
+            await reject(send, 400, stall, close=True)
+            return
+        conn: Connection = scope["extensions"][EXTENSION]
+        party = self.node.open_party(path, Role.SENDER, n, receiver_headers(scope), key=read_key(scope), stall_ms=stall)
+        out = SenderLog(
+            send,
+            http10=scope.get("http_version") == "1.0",
+            worker=self.node.index,
+            late=self.node.settings.sender_response == "late",
+        )
+        try:
+            start = await self._wait(scope, send, conn, party, out)
+            if start is not None:
+                await self._run(scope, conn, party, out, start)
+        finally:
+            if not party.left:
+                self.node.leave(party, completed=False)
+
+    async def _wait(
+        self, scope: Scope, send: Send, conn: Connection, party: LocalParty, out: SenderLog
+    ) -> Start | None:
+        fd = conn.fileno()
+        self.hangups.watch(fd, party.hang_up)
+        expects_continue = (header(scope, b"expect") or "").lower() == "100-continue"
+        try:
+            async for item in party.inbox:
+                if isinstance(item, Start):
+                    return item
+                if isinstance(item, Accepted):
+                    if expects_continue:
+                        conn.write_raw(CONTINUE)
+                        conn.continue_sent()
+                    await out.start()
+                    await out.line(f"[INFO] Waiting for {item.n} receiver(s)...")
+                    if item.connected is not None:
+                        await out.line(f"[INFO] {item.connected} receiver(s) has/have been connected.")
+                elif isinstance(item, ReceiverConnected):
+                    await out.line("[INFO] A receiver was connected.")
+                elif isinstance(item, Cancelled):
+                    self.node.leave(party, completed=False)
+                    await self._cancelled_log(send, conn, out, party.path)
+                    return None
+                elif isinstance(item, (Reject, Broken)):
+                    status, message = (item.status, item.message) if isinstance(item, Reject) else (503, OWNER_LOST)
+                    self.node.leave(party, completed=False)
+                    if out.started:
+                        await self._fail_log(out, conn, message)
+                    else:
+                        await reject(send, status, message, close=True)
+                    return None
+                elif isinstance(item, Hangup):
+                    log.info("waiting sender left", extra={"path": party.path})
+                    await conn.abort()
+                    return None
+            return None
+        finally:
+            self.hangups.unwatch(fd)
+
+    async def _cancelled_log(self, send: Send, conn: Connection, out: SenderLog, path: str) -> None:
+        """DELETE ended the sender's pipe: ``[INFO] Cancelled.``, then close without the final
+        chunk, so the uploading client (``curl -T -``) fails and stops its producer."""
+        log.info("sender cancelled", extra={"path": path})
+        if not out.started:
+            await reject(send, 410, f"The transfer on '{path}' was cancelled.", close=True)
+            return
+        if not out.ended:
+            await out.line("[INFO] Cancelled.")
+        await conn.close()
+
+    async def _fail_log(self, out: SenderLog, conn: Connection, message: str, status: int = 503) -> None:
+        """End the sender's response with an error (``status`` if it is still unanswered) and close."""
+        await out.fail(status, message)
+        await conn.close()
+
+    async def _run(self, scope: Scope, conn: Connection, party: LocalParty, out: SenderLog, start: Start) -> None:
+        n = len(start.relay.readers)
+        await out.line(f"[INFO] Start sending to {n} receiver(s)!")
+        try:
+            ring = segment.RingSegment.attach(start.relay.segment)
+        except FileNotFoundError:  # every receiver left before we could start
+            await self._fail_log(out, conn, "All receivers left before the transfer started.")
+            return
+        producer = Producer(
+            self.node,
+            ring,
+            start.relay,
+            stall_s=start.relay.stall_ms / 1000,
+            on_stall=lambda slot: self.node.report_stall(party, slot),
+        )
+        uploaded = anyio.Event()
+        eof = False
+        vanished = False
+        cancelled = False
+
+        boundary = boundary_of(header(scope, b"content-type"))
+        ingest = Ingest(producer, conn, first_part=FirstPart(boundary) if boundary else None)
+        conn.divert_body(ingest)  # from here on the body flows into the ring
+
+        async def pump() -> None:
+            nonlocal eof, vanished
+            if not await ingest.run():
+                vanished = True
+                producer.finish(broken=True)
+                self.node.leave(party, completed=False)
+                if ingest.error is not None and not conn.lost.is_set():  # malformed, not gone
+                    with anyio.CancelScope(shield=True):
+                        await self._fail_log(out, conn, ingest.error, 400)
+                tg.cancel_scope.cancel()
+                return
+            producer.finish()
+            eof = True
+            await out.line("[INFO] Sent successfully!")
+            await out.body_read()
+            uploaded.set()
+
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(pump)
+                async for item in party.inbox:
+                    if isinstance(item, ReceiverAborted):
+                        await out.line("[INFO] A receiver aborted.")
+                    elif isinstance(item, ReceiverEvicted):
+                        stalled = f"{start.relay.stall_ms / 1000:g}"
+                        await out.line(f"[INFO] A receiver was evicted: it read nothing for {stalled} s.")
+                    elif isinstance(item, Cancelled):
+                        cancelled = True
+                        tg.cancel_scope.cancel()
+                        break
+                    elif isinstance(item, Finish):
+                        if item.all_aborted:
+                            tg.cancel_scope.cancel()
+                            await out.end("[INFO] All receiver(s) was/were aborted halfway.")
+                            if not eof:  # stop the upload, as the reference does
+                                await conn.close()
+                        else:
+                            await uploaded.wait()
+                            await out.end("[INFO] All receiver(s) was/were received successfully.")
+                        tg.cancel_scope.cancel()
+                        break
+                    elif isinstance(item, Broken):
+                        producer.finish(broken=True)
+                        tg.cancel_scope.cancel()
+                        await self._fail_log(out, conn, OWNER_LOST)
+                        break
+            if cancelled:
+                await self._cancelled_log(self._no_send, conn, out, party.path)
+        finally:
+            if conn.sink is ingest:
+                conn.sink = None  # later body bytes, if any, are uvicorn's again
+            if not vanished and not eof:
+                producer.finish(broken=True)
+            self.node.leave(party, completed=eof)
+            producer.close()
+
+    @staticmethod
+    async def _no_send(message: Message) -> None:
+        """A ``send`` for a response already started (never called: the log has started)."""
