@@ -12,10 +12,13 @@ Custom events (request_type ``pipe``), one per pipe or per receiver:
   bytes delivered to all receivers);
 - ``rendezvous``: the sender's arrival to a receiver's response head (the transfer started);
 - ``first byte``: the sender's arrival to a receiver's first body byte;
-- ``throughput KiB/s bulk`` / ``throughput B/s llm``: per receiver, body bytes / (its last
-  byte - the sender's arrival), in KiB/s (bulk) or bytes/s (llm: a token stream is slow by
-  design); the "response time" columns of these rows hold rates, not milliseconds (and so
-  does their share of the "Aggregated" row).
+
+Every row of locust's table is a time in milliseconds. Throughput is not a time, so it is
+kept apart (``Throughput``): per receiver, body bytes / (its last byte - the sender's
+arrival), by pipe mode. At the end of the run it is printed as its own table and, with
+``--csv PREFIX``, written to ``PREFIX_throughput.csv`` (mode, receivers, bytes, p10/p50/p90
+per receiver in bytes/s, and goodput: all bytes over the run's wall time). Distributed runs
+merge the workers' samples on the master (``report_to_master`` / ``worker_report``).
 
 Run (see loadtests/README.md)::
 
@@ -32,8 +35,11 @@ Options (each also as an environment variable): ``--pipe-mode bulk|llm|mixed``
 
 from __future__ import annotations
 
+import csv
 import http.client
+import logging
 import random
+import statistics
 import time
 import urllib.parse
 import uuid
@@ -49,6 +55,96 @@ REQUEST_TYPE = "pipe"
 TIMEOUT_S = 120.0
 READ_SIZE = 65536
 SENDER_DONE = b"[INFO] All receiver(s) was/were received successfully.\n"
+
+
+class Throughput:
+    """Per-receiver throughput samples (bytes/s) by pipe mode, reported apart from locust's times.
+
+    Invariant: ``samples[mode]`` and ``total_bytes[mode]`` describe the same receivers; a
+    worker hands both to the master and starts afresh (``drain``), so nothing is counted twice.
+    """
+
+    def __init__(self) -> None:
+        self.samples: dict[str, list[float]] = {}
+        self.total_bytes: dict[str, int] = {}
+        self.started = time.monotonic()
+
+    def add(self, mode: str, rate: float, size: int) -> None:
+        self.samples.setdefault(mode, []).append(rate)
+        self.total_bytes[mode] = self.total_bytes.get(mode, 0) + size
+
+    def drain(self) -> dict[str, Any]:
+        data = {"samples": self.samples, "bytes": self.total_bytes}
+        self.samples, self.total_bytes = {}, {}
+        return data
+
+    def merge(self, data: dict[str, Any]) -> None:
+        for mode, rates in data.get("samples", {}).items():
+            self.samples.setdefault(mode, []).extend(rates)
+        for mode, size in data.get("bytes", {}).items():
+            self.total_bytes[mode] = self.total_bytes.get(mode, 0) + int(size)
+
+    def rows(self) -> list[dict[str, Any]]:
+        wall = max(time.monotonic() - self.started, 1e-9)
+        rows = []
+        for mode in sorted(self.samples):
+            rates = sorted(self.samples[mode])
+            deciles = statistics.quantiles(rates, n=10) if len(rates) > 1 else rates * 9
+            rows.append(
+                {
+                    "mode": mode,
+                    "receivers": len(rates),
+                    "bytes": self.total_bytes.get(mode, 0),
+                    "p10_bytes_per_s": round(deciles[0]),
+                    "p50_bytes_per_s": round(statistics.median(rates)),
+                    "p90_bytes_per_s": round(deciles[-1]),
+                    "goodput_bytes_per_s": round(self.total_bytes.get(mode, 0) / wall),
+                }
+            )
+        return rows
+
+
+THROUGHPUT = Throughput()
+
+
+@events.test_start.add_listener
+def _throughput_start(**_kwargs: Any) -> None:
+    THROUGHPUT.started = time.monotonic()
+
+
+@events.report_to_master.add_listener
+def _throughput_to_master(client_id: str, data: dict[str, Any]) -> None:
+    data["ringpipe_throughput"] = THROUGHPUT.drain()
+
+
+@events.worker_report.add_listener
+def _throughput_from_worker(client_id: str, data: dict[str, Any]) -> None:
+    THROUGHPUT.merge(data.get("ringpipe_throughput", {}))
+
+
+@events.quitting.add_listener
+def _throughput_summary(environment: Any, **_kwargs: Any) -> None:
+    if getattr(environment, "runner", None) is not None and type(environment.runner).__name__ == "WorkerRunner":
+        return  # the master reports the merged samples
+    rows = THROUGHPUT.rows()
+    if not rows:
+        return
+    lines = [
+        "ringpipe throughput per receiver (bytes/s)",
+        "mode   receivers        bytes      p10      p50      p90  goodput",
+    ]
+    lines += [
+        f"{r['mode']:<6} {r['receivers']:>9} {r['bytes']:>12} {r['p10_bytes_per_s']:>8} {r['p50_bytes_per_s']:>8} "
+        f"{r['p90_bytes_per_s']:>8} {r['goodput_bytes_per_s']:>8}"
+        for r in rows
+    ]
+    logging.getLogger("ringpipe.locust").warning("\n".join(lines))
+    prefix = getattr(environment.parsed_options, "csv_prefix", None)
+    if prefix:
+        with open(f"{prefix}_throughput.csv", "w", newline="") as out:
+            writer = csv.DictWriter(out, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
 
 
 @events.init_command_line_parser.add_listener
@@ -194,5 +290,4 @@ class PipeUser(User):
             if first_at:
                 self.fire("first byte", max(0.0, first_at - sender_arrived[0]) * 1000)
             if size and last_at > sender_arrived[0]:
-                unit, scale = ("B/s", 1) if plan.mode == "llm" else ("KiB/s", 1024)
-                self.fire(f"throughput {unit} {plan.mode}", size / scale / (last_at - sender_arrived[0]), size)
+                THROUGHPUT.add(plan.mode, size / (last_at - sender_arrived[0]), size)

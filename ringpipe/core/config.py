@@ -18,9 +18,22 @@ from collections.abc import Callable, Mapping
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Any, Final, TypeGuard
 
-__all__ = ["LOG_LEVELS", "SCOPES", "SENDER_RESPONSES", "ConfigError", "Option", "Settings", "options", "token_problem"]
+__all__ = [
+    "LOG_FORMATS",
+    "LOG_LEVELS",
+    "SCOPES",
+    "SENDER_RESPONSES",
+    "ConfigError",
+    "Option",
+    "Settings",
+    "options",
+    "token_problem",
+]
 
 LOG_LEVELS: Final = ("critical", "error", "warning", "info", "debug")
+#: ``auto``: text lines when stderr is a terminal (a person reads them), JSON lines otherwise
+#: (containers, CI and log shippers parse them).
+LOG_FORMATS: Final = ("auto", "json", "text")
 SENDER_RESPONSES: Final = ("live", "late")
 #: Token scopes (SPEC Part 4): which requests a bearer token or signed URL may make.
 SCOPES: Final = ("send", "recv", "watch", "cancel", "status", "metrics")
@@ -85,6 +98,10 @@ class Settings:
         metadata=_meta("On SIGTERM/SIGINT, seconds running transfers may take to finish before workers are killed."),
     )
     log_level: str = field(default="info", metadata=_meta("One of: " + ", ".join(LOG_LEVELS) + "."))
+    log_format: str = field(
+        default="auto",
+        metadata=_meta("Log lines: auto (text at a terminal, JSON lines otherwise), json or text."),
+    )
     # -- pipes (SPEC Part 2) --
     replay_bytes: int = field(
         default=256 << 10,
@@ -227,6 +244,10 @@ def _check_level(value: object) -> str | None:
     return None if value in LOG_LEVELS else f"must be one of {', '.join(LOG_LEVELS)} (got {value!r})"
 
 
+def _check_log_format(value: object) -> str | None:
+    return None if value in LOG_FORMATS else f"must be one of {', '.join(LOG_FORMATS)} (got {value!r})"
+
+
 def _check_count(low: int, high: int) -> Callable[[object], str | None]:
     def check(value: object) -> str | None:
         return None if _is_int(value) and low <= value <= high else f"must be {low}..{high} (got {value!r})"
@@ -271,6 +292,7 @@ _VALIDATORS: Final[dict[str, Callable[[object], str | None]]] = {
     "colocate_max_n": _check_count(0, MAX_RECEIVERS_CEILING),
     "graceful_timeout": _check_graceful,
     "log_level": _check_level,
+    "log_format": _check_log_format,
     "replay_bytes": _check_count(0, MAX_RING_BYTES // 2),
     "wait_timeout": _check_graceful,
     "stall_timeout": _check_graceful,
@@ -319,6 +341,7 @@ _PARSERS: Final[dict[str, Callable[[str], object]]] = {
     "colocate_max_n": int,
     "graceful_timeout": float,
     "log_level": str.lower,
+    "log_format": str.lower,
     "replay_bytes": parse_size,
     "wait_timeout": float,
     "stall_timeout": float,

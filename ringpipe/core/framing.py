@@ -7,7 +7,13 @@ character split across two chunks is never broken; an invalid sequence becomes U
 counted (``replaced``). Bytes of an unfinished character are *held* (at most 3) until the
 next chunk completes them; offsets never count held bytes.
 
-**SSE rule (the exact one).** Every chunk the reader takes from the ring becomes one event, at
+**Granularity (SPEC 2.1).** SSE and NDJSON come in two granularities: *chunks* (below: one
+event per chunk, tokens live) and *lines* (one event per complete producer line, so
+``JSON.parse(e.data)`` works on every event of a JSON-lines producer). ``?sse=`` /
+``?ndjson=`` choose; without it ``default_granularity`` picks *lines* for a producer whose
+Content-Type is NDJSON / JSON lines / JSON text sequences and *chunks* for any other.
+
+**SSE chunks rule (the exact one).** Every chunk the reader takes from the ring becomes one event, at
 once (tokens appear live, even without a newline). The chunk's text is split at its line
 ends (``\\n``, ``\\r\\n``, ``\\r``; a ``\\r\\n`` split across two chunks is one line end) and each
 piece becomes one ``data:`` line. EventSource joins the data lines of one event with LF, so
@@ -23,19 +29,34 @@ reassembled text at LF.) ``tests/unit/test_framing.py`` proves the equation with
 of the EventSource parser. Nothing is held back except the bytes of an unfinished UTF-8
 character, so no partial line ever waits for its end.
 
+**SSE lines rule.** Each complete producer line becomes one event with one ``data:`` line (the
+line without its line end; a partial line is held until its end or the producer's end, see
+``line_records.py``). EventSource cannot deliver an event with empty data, so a blank line is
+no event, and
+
+    the events' ``event.data`` in order == the producer's non-blank lines
+    (so joining them with LF rebuilds the text, blank lines aside)
+
+For ``application/json-seq`` (RFC 7464) the record separator that opens each record is
+dropped, so every event is one JSON text.
+
 Every event has ``id: <epoch>-<offset>``, the pipe offset just after the bytes it carries
-(what a reader resumes from). ``retry: 1000`` opens the stream. Endings are named events
-carrying JSON (EventSource never fires an event without data): ``event: done``, ``error``
-(aborted), ``cancelled``, ``lagged``; ``?done=openai`` adds a last ``data: [DONE]``. A watcher
+(what a reader resumes from; in *lines*, after the line's line end). ``retry: 1000`` opens
+the stream. Endings are named events carrying JSON (EventSource never fires an event without
+data): ``event: done``, ``error`` (aborted), ``cancelled``, ``lagged``; ``?done=openai`` adds
+a last ``data: [DONE]``. A watcher
 that fell out of the replay window gets ``event: gap`` with ``{"from": a, "to": b}`` and goes on
 at ``b``. Binary producers (or ``?encoding=base64``) get ``event: base64`` with each chunk in
-base64; a ``text/event-stream`` producer is passed through unchanged, and the ending is
-appended after a blank line.
+base64; a ``text/event-stream`` producer is passed through event by event, with an id added
+to each event that has none (``event_stream.py``), and the ending is appended after a blank
+line.
 
 **NDJSON.** One JSON object per chunk: ``{"offset": <pipe offset after the chunk>, "data":
 "<text>"}`` (``"base64"`` instead of ``"data"`` for binary); JSON keeps ``\\r\\n`` exactly, so
 ``jq -j .data`` rebuilds the producer's text byte for byte. Then ``{"gap": {...}}`` lines for a
-lagging watcher, and a last ``{"end": "<ending>", "offset": N}``.
+lagging watcher, and a last ``{"end": "<ending>", "offset": N}``. In *lines*, one object per
+producer line (blank lines too: JSON can carry an empty string), ``"data"`` without the line
+end and ``"offset"`` after it: the records' ``data`` are the producer's lines.
 
 **Lines** (WebSocket ``?format=lines``): one text message per producer line, without its line
 end. A partial line is held until its end or the end of the stream, or until it reaches
@@ -51,8 +72,11 @@ import re
 from typing import Final, Literal
 
 from ringpipe.core.errors import ENDINGS
+from ringpipe.core.event_stream import EventStreamIds
+from ringpipe.core.line_records import LineRecords
 
 __all__ = [
+    "GRANULARITIES",
     "MAX_LINE_CHARS",
     "PING",
     "RETRY",
@@ -60,12 +84,15 @@ __all__ = [
     "NdjsonEncoder",
     "SseEncoder",
     "Utf8Text",
+    "default_granularity",
     "is_event_stream",
     "is_text_like",
     "mime_of",
 ]
 
 Mode = Literal["text", "base64", "passthrough"]
+Granularity = Literal["chunks", "lines"]
+GRANULARITIES: Final = ("chunks", "lines")
 
 RETRY: Final = b"retry: 1000\n\n"
 PING: Final = b": ping\n\n"
@@ -74,9 +101,18 @@ MAX_LINE_CHARS: Final = 1 << 20
 #: SSE event name per ending (SPEC 2.1): the aborted ending is ``event: error``.
 SSE_EVENT: Final = {"done": "done", "aborted": "error", "cancelled": "cancelled", "lagged": "lagged"}
 _LINE_END: Final = re.compile(r"\r\n|\r|\n")
-_TEXT_APPLICATION: Final = frozenset(
-    {"application/json", "application/x-ndjson", "application/ndjson", "application/jsonl", "application/x-jsonlines"}
+#: Producers whose records are lines: their SSE/NDJSON readers get *lines* by default.
+_LINE_RECORD_TYPES: Final = frozenset(
+    {
+        "application/x-ndjson",
+        "application/ndjson",
+        "application/jsonl",
+        "application/x-jsonlines",
+        "application/json-seq",
+    }
 )
+_TEXT_APPLICATION: Final = _LINE_RECORD_TYPES | {"application/json"}
+_RECORD_SEPARATOR: Final = "\x1e"
 _REPLACE: Final = "ringpipe.count-replace"
 
 
@@ -109,6 +145,18 @@ def is_text_like(content_type: str | None) -> bool:
 
 def is_event_stream(content_type: str | None) -> bool:
     return mime_of(content_type) == "text/event-stream"
+
+
+def default_granularity(content_type: str | None) -> Granularity:
+    """*lines* for a producer of JSON lines / NDJSON / JSON text sequences, *chunks* for any other."""
+    return "lines" if mime_of(content_type) in _LINE_RECORD_TYPES else "chunks"
+
+
+def _record_text(text: str, content_type: str | None) -> str:
+    """A line record's text: a JSON text sequence's record separator removed."""
+    if text.startswith(_RECORD_SEPARATOR) and mime_of(content_type) == "application/json-seq":
+        return text.lstrip(_RECORD_SEPARATOR)
+    return text
 
 
 def _check_ending(ending: str) -> str:
@@ -179,92 +227,135 @@ class _TextStream:
 
 
 class _OverText:
-    """An encoder over one reader's ``_TextStream``: how many bytes it has taken (``offset``)
-    and how many invalid UTF-8 sequences it replaced (``replaced``)."""
+    """An encoder over one reader's text: how far it has represented the pipe (``offset``) and
+    how many invalid UTF-8 sequences it replaced (``replaced``), whichever granularity it runs.
+
+    ``_lines`` is set once the producer is known and the granularity is *lines*; until then
+    (and in *chunks*) ``_text`` carries the offsets.
+    """
 
     _text: _TextStream
+    _lines: LineRecords | None = None
 
     @property
     def replaced(self) -> int:
         """Invalid UTF-8 sequences replaced by U+FFFD so far."""
-        return self._text.replaced
+        return self._text.replaced + (self._lines.replaced if self._lines is not None else 0)
 
     @property
     def offset(self) -> int:
+        if self._lines is not None:
+            return self._lines.offset - self._lines.held
         return self._text.offset
+
+    def _start_lines(self, asked: Granularity | None, content_type: str | None) -> None:
+        """Switch to *lines* where asked, or by default for this producer (called by ``begin``)."""
+        self.granularity: Granularity = asked or default_granularity(content_type)
+        self._content_type = content_type
+        if self.granularity == "lines":
+            self._lines = LineRecords(offset=self._text.taken)
 
 
 class SseEncoder(_OverText):
-    """Pipe bytes → ``text/event-stream`` for one reader (see the module docstring for the rule).
+    """Pipe bytes → ``text/event-stream`` for one reader (see the module docstring for the rules).
 
-    ``begin(content_type)`` picks the mode once the producer is known (the head, with
-    ``RETRY``, may have gone out before); ``base64=True`` (``?encoding=base64``) forces base64.
+    ``begin(content_type)`` picks the mode and granularity once the producer is known (the
+    head, with ``RETRY``, may have gone out before); ``base64=True`` (``?encoding=base64``)
+    forces base64; ``granularity`` is ``?sse=`` (None: by the producer's Content-Type).
+    ``aligned=False`` says the reader starts at an offset that may fall inside a passed-through
+    event (not one of our ids): it then starts at the next event.
     """
 
-    def __init__(self, *, epoch: str, offset: int = 0, base64: bool = False, done_openai: bool = False) -> None:
+    def __init__(
+        self,
+        *,
+        epoch: str,
+        offset: int = 0,
+        base64: bool = False,
+        done_openai: bool = False,
+        granularity: Granularity | None = None,
+        aligned: bool = True,
+    ) -> None:
         self.epoch = epoch
         self.mode: Mode = "base64" if base64 else "text"
+        self.granularity = granularity or "chunks"
+        self._asked = granularity
+        self._aligned = aligned
         self._forced_base64 = base64
         self._done_openai = done_openai
         self._text = _TextStream(offset)
-        #: Passthrough: the last byte relayed ends a line (a comment may go in here).
-        self._at_line_start = True
-        self._last = b"\n\n"
+        self._content_type: str | None = None
+        self._events: EventStreamIds | None = None
 
     def begin(self, content_type: str | None) -> None:
         if is_event_stream(content_type) and not self._forced_base64:
             self.mode = "passthrough"
+            self._events = EventStreamIds(epoch=self.epoch, offset=self._text.taken, aligned=self._aligned)
         elif not is_text_like(content_type):
             self.mode = "base64"
+        elif self.mode == "text":
+            self._start_lines(self._asked, content_type)
 
-    def _id(self) -> bytes:
+    def _id(self, offset: int | None = None) -> bytes:
         """``id: <epoch>-<offset>``; none before the reader has a pipe (no epoch: nothing to resume)."""
-        return f"id: {self.epoch}-{self._text.offset}\n".encode() if self.epoch else b""
+        if not self.epoch:
+            return b""
+        return f"id: {self.epoch}-{self.offset if offset is None else offset}\n".encode()
 
     def feed(self, data: bytes) -> bytes:
         """The SSE bytes for one chunk of the pipe (``b""`` when nothing is complete yet)."""
-        if self.mode == "passthrough":
+        if self._events is not None:
             self._text.taken += len(data)
-            if data:
-                self._last = (self._last + data)[-2:]
-                self._at_line_start = data.endswith(b"\n")
-            return data
+            return self._events.feed(data)
         if self.mode == "base64":
             self._text.taken += len(data)
             if not data:
                 return b""
             return b"event: base64\n" + self._id() + b"data: " + base64.b64encode(data) + b"\n\n"
+        if self._lines is not None:
+            return self._line_events(self._lines.feed(data))
         text = self._text.text(data)
         if not text:
             return b""
         lines = "".join(f"data: {line}\n" for line in _LINE_END.split(text))
         return self._id() + lines.encode() + b"\n"
 
+    def _line_events(self, records: list[tuple[str, int]]) -> bytes:
+        out = []
+        for text, end in records:
+            line = _record_text(text, self._content_type)
+            if line:  # EventSource drops an event whose data is empty: a blank line is none
+                out.append(self._id(end) + f"data: {line}\n\n".encode())
+        return b"".join(out)
+
     def ping(self) -> bytes | None:
         """A comment that keeps proxies from timing out, or None where one cannot go now."""
-        if self.mode == "passthrough":
-            return b": ping\n" if self._at_line_start else None
+        if self._events is not None:
+            return b": ping\n" if self._events.between_events else None
         return PING
 
     def gap(self, lost_from: int, lost_to: int) -> bytes:
         """A watcher lost ``[lost_from, lost_to)`` of the pipe; it goes on at ``lost_to``."""
         self._text.jump(lost_to)
+        if self._lines is not None:
+            self._lines.jump(lost_to)
+        if self._events is not None:
+            self._events.jump(lost_to)
         return self._named("gap", {"from": lost_from, "to": lost_to})
 
     def end(self, ending: str, reason: str | None = None) -> bytes:
         """The last bytes of the stream for ``ending`` (SPEC 2.2)."""
         ending = _check_ending(ending)
         out = b""
-        if self.mode == "passthrough":
-            if not self._at_line_start:
-                out += b"\n"
-            if self._last != b"\n\n":
-                out += b"\n"  # close the producer's unfinished event before ours
+        if self._events is not None:
+            out += self._events.finish()  # the producer's unfinished event, closed before ours
+        elif self._lines is not None:
+            out += self._line_events(self._lines.finish())
         elif self.mode == "text":
             tail = self._text.text(b"", final=True)  # a truncated character → U+FFFD
             if tail:
                 out += self._id() + "".join(f"data: {line}\n" for line in _LINE_END.split(tail)).encode() + b"\n"
-        payload: dict[str, object] = {"ending": ending, "offset": self._text.offset}
+        payload: dict[str, object] = {"ending": ending, "offset": self._text.taken if self._events else self.offset}
         if reason:
             payload["reason"] = reason
         out += self._named(SSE_EVENT[ending], payload)
@@ -285,16 +376,21 @@ class SseEncoder(_OverText):
 
 
 class NdjsonEncoder(_OverText):
-    """Pipe bytes → NDJSON lines for one reader: ``{"offset", "data"|"base64"}`` per chunk, then the end."""
+    """Pipe bytes → NDJSON lines for one reader: one record per chunk (or per line), then the end."""
 
-    def __init__(self, *, offset: int = 0, base64: bool = False) -> None:
+    def __init__(self, *, offset: int = 0, base64: bool = False, granularity: Granularity | None = None) -> None:
         self.base64 = base64
+        self.granularity = granularity or "chunks"
+        self._asked = granularity
         self._forced_base64 = base64
         self._text = _TextStream(offset)
+        self._content_type: str | None = None
 
     def begin(self, content_type: str | None) -> None:
         if not is_text_like(content_type):
             self.base64 = True
+        elif not self.base64:
+            self._start_lines(self._asked, content_type)
 
     def feed(self, data: bytes) -> bytes:
         if self.base64:
@@ -302,22 +398,31 @@ class NdjsonEncoder(_OverText):
             if not data:
                 return b""
             return _line({"offset": self._text.offset, "base64": base64.b64encode(data).decode()})
+        if self._lines is not None:
+            return self._records(self._lines.feed(data))
         text = self._text.utf8.decode(data)
         self._text.taken += len(data)
         return _line({"offset": self._text.offset, "data": text}) if text else b""
 
+    def _records(self, records: list[tuple[str, int]]) -> bytes:
+        return b"".join(_line({"offset": end, "data": _record_text(text, self._content_type)}) for text, end in records)
+
     def gap(self, lost_from: int, lost_to: int) -> bytes:
         self._text.jump(lost_to)
+        if self._lines is not None:
+            self._lines.jump(lost_to)
         return _line({"gap": {"from": lost_from, "to": lost_to}})
 
     def end(self, ending: str, reason: str | None = None) -> bytes:
         ending = _check_ending(ending)
         out = b""
-        if not self.base64:
+        if self._lines is not None:
+            out += self._records(self._lines.finish())
+        elif not self.base64:
             tail = self._text.utf8.decode(b"", final=True)
             if tail:
                 out += _line({"offset": self._text.taken, "data": tail})
-        payload: dict[str, object] = {"end": ending, "offset": self._text.offset}
+        payload: dict[str, object] = {"end": ending, "offset": self.offset}
         if reason:
             payload["reason"] = reason
         return out + _line(payload)

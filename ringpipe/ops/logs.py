@@ -1,5 +1,9 @@
 """Per-process logging: one JSON object per line on stderr, with worker and transfer fields.
 
+``--log-format text`` (and ``auto`` when stderr is a terminal) writes the same record as one
+readable line instead: time, level, role, message, then the extras as ``key=value``. JSON stays
+the default for anything that is not a terminal, so containers and CI keep parseable lines.
+
 Context travels as ``extra={...}``; every key that is not a standard ``LogRecord`` attribute
 becomes a field of the line. uvicorn's own loggers are routed here too (its access log is
 off: ringpipe logs one line per transfer instead).
@@ -23,7 +27,7 @@ import time
 from collections.abc import Iterable
 from typing import Any, Final
 
-__all__ = ["REDACTED", "JsonFormatter", "redact", "register_secrets", "setup_logging"]
+__all__ = ["REDACTED", "JsonFormatter", "TextFormatter", "redact", "register_secrets", "setup_logging", "wants_text"]
 
 REDACTED: Final = "[REDACTED]"
 #: Shorter secrets are not replaced literally (they would blot out ordinary words); the
@@ -103,10 +107,36 @@ class JsonFormatter(logging.Formatter):
         return redact(json.dumps(line, default=str))
 
 
-def setup_logging(level: str, role: str) -> None:
+class TextFormatter(JsonFormatter):
+    """Formats a record as one line a person reads: ``time level role message key=value ...``."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        stamp = time.strftime("%H:%M:%S", time.localtime(record.created)) + f".{int(record.msecs):03d}"
+        parts = [stamp, f"{record.levelname.lower():<7}", self.role, record.getMessage()]
+        parts += [
+            f"{key}={value}"
+            for key, value in record.__dict__.items()
+            if key not in _STANDARD and not key.startswith("_")
+        ]
+        text = " ".join(str(part) for part in parts)
+        if record.exc_info:
+            text += "\n" + self.formatException(record.exc_info)
+        return redact(text)
+
+
+def wants_text(log_format: str, stream: Any = None) -> bool:
+    """Whether ``log_format`` (``auto``, ``json`` or ``text``) means text lines on ``stream``."""
+    if log_format == "auto":
+        stream = sys.stderr if stream is None else stream
+        isatty = getattr(stream, "isatty", None)
+        return bool(isatty is not None and isatty())
+    return log_format == "text"
+
+
+def setup_logging(level: str, role: str, log_format: str = "json") -> None:
     """(Re)configure logging for this process; call first thing in every process."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter(role))
+    handler.setFormatter(TextFormatter(role) if wants_text(log_format) else JsonFormatter(role))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

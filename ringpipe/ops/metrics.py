@@ -78,6 +78,7 @@ if TYPE_CHECKING:
     from ringpipe.shm.segment import RingSegment
 
 __all__ = [
+    "ANSWERED_CODES",
     "BYTES_IN",
     "BYTES_OUT",
     "ENDINGS",
@@ -90,6 +91,7 @@ __all__ = [
     "PIPES",
     "READER_LAG",
     "RECEIVERS",
+    "ANSWERED_CODES",
     "REJECTIONS",
     "RELAY_LATENCY",
     "RENDEZVOUS_WAIT",
@@ -207,6 +209,13 @@ for _reason in EVICTION_REASONS:
     EVICTIONS.labels(reason=_reason)
 for _role in ("sender", "receiver"):
     RENDEZVOUS_WAIT.labels(role=_role)
+#: Every error status the server answers (SPEC Part 3 "Errors", plus 416 for a Range past the
+#: end and 500 for a bug): each series exists at 0 from start-up, so a dashboard panel or an
+#: alert such as ``increase(ringpipe_rejections_total{code="503"}[5m]) > 0`` sees a series
+#: before the first error instead of "no data".
+ANSWERED_CODES: Final = (400, 401, 403, 404, 405, 408, 410, 413, 414, 416, 431, 500, 503)
+for _code in ANSWERED_CODES:
+    REJECTIONS.labels(code=str(_code))
 
 
 # -- helpers the server calls (one line at each call site) --

@@ -42,7 +42,6 @@ def build_parser() -> argparse.ArgumentParser:
         "serve",
         help="run the server (the default command)",
         description="Run the ringpipe server. Every option can also be set as RINGPIPE_<NAME> (PORT too).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     for option in options():
         env = "RINGPIPE_" + option.name.upper()
@@ -70,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_sign(commands: argparse._SubParsersAction[_Parser]) -> None:
     sign = commands.add_parser(
         "sign",
+        usage="ringpipe sign PATH --scope SCOPE --signing-key KEY [--ttl TTL] [--prefix [PREFIX]] [--base-url URL]",
         help="print a signed URL for a path",
         description=(
             "Print a URL that grants SCOPES on PATH (or on every path under a prefix) until it "
@@ -99,7 +99,13 @@ def _add_sign(commands: argparse._SubParsersAction[_Parser]) -> None:
         default=None,
         help="the server's public URL [env RINGPIPE_BASE_URL; default: http://localhost:8080]",
     )
-    sign.add_argument("--signing-key", default=None, help="the server's signing key [env RINGPIPE_SIGNING_KEY]")
+    sign.add_argument(
+        "--signing-key",
+        metavar="KEY",
+        default=None,
+        help="required (or env RINGPIPE_SIGNING_KEY, which keeps it out of ps): the server's own --signing-key; "
+        "a URL signed with any other key is refused with 403",
+    )
 
 
 _TTL = re.compile(r"([0-9]+)\s*([smhd]?)")

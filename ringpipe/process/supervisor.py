@@ -108,7 +108,7 @@ class Supervisor:
     # -- main --
 
     def run(self) -> int:
-        setup_logging(self.settings.log_level, "supervisor")
+        setup_logging(self.settings.log_level, "supervisor", self.settings.log_format)
         if self.settings.ssl_certfile is not None and self.settings.ssl_keyfile is not None:
             try:
                 self.tls = server_context(self.settings.ssl_certfile, self.settings.ssl_keyfile)

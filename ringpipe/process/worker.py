@@ -126,7 +126,7 @@ def run_worker(
     ``tls``: the supervisor's HTTPS context (``--ssl-certfile``); the protocol, not uvicorn,
     runs TLS, so that the same port can also take plain HTTP (``tls.py``).
     """
-    setup_logging(settings.log_level, f"worker-{index}")
+    setup_logging(settings.log_level, f"worker-{index}", settings.log_format)
     ready = False
     register_secrets([settings.signing_key] if settings.signing_key else [])
     file_at_boot = _file_stamp(settings.tokens_file)

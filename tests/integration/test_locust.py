@@ -62,9 +62,15 @@ def test_twenty_second_locust_run_has_no_failure(server: Server, tmp_path: Path)
     done = run_locust(server, tmp_path, 20, "--pipe-mode", "mixed", "--pipe-n", "3", "--pipe-size", "512KiB")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     rows = stats(tmp_path)
-    for name in ("transfer bulk n=3", "transfer llm n=3", "rendezvous", "first byte", "throughput KiB/s bulk"):
+    for name in ("transfer bulk n=3", "transfer llm n=3", "rendezvous", "first byte"):
         assert int(rows[name]["Request Count"]) > 0, (name, rows.keys())
         assert rows[name]["Type"] == "pipe"
+    # Every row of locust's table is a time: throughput is reported apart, per mode, in bytes/s.
+    assert not any("throughput" in name for name in rows), rows.keys()
+    throughput = {row["mode"]: row for row in data_rows(tmp_path / "run_throughput.csv")}
+    assert int(throughput["bulk"]["receivers"]) > 0 and int(throughput["bulk"]["p50_bytes_per_s"]) > 0, throughput
+    assert int(throughput["llm"]["receivers"]) > 0, throughput
+    assert "ringpipe throughput per receiver" in done.stderr + done.stdout
     assert all(int(row["Failure Count"]) == 0 for row in rows.values()), rows
     assert data_rows(tmp_path / "run_failures.csv") == []
     assert data_rows(tmp_path / "run_exceptions.csv") == []

@@ -224,18 +224,20 @@ def test_sse_encoding_base64_is_forced_even_for_text() -> None:
     assert encoder.feed(b"hi") == b"event: base64\nid: e-2\ndata: aGk=\n\n"
 
 
-def test_sse_passthrough_relays_the_producers_stream_and_appends_the_ending() -> None:
+def test_sse_passthrough_relays_the_producers_events_with_ids_and_appends_the_ending() -> None:
     encoder = SseEncoder(epoch="e")
     encoder.begin("text/event-stream; charset=utf-8")
     produced = [b'data: {"a":1}\n\n', b"data: [DO", b"NE]"]
     out = [encoder.feed(c) for c in produced]
-    assert out == produced
-    assert encoder.ping() is None  # mid-line: a comment would corrupt the producer's line
+    # A whole event goes out at once, with the id of its end; a partial one waits for its blank line.
+    assert out == [b'data: {"a":1}\nid: e-15\n\n', b"", b""]
+    assert encoder.ping() == b": ping\n"  # between events: a comment cannot corrupt a line
     client = EventSourceModel()
     for chunk in out:
         client.feed(chunk)
     client.feed(encoder.end("aborted"))
     assert [e.data for e in client.named("message")] == ['{"a":1}', "[DONE]"]
+    assert client.named("message")[0].last_event_id == "e-15"
     assert client.named("error")
 
 

@@ -1,0 +1,139 @@
+"""Producer lines as records, with the pipe offset at each line's end (SPEC 2.1 *lines*).
+
+Pure: bytes in, ``(text, end_offset)`` records out. The split happens on bytes, not on
+decoded text: ``\\n`` and ``\\r`` never occur inside a UTF-8 multi-byte sequence, so a line
+end found in the bytes is a line end of the text, and the offset after it is exact even where
+invalid bytes were replaced by U+FFFD (each line is decoded on its own; a replacement is
+counted in ``replaced``).
+
+Rules (the same for SSE and NDJSON *lines*):
+
+- ``\\n``, ``\\r\\n`` and ``\\r`` end a line. A ``\\r`` that ends a chunk ends its line at once
+  (the record is not held back waiting for a possible ``\\n``); a ``\\n`` that opens the next
+  chunk is then the second half of that CRLF and is consumed silently.
+- A partial line is held until its end or ``finish()`` (the producer's end). It is held as
+  bytes, at most ``max_line`` of them: a longer line goes out in pieces of that size (cut at
+  a character boundary), so memory per reader stays bounded.
+- ``end_offset`` counts every byte taken up to the end of that record, line end included:
+  a reader that resumes there starts at the next line.
+
+Invariant: ``offset == start + bytes fed`` and ``offset - len(held) ==`` the end offset of
+the last record returned (or ``start``).
+"""
+
+from __future__ import annotations
+
+import codecs
+from typing import Final
+
+__all__ = ["MAX_LINE_BYTES", "LineRecords"]
+
+#: A line longer than this (bytes) is cut into records of this size.
+MAX_LINE_BYTES: Final = 1 << 20
+_REPLACE: Final = "ringpipe.line-records-replace"
+
+
+class _Count:
+    total = 0
+
+
+def _count_and_replace(exc: UnicodeError) -> tuple[str, int]:
+    if not isinstance(exc, UnicodeDecodeError):  # pragma: no cover - registered for decoding only
+        raise exc
+    _Count.total += 1
+    return "\ufffd", exc.end
+
+
+codecs.register_error(_REPLACE, _count_and_replace)
+
+
+def _decode(data: bytes) -> tuple[str, int]:
+    """``data`` as text (invalid sequences as U+FFFD) and how many were replaced."""
+    try:
+        return data.decode("utf-8"), 0
+    except UnicodeDecodeError:
+        before = _Count.total
+        text = data.decode("utf-8", _REPLACE)
+        return text, _Count.total - before
+
+
+def _character_boundary(data: bytes, limit: int) -> int:
+    """The largest cut ``<= limit`` that does not split a UTF-8 character (``limit`` if none fits)."""
+    cut = limit
+    while cut > 0 and (data[cut] & 0xC0) == 0x80:
+        cut -= 1
+    return cut or limit
+
+
+class LineRecords:
+    """Splits one reader's pipe bytes into line records; see the module docstring for the rules."""
+
+    __slots__ = ("_after_cr", "_held", "_max", "offset", "replaced")
+
+    def __init__(self, *, offset: int = 0, max_line: int = MAX_LINE_BYTES) -> None:
+        #: Pipe offset just after the last byte fed (held bytes included).
+        self.offset = offset
+        self.replaced = 0
+        self._held = b""
+        self._after_cr = False
+        self._max = max_line
+
+    @property
+    def held(self) -> int:
+        """Bytes of an unfinished line waiting for its end."""
+        return len(self._held)
+
+    def feed(self, data: bytes) -> list[tuple[str, int]]:
+        """The records that ``data`` completes, each with the pipe offset after it."""
+        start = self.offset - len(self._held)
+        self.offset += len(data)
+        if self._after_cr and data[:1] == b"\n":
+            data = data[1:]
+            start += 1
+        if data:
+            self._after_cr = False
+        buffer = self._held + data
+        records: list[tuple[str, int]] = []
+        begin = 0
+        size = len(buffer)
+        while begin < size:
+            lf = buffer.find(b"\n", begin)
+            cr = buffer.find(b"\r", begin, lf if lf >= 0 else size)
+            end = cr if cr >= 0 else lf
+            if end < 0:
+                break
+            after = end + 1
+            if buffer[end] == 13:  # CR: a CRLF's LF belongs to this line end
+                if after < size and buffer[after] == 10:
+                    after += 1
+                elif after == size:
+                    self._after_cr = True
+            records.append(self._record(buffer[begin:end], start + after))
+            begin = after
+        rest = buffer[begin:]
+        while len(rest) > self._max:
+            cut = _character_boundary(rest, self._max)
+            begin += cut
+            records.append(self._record(rest[:cut], start + begin))
+            rest = rest[cut:]
+        self._held = rest
+        return records
+
+    def finish(self) -> list[tuple[str, int]]:
+        """At the producer's end: the last line if it had no line end."""
+        if not self._held:
+            return []
+        record = self._record(self._held, self.offset)
+        self._held = b""
+        return [record]
+
+    def jump(self, to: int) -> None:
+        """Continue at pipe offset ``to`` (after a gap): the held partial line is dropped."""
+        self.offset = to
+        self._held = b""
+        self._after_cr = False
+
+    def _record(self, line: bytes, end: int) -> tuple[str, int]:
+        text, replaced = _decode(line)
+        self.replaced += replaced
+        return text, end
