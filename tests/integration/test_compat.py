@@ -45,13 +45,13 @@ REF: Final = "piping-server"
 OURS: Final = "ringpipe"
 
 # --------------------------------------------------------------------------------------------
-# Deviations: every difference we keep on purpose, in one place (the README lists them too).
+# Deviations: every difference we keep on purpose, in one place (docs/compatibility.md lists them too).
 # --------------------------------------------------------------------------------------------
 
 DEVIATIONS: Final[dict[str, str]] = {
     "extra-headers": (
         "ringpipe adds its own response headers: Ringpipe-Worker on every pipe response "
-        "(README, Operations), and the proxy-safe Cache-Control: no-cache, no-transform and "
+        "(docs/operations.md), and the proxy-safe Cache-Control: no-cache, no-transform and "
         "X-Accel-Buffering: no of SPEC 2.7. They are accepted on ringpipe's side only, with "
         "exactly those values (see ``ours_only``); every scenario relies on this."
     ),

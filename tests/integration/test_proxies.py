@@ -526,7 +526,7 @@ def test_sse_reader_through_the_proxy(cluster: Cluster) -> None:
     events = [e for e in got.text.split("\n\n") if e.strip()]
     assert events[0].startswith("retry: 1000")
     messages = [e.splitlines() for e in events if not any(line.startswith("event:") for line in e.splitlines())]
-    # Each event's data is its chunk's text (README "LLM tokens": appending e.data rebuilds the text).
+    # Each event's data is its chunk's text (docs/llm-streams.md: appending e.data rebuilds the text).
     text = "".join(
         "\n".join(line.removeprefix("data: ") for line in lines if line.startswith("data: ")) for lines in messages
     )
