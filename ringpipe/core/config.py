@@ -2,7 +2,7 @@
 
 This is the only module that reads ``os.environ`` for settings (``from_env``). Every field
 carries its own help text and validator, so ``ringpipe serve --help``, the environment
-variable names and the README table all come from the declarations below.
+variable names and the settings table in ``docs/configuration.md`` all come from the declarations below.
 
 Invariants, checked in ``__post_init__``:
 

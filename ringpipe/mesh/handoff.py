@@ -9,7 +9,7 @@ a 64-byte record took ~0.13 ms longer across workers than within one, and a 1 Mi
 cost ~1.3 ms more server CPU. So a worker that reads a request head for a pipe whose
 ``?n`` is at most ``--colocate-max-n`` (and whose path another worker owns) passes the
 socket itself, with the bytes it has read, to the owner (``SCM_RIGHTS`` over a Unix
-datagram socket), which serves it as if it had accepted it. Larger fan-outs keep their
+``SOCK_SEQPACKET`` socket), which serves it as if it had accepted it. Larger fan-outs keep their
 readers where the kernel put them: their writes then spread over every core.
 
 The hand-off is an optimisation, never a requirement: whenever it cannot happen (the
