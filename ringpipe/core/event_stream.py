@@ -140,10 +140,18 @@ class EventStreamIds:
         return event + blank
 
     def finish(self) -> bytes:
-        """At the producer's end: what it left of an unfinished event, as it is."""
-        out = bytes(self._event) + self._line if self._mode is _Mode.COLLECT else b""
+        """At the producer's end: what it left of an unfinished event, closed with a blank line
+        so that whatever the reader is sent next (the ending) is an event of its own."""
+        if self._mode is _Mode.COLLECT:
+            unfinished = bytes(self._event) + self._line
+            out = unfinished + (b"\n" if self._line else b"") + (b"\n" if unfinished else b"")
+        elif self._mode is _Mode.THROUGH:
+            out = (b"\n" if self._mid else b"") + b"\n"
+        else:
+            out = b""
         self._event.clear()
         self._line = b""
+        self._mode = _Mode.COLLECT
         return out
 
     def jump(self, to: int) -> None:

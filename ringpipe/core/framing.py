@@ -66,7 +66,6 @@ end. A partial line is held until its end or the end of the stream, or until it 
 from __future__ import annotations
 
 import base64
-import codecs
 import json
 import re
 from typing import Final, Literal
@@ -74,6 +73,7 @@ from typing import Final, Literal
 from ringpipe.core.errors import ENDINGS
 from ringpipe.core.event_stream import EventStreamIds
 from ringpipe.core.line_records import LineRecords
+from ringpipe.core.utf8 import Utf8Text
 
 __all__ = [
     "GRANULARITIES",
@@ -113,23 +113,6 @@ _LINE_RECORD_TYPES: Final = frozenset(
 )
 _TEXT_APPLICATION: Final = _LINE_RECORD_TYPES | {"application/json"}
 _RECORD_SEPARATOR: Final = "\x1e"
-_REPLACE: Final = "ringpipe.count-replace"
-
-
-class _Replacements:
-    """How many invalid UTF-8 sequences the codec error handler has replaced (process-wide)."""
-
-    total = 0
-
-
-def _count_and_replace(exc: UnicodeError) -> tuple[str, int]:
-    if not isinstance(exc, UnicodeDecodeError):  # pragma: no cover - registered for decoding only
-        raise exc
-    _Replacements.total += 1
-    return "\ufffd", exc.end
-
-
-codecs.register_error(_REPLACE, _count_and_replace)
 
 
 def mime_of(content_type: str | None) -> str:
@@ -163,31 +146,6 @@ def _check_ending(ending: str) -> str:
     if ending not in ENDINGS:
         raise ValueError(f"unknown ending {ending!r}; one of {ENDINGS}")
     return ending
-
-
-class Utf8Text:
-    """Incremental UTF-8 → str: a character split across chunks stays whole; invalid bytes → U+FFFD.
-
-    Invariant: ``consumed - held`` bytes are fully represented in the text returned so far.
-    """
-
-    def __init__(self) -> None:
-        self._decoder = codecs.getincrementaldecoder("utf-8")(_REPLACE)
-        self.replaced = 0
-
-    def decode(self, data: bytes, *, final: bool = False) -> str:
-        before = _Replacements.total
-        text = self._decoder.decode(data, final)
-        self.replaced += _Replacements.total - before
-        return text
-
-    @property
-    def held(self) -> int:
-        """Bytes of an unfinished character waiting for the next chunk (0 .. 3)."""
-        return len(self._decoder.getstate()[0])
-
-    def reset(self) -> None:
-        self._decoder.reset()
 
 
 class _TextStream:

@@ -23,38 +23,14 @@ the last record returned (or ``start``).
 
 from __future__ import annotations
 
-import codecs
 from typing import Final
+
+from ringpipe.core.utf8 import decode_counting
 
 __all__ = ["MAX_LINE_BYTES", "LineRecords"]
 
 #: A line longer than this (bytes) is cut into records of this size.
 MAX_LINE_BYTES: Final = 1 << 20
-_REPLACE: Final = "ringpipe.line-records-replace"
-
-
-class _Count:
-    total = 0
-
-
-def _count_and_replace(exc: UnicodeError) -> tuple[str, int]:
-    if not isinstance(exc, UnicodeDecodeError):  # pragma: no cover - registered for decoding only
-        raise exc
-    _Count.total += 1
-    return "\ufffd", exc.end
-
-
-codecs.register_error(_REPLACE, _count_and_replace)
-
-
-def _decode(data: bytes) -> tuple[str, int]:
-    """``data`` as text (invalid sequences as U+FFFD) and how many were replaced."""
-    try:
-        return data.decode("utf-8"), 0
-    except UnicodeDecodeError:
-        before = _Count.total
-        text = data.decode("utf-8", _REPLACE)
-        return text, _Count.total - before
 
 
 def _character_boundary(data: bytes, limit: int) -> int:
@@ -134,6 +110,6 @@ class LineRecords:
         self._after_cr = False
 
     def _record(self, line: bytes, end: int) -> tuple[str, int]:
-        text, replaced = _decode(line)
+        text, replaced = decode_counting(line)
         self.replaced += replaced
         return text, end
