@@ -33,7 +33,9 @@ from typing import Final
 __all__ = ["MAX_EVENT_BYTES", "EventStreamIds"]
 
 MAX_EVENT_BYTES: Final = 1 << 20
-_LINE: Final = re.compile(rb"([^\r\n]*)(\r\n|\r|\n)")
+#: A line end. Lines are found by searching for their ends (linear in the bytes), never with a
+#: pattern that scans each line's content from every start position.
+_LINE_END: Final = re.compile(rb"\r\n|\r|\n")
 
 
 class _Mode(enum.Enum):
@@ -68,7 +70,7 @@ class EventStreamIds:
         self._mode = _Mode.COLLECT if aligned or offset == 0 else _Mode.SKIP
         self._mid = self._mode is _Mode.SKIP  # unknown: the first line end found is not a blank line
         self._event = bytearray()
-        self._line = b""
+        self._line = bytearray()
         self._has_id = False
         self._fields = False  # the event has a field line, not only comments
         self._cr = _Cr.NONE
@@ -89,12 +91,17 @@ class EventStreamIds:
             elif self._cr is _Cr.SENT:
                 out += b"\n"
         self._cr = _Cr.NONE
-        buffer = self._line + data if self._mode is _Mode.COLLECT else data
+        if self._mode is _Mode.COLLECT and self._line and _LINE_END.search(data) is None:
+            # Only a longer unfinished line: extend it (no rescan, no copy of what is held).
+            if len(self._event) + len(self._line) + len(data) <= MAX_EVENT_BYTES:
+                self._line += data
+                return bytes(out)
+        buffer = bytes(self._line) + data if self._mode is _Mode.COLLECT else data
         base = self.offset - len(buffer)  # the pipe offset of buffer[0]
         mid, position = self._mid, 0
-        for match in _LINE.finditer(buffer):
-            content, ending = match.group(1), match.group(2)
-            blank = content == b"" and not (mid and match.start() == 0)
+        while (match := _LINE_END.search(buffer, position)) is not None:
+            content, ending = buffer[position : match.start()], match.group()
+            blank = content == b"" and not (mid and position == 0)
             position = match.end()
             at_end = ending == b"\r" and position == len(buffer)
             if self._mode is _Mode.THROUGH:
@@ -115,12 +122,12 @@ class EventStreamIds:
                 self._cr = _Cr.HELD if at_end else _Cr.NONE
         rest = buffer[position:]
         self._mid = bool(rest) or (mid and position == 0)
-        self._line = b""
+        self._line = bytearray()
         if self._mode is _Mode.THROUGH:
             out += rest
         elif self._mode is _Mode.COLLECT:
             if len(self._event) + len(rest) <= MAX_EVENT_BYTES:
-                self._line = rest
+                self._line = bytearray(rest)
             else:
                 out += self._event + rest  # too big to hold: relayed as it comes, without an id
                 self._event.clear()
@@ -150,7 +157,7 @@ class EventStreamIds:
         else:
             out = b""
         self._event.clear()
-        self._line = b""
+        self._line = bytearray()
         self._mode = _Mode.COLLECT
         return out
 
@@ -158,7 +165,7 @@ class EventStreamIds:
         """Continue at pipe offset ``to`` (after a gap): drop bytes up to the next event boundary."""
         self.offset = to
         self._event.clear()
-        self._line = b""
+        self._line = bytearray()
         self._mode = _Mode.SKIP
         self._mid = True
         self._cr = _Cr.NONE

@@ -23,6 +23,7 @@ the last record returned (or ``start``).
 
 from __future__ import annotations
 
+import re
 from typing import Final
 
 from ringpipe.core.utf8 import decode_counting
@@ -31,6 +32,7 @@ __all__ = ["MAX_LINE_BYTES", "LineRecords"]
 
 #: A line longer than this (bytes) is cut into records of this size.
 MAX_LINE_BYTES: Final = 1 << 20
+_LINE_END: Final = re.compile(rb"\r\n|\r|\n")
 
 
 def _character_boundary(data: bytes, limit: int) -> int:
@@ -50,7 +52,7 @@ class LineRecords:
         #: Pipe offset just after the last byte fed (held bytes included).
         self.offset = offset
         self.replaced = 0
-        self._held = b""
+        self._held = bytearray()
         self._after_cr = False
         self._max = max_line
 
@@ -60,7 +62,11 @@ class LineRecords:
         return len(self._held)
 
     def feed(self, data: bytes) -> list[tuple[str, int]]:
-        """The records that ``data`` completes, each with the pipe offset after it."""
+        """The records that ``data`` completes, each with the pipe offset after it.
+
+        Linear in ``len(data)``: a chunk without a line end only extends the held line, so a
+        long line that arrives in small chunks is never copied again per chunk.
+        """
         start = self.offset - len(self._held)
         self.offset += len(data)
         if self._after_cr and data[:1] == b"\n":
@@ -68,45 +74,47 @@ class LineRecords:
             start += 1
         if data:
             self._after_cr = False
-        buffer = self._held + data
+        if _LINE_END.search(data) is None:
+            self._held += data
+            return self._cut_long(start, 0) if len(self._held) > self._max else []
+        buffer = bytes(self._held) + data
         records: list[tuple[str, int]] = []
         begin = 0
-        size = len(buffer)
-        while begin < size:
-            lf = buffer.find(b"\n", begin)
-            cr = buffer.find(b"\r", begin, lf if lf >= 0 else size)
-            end = cr if cr >= 0 else lf
-            if end < 0:
-                break
-            after = end + 1
-            if buffer[end] == 13:  # CR: a CRLF's LF belongs to this line end
-                if after < size and buffer[after] == 10:
-                    after += 1
-                elif after == size:
-                    self._after_cr = True
-            records.append(self._record(buffer[begin:end], start + after))
+        while (match := _LINE_END.search(buffer, begin)) is not None:
+            after = match.end()
+            self._after_cr = match.group() == b"\r" and after == len(buffer)  # maybe half a CRLF
+            records.append(self._record(buffer[begin : match.start()], start + after))
             begin = after
-        rest = buffer[begin:]
+        self._held = bytearray(buffer[begin:])
+        if len(self._held) > self._max:
+            records += self._cut_long(start, begin)
+        return records
+
+    def _cut_long(self, start: int, begin: int) -> list[tuple[str, int]]:
+        """Records of ``max_line`` bytes cut from a held line that grew past it (``begin``: its
+        index in the bytes that started at pipe offset ``start``)."""
+        records = []
+        rest = bytes(self._held)
         while len(rest) > self._max:
             cut = _character_boundary(rest, self._max)
             begin += cut
             records.append(self._record(rest[:cut], start + begin))
             rest = rest[cut:]
-        self._held = rest
+        self._held = bytearray(rest)
         return records
 
     def finish(self) -> list[tuple[str, int]]:
         """At the producer's end: the last line if it had no line end."""
         if not self._held:
             return []
-        record = self._record(self._held, self.offset)
-        self._held = b""
+        record = self._record(bytes(self._held), self.offset)
+        self._held = bytearray()
         return [record]
 
     def jump(self, to: int) -> None:
         """Continue at pipe offset ``to`` (after a gap): the held partial line is dropped."""
         self.offset = to
-        self._held = b""
+        self._held = bytearray()
         self._after_cr = False
 
     def _record(self, line: bytes, end: int) -> tuple[str, int]:
