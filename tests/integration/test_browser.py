@@ -3,8 +3,9 @@
 Chromium is Debian's ``chromium`` package (``/usr/bin/chromium``; installed with apt-get by
 ``tests/support/externals.py`` when missing and we are root, as in CI), driven through
 Playwright's ``playwright-core`` npm package (installed once into ``tests/.playwright/``; it
-never downloads a browser). ``tests/support/browser_driver.cjs`` runs the browser and executes the
-JavaScript snippets these tests send it, one at a time; curl runs as a real subprocess.
+never downloads a browser). ``tests/support/browser_driver.cjs`` runs the browser and
+executes the JavaScript snippets these tests send it, one at a time; curl runs as a real
+subprocess.
 
 Scenarios: ``/`` sends a text and a file that curl receives; curl sends and ``/`` receives
 (shown live in the page, and downloaded); ``/noscript`` posts a text and a file with its

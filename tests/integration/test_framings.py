@@ -1,8 +1,8 @@
 """Reader framings on a real server (SPEC 2.1, 2.2, 2.7): raw, SSE, NDJSON and WebSocket readers.
 
-Each reader is a real client on a loopback socket: ``pipeclient`` for HTTP (it reports whether
+Each reader is a real client on a loopback socket: ``tests/support/pipes`` for HTTP (it reports whether
 a response ended cleanly), the ``websockets`` library for WebSocket, and the SSE stream is
-read back through ``EventSourceModel``, the WHATWG parser used by the unit tests. Every
+read back through ``EventSourceModel``, the WHATWG parser the unit tests use too. Every
 ending is checked in every framing: done, aborted, cancelled (``DELETE``) and lagged (stall
 eviction), and watchers join a running pipe in each framing.
 """
