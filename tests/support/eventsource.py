@@ -1,14 +1,18 @@
-"""A browser's ``EventSource`` parser, for checking SSE as a browser reads it.
+"""A browser's ``EventSource`` parser, for checking SSE as a browser reads it, and the random
+producer streams the framing property tests feed an encoder.
 
 ``EventSourceModel`` transcribes the WHATWG "event stream interpretation" algorithm (the one
 every browser's EventSource runs), so a test asserts what a browser would see, not what our
-encoder thinks it wrote.
+encoder thinks it wrote. ``TEXT`` and ``CUTS`` draw a producer's text and where the network
+cuts it; ``chunked`` makes the chunks.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+
+from hypothesis import strategies as st
 
 
 @dataclass
@@ -75,3 +79,15 @@ class EventSourceModel:
 def normalize(text: str) -> str:
     """``text`` with CRLF and CR line ends as LF, the way an EventSource splits lines."""
     return re.sub(r"\r\n|\r", "\n", text)
+
+
+#: A producer's text: line ends of every kind, multi-byte characters, the replacement character.
+TEXT = st.text(alphabet=st.sampled_from(list("ab \r\n:é✓\U0001f600\ufffd")), max_size=60)
+#: Where the network cuts a stream (taken modulo its length).
+CUTS = st.lists(st.integers(min_value=0, max_value=400), max_size=12)
+
+
+def chunked(data: bytes, cuts: list[int]) -> list[bytes]:
+    """``data`` cut at ``cuts`` (modulo its length), in order; empty pieces dropped."""
+    points = sorted({c % (len(data) + 1) for c in cuts} | {0, len(data)})
+    return [data[a:b] for a, b in zip(points, points[1:], strict=False)]

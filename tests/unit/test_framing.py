@@ -25,16 +25,7 @@ from ringpipe.core.framing import (
     is_event_stream,
     is_text_like,
 )
-from tests.support.eventsource import EventSourceModel, normalize
-
-
-def chunked(data: bytes, cuts: list[int]) -> list[bytes]:
-    points = sorted({c % (len(data) + 1) for c in cuts} | {0, len(data)})
-    return [data[a:b] for a, b in zip(points, points[1:], strict=False)]
-
-
-TEXT = st.text(alphabet=st.sampled_from(list("ab \r\n:é✓\U0001f600\ufffd")), max_size=60)
-CUTS = st.lists(st.integers(min_value=0, max_value=400), max_size=12)
+from tests.support.eventsource import CUTS, TEXT, EventSourceModel, chunked, normalize
 
 
 def sse(chunks: list[bytes], ending: str = "done", **kwargs: bool) -> tuple[EventSourceModel, SseEncoder, list[str]]:
