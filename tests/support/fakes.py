@@ -8,7 +8,7 @@ from ringpipe.core.control_frames import RelayInfo
 
 
 class NullRouter:
-    """A wake-up router whose wake-ups go nowhere: for tests that poll the ring themselves."""
+    """A ``relay.WakeRouter`` whose wake-ups go nowhere: for tests that poll the ring themselves."""
 
     def wake(self, info: RelayInfo, slot: int) -> None: ...
 
