@@ -1,173 +1,23 @@
-"""Shared fixtures: a real ringpipe server on a loopback port, and leak checks.
+"""The fixtures every test may ask for; the helpers behind them live in ``tests/support``.
 
-``running_server`` starts ``python -m ringpipe serve --port 0`` as a real process tree
-(supervisor + workers), waits for its "ready" log line, and on teardown sends SIGTERM and
-checks what a user would: it exits 0, leaves no process and no ``/dev/shm`` segment behind.
+- ``server_factory`` / ``server``: real ringpipe process trees on loopback ports, each
+  stopped and checked for leftovers (exit status, processes, ``/dev/shm``) at teardown.
+- ``browser`` / ``site``: one headless Chromium and one server per test module that asks.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import signal
 import subprocess
-import sys
-import threading
-import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections.abc import Iterator
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def shm_segments(prefix: str = "ringpipe-") -> set[str]:
-    try:
-        return {n for n in os.listdir("/dev/shm") if n.startswith(prefix)}
-    except FileNotFoundError:
-        return set()
-
-
-def children_of(pid: int) -> list[int]:
-    try:
-        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
-    except OSError:
-        return []
-    return [int(p) for p in text.split()]
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of one process, in seconds."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def rss_bytes(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    return 0
-
-
-@dataclass
-class Server:
-    """A running ringpipe process tree."""
-
-    proc: subprocess.Popen[bytes]
-    url: str = ""
-    port: int = 0
-    logs: list[dict[str, object]] = field(default_factory=list)
-    raw_lines: list[str] = field(default_factory=list)
-    _ready: threading.Event = field(default_factory=threading.Event)
-    _cond: threading.Condition = field(default_factory=threading.Condition)
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def workers(self) -> list[int]:
-        return children_of(self.pid)
-
-    def workers_by_slot(self) -> dict[int, int]:
-        """Worker pid per slot, from the supervisor's "ready" and "worker_ready" log lines."""
-        slots: dict[int, int] = {}
-        with self._cond:
-            for record in self.logs:
-                if record.get("event") == "ready":
-                    slots.update({int(k): int(v) for k, v in record["workers"].items()})  # type: ignore[attr-defined]
-                elif record.get("event") == "worker_ready":
-                    slots[int(record["slot"])] = int(record["worker_pid"])  # type: ignore[call-overload]
-        return slots
-
-    def all_pids(self) -> list[int]:
-        return [self.pid, *self.workers()]
-
-    def cpu_seconds(self) -> float:
-        total = 0.0
-        for pid in self.all_pids():
-            try:
-                total += cpu_seconds(pid)
-            except OSError:
-                pass
-        return total
-
-    def rss(self) -> int:
-        total = 0
-        for pid in self.all_pids():
-            try:
-                total += rss_bytes(pid)
-            except OSError:
-                pass
-        return total
-
-    def _pump(self) -> None:
-        assert self.proc.stderr is not None
-        for raw in self.proc.stderr:
-            line = raw.decode(errors="replace").rstrip("\n")
-            with self._cond:
-                self.raw_lines.append(line)
-                try:
-                    record = json.loads(line)
-                except ValueError:
-                    record = None
-                if isinstance(record, dict):
-                    self.logs.append(record)
-                    if record.get("event") == "listening":
-                        self.port = int(record["port"])  # type: ignore[call-overload]
-                        self.url = str(record["url"])
-                    if record.get("event") == "ready":
-                        self._ready.set()
-                self._cond.notify_all()
-
-    def wait_log(self, predicate: Callable[[dict[str, object]], bool], timeout: float = 20.0) -> dict[str, object]:
-        """Wait for a structured log line matching ``predicate`` (searching all lines so far)."""
-        deadline = time.monotonic() + timeout
-        seen = 0
-        with self._cond:
-            while True:
-                for record in self.logs[seen:]:
-                    if predicate(record):
-                        return record
-                seen = len(self.logs)
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise TimeoutError("no matching log line; last lines:\n" + "\n".join(self.raw_lines[-20:]))
-                self._cond.wait(left)
-
-    def transfers(self) -> list[dict[str, object]]:
-        with self._cond:
-            return [r for r in self.logs if r.get("event") == "transfer"]
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 40.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(5)
-            raise
-
-
-def start_server(*args: str, env: dict[str, str] | None = None, ready_timeout: float = 30.0) -> Server:
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("RINGPIPE_") and k != "PORT"}
-    full_env["PYTHONUNBUFFERED"] = "1"
-    full_env.update(env or {})
-    cmd = [sys.executable, "-m", "ringpipe", "serve", "--host", "127.0.0.1", "--port", "0", *args]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=full_env, stderr=subprocess.PIPE, start_new_session=True)
-    server = Server(proc)
-    threading.Thread(target=server._pump, daemon=True).start()
-    if not server._ready.wait(ready_timeout):
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(5)
-        raise RuntimeError("server did not become ready:\n" + "\n".join(server.raw_lines[-30:]))
-    return server
+from tests.support.browser import Browser, start_browser
+from tests.support.servers import Server, ServerFactory, start_server, stop_and_check
 
 
 @pytest.fixture
-def server_factory() -> Iterator[Callable[..., Server]]:
+def server_factory() -> Iterator[ServerFactory]:
     """Start servers with chosen flags; each is stopped and checked for leftovers at teardown."""
     started: list[Server] = []
 
@@ -181,32 +31,28 @@ def server_factory() -> Iterator[Callable[..., Server]]:
     assert not problems, problems
 
 
-def stop_and_check(server: Server) -> list[str]:
-    """SIGTERM ``server``; what is wrong afterwards: an exit status other than 0, a worker
-    process still alive, a ``/dev/shm`` segment of it left behind."""
-    problems = []
-    workers = server.workers()
-    code = server.stop()
-    if code != 0:
-        problems.append(f"server exited {code}")
-    time.sleep(0.05)
-    alive = [p for p in workers if Path(f"/proc/{p}").exists() and "zombie" not in _state(p)]
-    if alive:
-        problems.append(f"worker processes left behind: {alive}")
-    left = shm_segments(f"ringpipe-{server.pid}-")
-    if left:
-        problems.append(f"shared-memory segments left behind: {sorted(left)}")
-    return problems
-
-
-def _state(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/status").read_text().split("State:")[1].split("\n")[0].lower()
-    except (OSError, IndexError):
-        return "gone"
-
-
 @pytest.fixture
-def server(server_factory: Callable[..., Server]) -> Server:
+def server(server_factory: ServerFactory) -> Server:
     """A ringpipe with 2 workers (the machine's core count in CI) and default settings."""
     return server_factory("--workers", "2")
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Browser]:
+    """Chromium behind ``tests/support/browser_driver.cjs``, with a fresh profile; at the end
+    it exits 0 and leaves no process of its session behind."""
+    browser = start_browser(tmp_path_factory.mktemp("browser"))
+    yield browser
+    browser.close()
+    assert browser.proc.returncode == 0, browser.tail()
+    leftover = subprocess.run(["pgrep", "-s", str(browser.proc.pid)], capture_output=True, text=True).stdout.split()
+    assert not leftover, f"browser processes left behind: {leftover}"
+
+
+@pytest.fixture(scope="module")
+def site() -> Iterator[Server]:
+    """One 2-worker server for a module's browser tests."""
+    server = start_server("--workers", "2")
+    yield server
+    problems = stop_and_check(server)
+    assert not problems, problems

@@ -20,7 +20,7 @@ import threading
 import time
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,9 +28,7 @@ import pytest
 
 from ringpipe.core.config import SCOPES
 from ringpipe.core.signing import signed_query
-from tests.conftest import ROOT, Server, start_server, stop_and_check
-
-ServerFactory = Callable[..., Server]
+from tests.support.servers import ROOT, Server, ServerFactory, start_server, stop_and_check
 
 SIGNING_KEY = "integration-signing-key-5f2c"
 FULL_SECRET = "full-secret-0a1b2c3d"

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, shm_segments
+from tests.support.servers import ROOT, shm_segments
 
 SCENARIOS = ("throughput", "fanout", "latency", "pairs", "idle", "slow-reader")
 SERVERS = ("ringpipe", "piping-server")

@@ -1,10 +1,11 @@
 """A real browser on the reserved pages (SPEC 1.4, 17): headless Chromium, real curl.
 
 Chromium is Debian's ``chromium`` package (``/usr/bin/chromium``; installed with apt-get by
-``externals.ensure_chromium`` when missing and we are root, as in CI), driven through
+``tests/support/externals.py`` when missing and we are root, as in CI), driven through
 Playwright's ``playwright-core`` npm package (installed once into ``tests/.playwright/``; it
-never downloads a browser). ``tests/browser_driver.cjs`` runs the browser and executes the
-JavaScript snippets these tests send it, one at a time; curl runs as a real subprocess.
+never downloads a browser). ``tests/support/browser_driver.cjs`` runs the browser and
+executes the JavaScript snippets these tests send it, one at a time; curl runs as a real
+subprocess.
 
 Scenarios: ``/`` sends a text and a file that curl receives; curl sends and ``/`` receives
 (shown live in the page, and downloaded); ``/noscript`` posts a text and a file with its
@@ -15,113 +16,17 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import json
 import os
-import queue
 import shutil
 import subprocess
-import threading
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from tests.conftest import Server, start_server, stop_and_check
-from tests.externals import TESTS, ensure_chromium, ensure_playwright_core, node
-
-DRIVER = TESTS / "browser_driver.cjs"
-TIMEOUT = 30.0
-
-
-class BrowserError(AssertionError):
-    pass
-
-
-class Browser:
-    """One Chromium behind ``browser_driver.cjs``; ``run`` executes a JavaScript snippet."""
-
-    def __init__(self, proc: subprocess.Popen[str], log: Path) -> None:
-        self.proc = proc
-        self.log = log
-        self._answers: queue.Queue[dict[str, Any] | None] = queue.Queue()
-        self._next = 1
-        threading.Thread(target=self._pump, daemon=True).start()
-        hello = self._answer(0, 60.0)
-        self.version = hello["version"]
-
-    def _pump(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self._answers.put(json.loads(line))
-        self._answers.put(None)
-
-    def _answer(self, want: int, timeout: float) -> dict[str, Any]:
-        try:
-            message = self._answers.get(timeout=timeout)
-        except queue.Empty:
-            raise BrowserError(f"no answer from the browser in {timeout} s; log:\n{self.tail()}") from None
-        if message is None:
-            raise BrowserError(f"the browser driver exited; log:\n{self.tail()}")
-        if not message["ok"]:
-            raise BrowserError(message["error"])
-        assert message["id"] == want, message
-        return message["value"]  # type: ignore[no-any-return]
-
-    def run(self, code: str, timeout: float = TIMEOUT, **args: Any) -> Any:
-        """Run ``code`` (an async function body of ``page, context, args, helpers``)."""
-        ident, self._next = self._next, self._next + 1
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(json.dumps({"id": ident, "code": code, "args": args}) + "\n")
-        self.proc.stdin.flush()
-        return self._answer(ident, timeout)
-
-    def tail(self) -> str:
-        return self.log.read_text(errors="replace")[-3000:] if self.log.exists() else ""
-
-    def close(self) -> None:
-        if self.proc.stdin is not None:
-            self.proc.stdin.close()
-        try:
-            self.proc.wait(15)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, 9)
-            self.proc.wait(5)
-
-
-@pytest.fixture(scope="module")
-def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Browser]:
-    chromium = ensure_chromium()
-    playwright = ensure_playwright_core()
-    home = tmp_path_factory.mktemp("browser")
-    profile, downloads = home / "profile", home / "downloads"  # a fresh --user-data-dir
-    downloads.mkdir()
-    log = home / "driver.log"
-    with open(log, "w") as err:
-        proc = subprocess.Popen(
-            [node(), str(DRIVER), str(playwright), str(chromium), str(profile), str(downloads)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=err,
-            text=True,
-            start_new_session=True,
-        )
-    browser = Browser(proc, log)
-    yield browser
-    browser.close()
-    assert proc.returncode == 0, browser.tail()
-    leftover = subprocess.run(["pgrep", "-s", str(proc.pid)], capture_output=True, text=True).stdout.split()
-    assert not leftover, f"browser processes left behind: {leftover}"
-
-
-@pytest.fixture(scope="module")
-def site() -> Iterator[Server]:
-    server = start_server("--workers", "2")
-    yield server
-    problems = stop_and_check(server)
-    assert not problems, problems
+from tests.support.browser import TIMEOUT, Browser, open_page
+from tests.support.servers import Server
 
 
 @dataclass
@@ -152,11 +57,6 @@ def curl(*args: str, tmp: Path) -> Curl:
 
 def fresh_path() -> str:
     return "browser-" + uuid.uuid4().hex[:12]
-
-
-def open_page(browser: Browser, url: str) -> None:
-    status = browser.run("const r = await page.goto(args.url); return r.status();", url=url)
-    assert status == 200
 
 
 # A text with non-ASCII characters, spaces at the ends and an empty line: sent as it is.

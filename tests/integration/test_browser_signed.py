@@ -24,8 +24,8 @@ from pathlib import Path
 import pytest
 
 from ringpipe.core.signing import signed_query
-from tests.conftest import Server, start_server, stop_and_check
-from tests.integration.test_browser import Browser, browser  # noqa: F401 - the module's browser fixture
+from tests.support.browser import Browser
+from tests.support.servers import Server, start_server, stop_and_check
 
 KEY = "browser-signing-key-81f0"
 PAGE = b"<!doctype html><meta charset=utf-8><title>signed EventSource</title><p>ringpipe EventSource test</p>\n"
@@ -73,7 +73,7 @@ def curl(*args: str) -> subprocess.CompletedProcess[bytes]:
     return subprocess.run([exe, "-sS", "--max-time", "30", *args], capture_output=True, timeout=60)
 
 
-def test_event_source_on_a_signed_url(browser: Browser, relay: Server, page_origin: str, tmp_path: Path) -> None:  # noqa: F811
+def test_event_source_on_a_signed_url(browser: Browser, relay: Server, page_origin: str, tmp_path: Path) -> None:
     status = browser.run("const r = await page.goto(args.url); return r.status();", url=page_origin + "/")
     assert status == 200
 

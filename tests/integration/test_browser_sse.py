@@ -1,8 +1,8 @@
 """A real browser reading a pipe with ``EventSource`` (SPEC 2.1, 2.4): headless Chromium, real curl.
 
-The browser and the server are the ones ``test_browser.py`` uses (Debian's Chromium through
-``playwright-core``). The producer is ``curl -T -`` fed by a small paced writer, so bytes
-reach the server while the page watches:
+The browser and the server are the conftest's ``browser`` and ``site``, as in
+``test_browser.py`` (Debian's Chromium through ``playwright-core``). The producer is
+``curl -T -`` fed by a small paced writer, so bytes reach the server while the page watches:
 
 - ``EventSource`` on ``?format=sse`` shows tokens *live*: the page holds part of the text
   while the producer is still running, and exactly the producer's text at the end;
@@ -14,18 +14,13 @@ reach the server while the page watches:
 from __future__ import annotations
 
 import shlex
-import signal
 import subprocess
 import sys
 import time
 import uuid
 
-from tests.conftest import Server
-from tests.integration import test_browser
-from tests.integration.test_browser import Browser, open_page
-
-browser = test_browser.browser
-site = test_browser.site
+from tests.support.browser import Browser, open_page
+from tests.support.servers import Server, kill_group
 
 TOKENS = ["Streaming ", "tökens ", "live", ",\r\n", "one ", "by ", "one", "\n", "✓ ", "end."]
 TEXT = "".join(TOKENS).replace("\r\n", "\n")
@@ -51,9 +46,7 @@ def producer(url: str, pause: float, tokens: list[str] = TOKENS) -> subprocess.P
 
 def stop(proc: subprocess.Popen[bytes]) -> None:
     if proc.poll() is None:
-        import os
-
-        os.killpg(proc.pid, signal.SIGKILL)
+        kill_group(proc, wait=10)
     proc.communicate(timeout=10)
 
 

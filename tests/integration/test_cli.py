@@ -8,14 +8,11 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, Server
-
-ServerFactory = Callable[..., Server]
+from tests.support.servers import ROOT, ServerFactory
 
 
 def clean_env(**extra: str) -> dict[str, str]:

@@ -36,10 +36,9 @@ from urllib.parse import urljoin, urlsplit
 
 import pytest
 
-from tests.conftest import Server, start_server, stop_and_check
-from tests.externals import Reference, start_reference
-from tests.pipeclient import pattern
-from tests.rawhttp import Conn, Reply, head, request
+from tests.support.externals import Reference, start_reference
+from tests.support.pipes import Conn, Reply, head, pattern, request
+from tests.support.servers import Server, start_server, stop_and_check
 
 REF: Final = "piping-server"
 OURS: Final = "ringpipe"

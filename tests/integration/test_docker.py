@@ -26,8 +26,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, Server, children_of, shm_segments
-from tests.pipeclient import get, put
+from tests.support.pipes import get, put
+from tests.support.servers import ROOT, Server, children_of, kill_group, shm_segments
 
 DOCKERFILE = ROOT / "Dockerfile"
 
@@ -214,8 +214,7 @@ def container(image: Image) -> Iterator[tuple[Server, subprocess.Popen[bytes] | 
         yield server, wrapper if isolated else None
     finally:
         if wrapper.poll() is None:
-            os.killpg(wrapper.pid, signal.SIGKILL)
-            wrapper.wait(10)
+            kill_group(wrapper, wait=10)
         if wrapper.stderr is not None:
             wrapper.stderr.close()
 

@@ -9,40 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 import signal
 import socket
 import time
-import urllib.request
-import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from ringpipe.core.paths import owner_of
-from tests.conftest import Server, shm_segments
-from tests.pipeclient import Response, get, pattern, put
-
-ServerFactory = Callable[..., Server]
-
-
-def run(coro):  # type: ignore[no-untyped-def]
-    return asyncio.run(asyncio.wait_for(coro, 120))
-
-
-def fresh() -> str:
-    return "/" + uuid.uuid4().hex
-
-
-def metric(server: Server, name: str) -> float:
-    """Sum of every sample of ``name`` on ``/metrics`` (all workers merged)."""
-    text = urllib.request.urlopen(server.url + "/metrics", timeout=10).read().decode()
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith(name) and re.match(re.escape(name) + r"(\{| )", line):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
+from tests.support.pipes import Response, fresh, get, pattern, put, run
+from tests.support.servers import ServerFactory, metric, shm_segments
 
 
 def kernel_max(path: str) -> int:

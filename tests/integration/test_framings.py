@@ -1,8 +1,8 @@
 """Reader framings on a real server (SPEC 2.1, 2.2, 2.7): raw, SSE, NDJSON and WebSocket readers.
 
-Each reader is a real client on a loopback socket: ``pipeclient`` for HTTP (it reports whether
+Each reader is a real client on a loopback socket: ``tests/support/pipes`` for HTTP (it reports whether
 a response ended cleanly), the ``websockets`` library for WebSocket, and the SSE stream is
-read back through ``EventSourceModel``, the WHATWG parser used by the unit tests. Every
+read back through ``EventSourceModel``, the WHATWG parser the unit tests use too. Every
 ending is checked in every framing: done, aborted, cancelled (``DELETE``) and lagged (stall
 eviction), and watchers join a running pipe in each framing.
 """
@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,24 +19,15 @@ import pytest
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed
 
-from tests.conftest import Server
-from tests.pipeclient import Response, _request_head, put, read_body, read_head
-from tests.unit.test_framing import EventSourceModel
+from tests.support.eventsource import EventSourceModel, normalize
+from tests.support.pipes import Response, put, read_body, read_head, request_head, run
+from tests.support.servers import Server
 
-TIMEOUT = 60.0
 PROXY_SAFE = {"cache-control": "no-cache, no-transform", "x-accel-buffering": "no"}
 # Tokens as an LLM sends them: no newline for a while, a character split across chunks,
 # CRLF and CR line ends, a CRLF split across two chunks.
 CHUNKS = [b"Hel", b"lo, w", "örld ✓".encode()[:4], "örld ✓".encode()[4:], b"\r\nline two\r", b"\nthree\rend"]
 TEXT = b"".join(CHUNKS).decode()
-
-
-def run(coro: Coroutine[Any, Any, Any], timeout: float = TIMEOUT) -> Any:
-    return asyncio.run(asyncio.wait_for(coro, timeout))
-
-
-def normalize(text: str) -> str:
-    return re.sub(r"\r\n|\r", "\n", text)
 
 
 async def paced(
@@ -64,7 +54,7 @@ class HttpReader:
     async def run(self) -> Response:
         reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
         try:
-            writer.write(_request_head("GET", self.target, self.port, self.headers, "1.1"))
+            writer.write(request_head("GET", self.target, self.port, self.headers, "1.1"))
             await writer.drain()
             status, head = await read_head(reader)
             self.response = Response(status, head)
@@ -294,7 +284,7 @@ def test_aborted_ending_in_every_framing(server: Server) -> None:
 def test_unknown_format_is_rejected(server: Server) -> None:
     async def main() -> None:
         reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
-        writer.write(_request_head("GET", "/x?format=xml", server.port, [], "1.1"))
+        writer.write(request_head("GET", "/x?format=xml", server.port, [], "1.1"))
         await writer.drain()
         status, head = await read_head(reader)
         resp = await read_body(reader, Response(status, head))
@@ -341,7 +331,7 @@ def test_websocket_rejections(server: Server) -> None:
 
 async def _delete(port: int, path: str) -> int:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(_request_head("DELETE", path, port, [("Content-Length", "0")], "1.1"))
+    writer.write(request_head("DELETE", path, port, [("Content-Length", "0")], "1.1"))
     await writer.drain()
     status, _ = await read_head(reader)
     writer.close()
@@ -407,7 +397,7 @@ def test_lagged_ending_for_a_stalled_reader(server_factory: Callable[..., Server
                 assert ws.close_code == 4003
         else:
             reader, writer = await asyncio.open_connection("127.0.0.1", server.port, limit=1 << 16)
-            writer.write(_request_head("GET", path + stalled_query, server.port, [], "1.1"))
+            writer.write(request_head("GET", path + stalled_query, server.port, [], "1.1"))
             await writer.drain()
             await asyncio.sleep(0.5)
             sender = asyncio.create_task(put(server.port, path, data))
@@ -475,7 +465,7 @@ def test_websocket_reader_is_pinged_while_waiting(server_factory: Callable[..., 
             ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
             ("Sec-WebSocket-Version", "13"),
         ]
-        writer.write(_request_head("GET", "/pinged?sig=s3cr3t-in-query", server.port, headers, "1.1"))
+        writer.write(request_head("GET", "/pinged?sig=s3cr3t-in-query", server.port, headers, "1.1"))
         await writer.drain()
         status, head = await read_head(reader)
         assert status == 101

@@ -25,8 +25,8 @@ from collections.abc import Callable
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import Server
-from tests.pipeclient import get, pattern, put
+from tests.support.pipes import get, pattern, put
+from tests.support.servers import Server
 
 SEED = 20_261_201
 CASES = 3000

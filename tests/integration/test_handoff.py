@@ -19,10 +19,8 @@ from collections.abc import AsyncIterator
 from websockets.asyncio.client import connect as ws_connect
 
 from ringpipe.core.paths import owner_of
-from tests.conftest import shm_segments
-from tests.integration.test_engine import ServerFactory, fresh, metric, run
-from tests.pipeclient import Response, get, pattern, put
-from tests.rawhttp import Conn
+from tests.support.pipes import Conn, Response, fresh, get, pattern, put, run
+from tests.support.servers import ServerFactory, metric, shm_segments
 
 
 def test_small_pipes_are_served_whole_by_their_owner(server_factory: ServerFactory) -> None:

@@ -12,20 +12,10 @@ import socket
 import subprocess
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
-from tests.conftest import Server
-from tests.pipeclient import Response, get, pattern, put, read_body, read_head
-
-ServerFactory = Callable[..., Server]
-
-
-def run(coro):  # type: ignore[no-untyped-def]
-    return asyncio.run(asyncio.wait_for(coro, 90))
-
-
-def fresh() -> str:
-    return "/" + uuid.uuid4().hex
+from tests.support.pipes import Response, fresh, get, pattern, put, read_body, read_head, run
+from tests.support.servers import Server, ServerFactory
 
 
 async def request(port: int, method: str, path: str, headers: list[tuple[str, str]] | None = None) -> Response:

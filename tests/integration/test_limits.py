@@ -18,9 +18,8 @@ from collections.abc import Callable
 
 import pytest
 
-from tests.conftest import Server
-from tests.pipeclient import get, pattern, put
-from tests.rawhttp import Conn, head, request
+from tests.support.pipes import Conn, get, head, pattern, put, request
+from tests.support.servers import Server
 
 MIB = 1 << 20
 ERROR_LINE = re.compile(rb"\[ERROR\] [^\n]+\n")

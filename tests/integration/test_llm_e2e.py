@@ -17,8 +17,8 @@ from pathlib import Path
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed
 
-from tests.conftest import ROOT, Server
-from tests.externals import ensure_jq
+from tests.support.externals import ensure_jq
+from tests.support.servers import ROOT, Server
 
 FAKE_LLM = ROOT / "examples" / "fake_llm.py"
 TIMEOUT = 60

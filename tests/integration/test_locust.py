@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from tests.conftest import ROOT, Server
+from tests.support.servers import ROOT, Server
 
 LOCUSTFILE = ROOT / "loadtests" / "locustfile.py"
 

@@ -14,27 +14,17 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-import uuid
 from collections.abc import AsyncIterator, Callable
 
 from prometheus_client.parser import text_string_to_metric_families
 
 from ringpipe.core.paths import owner_of
-from tests.conftest import Server
-from tests.externals import ensure_promtool
-from tests.pipeclient import Response, get, pattern, put
+from tests.support.externals import ensure_promtool
+from tests.support.pipes import Response, fresh, get, pattern, put, run
+from tests.support.servers import Server, ServerFactory
 
 ENDINGS = ("done", "aborted", "cancelled", "lagged", "timeout")
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-ServerFactory = Callable[..., Server]
-
-
-def run(coro):  # type: ignore[no-untyped-def]
-    return asyncio.run(asyncio.wait_for(coro, 60))
-
-
-def fresh() -> str:
-    return "/" + uuid.uuid4().hex
 
 
 def http_get(server: Server, path: str) -> tuple[int, str, str]:

@@ -14,7 +14,7 @@ import time
 import urllib.request
 
 from ringpipe.ops.metrics import ANSWERED_CODES
-from tests.conftest import ROOT, Server
+from tests.support.servers import ROOT, Server
 
 
 def _help(*args: str) -> str:

@@ -12,8 +12,6 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-import os
-import signal
 import subprocess
 import time
 import urllib.error
@@ -27,9 +25,9 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.conftest import ROOT, Server
-from tests.externals import ensure_prometheus, free_port
-from tests.pipeclient import get, pattern, put
+from tests.support.externals import ensure_prometheus, free_port
+from tests.support.pipes import get, pattern, put
+from tests.support.servers import ROOT, Server, stop_group
 
 DASHBOARD = ROOT / "grafana" / "dashboards" / "ringpipe.json"
 PROVISIONING = ROOT / "grafana" / "provisioning"
@@ -127,16 +125,7 @@ class Prometheus:
             time.sleep(0.3)
 
     def stop(self) -> None:
-        for sig, wait in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
-            try:
-                os.killpg(self.proc.pid, sig)
-            except ProcessLookupError:
-                return
-            try:
-                self.proc.wait(wait)
-                return
-            except subprocess.TimeoutExpired:
-                continue
+        stop_group(self.proc, term_wait=10.0, kill_wait=5.0)
 
 
 @pytest.fixture

@@ -18,7 +18,6 @@ import hashlib
 import os
 import random
 import re
-import signal
 import subprocess
 import sys
 import threading
@@ -32,9 +31,9 @@ from typing import IO, Any
 import pytest
 import yaml
 
-from tests import externals
-from tests.conftest import ROOT, Server
-from tests.pipeclient import Response, get, put, read_head
+from tests.support import externals
+from tests.support.pipes import Response, fresh, get, put, read_head, run
+from tests.support.servers import ROOT, Server, stop_group
 
 DEPLOY = ROOT / "deploy"
 NODES = 3
@@ -145,16 +144,7 @@ class Cluster:
         return self.node_ports.index(int(last.rsplit(":", 1)[1]))
 
     def stop(self) -> None:
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            try:
-                os.killpg(self.proc.pid, sig)
-            except ProcessLookupError:
-                return
-            try:
-                self.proc.wait(10)
-                return
-            except subprocess.TimeoutExpired:
-                continue
+        stop_group(self.proc, term_wait=10.0, kill_wait=10.0)
 
 
 def start_proxy(proxy: str, node_ports: list[int], workdir: Path) -> tuple[subprocess.Popen[bytes], int, Path]:
@@ -236,14 +226,6 @@ def cluster(request: pytest.FixtureRequest, server_factory: Callable[..., Server
     for index, node in enumerate(nodes):
         deaths = [r for r in node.logs if r.get("event") == "worker_died"]
         assert not deaths, f"node {index}: workers died behind {proxy}: {deaths[:2]}"
-
-
-def fresh() -> str:
-    return "/" + uuid.uuid4().hex
-
-
-def run(coro, timeout: float = 120):  # type: ignore[no-untyped-def]
-    return asyncio.run(asyncio.wait_for(coro, timeout))
 
 
 # -- the shipped configs themselves --

@@ -12,21 +12,10 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
-from tests.conftest import Server
-from tests.pipeclient import Response, get, pattern, put, read_head
-
-ServerFactory = Callable[..., Server]
-
-
-def run(coro):  # type: ignore[no-untyped-def]
-    return asyncio.run(asyncio.wait_for(coro, 120))
-
-
-def fresh() -> str:
-    return "/" + uuid.uuid4().hex
+from tests.support.pipes import Response, fresh, get, pattern, put, read_head, run
+from tests.support.servers import Server, ServerFactory
 
 
 async def paced(data: bytes, chunk: int, every: float) -> AsyncIterator[bytes]:

@@ -7,13 +7,12 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
-import uuid
 from collections.abc import Callable
 
 import pytest
 
-from tests.conftest import Server
-from tests.pipeclient import Response, read_body, read_head
+from tests.support.pipes import Response, fresh, read_body, read_head, run
+from tests.support.servers import Server
 
 LOG_SENDER_FIRST = [
     "[INFO] Waiting for 1 receiver(s)...",
@@ -38,14 +37,6 @@ LIVE = 0.5
 @pytest.fixture
 def late(server_factory: Callable[..., Server]) -> Server:
     return server_factory("--workers", "2", "--sender-response", "late")
-
-
-def run(coro):  # type: ignore[no-untyped-def]
-    return asyncio.run(asyncio.wait_for(coro, 60))
-
-
-def fresh() -> str:
-    return "/" + uuid.uuid4().hex
 
 
 class RawSender:

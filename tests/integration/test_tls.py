@@ -22,10 +22,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, Server
-from tests.externals import ensure_tool, self_signed_cert
-from tests.pipeclient import pattern
-from tests.rawhttp import Conn, head, request
+from tests.support.externals import ensure_tool, self_signed_cert
+from tests.support.pipes import Conn, head, pattern, request
+from tests.support.servers import ROOT, Server
 
 MIB = 1 << 20
 

@@ -4,19 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
-import uuid
 from collections.abc import AsyncIterator
 
-from tests.conftest import Server
-from tests.pipeclient import Response, get, pattern, put
-
-
-def run(coro):  # type: ignore[no-untyped-def]
-    return asyncio.run(asyncio.wait_for(coro, 60))
-
-
-def fresh() -> str:
-    return "/" + uuid.uuid4().hex
+from tests.support.pipes import Response, fresh, get, pattern, put, run
+from tests.support.servers import Server
 
 
 async def settle() -> None:

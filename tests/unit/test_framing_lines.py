@@ -1,6 +1,6 @@
 """SPEC 2.1 amended: SSE/NDJSON *lines*, JSON text sequences, and ids on a passed-through event stream.
 
-Checked with the WHATWG EventSource model of ``test_framing`` (what a browser sees), including
+Checked with the WHATWG EventSource model of ``tests/support/eventsource`` (what a browser sees), including
 resume: a fresh encoder started at any id's offset gives exactly the rest of the stream.
 """
 
@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from ringpipe.core.event_stream import EventStreamIds
 from ringpipe.core.framing import NdjsonEncoder, SseEncoder, default_granularity, is_text_like
 from ringpipe.core.line_records import LineRecords
-from tests.unit.test_framing import CUTS, TEXT, EventSourceModel, chunked, normalize
+from tests.support.eventsource import CUTS, TEXT, EventSourceModel, chunked, normalize
 
 LINE_END = re.compile(r"\r\n|\r|\n")
 

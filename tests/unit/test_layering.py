@@ -1,4 +1,27 @@
-"""The pure layer (STYLE 3.2) imports only the stdlib and itself: no I/O, no event loop, no framework."""
+"""The package's layers, enforced: every module sits in one, imports only sideways or down, and
+no two modules import each other.
+
+Layers, lowest first (a module's layer is its first subpackage under ``ringpipe/``):
+
+    core < shm < ops < mesh < http < client < process
+
+- A module imports only from its own layer or a lower one. This holds for every import the
+  source names: at module level, under ``if TYPE_CHECKING:`` and inside a function. The
+  package root ``ringpipe/__init__.py`` sits below ``core`` (every import of a submodule runs
+  it first), and ``ringpipe/__main__.py`` above ``process`` (nothing imports it).
+- No import cycle between modules, counting the imports that run when a module is loaded and
+  those under ``TYPE_CHECKING`` (a cycle there is a cycle for the type checker and for a
+  reader). A function-local import breaks a cycle at run time, so it does not count here.
+- ``core`` is pure: it names only the standard library (``sys.stdlib_module_names``) and
+  itself, names no I/O, concurrency or clock module, and importing it in a fresh interpreter
+  loads no I/O module, not even transitively.
+- No module imports by name at run time (``__import__``, ``importlib.import_module``): that
+  would hide an import from every rule above.
+
+The checker reads source with ``ast`` and never imports the package, except for the fresh
+interpreter of the ``core`` check. It takes any package directory, so the self-tests feed it
+a small synthetic package with each kind of fault and check that it reports them.
+"""
 
 from __future__ import annotations
 
@@ -6,104 +29,520 @@ import ast
 import json
 import subprocess
 import sys
+import textwrap
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import pytest
 
 import ringpipe
 
-PACKAGE_DIR = Path(ringpipe.__file__).parent
-PURE = ("ring", "rendezvous", "protocol", "paths", "config", "errors", "framing", "access", "signing", "cors")
-FORBIDDEN = frozenset({"anyio", "asyncio", "multiprocessing", "socket", "starlette", "uvicorn", "prometheus_client"})
+PACKAGE_DIR = Path(ringpipe.__file__).resolve().parent
+
+#: The layers, lowest first. ``client`` (the Python client) is planned: a module there is in a
+#: known layer between ``http`` and ``process``.
+LAYERS = ("core", "shm", "ops", "mesh", "http", "client", "process")
+#: Where the package's root and its ``__main__`` rank: below and above every layer.
+ROOT, MAIN = "<root>", "<main>"
+RANK = {ROOT: -1, **{layer: rank for rank, layer in enumerate(LAYERS)}, MAIN: len(LAYERS)}
+
+#: Modules that do I/O, run concurrently or read the clock: ``core`` names none of them. A name
+#: matches itself and its submodules (``urllib.request``, not ``urllib.parse``).
+IO_MODULES = frozenset(
+    {
+        "_posixshmem",
+        "_posixsubprocess",
+        "_socket",
+        "_ssl",
+        "anyio",
+        "asyncio",
+        "concurrent",
+        "h11",
+        "http",
+        "httptools",
+        "mmap",
+        "multiprocessing",
+        "prometheus_client",
+        "select",
+        "selectors",
+        "signal",
+        "socket",
+        "socketserver",
+        "ssl",
+        "starlette",
+        "subprocess",
+        "threading",
+        "urllib.request",
+        "uvicorn",
+        "websockets",
+        "wsproto",
+    }
+)
+#: The clock, named nowhere in ``core`` either (checked in the source only: the interpreter
+#: itself loads ``time`` at start-up).
+CLOCK_MODULES = frozenset({"time", "datetime"})
+
+Where = Literal["module", "type-checking", "function"]
 
 
-def _is_type_checking_block(node: ast.AST) -> bool:
-    test = getattr(node, "test", None)
-    return isinstance(node, ast.If) and (
-        (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING")
-        or (isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
-    )
+@dataclass(frozen=True)
+class Import:
+    """One name an ``import`` statement brings in, resolved to an absolute dotted name: the
+    package's own module where it names one (``from ringpipe.core import ring`` is
+    ``ringpipe.core.ring``), else the name as written (``from urllib import request`` is
+    ``urllib.request``, ``from typing import Final`` is ``typing.Final``)."""
+
+    target: str
+    line: int
+    where: Where
 
 
-def _runtime_imports(module: str) -> list[str]:
-    """Absolute names of every module ``ringpipe.<module>`` imports outside ``if TYPE_CHECKING:``."""
-    tree = ast.parse((PACKAGE_DIR / f"{module}.py").read_text(encoding="utf-8"))
-    names: list[str] = []
+@dataclass
+class Module:
+    name: str
+    #: The file, as reports show it: relative to the folder that holds the package.
+    path: str
+    imports: list[Import] = field(default_factory=list)
+    dynamic_imports: list[tuple[int, str]] = field(default_factory=list)
+    source_lines: list[str] = field(default_factory=list)
 
-    def visit(node: ast.AST) -> None:
-        if _is_type_checking_block(node):
-            for child in node.orelse:  # type: ignore[attr-defined]
-                visit(child)
-            return
-        if isinstance(node, ast.Import):
-            names.extend(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            if node.level:  # relative: from . import x / from .x import y
-                if node.module:
-                    names.append(f"ringpipe.{node.module}")
-                else:
-                    names.extend(f"ringpipe.{alias.name}" for alias in node.names)
-            elif node.module == "ringpipe":
-                names.extend(f"ringpipe.{alias.name}" for alias in node.names)
-            else:
-                names.append(node.module or "")
-        for child in ast.iter_child_nodes(node):
-            visit(child)
 
-    visit(tree)
+def layer_of(name: str, package: str) -> str | None:
+    """The layer of module ``name``; None where it belongs to none."""
+    parts = name.split(".")
+    if parts == [package]:
+        return ROOT
+    if parts == [package, "__main__"]:
+        return MAIN
+    return parts[1] if len(parts) > 1 and parts[1] in LAYERS else None
+
+
+def module_names(package_dir: Path) -> dict[str, Path]:
+    package = package_dir.name
+    names = {}
+    for path in sorted(package_dir.rglob("*.py")):
+        parts = [package, *path.relative_to(package_dir).with_suffix("").parts]
+        if parts[-1] == "__init__":
+            parts.pop()
+        names[".".join(parts)] = path
     return names
 
 
-def _dynamic_imports(module: str) -> list[str]:
-    tree = ast.parse((PACKAGE_DIR / f"{module}.py").read_text(encoding="utf-8"))
-    found = []
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Call):
-            func = node.func
-            name = func.id if isinstance(func, ast.Name) else func.attr if isinstance(func, ast.Attribute) else ""
-            if name in {"__import__", "import_module"}:
-                found.append(ast.unparse(node))
+def _is_type_checking(node: ast.If) -> bool:
+    test = node.test
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
+
+
+def _walk(node: ast.AST, where: Where) -> Iterator[tuple[ast.AST, Where]]:
+    """Every node under ``node`` with the context it runs in."""
+    for child in ast.iter_child_nodes(node):
+        inner = where
+        if isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda):
+            inner = "function"
+        yield child, inner
+        if isinstance(child, ast.If) and _is_type_checking(child) and where != "function":
+            for stmt in child.body:
+                yield stmt, "type-checking"
+                yield from _walk(stmt, "type-checking")
+            for stmt in child.orelse:
+                yield stmt, where
+                yield from _walk(stmt, where)
+        else:
+            yield from _walk(child, inner)
+
+
+def scan(package_dir: Path) -> dict[str, Module]:
+    """Every module of the package at ``package_dir``, with what it imports."""
+    names = module_names(package_dir)
+    modules = {}
+    for name, path in names.items():
+        source = path.read_text(encoding="utf-8")
+        module = Module(name, str(path.relative_to(package_dir.parent)), source_lines=source.splitlines())
+        # The package a relative import starts from: a package's own name, else its parent.
+        base = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
+        for node, where in _walk(ast.parse(source, str(path)), "module"):
+            if isinstance(node, ast.Import):
+                module.imports += [Import(alias.name, node.lineno, where) for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                if node.level:
+                    anchor = base[: len(base) - (node.level - 1)]
+                    origin = ".".join([*anchor, *([node.module] if node.module else [])])
+                else:
+                    origin = node.module or ""
+                for alias in node.names:
+                    candidate = f"{origin}.{alias.name}"
+                    if origin.split(".")[0] == package_dir.name and candidate not in names:
+                        candidate = origin  # an attribute of one of our modules, not a submodule
+                    module.imports.append(Import(candidate, node.lineno, where))
+            elif isinstance(node, ast.Call):
+                func = node.func
+                called = func.id if isinstance(func, ast.Name) else func.attr if isinstance(func, ast.Attribute) else ""
+                if called in {"__import__", "import_module"}:
+                    module.dynamic_imports.append((node.lineno, ast.unparse(node)))
+        modules[name] = module
+    return modules
+
+
+def _where(module: Module, line: int) -> str:
+    return f"{module.path}:{line}"
+
+
+def _named(name: str, names: frozenset[str]) -> bool:
+    return any(name == n or name.startswith(n + ".") for n in names)
+
+
+_CONTEXT = {"module": "", "type-checking": " (under TYPE_CHECKING)", "function": " (function-local)"}
+
+
+def unlayered(modules: dict[str, Module], package: str) -> list[str]:
+    return [
+        f"{m.path}: {m.name} belongs to no layer (layers: {', '.join(LAYERS)})"
+        for m in modules.values()
+        if layer_of(m.name, package) is None
+    ]
+
+
+def upward_imports(modules: dict[str, Module], package: str) -> list[str]:
+    problems = []
+    for module in modules.values():
+        layer = layer_of(module.name, package)
+        if layer is None:
+            continue  # reported by unlayered()
+        for imp in module.imports:
+            if imp.target.split(".")[0] != package:
+                continue
+            target_layer = layer_of(imp.target, package)
+            if target_layer is None:
+                problems.append(
+                    f"{_where(module, imp.line)}: {module.name} ({layer}) imports {imp.target}{_CONTEXT[imp.where]},"
+                    " which belongs to no layer"
+                )
+            elif RANK[target_layer] > RANK[layer]:
+                problems.append(
+                    f"{_where(module, imp.line)}: {module.name} ({layer}) imports {imp.target} ({target_layer})"
+                    f"{_CONTEXT[imp.where]}: an upward import"
+                )
+    return problems
+
+
+def import_cycles(modules: dict[str, Module]) -> list[str]:
+    """One cycle per strongly connected set of modules, as the path of imports around it."""
+    edges: dict[str, dict[str, Import]] = {name: {} for name in modules}
+    for module in modules.values():
+        for imp in module.imports:
+            if imp.where != "function" and imp.target in modules:
+                edges[module.name].setdefault(imp.target, imp)
+    problems = []
+    for component in _strongly_connected(edges):
+        start = min(component)
+        if len(component) == 1 and start not in edges[start]:
+            continue
+        path = _shortest_cycle(start, edges, component)
+        lines = [f"import cycle: {' -> '.join(path)}"]
+        for here, there in zip(path, path[1:], strict=False):
+            imp = edges[here][there]
+            source = modules[here].source_lines[imp.line - 1].strip()
+            lines.append(f"    {_where(modules[here], imp.line)}: {source}{_CONTEXT[imp.where]}")
+        problems.append("\n".join(lines))
+    return sorted(problems)
+
+
+def _strongly_connected(edges: dict[str, dict[str, Import]]) -> list[set[str]]:
+    """Tarjan's algorithm (recursive: a package has tens of modules, not thousands)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[set[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for nxt in sorted(edges[node]):
+            if nxt not in index:
+                visit(nxt)
+                low[node] = min(low[node], low[nxt])
+            elif nxt in on_stack:
+                low[node] = min(low[node], index[nxt])
+        if low[node] == index[node]:
+            component = set()
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                component.add(member)
+                if member == node:
+                    break
+            found.append(component)
+
+    for node in sorted(edges):
+        if node not in index:
+            visit(node)
     return found
 
 
-@pytest.mark.parametrize("module", PURE)
-def test_pure_module_imports_only_stdlib_and_pure_modules(module: str) -> None:
-    """A pure module can be tested, reused and reasoned about without sockets, processes or a loop."""
-    bad = []
-    for name in _runtime_imports(module):
-        top = name.split(".")[0]
-        if top == "ringpipe":
-            if name != "ringpipe" and name.split(".")[1] not in PURE:
-                bad.append(name)
-        elif top in FORBIDDEN or (top not in sys.stdlib_module_names and top != "__future__"):
-            bad.append(name)
-    assert bad == [], f"ringpipe.{module} imports {bad}"
+def _shortest_cycle(start: str, edges: dict[str, dict[str, Import]], within: set[str]) -> list[str]:
+    """The shortest import path from ``start`` back to itself, inside one strongly connected set."""
+    came_from: dict[str, str] = {}
+    frontier = [start]
+    while frontier:
+        following = []
+        for node in frontier:
+            for nxt in sorted(edges[node]):
+                if nxt not in within:
+                    continue
+                if nxt == start:
+                    path = [node]
+                    while path[-1] != start:
+                        path.append(came_from[path[-1]])
+                    return [start, *reversed(path[:-1]), start] if node != start else [start, start]
+                if nxt not in came_from:
+                    came_from[nxt] = node
+                    following.append(nxt)
+        frontier = following
+    raise AssertionError(f"{start} is in a strongly connected set but on no cycle")
 
 
-@pytest.mark.parametrize("module", PURE)
-def test_pure_module_has_no_dynamic_imports(module: str) -> None:
-    """The static check above cannot be dodged with __import__ or importlib."""
-    assert _dynamic_imports(module) == []
+def impure_core_imports(modules: dict[str, Module], package: str) -> list[str]:
+    problems = []
+    for module in modules.values():
+        if layer_of(module.name, package) != "core":
+            continue
+        for imp in module.imports:
+            top = imp.target.split(".")[0]
+            at = f"{_where(module, imp.line)}: {module.name} imports {imp.target}{_CONTEXT[imp.where]}"
+            if top == package:
+                continue  # its layer is upward_imports()'s business
+            if top not in sys.stdlib_module_names:
+                problems.append(f"{at}: core uses only the standard library")
+            elif _named(imp.target, IO_MODULES):
+                problems.append(f"{at}: core does no I/O")
+            elif _named(imp.target, CLOCK_MODULES):
+                problems.append(f"{at}: core reads no clock")
+    return problems
 
 
-def test_checker_sees_imports() -> None:
-    """The AST walk finds the imports the pure modules really have (guards against a vacuous pass)."""
-    assert "ringpipe.errors" in _runtime_imports("ring")
-    assert "ringpipe.rendezvous" in _runtime_imports("protocol")
-    assert "zlib" in _runtime_imports("paths")
-    assert "multiprocessing" in _runtime_imports("shm")  # an impure module, as a positive control
+def dynamic_imports(modules: dict[str, Module]) -> list[str]:
+    return [
+        f"{_where(m, line)}: {m.name} imports at run time ({call}): the layering check cannot see it"
+        for m in modules.values()
+        for line, call in m.dynamic_imports
+    ]
 
 
-def test_importing_the_pure_layer_loads_no_io_module() -> None:
-    """At run time too, importing every pure module pulls in none of the I/O libraries, even transitively."""
-    code = (
-        "import json, sys\n"
-        + "".join(f"import ringpipe.{m}\n" for m in PURE)
-        + "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in "
-        + repr(sorted(FORBIDDEN))
-        + " or (m.startswith('ringpipe.') and m.split('.')[1] not in "
-        + repr(PURE)
-        + "))))"
+_LOADS = """
+import importlib, json, sys
+sys.path.insert(0, sys.argv[1])
+loaded = {}
+for name in json.loads(sys.argv[2]):
+    before = set(sys.modules)
+    importlib.import_module(name)
+    loaded[name] = sorted(set(sys.modules) - before)
+print(json.dumps(loaded))
+"""
+
+
+def core_loads(package_dir: Path) -> list[str]:
+    """Import each ``core`` module, in order, in a fresh interpreter: what each one loads that
+    is an I/O module or a module of another layer."""
+    package = package_dir.name
+    core = sorted(name for name in module_names(package_dir) if layer_of(name, package) == "core")
+    done = subprocess.run(
+        [sys.executable, "-I", "-c", _LOADS, str(package_dir.parent), json.dumps(core)],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert json.loads(out.stdout) == []
+    if done.returncode != 0:
+        return [f"importing the core layer failed:\n{done.stderr}"]
+    problems = []
+    for name, loaded in json.loads(done.stdout).items():
+        io = [m for m in loaded if _named(m, IO_MODULES)]
+        above = [m for m in loaded if m.split(".")[0] == package and layer_of(m, package) not in ("core", ROOT)]
+        if io:
+            problems.append(f"importing {name} loads I/O modules: {', '.join(io)}")
+        if above:
+            problems.append(f"importing {name} loads modules of other layers: {', '.join(above)}")
+    return problems
+
+
+def _report(problems: list[str]) -> None:
+    if problems:
+        pytest.fail("\n".join(problems), pytrace=False)
+
+
+# -- the rules, on ringpipe -------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def modules() -> dict[str, Module]:
+    return scan(PACKAGE_DIR)
+
+
+def test_every_module_belongs_to_a_layer(modules: dict[str, Module]) -> None:
+    _report(unlayered(modules, PACKAGE_DIR.name))
+
+
+def test_no_module_imports_from_a_higher_layer(modules: dict[str, Module]) -> None:
+    _report(upward_imports(modules, PACKAGE_DIR.name))
+
+
+def test_no_import_cycle(modules: dict[str, Module]) -> None:
+    _report(import_cycles(modules))
+
+
+def test_core_imports_only_the_standard_library_and_no_io(modules: dict[str, Module]) -> None:
+    """A core module can be tested, reused and reasoned about without sockets, processes, a loop or a clock."""
+    _report(impure_core_imports(modules, PACKAGE_DIR.name))
+
+
+def test_importing_core_loads_no_io_module() -> None:
+    """At run time too, importing every core module pulls in no I/O library and no other
+    layer, even transitively."""
+    _report(core_loads(PACKAGE_DIR))
+
+
+def test_no_module_imports_by_name_at_run_time(modules: dict[str, Module]) -> None:
+    """The static checks above cannot be dodged with ``__import__`` or ``importlib``."""
+    _report(dynamic_imports(modules))
+
+
+def test_checker_sees_ringpipes_imports(modules: dict[str, Module]) -> None:
+    """The walk finds imports the package really has, in each context (guards against a vacuous pass)."""
+
+    def seen(module: str, where: Where) -> set[str]:
+        return {imp.target for imp in modules[module].imports if imp.where == where}
+
+    assert "ringpipe.core.errors" in seen("ringpipe.core.ring", "module")
+    assert "zlib" in seen("ringpipe.core.paths", "module")
+    assert "multiprocessing.shared_memory" in seen("ringpipe.shm.segment", "module")
+    assert "ringpipe.shm.segment" in seen("ringpipe.ops.metrics", "type-checking")
+    assert "ringpipe.ops.fleet" in seen("ringpipe.ops.metrics", "function")
+    assert "ringpipe.process.cli" in seen("ringpipe.__main__", "module")
+    assert layer_of("ringpipe.core.ring", "ringpipe") == "core"
+    assert {layer_of(name, "ringpipe") for name in modules} <= {ROOT, MAIN, *LAYERS}
+
+
+# -- the checker, on a synthetic package with every kind of fault ----------------------------
+
+SYNTHETIC = {
+    "__init__.py": "",
+    "__main__.py": "from synth.process import cli\n",
+    "stray.py": "",
+    "core/__init__.py": "",
+    # a -> b -> a, at module level
+    "core/a.py": "from synth.core import b\n",
+    "core/b.py": "import synth.core.a\n",
+    # c -> d -> c, one side only under TYPE_CHECKING
+    "core/c.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from synth.core.d import D\n",
+    "core/d.py": "from synth.core import c\nD = int\n",
+    # e -> f at module level, f -> e in a function: no cycle
+    "core/e.py": "from synth.core import f\n",
+    "core/f.py": "def later():\n    from synth.core import e\n    return e\n",
+    # up to http: at module level, under TYPE_CHECKING, in a function; and beyond the stdlib
+    "core/g.py": "import asyncio\nimport yaml\nimport time\nfrom urllib import request\nfrom synth.http import app\n",
+    "core/h.py": (
+        "from typing import TYPE_CHECKING\n"
+        "if TYPE_CHECKING:\n    from synth.shm.seg import Seg\n"
+        "else:\n    import json\n"
+        "def f():\n    import importlib\n    from synth.process import cli\n"
+        "    return importlib.import_module('synth.http.app')\n"
+    ),
+    "shm/__init__.py": "",
+    "shm/seg.py": "from synth.core import a\nSeg = int\n",
+    "http/__init__.py": "",
+    "http/app.py": "from synth.shm import seg\nfrom synth.client import api\nfrom synth.web import page\n",
+    "client/__init__.py": "",
+    "client/api.py": "from synth.http import app\n",
+    "web/__init__.py": "",
+    "web/page.py": "",
+    "process/__init__.py": "",
+    "process/cli.py": "from synth import __main__\n",
+}
+
+
+@pytest.fixture
+def synthetic(tmp_path: Path) -> Path:
+    package_dir = tmp_path / "synth"
+    for relative, text in SYNTHETIC.items():
+        path = package_dir / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(textwrap.dedent(text))
+    return package_dir
+
+
+LAYER_LIST = "(layers: core, shm, ops, mesh, http, client, process)"
+
+
+def test_checker_reports_modules_in_no_layer(synthetic: Path) -> None:
+    assert unlayered(scan(synthetic), "synth") == [
+        f"synth/stray.py: synth.stray belongs to no layer {LAYER_LIST}",
+        f"synth/web/__init__.py: synth.web belongs to no layer {LAYER_LIST}",
+        f"synth/web/page.py: synth.web.page belongs to no layer {LAYER_LIST}",
+    ]
+
+
+def test_checker_reports_upward_imports_in_every_context(synthetic: Path) -> None:
+    assert upward_imports(scan(synthetic), "synth") == [
+        "synth/core/g.py:5: synth.core.g (core) imports synth.http.app (http): an upward import",
+        "synth/core/h.py:3: synth.core.h (core) imports synth.shm.seg (shm) (under TYPE_CHECKING): an upward import",
+        "synth/core/h.py:8: synth.core.h (core) imports synth.process.cli (process) (function-local): an upward import",
+        "synth/http/app.py:2: synth.http.app (http) imports synth.client.api (client): an upward import",
+        "synth/http/app.py:3: synth.http.app (http) imports synth.web.page, which belongs to no layer",
+        "synth/process/cli.py:1: synth.process.cli (process) imports synth.__main__ (<main>): an upward import",
+    ]
+
+
+def test_checker_reports_each_cycle_with_its_path(synthetic: Path) -> None:
+    assert import_cycles(scan(synthetic)) == [
+        "import cycle: synth.__main__ -> synth.process.cli -> synth.__main__\n"
+        "    synth/__main__.py:1: from synth.process import cli\n"
+        "    synth/process/cli.py:1: from synth import __main__",
+        "import cycle: synth.client.api -> synth.http.app -> synth.client.api\n"
+        "    synth/client/api.py:1: from synth.http import app\n"
+        "    synth/http/app.py:2: from synth.client import api",
+        "import cycle: synth.core.a -> synth.core.b -> synth.core.a\n"
+        "    synth/core/a.py:1: from synth.core import b\n"
+        "    synth/core/b.py:1: import synth.core.a",
+        "import cycle: synth.core.c -> synth.core.d -> synth.core.c\n"
+        "    synth/core/c.py:3: from synth.core.d import D (under TYPE_CHECKING)\n"
+        "    synth/core/d.py:1: from synth.core import c",
+    ]
+
+
+def test_checker_reports_impure_core_imports(synthetic: Path) -> None:
+    modules = scan(synthetic)
+    assert impure_core_imports(modules, "synth") == [
+        "synth/core/g.py:1: synth.core.g imports asyncio: core does no I/O",
+        "synth/core/g.py:2: synth.core.g imports yaml: core uses only the standard library",
+        "synth/core/g.py:3: synth.core.g imports time: core reads no clock",
+        "synth/core/g.py:4: synth.core.g imports urllib.request: core does no I/O",
+    ]
+    assert dynamic_imports(modules) == [
+        "synth/core/h.py:9: synth.core.h imports at run time (importlib.import_module('synth.http.app')):"
+        " the layering check cannot see it"
+    ]
+
+
+def test_checker_reports_what_importing_core_loads(tmp_path: Path) -> None:
+    package_dir = tmp_path / "synth"
+    for relative, text in {
+        "__init__.py": "",
+        "core/__init__.py": "",
+        "core/loop.py": "from synth.core import via\n",
+        "core/pure.py": "import json\n",
+        "core/via.py": "from synth.shm import seg\n",
+        "shm/__init__.py": "",
+        "shm/seg.py": "import asyncio\n",
+    }.items():
+        (package_dir / relative).parent.mkdir(parents=True, exist_ok=True)
+        (package_dir / relative).write_text(text)
+    problems = core_loads(package_dir)
+    assert len(problems) == 2, problems
+    heading, _, loaded = problems[0].partition(": ")
+    assert heading == "importing synth.core.loop loads I/O modules" and "asyncio" in loaded.split(", ")
+    assert problems[1] == "importing synth.core.loop loads modules of other layers: synth.shm, synth.shm.seg"

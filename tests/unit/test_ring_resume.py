@@ -16,7 +16,7 @@ without suspending; when it would sleep, it finds no running loop and we call th
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Coroutine
+from collections.abc import Coroutine
 from typing import Any
 
 from hypothesis import HealthCheck, event, settings
@@ -27,22 +27,9 @@ from ringpipe.core.control_frames import RelayInfo
 from ringpipe.core.errors import Gap, PeerGone, WouldBlock
 from ringpipe.mesh.relay import Consumer, Slot
 from ringpipe.shm import segment
+from tests.support.fakes import NullRouter
 
 BLOCKED = object()
-
-
-class _Router:
-    """Wake-ups go nowhere: the model polls."""
-
-    def wake(self, info: RelayInfo, slot: int) -> None: ...
-
-    def wake_many(self, info: RelayInfo, slots: list[int]) -> None: ...
-
-    def wake_watchers(self, info: RelayInfo, workers: list[int]) -> None: ...
-
-    def register(self, segment: str, slot: int, callback: Callable[[], None]) -> None: ...
-
-    def unregister(self, segment: str, slot: int, callback: Callable[[], None] | None = None) -> None: ...
 
 
 def now(coro: Coroutine[Any, Any, Any]) -> Any:
@@ -87,7 +74,7 @@ class ResumeModel(RuleBasedStateMachine):
 
     def _consumer(self, slot: int, start: int | None, *, continue_gaps: bool = False) -> Consumer:
         ring = segment.RingSegment.attach(self.name)
-        return Consumer(_Router(), ring, self.info, slot, start=start, continue_gaps=continue_gaps)
+        return Consumer(NullRouter(), ring, self.info, slot, start=start, continue_gaps=continue_gaps)
 
     def teardown(self) -> None:
         for client in getattr(self, "clients", []):

@@ -14,7 +14,7 @@ import asyncio
 import random
 import socket
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 
@@ -24,14 +24,7 @@ from ringpipe.http.connection import Connection
 from ringpipe.http.readers.wakeup_delivery import EncodedWakeupDelivery, RawWakeupDelivery
 from ringpipe.mesh.relay import Consumer
 from ringpipe.shm import segment
-
-
-class _Router:
-    def wake(self, info: RelayInfo, slot: int) -> None: ...
-    def wake_many(self, info: RelayInfo, slots: list[int]) -> None: ...
-    def wake_watchers(self, info: RelayInfo, workers: list[int]) -> None: ...
-    def register(self, segment: str, slot: int, callback: Callable[[], None]) -> None: ...
-    def unregister(self, segment: str, slot: int, callback: Callable[[], None] | None = None) -> None: ...
+from tests.support.fakes import NullRouter
 
 
 class _Transport:
@@ -138,7 +131,7 @@ def test_a_token_goes_out_from_the_callback(ring: tuple[segment.RingSegment, Rel
     server_end, client_end = client
     loop = asyncio.new_event_loop()
     try:
-        consumer = Consumer(_Router(), segment.RingSegment.attach(info.segment), info, 0)
+        consumer = Consumer(NullRouter(), segment.RingSegment.attach(info.segment), info, 0)
         conn = _Conn(server_end)
         consumer.express = RawWakeupDelivery(consumer, conn, chunked=True)  # type: ignore[arg-type]
         for token in [b"Hello", b", ", b"world" * 20]:
@@ -161,7 +154,7 @@ def test_backlog_ending_and_full_length_leave_it_to_the_task(ring, client) -> No
     server_end, client_end = client
     loop = asyncio.new_event_loop()
     try:
-        consumer = Consumer(_Router(), segment.RingSegment.attach(info.segment), info, 0)
+        consumer = Consumer(NullRouter(), segment.RingSegment.attach(info.segment), info, 0)
         conn = _Conn(server_end)
         consumer.express = RawWakeupDelivery(consumer, conn, chunked=True)  # type: ignore[arg-type]
         conn.transport.queued += b"earlier"  # the socket has a backlog: backpressure is the task's
@@ -191,7 +184,7 @@ def test_partial_writes_lose_nothing(ring, client) -> None:
     received = bytearray()
     loop = asyncio.new_event_loop()
     try:
-        consumer = Consumer(_Router(), segment.RingSegment.attach(info.segment), info, 0)
+        consumer = Consumer(NullRouter(), segment.RingSegment.attach(info.segment), info, 0)
         conn = _Conn(server_end)
         consumer.express = RawWakeupDelivery(consumer, conn, chunked=True)  # type: ignore[arg-type]
         woken = 0
@@ -235,7 +228,7 @@ def test_sse_tokens_are_encoded_once(ring, client) -> None:
             self._last_write = 0.0
 
     try:
-        consumer = Consumer(_Router(), segment.RingSegment.attach(info.segment), info, 0)
+        consumer = Consumer(NullRouter(), segment.RingSegment.attach(info.segment), info, 0)
         conn = _Conn(server_end)
         reader = _Reader(conn)
         consumer.express = EncodedWakeupDelivery(consumer, reader)  # type: ignore[arg-type]

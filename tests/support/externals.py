@@ -16,7 +16,6 @@ from __future__ import annotations
 import fcntl
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import time
@@ -27,7 +26,10 @@ from pathlib import Path
 
 import pytest
 
-TESTS = Path(__file__).resolve().parent
+from tests.support.servers import stop_group
+
+#: The tests folder: the npm installs are cached in gitignored folders under it.
+TESTS = Path(__file__).resolve().parents[1]
 
 PIPING_VERSION = "1.12.9"
 PIPING_DIR = TESTS / ".piping-server"
@@ -125,16 +127,7 @@ class Reference:
 
     def stop(self) -> None:
         """SIGTERM the group (SIGKILL after 5 s); afterwards no process of it is left."""
-        for sig, wait in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
-            try:
-                os.killpg(self.proc.pid, sig)
-            except ProcessLookupError:
-                break
-            try:
-                self.proc.wait(wait)
-                break
-            except subprocess.TimeoutExpired:
-                continue
+        stop_group(self.proc, term_wait=5.0, kill_wait=5.0)
 
 
 def start_reference(log: Path) -> Reference:

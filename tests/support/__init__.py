@@ -1,0 +1,1 @@
+"""Helpers the tests share: servers, pipe clients, a browser, externals and fakes."""

@@ -1,0 +1,21 @@
+"""Stand-ins for the parts of a worker a unit under test talks to but does not need."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from ringpipe.core.control_frames import RelayInfo
+
+
+class NullRouter:
+    """A ``relay.WakeRouter`` whose wake-ups go nowhere: for tests that poll the ring themselves."""
+
+    def wake(self, info: RelayInfo, slot: int) -> None: ...
+
+    def wake_many(self, info: RelayInfo, slots: list[int]) -> None: ...
+
+    def wake_watchers(self, info: RelayInfo, workers: list[int]) -> None: ...
+
+    def register(self, segment: str, slot: int, callback: Callable[[], None]) -> None: ...
+
+    def unregister(self, segment: str, slot: int, callback: Callable[[], None] | None = None) -> None: ...
