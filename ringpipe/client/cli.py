@@ -37,7 +37,7 @@ from ringpipe.client.progress import Progress
 from ringpipe.client.reading import Receiver, receive, watch
 from ringpipe.client.sending import send
 from ringpipe.client.transport import cancel, status
-from ringpipe.client.wire import redact_url
+from ringpipe.client.wire import SenderLog, redact_url
 
 __all__ = ["EXIT_CODES", "VERBS", "main"]
 
@@ -194,8 +194,15 @@ async def _send(args: argparse.Namespace, url: str, *, token: str | None, read_k
         if not source.is_file():
             return _fail(EXIT_USAGE, f"no such file: {args.file}")
         content_type = args.content_type or mimetypes.guess_type(source.name)[0]
-    credentials = {"token": token, "read_key": read_key}
-    async with Progress.open(show, f"send {args.path}", url=url, credentials=credentials) as progress:
+    with Progress.open(show, f"send {args.path}") as progress:
+
+        def on_log(sender_log: SenderLog) -> None:
+            if sender_log.started:
+                gone = sender_log.aborted + sender_log.evicted
+                progress.state(f"to {sender_log.n} receiver(s)" + (f", {gone} dropped" if gone else ""))
+            elif sender_log.n is not None:
+                progress.state(f"waiting: {sender_log.connected}/{sender_log.n} receiver(s)")
+
         result = await send(
             url,
             source,
@@ -204,6 +211,7 @@ async def _send(args: argparse.Namespace, url: str, *, token: str | None, read_k
             token=token,
             read_key=read_key,
             on_progress=progress.advance_to,
+            on_log=on_log,
         )
     if result.ending != "done":
         code = EXIT_LAGGED if result.ending == "lagged" else EXIT_ABORTED
@@ -224,11 +232,14 @@ async def _read(args: argparse.Namespace, url: str, *, token: str | None, read_k
     if args.output not in (None, "-"):
         out = await anyio.to_thread.run_sync(Path(args.output).open, "wb")
     try:
-        async with reader, Progress.open(show, f"{args.verb} {args.path}") as progress:
-            async for chunk in reader:
-                out.write(chunk.data)
-                out.flush()  # tokens are live on a terminal or a pipe too
-                progress.advance_to(chunk.offset, reconnects=reader.reconnects)
+        with Progress.open(show, f"{args.verb} {args.path}") as progress:
+            async with reader:
+                async for chunk in reader:
+                    out.write(chunk.data)
+                    out.flush()  # tokens are live on a terminal or a pipe too
+                    progress.advance_to(chunk.offset)
+                    if reader.reconnects:
+                        progress.state(f"resumed ×{reader.reconnects}")
     except BrokenPipeError:  # stdout's reader left (| head): we are done too
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
     finally:

@@ -5,9 +5,9 @@ so tokens are live for the readers; bytes, a path and a regular file go out with
 ``Content-Length`` (readers get it too). Blocking sources (files, sync iterables, stdin) are
 read in a worker thread, so the event loop never waits on them.
 
-httpx writes the whole request body before it reads the response, so the sender's log is
-read once the upload is over (or the server has stopped reading it): ``send`` returns the
-log's outcome, not a live view of it. The live state of a pipe is ``status()``'s.
+The upload and the sender's log run at once (``_Exchange``): ``on_log`` sees each log line
+as it comes, and the upload stops the moment the log ends early (cancelled, every receiver
+gone, an error), closing the source even while it waits for its next item.
 
 If the source raises, the upload is cut before its last chunk and the readers see the
 producer vanish (aborted), never a clean end; the exception propagates.
@@ -17,15 +17,19 @@ from __future__ import annotations
 
 import logging
 import os
+import ssl
 from collections.abc import AsyncGenerator, AsyncIterable, Callable, Iterable, Iterator
 from typing import IO, Final, TypeAlias
 
 import anyio
+import anyio.abc
 import anyio.to_thread
+import h11
 import httpx
 
+from ringpipe import __version__
 from ringpipe.client.errors import RelayUnreachable
-from ringpipe.client.transport import Target, open_client, unreachable
+from ringpipe.client.transport import Target
 from ringpipe.client.wire import SenderLog, SendResult
 
 __all__ = ["READ_SIZE", "Source", "send"]
@@ -59,7 +63,7 @@ def _known_length(file: IO[bytes]) -> int | None:
 async def _file_chunks(file: IO[bytes]) -> AsyncGenerator[bytes, None]:
     read = getattr(file, "read1", file.read)  # read1: what a pipe has now, so tokens stay live
     while True:
-        data = await anyio.to_thread.run_sync(read, READ_SIZE)
+        data = await anyio.to_thread.run_sync(read, READ_SIZE, abandon_on_cancel=True)
         if not data:
             return
         yield data
@@ -78,7 +82,7 @@ async def _sync_items(items: Iterable[Item]) -> AsyncGenerator[bytes, None]:
     iterator: Iterator[Item] = iter(items)
     end = object()
     while True:
-        item = await anyio.to_thread.run_sync(next, iterator, end)
+        item = await anyio.to_thread.run_sync(next, iterator, end, abandon_on_cancel=True)
         if item is end:
             return
         yield _as_bytes(item)  # type: ignore[arg-type]  # not ``end``, so an Item
@@ -145,7 +149,8 @@ async def send(
     read_key: str | None = None,
     headers: dict[str, str] | None = None,
     on_progress: Callable[[int], None] | None = None,
-    client: httpx.AsyncClient | None = None,
+    on_log: Callable[[SenderLog], None] | None = None,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> SendResult:
     """Upload ``source`` to the pipe at ``url`` for ``n`` receivers; returns the outcome.
 
@@ -160,16 +165,20 @@ async def send(
         read_key: makes the pipe private: readers must present the same key.
         headers: more request headers (``Content-Disposition``, ``X-Piping``).
         on_progress: called with the bytes uploaded so far after each chunk.
-        client: an httpx client to use (its timeouts must allow a long upload).
+        on_log: called after each line of the sender's log, with the log so far
+            (``SenderLog``: ``n``, ``connected``, ``started``, ``aborted``, ``lines``).
+        ssl_context: for ``https`` relays with a private CA (default: the system's).
 
     Returns:
         ``SendResult``: receivers completed, aborted and evicted, and the log's lines. A
-        transfer whose every receiver dropped returns too (``ok`` False, ``completed`` 0).
+        transfer whose every receiver dropped returns too (``ok`` False, ``completed`` 0),
+        and the source is closed at once.
 
     Raises:
         PipeRefused: the server refused the upload (status and ``[ERROR]`` reason: a second
             sender, an ``n`` that disagrees, a credential, a limit, the wait timeout).
-        PipeCancelled: the pipe was cancelled (``DELETE``) while waiting or sending.
+        PipeCancelled: the pipe was cancelled (``DELETE``) while waiting or sending; the
+            source is closed at once, even while it waits for its next item.
         RelayUnreachable: no connection, or it broke before the log ended.
     """
     target = Target(url, token=token, read_key=read_key)
@@ -177,37 +186,15 @@ async def send(
     extra = dict(headers or {})
     if content_type is not None:
         extra["Content-Type"] = content_type
-    if length is not None:
-        extra["Content-Length"] = str(length)
+    framing = ("Content-Length", str(length)) if length is not None else ("Transfer-Encoding", "chunked")
     sent = [0]
-    stream = _counted(body, sent, on_progress)
-    sender_log = SenderLog()
+    chunks = _counted(body, sent, on_progress)
+    exchange = _Exchange(target, target.url_with(n=str(n)), on_log)
     try:
-        async with open_client(client) as http:
-            request = http.build_request(
-                "PUT", target.url_with(n=str(n)), content=stream, headers=target.headers(extra)
-            )
-            try:
-                response = await http.send(request, stream=True)
-            except httpx.TransportError as exc:
-                raise unreachable(target, exc) from None
-            try:
-                if response.status_code != 200:
-                    raise target.refused(response.status_code, await response.aread())
-                try:
-                    async for line in response.aiter_lines():
-                        sender_log.feed(line)
-                except httpx.TransportError:
-                    pass  # the log was cut: ``outcome`` tells a cancel from a lost connection
-            finally:
-                await response.aclose()
+        await exchange.run(list(target.headers(extra).items()) + [framing], chunks, ssl_context)
     finally:
-        await stream.aclose()
-    try:
-        result = sender_log.outcome(sent[0], path=target.path)
-    except RelayUnreachable:
-        log.info("sender log cut on %s after %d bytes", target.path, sent[0])
-        raise
+        await chunks.aclose()
+    result = exchange.log.outcome(sent[0], path=target.path)
     log.info(
         "sent %d bytes to %s: %d completed, %d aborted, %d evicted",
         result.bytes_sent,
@@ -217,3 +204,104 @@ async def send(
         result.evicted,
     )
     return result
+
+
+class _Exchange:
+    """One upload over HTTP/1.1, full duplex: the body goes up while the log comes down.
+
+    httpx (httpcore) reads a response only once the whole request body is sent, so a
+    sender could neither show its log live nor notice a cancel while its source waits
+    for the next item; h11 (httpx's own HTTP/1.1 parser) lets both directions run at once.
+    The upload stops as soon as the log ends: a cancelled or abandoned transfer closes the
+    source at once, and a refusal is read before the connection's reset can hide it.
+    """
+
+    def __init__(self, target: Target, url: httpx.URL, on_log: Callable[[SenderLog], None] | None) -> None:
+        self.target = target
+        self.url = url
+        self.on_log = on_log
+        self.log = SenderLog()
+        self.conn = h11.Connection(h11.CLIENT)
+        self.source_error: BaseException | None = None
+
+    async def run(
+        self, headers: list[tuple[str, str]], chunks: AsyncGenerator[bytes, None], context: ssl.SSLContext | None
+    ) -> None:
+        url = self.url
+        https = url.scheme == "https"
+        port = url.port or (443 if https else 80)
+        stream: anyio.abc.ByteStream
+        try:
+            if https:
+                context = context or ssl.create_default_context()
+                stream = await anyio.connect_tcp(
+                    url.host, port, ssl_context=context, tls_hostname=url.host, tls_standard_compatible=False
+                )
+            else:
+                stream = await anyio.connect_tcp(url.host, port)
+        except OSError as exc:
+            raise RelayUnreachable(f"{url.host}:{port} {self.target.path}: {exc}") from None
+        host = [("Host", url.netloc.decode("ascii")), ("User-Agent", f"ringpipe-client/{__version__}")]
+        request = h11.Request(method="PUT", target=url.raw_path, headers=host + headers)
+        async with stream:
+            await stream.send(self.conn.send(request))
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._upload, stream, chunks, tg.cancel_scope)
+                status, body = await self._read(stream)
+                tg.cancel_scope.cancel()
+        if self.source_error is not None:
+            raise self.source_error
+        if status != 200:
+            raise (
+                self.target.refused(status, body)
+                if status
+                else RelayUnreachable(
+                    f"{url.host}:{url.port or ''} {self.target.path}: the connection closed before an answer"
+                )
+            )
+
+    async def _upload(
+        self, stream: anyio.abc.ByteStream, chunks: AsyncGenerator[bytes, None], scope: anyio.CancelScope
+    ) -> None:
+        try:
+            async for chunk in chunks:
+                await stream.send(self.conn.send(h11.Data(data=chunk)))
+            await stream.send(self.conn.send(h11.EndOfMessage()))
+        except (OSError, anyio.BrokenResourceError, anyio.ClosedResourceError, h11.LocalProtocolError):
+            return  # the server stopped reading the upload: its log says why
+        except Exception as exc:  # the source failed: cut the upload so readers see it broken
+            self.source_error = exc
+            await stream.aclose()
+            scope.cancel()
+
+    async def _read(self, stream: anyio.abc.ByteStream) -> tuple[int, bytes]:
+        """The response: (200, b"") once the log has ended or was cut, else the refusal's
+        status and body; (0, b"") when the connection closed before any answer."""
+        status = 0
+        body = bytearray()
+        partial = b""
+        while True:
+            try:
+                event = self.conn.next_event()
+            except h11.RemoteProtocolError:
+                return status, bytes(body)  # closed mid-body: the log was cut
+            if event is h11.NEED_DATA:
+                try:
+                    data = await stream.receive(65536)
+                except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+                    data = b""
+                self.conn.receive_data(data)
+            elif isinstance(event, h11.Response):
+                status = event.status_code
+            elif isinstance(event, h11.Data) and status != 200:
+                body += event.data
+            elif isinstance(event, h11.Data):
+                *lines, partial = (partial + bytes(event.data)).split(b"\n")
+                for line in lines:
+                    self.log.feed(line.decode("utf-8", "replace"))
+                    if self.on_log is not None:
+                        self.on_log(self.log)
+                if self.log.final is not None:
+                    return status, b""
+            elif isinstance(event, (h11.EndOfMessage, h11.ConnectionClosed)):
+                return status, bytes(body)

@@ -104,10 +104,11 @@ class Target:
         return f"Target({redact_url(str(self.url))!r})"
 
     def url_with(self, **params: str | None) -> httpx.URL:
-        """The URL with ``params`` set (a None value removes the parameter)."""
+        """The URL with ``params`` set; a None value leaves the URL's own (if any) alone."""
         url = self.url
         for name, value in params.items():
-            url = url.copy_remove_param(name) if value is None else url.copy_set_param(name, value)
+            if value is not None:
+                url = url.copy_set_param(name, value)
         return url
 
     def headers(self, extra: dict[str, str] | None = None) -> dict[str, str]:
