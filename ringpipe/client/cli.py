@@ -68,11 +68,10 @@ EXIT_CODES: Final[Mapping[int, str]] = {
 
 #: What a refusal's status asks the user to do, after the server's own reason.
 _HINTS: Final[Mapping[int, str]] = {
-    401: "set RINGPIPE_TOKEN to a token with this scope, or use a signed URL",
-    403: "check RINGPIPE_TOKEN's scopes and prefix, the signed URL, or RINGPIPE_READ_KEY",
-    408: "nobody else came in time: start the other side, or raise the server's --wait-timeout",
-    410: "the pipe or the offset is gone",
-    503: "the server is at capacity or shutting down: try again later",
+    401: "set RINGPIPE_TOKEN to a token with this verb's scope, or give a signed URL as PATH",
+    403: "check RINGPIPE_TOKEN's scopes and path prefix, the signed URL, or RINGPIPE_READ_KEY",
+    408: "start the other side within the server's --wait-timeout",
+    503: "try again later",
 }
 
 
@@ -169,7 +168,9 @@ def _failed(exc: ClientError, url: str) -> int:
         where = f" on {exc.path}" if exc.path else ""
         status_text = str(exc.status) if exc.status is not None else "in the sender's log"
         hint = _HINTS.get(exc.status or 0)
-        return _fail(EXIT_REFUSED, f"refused{where} ({status_text}): {exc.message}" + (f"; {hint}" if hint else ""))
+        return _fail(
+            EXIT_REFUSED, f"refused{where} ({status_text}): {exc.message}" + (f" Hint: {hint}." if hint else "")
+        )
     if isinstance(exc, RelayUnreachable):
         base = redact_url(url).split("?", 1)[0]
         return _fail(EXIT_UNREACHABLE, f"unreachable: {exc}; is a server at {base}? (--url, RINGPIPE_URL)")

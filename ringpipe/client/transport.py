@@ -26,6 +26,7 @@ import httpx
 
 from ringpipe.client.errors import PipeRefused, RelayUnreachable
 from ringpipe.client.wire import PipeStatus, error_message, parse_status, redact_url
+from ringpipe.core.access import NO_CREDENTIAL
 
 __all__ = [
     "CONNECT_TIMEOUT_S",
@@ -172,8 +173,8 @@ async def status(
 def _head_reason(status_code: int) -> str:
     """HEAD answers carry no body: say what the status means, in the server's words."""
     reasons = {
-        401: "A credential is needed: set a token (RINGPIPE_TOKEN) or use a signed URL.",
-        403: "The credential or read key does not allow 'status' on this path.",
+        401: NO_CREDENTIAL,
+        403: "The credential or the read key does not allow 'status' on this path.",
         503: "The server is at capacity or shutting down.",
     }
     return reasons.get(status_code, httpx.codes.get_reason_phrase(status_code))
