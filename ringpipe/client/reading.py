@@ -129,7 +129,8 @@ class Receiver:
         self._pending: deque[Chunk] = deque()
         #: How the stream ended other than cleanly, raised once ``_pending`` is handed out.
         self._failure: ClientError | None = None
-        self._partial = b""
+        #: NDJSON: the pieces of a record whose line end has not come yet.
+        self._partial: list[bytes] = []
         #: Raw: the pipe offset the current response has reached.
         self._stream_pos = 0
         #: A response head arrived at least once: the transfer started for this reader.
@@ -230,8 +231,11 @@ class Receiver:
         return True
 
     def _take_ndjson(self, piece: bytes) -> None:
-        lines = (self._partial + piece).split(b"\n")
-        self._partial = lines.pop()
+        if b"\n" not in piece:  # a record longer than one read: join once, at its end
+            self._partial.append(piece)
+            return
+        lines = b"".join([*self._partial, piece]).split(b"\n")
+        self._partial = [lines.pop()]
         for line in lines:
             if self._finished:
                 return
@@ -262,7 +266,7 @@ class Receiver:
 
     async def _drop_response(self) -> None:
         response, self._response = self._response, None
-        self._partial = b""
+        self._partial = []
         if response is not None:
             await response.aclose()
 

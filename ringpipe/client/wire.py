@@ -245,7 +245,7 @@ def parse_record(line: bytes | str) -> Record:
         if "gap" in obj:
             return GapRecord(int(obj["gap"]["from"]), int(obj["gap"]["to"]))
         if "base64" in obj:
-            return DataRecord(base64.b64decode(obj["base64"], validate=True), int(obj["offset"]))
+            return DataRecord(base64.b64decode(obj["base64"]), int(obj["offset"]))
         return DataRecord(str(obj["data"]).encode("utf-8", "replace"), int(obj["offset"]))
     except (KeyError, TypeError, binascii.Error) as exc:
         raise ValueError(f"not an NDJSON record: {line[:80]!r}") from exc
