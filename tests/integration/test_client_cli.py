@@ -8,6 +8,7 @@ sender does not), which also shows the examples working together.
 from __future__ import annotations
 
 import os
+import pty
 import random
 import re
 import shlex
@@ -43,7 +44,7 @@ def ringpipe(*args: str, env: dict[str, str], **popen: object) -> subprocess.Pop
         [sys.executable, "-m", "ringpipe", *args],
         env=env,
         stdout=popen.pop("stdout", subprocess.PIPE),
-        stderr=subprocess.PIPE,
+        stderr=popen.pop("stderr", subprocess.PIPE),
         **popen,
     )
 
@@ -174,12 +175,12 @@ def test_a_vanished_sender_exits_3_for_its_reader(server: Server) -> None:
     assert sender.stdin is not None
     sender.stdin.write(b"partial data\n")
     sender.stdin.flush()
-    wait_state(server.url + path, "established")
-    time.sleep(0.3)
+    assert reader.stdout is not None
+    first = os.read(reader.stdout.fileno(), 100)  # the bytes went through: now the sender dies
     sender.kill()
     finish(sender)
     code, out, err = finish(reader)
-    assert (code, out) == (3, b"partial data\n")
+    assert (code, first + out) == (3, b"partial data\n")
     assert err.startswith("ringpipe: aborted at byte 13")
 
 
@@ -266,7 +267,36 @@ def test_watch_follows_a_pipe_without_a_slot(server: Server, tmp_path: Path) -> 
     sender.stdin.flush()
     wait_state(server.url + path, "established")
     watcher = ringpipe("watch", path, env=env)
-    time.sleep(0.5)
+    assert watcher.stdout is not None
+    first = os.read(watcher.stdout.fileno(), 100)  # the watcher is in: it replayed the held bytes
     sender.communicate(b"world\n", timeout=TIMEOUT)
     assert sender.returncode == 0 and finish(reader)[0] == 0
-    assert finish(watcher)[:2] == (0, b"hello world\n")
+    code, rest, err = finish(watcher)
+    assert (code, first + rest) == (0, b"hello world\n"), err
+
+
+def test_a_progress_line_only_on_a_terminal(server: Server, tmp_path: Path) -> None:
+    """stderr a terminal: rich draws bytes and rate and the sender's receivers, then the
+    summary; stderr a pipe: nothing (the round-trip tests above check that)."""
+    (tmp_path / "in.bin").write_bytes(b"z" * 2_000_000)
+    path = fresh()
+    env = {**cli_env(server), "COLUMNS": "160", "TERM": "xterm"}
+    reader = ringpipe("recv", path, "-o", os.devnull, env=env)
+    wait_receivers(server.url + path)
+    primary, secondary = pty.openpty()
+    sender = ringpipe("send", path, str(tmp_path / "in.bin"), env=env, stderr=secondary)
+    os.close(secondary)
+    drawn = b""
+    while True:
+        try:
+            piece = os.read(primary, 65536)
+        except OSError:  # EIO: the terminal's other side is closed
+            break
+        if not piece:
+            break
+        drawn += piece
+    os.close(primary)
+    assert sender.wait(TIMEOUT) == 0 and finish(reader)[0] == 0
+    text = drawn.decode(errors="replace")
+    assert f"send {path}" in text and "MB" in text and "receiver(s)" in text
+    assert "ringpipe: sent 2000000 bytes to 1 receiver(s)" in text
