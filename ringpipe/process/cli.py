@@ -35,7 +35,11 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="ringpipe", description="An HTTP pipe: stream bytes from one sender to many receivers.")
+    parser = _Parser(
+        prog="ringpipe",
+        description="An HTTP pipe: stream bytes from one sender to many receivers.",
+        epilog="client verbs: ringpipe send|recv|watch|status|cancel PATH (each with --help)",
+    )
     parser.add_argument("--version", action="version", version=f"ringpipe {__version__}")
     commands = parser.add_subparsers(dest="command", parser_class=_Parser)
     serve = commands.add_parser(
@@ -199,6 +203,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "sign":
         return sign_main(argv[1:])
+    if argv and argv[0] in ("send", "recv", "watch", "status", "cancel"):
+        from ringpipe.client.cli import main as client_main  # httpx only where a client verb runs
+
+        return client_main(argv)
     settings = parse_settings(argv)
     from ringpipe.process.supervisor import Supervisor
 
