@@ -25,7 +25,7 @@ import pytest
 from ringpipe import client
 from ringpipe.client import sync
 from ringpipe.core.signing import signed_query
-from tests.conftest import Server
+from tests.support.servers import Server
 
 ServerFactory = Callable[..., Server]
 T = TypeVar("T")

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from ringpipe.client import sync
-from tests.conftest import ROOT, Server
+from tests.support.servers import ROOT, Server
 
 ServerFactory = Callable[..., Server]
 TIMEOUT = 60
