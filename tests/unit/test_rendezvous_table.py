@@ -175,8 +175,9 @@ def test_every_event_is_dispatched_or_fanned_out() -> None:
 
 
 def test_tick_and_worker_gone_fan_out(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A Tick dispatches one event per timer due, earliest first (stale ones too: the table
-    ignores them); a WorkerGone one ``Vanished`` per party of that worker."""
+    """A Tick dispatches one event per live timer due, earliest first (one kind per
+    ``TimerKind``; a stale timer, whose party or slot moved on, is dropped); a WorkerGone
+    one ``Vanished`` per party of that worker."""
     seen: list[Addressed] = []
     dispatch = Rendezvous._dispatch
 
@@ -185,19 +186,20 @@ def test_tick_and_worker_gone_fan_out(monkeypatch: pytest.MonkeyPatch) -> None:
         return dispatch(rv, event)
 
     monkeypatch.setattr(Rendezvous, "_dispatch", spy)
-    rv = _established()  # waits of R1, R2, S due at t=5 (stale), R1's grace at t=3
+    rv = _established()  # R1's grace is over at t=3; the waits of R1, R2 and S are stale
     seen.clear()
     rv.handle(Tick(10))
-    assert seen == [GraceOver(1, 0, 3.0), WaitOver(S, 5.0), WaitOver(R1, 5.0), WaitOver(R2, 5.0)]
+    assert seen == [GraceOver(1, 0, 3.0)]
 
     rv = _rendezvous()
     rv.handle(Join(R1, PATH, Role.RECEIVER, 1, resumable=True), now=0)
     rv.handle(Join(S, PATH, Role.SENDER, 1), now=0)
-    rv.handle(Join(R3, PATH, Role.RECEIVER, 1, offset=10), now=1)  # R1's drop not seen yet: parked
+    rv.handle(Join(R3, PATH, Role.RECEIVER, 1, offset=10), now=1)  # R1's drop not seen yet: parked until t=4
+    rv.handle(Join(R2, "/q", Role.RECEIVER, 1), now=1)  # waits until t=6
     seen.clear()
     rv.handle(Tick(10))
-    assert seen == [ParkOver(R3), WaitOver(S, 5.0), WaitOver(R1, 5.0)]
-    assert len(TimerKind) == len({type(e) for e in seen} | {GraceOver})
+    assert seen == [ParkOver(R3), WaitOver(R2, 6.0)]
+    assert len(TimerKind) == 3
 
     rv = _ending()
     seen.clear()

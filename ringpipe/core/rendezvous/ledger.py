@@ -85,11 +85,11 @@ class Ledger:
         self.draining = False
 
     def _pipe_of(self, party: PartyId) -> Waiting | Relay | None:
-        """The waiting pipe or the relay ``party`` is in; None if it is in none."""
+        """The waiting pipe or the relay ``party`` is in (it is in one index at most); None if none."""
         path = self._waiting_of.get(party)
         if path is not None:
             return self.pipes[path]
-        for relay_of in (self._parked, self._watching, self._relay_of):
+        for relay_of in (self._relay_of, self._parked, self._watching):
             relay_id = relay_of.get(party)
             if relay_id is not None:
                 return self.relays[relay_id]

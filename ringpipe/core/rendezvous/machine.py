@@ -8,17 +8,18 @@ clock and no segment: it asks about a live ring (the bytes still held, its epoch
 ``ring_view`` and about a ring's size through ``ring_cost``, plain functions the shell
 injects.
 
-Theory of operation. ``Ledger`` records who is where; ``Rendezvous`` adds the decisions.
-Every event is addressed to one pipe: a Join, Cancel or Query to the
-pipe on its path; a Leave, Stalled, WaitOver, ParkOver or Vanished to the pipe its party is
-in; a GraceOver to its relay. ``handle`` finds that pipe, takes its ``PipeState`` and runs
+Theory of operation. ``Ledger`` records who is where; ``Rendezvous`` adds the decisions. Every
+event is addressed to one pipe: a Join, Cancel or Query to the pipe on its path; a Leave,
+Stalled, WaitOver, ParkOver or Vanished to the pipe its party is in; a GraceOver to its relay.
+``handle`` finds that pipe, takes its ``PipeState`` and runs
 ``TRANSITIONS[state, type(event)]``: a handler, or ``Ignored(why)`` for a pair that changes
 nothing. That table, at the end of this module, is the one place that lists which code runs
-when; it is total (a test walks it). Three events concern many pipes and are fanned out
-first: ``Tick`` becomes one WaitOver, GraceOver or ParkOver per timer due (``TimerKind``),
-``WorkerGone`` one ``Vanished`` per party on that worker, and ``Drain`` goes to every pipe
-on a path. Two checks hold in every state and run before a Join is dispatched: a party
-joins once (a repeated Join is ignored), and a draining server refuses joins (503).
+when; it is total (a test walks it). Three events concern many pipes and are fanned out first:
+``Tick`` becomes one WaitOver, GraceOver or ParkOver per live timer due (``TimerKind``; a stale
+one, whose party or slot moved on, is dropped), ``WorkerGone`` one ``Vanished`` per party on
+that worker, and ``Drain`` goes to every pipe on a path. Two checks hold in every state and run
+before a Join is dispatched: a party joins once (a repeated Join is ignored), and a draining
+server refuses joins (503).
 
 What the handlers do (rows in the order their conditions are checked; "est." established):
 
@@ -162,6 +163,12 @@ class Rendezvous(Ledger):
         event yields no action); the hypothesis tests in tests/unit drive it at random."""
         if now is not None:
             self.now = now
+        if isinstance(event, Join):
+            if self._knows(event.party):
+                return []
+            if self.draining:
+                return [Reject(event.party, 503, SHUTTING_DOWN)]
+            return self._fire(self.pipes.get(event.path), event)
         if isinstance(event, Tick):
             self.now = event.now
             return self._expire()
@@ -175,17 +182,12 @@ class Rendezvous(Ledger):
         if isinstance(event, Drain):
             self.draining = True
             return [action for pipe in list(self.pipes.values()) for action in self._fire(pipe, event)]
-        if isinstance(event, Join):
-            if self._knows(event.party):
-                return []
-            if self.draining:
-                return [Reject(event.party, 503, SHUTTING_DOWN)]
         return self._dispatch(event)
 
     def _dispatch(self, event: Join | Leave | Cancel | Query | Stalled | InnerEvent) -> list[Action]:
         """Run ``event`` on the pipe it is addressed to (see the module docstring)."""
         pipe: Waiting | Relay | None
-        if isinstance(event, Join | Cancel | Query):
+        if isinstance(event, (Join, Cancel, Query)):
             pipe = self.pipes.get(event.path)
         elif isinstance(event, GraceOver):
             pipe = self.relays.get(event.relay_id)
@@ -204,6 +206,8 @@ class Rendezvous(Ledger):
     def _expire(self) -> list[Action]:
         actions: list[Action] = []
         while (timer := self._timers.pop_due(self.now)) is not None:
+            if not self._timer_live(timer):
+                continue  # what it guarded is gone: the table would ignore it
             deadline, kind, what = timer
             event: WaitOver | GraceOver | ParkOver
             if kind is TimerKind.GRACE:
@@ -384,13 +388,13 @@ class Rendezvous(Ledger):
         """A party of ``relay`` left: a parked resume or a watcher is just forgotten; the
         sender may break the transfer; a receiver's slot is reserved or gone."""
         party = leave.party
-        if self._parked.pop(party, None) is not None:
-            del relay.parked[party]
+        if self._relay_of.pop(party, None) is None:
+            if self._parked.pop(party, None) is not None:
+                del relay.parked[party]
+            else:
+                del self._watching[party]
+                relay.watchers.discard(party)
             return []
-        if self._watching.pop(party, None) is not None:
-            relay.watchers.discard(party)
-            return []
-        del self._relay_of[party]
         completed = isinstance(leave, Leave) and leave.completed
         actions: list[Action] = []
         if party == relay.sender:

@@ -18,9 +18,11 @@ from ringpipe.core.rendezvous.events import Headers, Join, PartyId
 __all__ = ["PipeState", "Relay", "Waiting", "keys_match"]
 
 
-class PipeState(enum.Enum):
+class PipeState(enum.StrEnum):
     """Where one pipe stands. A path names a FREE, WAITING or ESTABLISHED pipe, never an
-    ENDING one: an ending relay has given its path back (a new transfer may start on it)."""
+    ENDING one: an ending relay has given its path back (a new transfer may start on it).
+
+    A ``StrEnum`` so that the table lookup hashes it in C (``Enum.__hash__`` is Python)."""
 
     FREE = "free"
     WAITING = "waiting"
