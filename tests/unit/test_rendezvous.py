@@ -1,4 +1,4 @@
-"""The owner-side rendezvous, walked row by row through the table in ``rendezvous.py``.
+"""The owner-side rendezvous, walked row by row through the table in ``rendezvous/machine.py``.
 
 Each test names the (state, event) row it covers. Parties are ``PartyId(worker, pid,
 serial)``; the sender lives on worker 0, receivers on worker 1 unless a test needs otherwise.

@@ -1,5 +1,5 @@
 """The rendezvous rows of the pipe lifecycle: cancel, status, wait timeouts, read keys,
-limits, watchers, resume with reconnect grace, stall eviction (table in ``rendezvous.py``).
+limits, watchers, resume with reconnect grace, stall eviction (table in ``rendezvous/machine.py``).
 
 Time is a plain number passed in (``handle(event, now)`` and ``Tick(now)``): no clock.
 """
