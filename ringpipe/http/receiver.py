@@ -8,6 +8,9 @@ closed before the last chunk).
 
 A watcher (``?watch=1``) is a receiver without a slot; a receiver with an offset
 (``Last-Event-ID``, ``?last_event_id=``, ``?offset=``, ``Range: bytes=N-``) resumes (SPEC 2.4).
+An SSE or NDJSON reader whose resume point is no longer held, or belongs to an older pipe on
+the path, is never refused for it: it reads from the oldest byte held, after a gap that says
+what it lost (``_resume_from``); a raw one gets 410.
 """
 
 from __future__ import annotations
@@ -60,7 +63,7 @@ class ReceiverEndpoint:
             return
         query = scope["query_string"]
         watch = query_param(query, "watch") in ("1", "true")
-        point = None if watch else resume_point(scope)
+        point = None if watch else resume_point(scope, takes_gaps=options.takes_gaps)
         stall = stall_ms(scope)
         if isinstance(point, str) or isinstance(stall, str):
             await reader.reject(400, point if isinstance(point, str) else str(stall))
@@ -75,9 +78,15 @@ class ReceiverEndpoint:
             epoch=point.epoch if point is not None else "",
             resumable=resumable,
             stall_ms=stall,
+            gaps=options.takes_gaps,
         )
 
-        plan = _ReadPlan(point=point, live=watch and query_param(query, "from") == "live", resumable=resumable)
+        plan = _ReadPlan(
+            point=point,
+            live=watch and query_param(query, "from") == "live",
+            resumable=resumable,
+            gaps=options.takes_gaps,
+        )
         try:
             async with reader.session(party.hang_up):  # hang-ups are a callback: waiting receivers stay cheap
                 await self._life(reader, party, plan)
@@ -108,7 +117,7 @@ class ReceiverEndpoint:
                 return
             if isinstance(item, Cancelled):
                 self.node.leave(party, completed=False)
-                await reader.reject(410, f"The transfer on '{party.path}' was cancelled.")
+                await reader.cancelled_while_waiting(f"The transfer on '{party.path}' was cancelled.")
                 return
             if isinstance(item, Broken):
                 self.node.leave(party, completed=False)
@@ -126,8 +135,9 @@ class ReceiverEndpoint:
             return
         watcher = start.slot == Slot.WATCHER
         first: int | None = None
+        lost: tuple[int, int] | None = None
         if plan.point is not None:
-            first = plan.point.offset
+            first, lost = _resume_from(plan.point, ring, start.relay.epoch) if plan.gaps else (plan.point.offset, None)
         elif watcher and plan.live:
             first = ring.write_seq
         elif plan.resumable and not watcher:
@@ -140,7 +150,7 @@ class ReceiverEndpoint:
             start.relay,
             start.slot,
             start=first,
-            continue_gaps=watcher and not isinstance(reader, WebSocketReader) and type(reader) is not HttpReader,
+            continue_gaps=plan.gaps,
             worker=self.node.index,
         )
         framing = _framing_of(reader)
@@ -154,6 +164,8 @@ class ReceiverEndpoint:
                 watcher=watcher,
                 resumed=plan.point is not None,
                 by_range=plan.point is not None and plan.point.by_range,
+                lost=lost,
+                aligned=plan.point is not None and bool(plan.point.epoch) and lost is None,
             )
             async with anyio.create_task_group() as tg:
                 tg.start_soon(_cancel_on_inbox, party, tg.cancel_scope)
@@ -180,11 +192,28 @@ class ReceiverEndpoint:
 @dataclass(frozen=True, slots=True)
 class _ReadPlan:
     """What a receiver asked for besides its path and framing: a resume point, a live start
-    (watchers), resumability (its slot is held for ``reconnect_grace`` when it drops)."""
+    (watchers), resumability (its slot is held for ``reconnect_grace`` when it drops), and
+    whether it takes gaps (SSE, NDJSON: lost bytes are reported, never a refusal or a cut)."""
 
     point: ResumePoint | None
     live: bool
     resumable: bool
+    gaps: bool
+
+
+def _resume_from(point: ResumePoint, ring: segment.RingSegment, epoch: str) -> tuple[int, tuple[int, int] | None]:
+    """Where a reader that takes gaps resumes in pipe ``epoch``, and the range it lost (None: none).
+
+    Its offset if this pipe still holds it; else the oldest byte held, after losing
+    ``[offset, oldest)``, or ``[0, oldest)`` where the point is of another pipe (another
+    epoch, a foreign event id, an offset this pipe never reached).
+    """
+    oldest, head = ring.oldest_held(), ring.write_seq
+    if point.foreign or (point.epoch and point.epoch != epoch) or point.offset > head:
+        return oldest, (0, oldest)
+    if point.offset < oldest:
+        return oldest, (point.offset, oldest)
+    return point.offset, None
 
 
 def _framing_of(reader: Reader) -> str:

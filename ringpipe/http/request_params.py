@@ -89,20 +89,31 @@ def read_key(scope: Scope) -> str:
 
 @dataclass(frozen=True, slots=True)
 class ResumePoint:
-    """Where a reconnecting receiver continues: pipe ``offset`` of pipe ``epoch`` (``""``: any)."""
+    """Where a reconnecting receiver continues: pipe ``offset`` of pipe ``epoch`` (``""``: any).
+
+    ``foreign``: the reader sent back an event id that is not ours (a ``text/event-stream``
+    producer's own ``id:``); it names no offset, so the reader resumes as from another pipe.
+    """
 
     offset: int
     epoch: str
     by_range: bool
+    foreign: bool = False
 
 
-def resume_point(scope: Scope) -> ResumePoint | str | None:
-    """The reader's resume request (SPEC 2.4), None without one, or why it is malformed."""
+def resume_point(scope: Scope, *, takes_gaps: bool = False) -> ResumePoint | str | None:
+    """The reader's resume request (SPEC 2.4), None without one, or why it is malformed.
+
+    An event id that is not ``<epoch>-<offset>`` is malformed, except for a reader that takes
+    gaps (SSE, NDJSON), for whom it is a ``foreign`` one (never a refusal, SPEC 2.4).
+    """
     query = scope["query_string"]
     event_id = header(scope, b"last-event-id") or query_param(query, "last_event_id")
     if event_id:
         match = _EVENT_ID.match(event_id.strip())
         if match is None:
+            if takes_gaps:
+                return ResumePoint(0, "", False, foreign=True)
             return f"The event id {event_id!r} is not <epoch>-<offset>."
         return ResumePoint(int(match.group(2)), match.group(1), False)
     raw = query_param(query, "offset")

@@ -233,10 +233,11 @@ class WorkerPipes:
         epoch: str = "",
         resumable: bool = False,
         stall_ms: int = -1,
+        gaps: bool = False,
     ) -> LocalParty:
         """Register a local party and ask the path's owner to let it join (see ``Join``)."""
         party = self._new_party(path, role, n)
-        join = Join(party.id, path, role, n, receiver_headers, key, offset, epoch, resumable, stall_ms)
+        join = Join(party.id, path, role, n, receiver_headers, key, offset, epoch, resumable, stall_ms, gaps)
         self.mesh.send(party.owner, join)
         return party
 

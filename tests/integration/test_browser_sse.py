@@ -7,17 +7,22 @@ The browser and the server are the conftest's ``browser`` and ``site``, as in
 - ``EventSource`` on ``?format=sse`` shows tokens *live*: the page holds part of the text
   while the producer is still running, and exactly the producer's text at the end;
 - a page reloaded mid-stream resumes from its last event id and ends with the producer's
-  text, nothing lost or doubled (needs resume, from the lifecycle branch);
+  text, nothing lost or doubled, for a text producer and for an OpenAI-style
+  ``text/event-stream`` one (whose events get ringpipe's ids);
+- an ``EventSource`` that comes with an id of the path's previous pipe gets ``event: gap``
+  and the new stream on its first connection, instead of a refusal it would retry forever;
 - the ``/`` page's "Watch" view renders a stream and names its ending (done, aborted).
 """
 
 from __future__ import annotations
 
+import json
 import shlex
 import subprocess
 import sys
 import time
 import uuid
+from pathlib import Path
 
 from tests.support.browser import Browser, open_page
 from tests.support.servers import Server, kill_group
@@ -195,3 +200,115 @@ def test_index_watch_view_names_an_aborted_stream(browser: Browser, site: Server
         """
     )
     assert state == "partial "
+
+
+FAKE_LLM = Path(__file__).resolve().parents[2] / "examples" / "fake_llm.py"
+
+
+def llm_producer(url: str, rate: float) -> subprocess.Popen[bytes]:
+    """``examples/fake_llm.py | curl -T -`` as an OpenAI-style ``text/event-stream`` producer."""
+    llm = " ".join(shlex.quote(a) for a in [sys.executable, str(FAKE_LLM), "--rate", str(rate), "--created", "1"])
+    curl = f"curl -sS --fail --max-time 60 -T - -H 'Content-Type: text/event-stream' {shlex.quote(url)}"
+    return subprocess.Popen(
+        ["bash", "-c", f"set -o pipefail; {llm} | {curl}"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+
+
+def test_reload_resumes_an_event_stream_producer_exactly(browser: Browser, site: Server) -> None:
+    """Issue 13 item 5 in a real browser: an OpenAI-style ``text/event-stream`` producer is
+    passed through with ringpipe's ids, so a page reloaded mid-stream resumes with its last
+    event id at the next event: the deltas put together are the model's whole text, once."""
+    path = fresh_path()
+    url = f"{site.url}/{path}?format=sse"
+    resume = """
+    const saved = JSON.parse(sessionStorage.getItem("rp") || '{"text": "", "lastId": "", "events": 0}');
+    window.rp = { text: saved.text, events: saved.events, ending: null };
+    const target = saved.lastId ? args.url + "&last_event_id=" + encodeURIComponent(saved.lastId) : args.url;
+    const source = new EventSource(target);
+    source.onmessage = (e) => {
+      if (e.data !== "[DONE]") rp.text += JSON.parse(e.data).choices[0].delta.content || "";
+      rp.events += 1;
+      sessionStorage.setItem("rp", JSON.stringify({ text: rp.text, lastId: e.lastEventId, events: rp.events }));
+    };
+    for (const name of ["done", "error", "cancelled", "lagged", "gap"]) {
+      source.addEventListener(name, (e) => {
+        if (name === "error" && !e.data) return;
+        rp.ending = name; source.close();
+      });
+    }
+    """
+    expected = subprocess.run(
+        [sys.executable, str(FAKE_LLM), "--rate", "0", "--created", "1"], capture_output=True, check=True
+    ).stdout.decode()
+    chunks = [json.loads(b[6:]) for b in expected.split("\n\n") if b.startswith("data: {")]
+    text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks)
+    open_page(browser, site.url + "/version")
+    browser.run(in_page("sessionStorage.clear();"))
+    browser.run(in_page(resume), url=url)
+    time.sleep(0.5)
+    sender = llm_producer(f"{site.url}/{path}", rate=8)
+    try:
+        browser.run("await page.waitForFunction(() => rp.events >= 3);")
+        browser.run("await page.reload();")
+        browser.run(in_page(resume), url=url)
+        state = browser.run(
+            "await page.waitForFunction(() => rp.ending !== null, null, {timeout: 30000});"
+            " return await page.evaluate(() => rp);"
+        )
+        assert sender.wait(30) == 0
+    finally:
+        stop(sender)
+        browser.run(in_page("sessionStorage.clear();"))
+    assert state["ending"] == "done"
+    assert state["text"] == text
+    assert state["events"] == len(chunks) + 1  # every chunk and [DONE], none twice
+
+
+def test_eventsource_with_an_older_pipes_id_streams_instead_of_looping(browser: Browser, site: Server) -> None:
+    """Issue 13 item 2 in a real browser: an EventSource that comes with the id of the path's
+    previous pipe gets ``event: gap`` and the new stream on its first connection (it used to
+    get ``event: rejected`` and reconnect every second, forever)."""
+    path = fresh_path()
+    old = subprocess.run(
+        [
+            "bash",
+            "-c",
+            f"curl -sN --max-time 20 '{site.url}/{path}?format=sse' & sleep 0.5;"
+            f" echo old | curl -sS -T - {site.url}/{path} >/dev/null; wait",
+        ],
+        capture_output=True,
+        check=True,
+        timeout=30,
+    ).stdout.decode()
+    old_id = next(line[4:] for line in old.splitlines() if line.startswith("id: "))
+    listen = """
+    window.rp = { text: "", events: [], opened: 0, ending: null };
+    const source = new EventSource(args.url + "&last_event_id=" + encodeURIComponent(args.id));
+    source.onopen = () => { rp.opened += 1; };
+    source.onmessage = (e) => { rp.text += e.data; };
+    for (const name of ["done", "error", "cancelled", "lagged", "gap", "rejected"]) {
+      source.addEventListener(name, (e) => {
+        if (name === "error" && !e.data) return;
+        rp.events.push([name, e.data]);
+        if (name !== "gap") { rp.ending = name; source.close(); }
+      });
+    }
+    """
+    open_page(browser, site.url + "/version")
+    browser.run(in_page(listen), url=f"{site.url}/{path}?format=sse", id=old_id)
+    time.sleep(0.5)
+    sender = producer(f"{site.url}/{path}", pause=0.2)
+    try:
+        state = browser.run(
+            "await page.waitForFunction(() => rp.ending !== null, null, {timeout: 30000});"
+            " return await page.evaluate(() => rp);"
+        )
+        assert sender.wait(30) == 0
+    finally:
+        stop(sender)
+    assert state["events"][0] == ["gap", '{"from":0,"to":0}']
+    assert state["ending"] == "done" and state["opened"] == 1
+    assert state["text"] == TEXT

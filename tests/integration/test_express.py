@@ -247,3 +247,44 @@ def test_sse_tokens_are_encoded_once(ring, client) -> None:
         consumer.close()
     finally:
         loop.close()
+
+
+def test_sse_lines_are_encoded_once_and_a_partial_line_is_held(ring, client) -> None:
+    """*lines* granularity on the express path: a token that ends no line is committed (the
+    encoder holds it) without a write and without waking the task; each complete line goes
+    out once, as one event with the id at its line end."""
+    created, info = ring
+    server_end, client_end = client
+    loop = asyncio.new_event_loop()
+
+    class _Reader:
+        def __init__(self, conn: _Conn) -> None:
+            self.conn = conn
+            self.encoder = SseEncoder(epoch="e", granularity="lines")
+            self.encoder.begin("text/plain")
+            self._last_write = 0.0
+
+    try:
+        consumer = Consumer(NullRouter(), segment.RingSegment.attach(info.segment), info, 0)
+        conn = _Conn(server_end)
+        reader = _Reader(conn)
+        consumer.express = EncodedWakeupDelivery(consumer, reader)  # type: ignore[arg-type]
+        sent: list[bytes] = []
+        for token in [b'{"a":1}\n{"b"', b":2}\r", b'\n{"c":', b"3}\n"]:
+            future = _parked(consumer, loop)
+            created.write_nowait(token)
+            consumer._on_wake()
+            assert not future.done(), "the task was woken for a token"
+            assert consumer.offset == created.write_seq, "the express round committed the token"
+            sent.append(_drain(client_end))
+        events = [
+            b'id: e-8\ndata: {"a":1}\n\n',
+            b'id: e-16\ndata: {"b":2}\n\n',
+            b"",
+            b'id: e-25\ndata: {"c":3}\n\n',
+        ]
+        assert sent == [b"%x\r\n%s\r\n" % (len(e), e) if e else b"" for e in events]
+        assert reader.encoder.offset == created.write_seq
+        consumer.close()
+    finally:
+        loop.close()

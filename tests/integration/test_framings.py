@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import time
+import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,7 +23,7 @@ from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed
 
 from tests.support.eventsource import EventSourceModel, normalize
-from tests.support.pipes import Response, put, read_body, read_head, request_head, run
+from tests.support.pipes import Response, get, put, read_body, read_head, request_head, run
 from tests.support.servers import Server
 
 PROXY_SAFE = {"cache-control": "no-cache, no-transform", "x-accel-buffering": "no"}
@@ -235,8 +238,13 @@ def test_event_stream_producer_passes_through_and_done_openai(server: Server) ->
         await put(server.port, path, produced, [("Content-Type", "text/event-stream")])
         await put(server.port, "/openai", b"tok", [("Content-Type", "text/plain")])
         resp, resp2, raw_resp = await asyncio.gather(task, task2, raw)
-        assert resp.body.startswith(b"retry: 1000\n\n" + produced)
         events = sse_events(resp.body)
+        epoch = events.events[0].last_event_id.rsplit("-", 1)[0]
+        # Passed through as it is, but for an id at each event's end (SPEC 2.1: resumable).
+        with_ids = produced.replace(b"}\n\n", b"}\nid: %s-48\n\n" % epoch.encode()).replace(
+            b"[DONE]\n\n", b"[DONE]\nid: %s-62\n\n" % epoch.encode()
+        )
+        assert resp.body.startswith(b"retry: 1000\n\n" + with_ids)
         assert [e.data for e in events.named("message")] == ['{"choices":[{"delta":{"content":"Hi"}}]}', "[DONE]"]
         assert events.named("done")
         assert raw_resp.body == produced
@@ -518,3 +526,118 @@ def test_watchers_in_every_framing_join_a_running_pipe(server: Server) -> None:
         assert "".join(str(m) for m in ws_done.messages) == text and ws_done.code == 1000
 
     run(main())
+
+
+# -- SSE / NDJSON granularity (SPEC 2.1, issue 13 item 1) --
+
+
+def test_issue_example_json_lines_read_by_curl_as_three_sse_events(server: Server) -> None:
+    """The issue's reproduction with curl on both sides: a JSON-lines producer whose third
+    line comes in two pieces gives three events, ``JSON.parse``-able, ids at each line's end."""
+    url = f"{server.url}/{uuid.uuid4().hex}"
+    reader = subprocess.Popen(["curl", "-sN", "--max-time", "30", url + "?format=sse"], stdout=subprocess.PIPE)
+    time.sleep(0.5)
+    producer = (
+        "(printf '{\"a\":1}\\n{\"b\":2}\\n'; sleep 0.3; printf '{\"c\":'; sleep 0.3; printf '3}\\n')"
+        f" | curl -sS -T - -H 'Content-Type: application/x-ndjson' {url} >/dev/null"
+    )
+    subprocess.run(["bash", "-c", producer], check=True, timeout=30)
+    out, _ = reader.communicate(timeout=30)
+    events = sse_events(out).events
+    epoch = events[0].last_event_id.rsplit("-", 1)[0]
+    assert [(e.type, e.data, e.last_event_id) for e in events[:3]] == [
+        ("message", '{"a":1}', f"{epoch}-8"),
+        ("message", '{"b":2}', f"{epoch}-16"),
+        ("message", '{"c":3}', f"{epoch}-24"),
+    ]
+    assert [json.loads(e.data) for e in events[:3]] == [{"a": 1}, {"b": 2}, {"c": 3}]
+    assert [e.type for e in events[3:]] == ["done"]
+
+
+def test_granularity_is_chosen_per_reader(server: Server) -> None:
+    """``?sse=`` and ``?ndjson=`` override the default by Content-Type, each reader its own,
+    on one pipe; each granularity keeps its rule (chunks: appending rebuilds the text; lines:
+    the records are the producer's lines)."""
+    path = "/granularity?n=4"
+    lines_text = "first line\n\nsecond {line}\r\nthird"
+    chunks = [b"first ", b"line\n\nsec", b"ond {line}\r\nthi", b"rd"]
+
+    async def main() -> list[Response]:
+        readers = [
+            HttpReader(server.port, path + "&format=sse&sse=lines"),
+            HttpReader(server.port, path + "&format=sse"),
+            HttpReader(server.port, path + "&format=ndjson&ndjson=lines"),
+            HttpReader(server.port, path + "&format=ndjson&ndjson=chunks&sse=lines"),
+        ]
+        tasks = [asyncio.create_task(r.run()) for r in readers]
+        await wait_registered()
+        log = await put(server.port, path, paced(chunks, 0.1), [("Content-Type", "text/plain; charset=utf-8")])
+        assert log.text.splitlines()[-1] == "[INFO] All receiver(s) was/were received successfully."
+        return list(await asyncio.wait_for(asyncio.gather(*tasks), 20))
+
+    sse_lines, sse_chunks, nd_lines, nd_chunks = run(main())
+    events = sse_events(sse_lines.body).events
+    assert [e.data for e in events if e.type == "message"] == ["first line", "second {line}", "third"]
+    assert [e.last_event_id.rsplit("-", 1)[1] for e in events if e.type == "message"] == ["11", "27", "32"]
+    chunk_events = sse_events(sse_chunks.body)
+    assert chunk_events.text() == normalize(lines_text)
+    assert len(chunk_events.named("message")) == len(chunks)  # one event per chunk: live tokens
+    records = ndjson_lines(nd_lines.body)
+    assert [(r["data"], r["offset"]) for r in records[:-1]] == [
+        ("first line", 11),
+        ("", 12),
+        ("second {line}", 27),
+        ("third", 32),
+    ]
+    assert records[-1] == {"end": "done", "offset": 32}
+    assert "".join(r.get("data", "") for r in ndjson_lines(nd_chunks.body)) == lines_text
+
+
+def test_an_unknown_granularity_is_refused_like_other_parameters(server: Server) -> None:
+    async def main() -> list[Response]:
+        return [
+            await get(server.port, "/g?format=sse&sse=words"),
+            await get(server.port, "/g?format=ndjson&ndjson=records"),
+        ]
+
+    sse, nd = run(main())
+    assert sse.status == 400 and sse.body == b"[ERROR] Unknown sse granularity 'words': use lines or chunks.\n"
+    assert nd.status == 400 and nd.body == b"[ERROR] Unknown ndjson granularity 'records': use lines or chunks.\n"
+
+
+# -- a waiting reader hit by DELETE (SPEC 2.4, issue 13 item 3) --
+
+
+def test_a_waiting_reader_that_is_cancelled_gets_the_cancelled_ending(server: Server) -> None:
+    """No producer yet: DELETE ends every waiting reader with the cancelled ending of its
+    framing, never a refusal; a raw reader (no head yet, no ending but a cut) gets 410."""
+    path = "/waiting-cancelled?n=4"
+
+    async def main() -> tuple[Response, Response, Response, WsReader]:
+        raw = HttpReader(server.port, path)
+        sse = HttpReader(server.port, path + "&format=sse")
+        nd = HttpReader(server.port, path + "&format=ndjson")
+        ws = WsReader(f"ws://127.0.0.1:{server.port}{path}")
+        tasks = [asyncio.create_task(r.run()) for r in (raw, sse, nd, ws)]
+        try:
+            await asyncio.wait_for(sse.head_seen.wait(), 10)
+            await asyncio.wait_for(ws.opened.wait(), 10)
+            await wait_registered()
+            assert await _delete(server.port, "/waiting-cancelled") == 204
+            raw_resp, sse_resp, nd_resp, ws_done = await asyncio.wait_for(asyncio.gather(*tasks), 10)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        return raw_resp, sse_resp, nd_resp, ws_done
+
+    raw, sse, nd, ws = run(main())
+    assert raw.status == 410 and raw.text == "[ERROR] The transfer on '/waiting-cancelled' was cancelled.\n"
+    events = sse_events(sse.body).events
+    assert sse.status == 200 and sse.complete
+    assert [e.type for e in events] == ["cancelled"] and json.loads(events[0].data)["ending"] == "cancelled"
+    assert b"rejected" not in sse.body
+    assert nd.status == 200 and nd.complete
+    assert nd.header("content-type") == "application/x-ndjson"
+    assert [r["end"] for r in ndjson_lines(nd.body)] == ["cancelled"]
+    assert ws.code == 4002

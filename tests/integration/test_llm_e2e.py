@@ -12,12 +12,15 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from pathlib import Path
 
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed
 
+from tests.support.eventsource import EventSourceModel
 from tests.support.externals import ensure_jq
+from tests.support.pipes import read_head
 from tests.support.servers import ROOT, Server
 
 FAKE_LLM = ROOT / "examples" / "fake_llm.py"
@@ -118,3 +121,97 @@ def test_examples_readme_shows_the_two_curls() -> None:
     readme = (ROOT / "examples" / "README.md").read_text()
     assert "python examples/fake_llm.py | curl" in readme
     assert Path(FAKE_LLM).exists()
+
+
+async def _event_source_attempt(
+    port: int, path: str, last_id: str, keep: int | None, body: bytearray | None = None
+) -> EventSourceModel:
+    """One EventSource connection: ``Last-Event-ID`` as a browser sends it on a reconnect;
+    read until ``keep`` events are dispatched (then the network drops: an abrupt close) or
+    until the stream ends. The bytes of the stream are appended to ``body`` if given."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    model = EventSourceModel()
+    body = bytearray() if body is None else body
+    try:
+        headers = ["Accept: text/event-stream", *([f"Last-Event-ID: {last_id}"] if last_id else [])]
+        writer.write(("\r\n".join([f"GET {path} HTTP/1.1", "Host: x", *headers]) + "\r\n\r\n").encode())
+        status, _ = await read_head(reader)
+        assert status == 200
+        while True:
+            size = int((await reader.readline()).split(b";")[0], 16)
+            if size == 0:
+                return model
+            chunk = await reader.readexactly(size)
+            body += chunk
+            model.feed(chunk)
+            await reader.readexactly(2)
+            if keep is not None and len(model.events) >= keep:
+                return model
+    finally:
+        writer.transport.abort()
+
+
+def test_an_event_stream_producer_keeps_resume_event_by_event(server: Server) -> None:
+    """Issue 13 item 5: ``fake_llm.py | curl -T - -H 'Content-Type: text/event-stream'`` is
+    passed through with an id on every event; an EventSource that loses its connection three
+    times and reconnects with ``Last-Event-ID`` ends with every event of the producer exactly
+    once, in order, then ``event: done``."""
+    path = f"/{uuid.uuid4().hex}"
+    args = ("--created", "1700000000")
+    expected = [block[len("data: ") :] for block in fake_llm("--rate", "0", *args).decode().split("\n\n") if block]
+    producer = shell(
+        f"{shlex.quote(sys.executable)} {shlex.quote(str(FAKE_LLM))} --rate 40 {' '.join(args)}"
+        f" | curl -sS --fail --max-time 60 -T - -H 'Content-Type: text/event-stream' {server.url}{path}"
+    )
+
+    async def reconnecting() -> tuple[list[str], list[str], list[str]]:
+        seen: list[str] = []
+        ids: list[str] = []
+        endings: list[str] = []
+        last_id = ""
+        for keep in (3, 4, 5, None):
+            model = await _event_source_attempt(server.port, path, last_id, keep)
+            for event in model.events:
+                if event.type == "message":
+                    seen.append(event.data)
+                    ids.append(event.last_event_id)
+                else:
+                    endings.append(event.type)
+            last_id = model.events[-1].last_event_id if model.events else last_id
+            await asyncio.sleep(0.1)
+        return seen, ids, endings
+
+    seen, ids, endings = asyncio.run(asyncio.wait_for(reconnecting(), TIMEOUT))
+    log = finish(producer).decode()
+    assert seen == expected
+    assert endings == ["done"]
+    offsets = [int(i.rsplit("-", 1)[1]) for i in ids]
+    assert offsets == sorted(offsets) and len(set(offsets)) == len(offsets)
+    assert "aborted" not in log
+
+
+def test_an_event_stream_reader_that_starts_inside_an_event_skips_to_the_next_one(server: Server) -> None:
+    """A resume by ``?offset=`` (not an id we issued) may fall inside a producer's event: the
+    reader starts at the next event, never with half of one (SPEC 2.1)."""
+    path = f"/{uuid.uuid4().hex}"
+    args = ("--created", "1700000000")
+    expected = [block[len("data: ") :] for block in fake_llm("--rate", "0", *args).decode().split("\n\n") if block]
+    producer = shell(
+        f"{shlex.quote(sys.executable)} {shlex.quote(str(FAKE_LLM))} --rate 40 {' '.join(args)}"
+        f" | curl -sS --fail --max-time 60 -T - -H 'Content-Type: text/event-stream' {server.url}{path}"
+    )
+
+    body = bytearray()
+
+    async def drop_then_offset() -> tuple[EventSourceModel, EventSourceModel]:
+        first = await _event_source_attempt(server.port, path, "", 5)
+        inside = int(first.events[3].last_event_id.rsplit("-", 1)[1]) - 10  # inside the 4th event
+        again = await _event_source_attempt(server.port, f"{path}?offset={inside}", "", None, body)
+        return first, again
+
+    first, again = asyncio.run(asyncio.wait_for(drop_then_offset(), TIMEOUT))
+    finish(producer)
+    assert [e.data for e in first.events[:5]] == expected[:5]
+    assert bytes(body).startswith(b"retry: 1000\n\ndata: " + expected[4].encode() + b"\nid: ")
+    assert [e.data for e in again.events if e.type == "message"] == expected[4:]
+    assert again.events[-1].type == "done"

@@ -4,16 +4,22 @@ A resumable receiver (``?resume=1``, or any reader that came with an offset) kee
 for ``reconnect_grace`` seconds after it drops; it continues with ``?offset=N``,
 ``Last-Event-ID: <epoch>-<offset>`` or ``Range: bytes=N-`` and must get exactly the
 producer's bytes, no loss, no duplicate. An offset no longer held, or of another pipe
-(wrong epoch), is answered 410.
+(wrong epoch), is answered 410 to a raw reader; an SSE or NDJSON reader is never refused for
+it: it gets the gap (the lost range), then the stream from the oldest byte held, then its
+ending (so a browser's EventSource does not reconnect in a loop).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import random
+import subprocess
 import time
-from collections.abc import AsyncIterator
+import uuid
+from collections.abc import AsyncIterator, Callable
 
+from tests.support.eventsource import EventSourceModel
 from tests.support.pipes import Response, fresh, get, pattern, put, read_head, run
 from tests.support.servers import Server, ServerFactory
 
@@ -117,7 +123,7 @@ def test_several_drops_and_resumes_get_exactly_the_producers_bytes(server: Serve
     assert log.text.endswith("[INFO] All receiver(s) was/were received successfully.\n")
 
 
-def test_offsets_not_held_and_wrong_epochs_get_410(server_factory: ServerFactory) -> None:
+def test_raw_readers_get_410_for_offsets_not_held_and_wrong_epochs(server_factory: ServerFactory) -> None:
     server = server_factory("--workers", "2", "--ring-bytes", "65536", "--replay-bytes", "16384")
     data = pattern(2_000_000, seed=3)
 
@@ -184,3 +190,98 @@ def test_a_reloaded_page_takes_the_stream_back_from_the_oldest_byte(server: Serv
     assert first.status == 200 and again.status == 200
     assert again.complete and bytes(again.body) == data
     assert log.text.endswith("[INFO] All receiver(s) was/were received successfully.\n")
+
+
+def text_lines(count: int) -> bytes:
+    return b"".join(b"line %06d of the stream\n" % i for i in range(count))
+
+
+def sse_of(body: bytes) -> EventSourceModel:
+    model = EventSourceModel()
+    model.feed(body)
+    return model
+
+
+def test_issue_example_an_older_pipes_id_gets_a_gap_then_the_stream(server: Server) -> None:
+    """Issue 13 item 2, with curl as in the issue: a reader that comes back with an id of the
+    path's previous pipe gets ``event: gap`` and the new pipe from its oldest byte, then done
+    (it used to get ``event: rejected`` 410 and an EventSource reconnected every second)."""
+    url = f"{server.url}/{uuid.uuid4().hex}"
+    first = subprocess.Popen(["curl", "-sN", "--max-time", "30", url + "?format=sse"], stdout=subprocess.PIPE)
+    time.sleep(0.5)
+    subprocess.run(["bash", "-c", f"echo old | curl -sS -T - {url} >/dev/null"], check=True, timeout=30)
+    old = sse_of(first.communicate(timeout=30)[0]).events[0].last_event_id
+    assert old.endswith("-4")
+    producer = subprocess.Popen(
+        ["bash", "-c", f'(for i in $(seq 15); do echo "token $i"; sleep 0.2; done) | curl -sS -T - {url}'],
+        stdout=subprocess.PIPE,
+    )
+    subprocess.run(["curl", "-sN", "-m", "1", "-o", "/dev/null", url + "?format=sse"], check=False, timeout=30)
+    again = subprocess.run(
+        ["curl", "-sN", "--max-time", "30", "-H", f"Last-Event-ID: {old}", url + "?format=sse"],
+        capture_output=True,
+        check=True,
+        timeout=40,
+    )
+    log = producer.communicate(timeout=30)[0].decode()
+    events = sse_of(again.stdout).events
+    assert events[0].type == "gap", again.stdout
+    assert json.loads(events[0].data) == {"from": 0, "to": 0}
+    new_epoch = events[0].last_event_id.rsplit("-", 1)[0]
+    assert new_epoch and new_epoch != old.rsplit("-", 1)[0]
+    assert "".join(e.data for e in events if e.type == "message") == "".join(f"token {i}\n" for i in range(1, 16))
+    assert events[-1].type == "done" and b"rejected" not in again.stdout
+    assert log.endswith("[INFO] All receiver(s) was/were received successfully.\n")
+
+
+def test_framed_readers_resuming_out_of_the_window_get_a_gap_then_the_oldest_bytes(
+    server_factory: ServerFactory,
+) -> None:
+    """An SSE and an NDJSON reader each drop, and come back at an offset the ring no longer
+    holds (and an NDJSON one with a foreign event id): each gets the lost range, then exactly
+    the producer's bytes from the oldest one held, then done; the producer's log never hears
+    of an abort."""
+    server = server_factory("--workers", "2", "--ring-bytes", "65536", "--replay-bytes", "16384")
+    data = text_lines(40_000)  # 1 MB of text
+
+    async def one(framing: str, comeback: Callable[[str], list[tuple[str, str]]]) -> tuple[Response, bytes]:
+        path = fresh()
+        sender = asyncio.create_task(put(server.port, path, paced(data, 8192, 0.002), [("Content-Type", "text/plain")]))
+        first = Attempt(server.port, f"{path}?format={framing}", [])
+        await first.run(300_000)  # far past the replay window
+        epoch = (await head(server.port, path))["ringpipe-epoch"]
+        await asyncio.sleep(0.2)
+        again = Attempt(server.port, f"{path}?format={framing}", comeback(epoch))
+        await again.run(None)
+        assert again.status == 200 and again.complete
+        return await sender, bytes(again.body)
+
+    async def scenario() -> list[tuple[Response, bytes]]:
+        return list(
+            await asyncio.gather(
+                one("sse", lambda epoch: [("Last-Event-ID", f"{epoch}-1000")]),
+                one("ndjson", lambda epoch: [("Last-Event-ID", f"{epoch}-1000")]),
+                one("ndjson", lambda epoch: [("Last-Event-ID", "chatcmpl-fake.7")]),
+                one("sse", lambda epoch: [("Range", "bytes=20-")]),
+            )
+        )
+
+    (sse_log, sse_body), (nd_log, nd_body), (foreign_log, foreign_body), (range_log, range_body) = run(scenario())
+    for log in (sse_log, nd_log, foreign_log, range_log):
+        assert log.text.endswith("[INFO] All receiver(s) was/were received successfully.\n"), log.text
+    events = sse_of(sse_body).events
+    assert events[0].type == "gap"
+    lost = json.loads(events[0].data)
+    assert lost["from"] == 1000 and lost["to"] > 16384
+    assert events[0].last_event_id.endswith(f"-{lost['to']}")
+    assert "".join(e.data for e in events if e.type == "message") == data[lost["to"] :].decode()
+    assert events[-1].type == "done"
+    records = [json.loads(line) for line in nd_body.splitlines()]
+    assert records[0]["gap"]["from"] == 1000 and records[0]["gap"]["to"] > 16384
+    assert "".join(r.get("data", "") for r in records) == data[records[0]["gap"]["to"] :].decode()
+    assert records[-1]["end"] == "done"
+    foreign = [json.loads(line) for line in foreign_body.splitlines()]
+    assert foreign[0]["gap"]["from"] == 0 and foreign[0]["gap"]["to"] > 16384  # an id that names no offset
+    assert "".join(r.get("data", "") for r in foreign) == data[foreign[0]["gap"]["to"] :].decode()
+    ranged = sse_of(range_body).events
+    assert json.loads(ranged[0].data)["from"] == 20 and ranged[-1].type == "done"

@@ -49,6 +49,17 @@ def test_malformed_resume_points_are_messages(query: str, headers: list[tuple[st
     assert isinstance(resume_point(scope(query, headers)), str)
 
 
+def test_a_foreign_event_id_is_a_resume_point_for_readers_that_take_gaps() -> None:
+    """An event-stream producer's own ``id:`` comes back as Last-Event-ID: it names no offset,
+    so an SSE/NDJSON reader resumes as from another pipe (SPEC 2.4: never refused)."""
+    for headers, query in [([("Last-Event-ID", "msg_01XFDUDYJgAACzvnptvVoYEL")], ""), ([], "last_event_id=a.b")]:
+        assert resume_point(scope(query, headers), takes_gaps=True) == ResumePoint(0, "", False, foreign=True)
+        assert isinstance(resume_point(scope(query, headers)), str)
+    assert resume_point(scope("offset=ten"), takes_gaps=True) == "The offset 'ten' is not a number of bytes."
+    ours = [("Last-Event-ID", "hoo2ra4ne6-1234")]
+    assert resume_point(scope(headers=ours), takes_gaps=True) == ResumePoint(1234, "hoo2ra4ne6", False)
+
+
 def test_read_keys_travel_as_digests() -> None:
     digest = hashlib.sha256(b"s3cret").hexdigest()
     assert read_key(scope(headers=[("Ringpipe-Read-Key", "s3cret")])) == digest

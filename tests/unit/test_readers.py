@@ -24,6 +24,14 @@ def scope(query: bytes = b"", accept: bytes | None = None, kind: str = "http") -
         (b"", b"text/event-stream", "websocket", ReadOptions("raw")),
         (b"format=lines", None, "websocket", ReadOptions("lines")),
         (b"format=text", None, "websocket", ReadOptions("text")),
+        (b"format=sse&sse=lines", None, "http", ReadOptions("sse", granularity="lines")),
+        (b"sse=chunks", b"text/event-stream", "http", ReadOptions("sse", granularity="chunks")),
+        (b"format=ndjson&ndjson=lines", None, "http", ReadOptions("ndjson", granularity="lines")),
+        # Each framing reads its own parameter; the other one is checked, not applied.
+        (b"format=ndjson&sse=lines", None, "http", ReadOptions("ndjson")),
+        (b"format=sse&ndjson=lines&sse=chunks", None, "http", ReadOptions("sse", granularity="chunks")),
+        (b"sse=lines", None, "http", ReadOptions("raw")),
+        (b"format=lines&sse=lines", None, "websocket", ReadOptions("lines")),
     ],
 )
 def test_options(query: bytes, accept: bytes | None, kind: str, expected: ReadOptions) -> None:
@@ -38,7 +46,32 @@ def test_options(query: bytes, accept: bytes | None, kind: str, expected: ReadOp
         (b"format=sse", "websocket", "Unknown format 'sse': use raw, lines or text."),
         (b"encoding=hex", "http", "Unknown encoding 'hex': use text or base64."),
         (b"done=anthropic", "http", "Unknown done marker 'anthropic': use openai."),
+        (b"format=sse&sse=words", "http", "Unknown sse granularity 'words': use lines or chunks."),
+        (b"format=ndjson&ndjson=line", "http", "Unknown ndjson granularity 'line': use lines or chunks."),
+        (b"format=ndjson&sse=", "http", "Unknown sse granularity '': use lines or chunks."),
     ],
 )
 def test_unknown_values_are_refused(query: bytes, kind: str, message: str) -> None:
     assert read_options(scope(query, kind=kind)) == message
+
+
+def test_framed_http_readers_take_gaps_and_the_others_do_not() -> None:
+    """SPEC 2.4: SSE and NDJSON readers are told what they lost; raw and WebSocket are not."""
+    taken = {
+        (kind, query): options.takes_gaps
+        for kind, query in [
+            ("http", b"format=sse"),
+            ("http", b"format=ndjson"),
+            ("http", b""),
+            ("websocket", b"format=lines"),
+            ("websocket", b""),
+        ]
+        if isinstance(options := read_options(scope(query, kind=kind)), ReadOptions)
+    }
+    assert taken == {
+        ("http", b"format=sse"): True,
+        ("http", b"format=ndjson"): True,
+        ("http", b""): False,
+        ("websocket", b"format=lines"): False,
+        ("websocket", b""): False,
+    }

@@ -84,6 +84,9 @@ class Join:
     resuming at that pipe offset (``epoch``: of the pipe it read, ``""`` if unknown).
     ``resumable``: a receiver that can resume, so its slot is reserved if it drops.
     ``stall_ms``: the party's ``?stall_timeout=`` in ms, -1 for the server's default.
+    ``gaps``: a reader that takes a gap (SSE, NDJSON; SPEC 2.4): a resume point no longer
+    held, or of an older pipe on the path (another epoch), is never refused for it; the
+    reader reports the lost range and reads from the oldest byte held (a raw reader gets 410).
     """
 
     party: PartyId
@@ -96,6 +99,7 @@ class Join:
     epoch: str = ""
     resumable: bool = False
     stall_ms: int = -1
+    gaps: bool = False
 
 
 @dataclass(frozen=True, slots=True)

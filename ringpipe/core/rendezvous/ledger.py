@@ -124,12 +124,12 @@ class Ledger:
     def _take_slot(self, relay: Relay, join: Join) -> list[Action]:
         """Give a reserved slot of ``relay`` to the resuming ``join`` if its offset is held
         (a resumable reader without an offset, a reloaded page, takes it from the oldest
-        byte held)."""
+        byte held; a reader that takes gaps takes it whatever its offset)."""
         party, path = join.party, relay.path
         view = self.ring_view(relay.relay_id)
         if view is None:
             return [gone(party, path, join.offset)]
-        if join.offset >= 0 and not view.oldest <= join.offset <= view.head:
+        if join.offset >= 0 and not view.oldest <= join.offset <= view.head and not join.gaps:
             return [
                 Reject(
                     party,

@@ -26,12 +26,14 @@ What the handlers do (rows in the order their conditions are checked; "est." est
 =========== ================================== ========== =============================================
 state       event                              next       actions
 =========== ================================== ========== =============================================
-free        Join(resume: offset > 0 or epoch)  free       Reject(410)
+free        Join(resume: offset > 0 or epoch)  free       Reject(410); a resume that takes gaps
+                                                          joins as a fresh party (rows below)
 free        Join(watcher)                      free       Reject(404)
 free        Join, max_pipes reached            free       Reject(503)
 free        Join(sender) / Join(receiver)      waiting    Accepted(sender, connected=None) / --
 free        Cancel / Query                     free       Answer(404)
-waiting     Join(resume: offset > 0 or epoch)  waiting    Reject(410)
+waiting     Join(resume: offset > 0 or epoch)  waiting    Reject(410); a resume that takes gaps
+                                                          joins as a fresh party (rows below)
 waiting     Join, wrong read key               waiting    Reject(403), but a keyed sender meeting
                                                           keyless readers binds its key and
                                                           turns them away (403)
@@ -55,7 +57,10 @@ est.        Join(sender or fresh receiver)     est.       Reject(400 "... establ
 est.        Join(receiver, resume N)           est.       Resume(slot) if a slot is reserved and N
                                                           is held; parked while a resumable
                                                           receiver is connected (its drop may not
-                                                          be seen yet); else Reject(410)
+                                                          be seen yet); else Reject(410); a
+                                                          resume that takes gaps takes the slot
+                                                          whatever its epoch and N (the reader
+                                                          reports the gap)
 est.|ending Leave(receiver, completed)         est.|end.  (last one) Finish(sender)
 est.        Leave(resumable receiver, aborted) est.       -- (slot reserved for reconnect_grace)
 est.|ending Leave(receiver, aborted)/Vanished  est.|end.  Detach(slot); ReceiverAborted(sender) if
@@ -247,7 +252,7 @@ class Rendezvous(Ledger):
     def _open(self, pipe: None, join: Join) -> list[Action]:
         """A join on a free path opens a waiting pipe there, unless it cannot start one."""
         party, path = join.party, join.path
-        if join.offset > 0 or join.epoch:
+        if (join.offset > 0 or join.epoch) and not join.gaps:
             return [gone(party, path, max(join.offset, 0))]
         if join.role is Role.WATCHER:
             return [Reject(party, 404, f"Nothing to watch on '{path}'.")]
@@ -260,7 +265,7 @@ class Rendezvous(Ledger):
 
     def _join_waiting(self, waiting: Waiting, join: Join) -> list[Action]:
         party, path = join.party, waiting.path
-        if join.offset > 0 or join.epoch:
+        if (join.offset > 0 or join.epoch) and not join.gaps:
             return [gone(party, path, max(join.offset, 0))]
         if not keys_match(waiting.key, join.key):
             if join.role is Role.SENDER and join.key and not waiting.key and waiting.sender is None:
@@ -367,7 +372,7 @@ class Rendezvous(Ledger):
         if join.role is Role.SENDER or (join.offset < 0 and not (join.resumable and relay.reserved)):
             return [established]
         view = self.ring_view(relay.relay_id)
-        if view is None or (join.epoch and join.epoch != view.epoch):
+        if view is None or (join.epoch and join.epoch != view.epoch and not join.gaps):
             return [gone(party, path, join.offset)]
         if not relay.reserved:
             if self.limits.reconnect_grace > 0 and relay.resumable & set(relay.slots):

@@ -10,7 +10,11 @@ and asks its ``Reader`` for what differs:
 - ``relay(consumer, start)``: the response from the transfer's start to its ending; True only
   for a complete transfer (the producer's clean end);
 - ``finish(completed)``: make an incomplete end visible (raw: close before the last chunk;
-  SSE/NDJSON: the ending, if none went out yet).
+  SSE/NDJSON: the ending, if none went out yet);
+- ``cancelled_while_waiting(message)``: a DELETE ended the pipe before its transfer started
+  (SPEC 2.3, 2.4): the cancelled ending in every framing that has one (SSE
+  ``event: cancelled``, NDJSON ``{"end":"cancelled"}``, WebSocket close 4002); a raw reader,
+  whose only endings are a clean end or a cut, gets ``410`` with the piping error text.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from starlette.types import Scope
 
 from ringpipe.core.control_frames import Start
 from ringpipe.core.errors import PeerGone
+from ringpipe.core.framing import GRANULARITIES, Granularity
 from ringpipe.core.paths import query_param
 from ringpipe.mesh.relay import HEADER_BLOCK, HEADER_MAGIC, Consumer, parse_header_block
 
@@ -32,25 +37,44 @@ __all__ = ["ReadOptions", "ReadStart", "Reader", "part_headers", "read_options"]
 
 HTTP_FORMATS: Final = ("raw", "sse", "ndjson")
 WEBSOCKET_FORMATS: Final = ("raw", "lines", "text")
+#: The framings whose readers take a gap (``event: gap``, ``{"gap":…}``) where raw ones are cut
+#: or refused with 410 (SPEC 2.4).
+GAP_FORMATS: Final = ("sse", "ndjson")
 
 
 @dataclass(frozen=True, slots=True)
 class ReadOptions:
-    """How a reader wants the pipe: ``?format=``, ``?encoding=base64``, ``?done=openai``."""
+    """How a reader wants the pipe: ``?format=``, ``?encoding=base64``, ``?done=openai``, and
+    the event granularity of its framing (``?sse=`` or ``?ndjson=``: ``lines`` or ``chunks``;
+    None: by the producer's Content-Type, ``framing.default_granularity``)."""
 
     format: str = "raw"
     base64: bool = False
     done_openai: bool = False
+    granularity: Granularity | None = None
+
+    @property
+    def takes_gaps(self) -> bool:
+        """An HTTP reader that reports lost bytes and goes on (SSE, NDJSON), never refused for them."""
+        return self.format in GAP_FORMATS
 
 
 @dataclass(frozen=True, slots=True)
 class ReadStart:
     """Where a reader joins the pipe (SPEC 2.4): a watcher, a resumed receiver (offset,
-    ``Last-Event-ID``), by ``Range`` (raw answers 206). A fresh receiver is the default."""
+    ``Last-Event-ID``), by ``Range`` (raw answers 206). A fresh receiver is the default.
+
+    ``lost``: a reader that takes gaps and resumed at a point no longer held (or of an
+    older pipe on the path) starts at the oldest byte held, and first reports these lost
+    bytes ``[from, to)``. ``aligned``: the start is known to be an event boundary of a
+    ``text/event-stream`` producer (an id we issued), so no bytes are skipped to the next one.
+    """
 
     watcher: bool = False
     resumed: bool = False
     by_range: bool = False
+    lost: tuple[int, int] | None = None
+    aligned: bool = False
 
 
 def read_options(scope: Scope) -> ReadOptions | str:
@@ -58,6 +82,8 @@ def read_options(scope: Scope) -> ReadOptions | str:
 
     HTTP: ``?format=raw|sse|ndjson`` (``Accept: text/event-stream`` means sse when ``format``
     is absent, which is what EventSource sends); WebSocket: ``?format=raw|lines|text``.
+    ``?sse=`` and ``?ndjson=`` (``lines|chunks``) are checked wherever they appear; the one
+    of the reader's framing sets its granularity.
     """
     query = scope["query_string"]
     websocket = scope["type"] == "websocket"
@@ -74,7 +100,15 @@ def read_options(scope: Scope) -> ReadOptions | str:
     done = query_param(query, "done")
     if done not in (None, "openai"):
         return f"Unknown done marker '{done}': use openai."
-    return ReadOptions(fmt, encoding == "base64", done == "openai")
+    granularity: dict[str, Granularity] = {}
+    for name in GAP_FORMATS:
+        value = query_param(query, name)
+        if value is None:
+            continue
+        if value not in GRANULARITIES:
+            return f"Unknown {name} granularity '{value}': use lines or chunks."
+        granularity[name] = "lines" if value == "lines" else "chunks"
+    return ReadOptions(fmt, encoding == "base64", done == "openai", None if websocket else granularity.get(fmt))
 
 
 class Reader(abc.ABC):
@@ -101,6 +135,12 @@ class Reader(abc.ABC):
         """After the relay (or instead of it): make an incomplete end visible to the client,
         saying ``ending`` (``errors.ENDINGS``; None: unknown, told as aborted) where the
         framing can."""
+
+    async def cancelled_while_waiting(self, message: str) -> None:
+        """The pipe was cancelled before its transfer started: the cancelled ending (the
+        framings that only have their head to go, WebSocket; see the module docstring)."""
+        del message  # the framing's ending says it
+        await self.finish(False, "cancelled")
 
 
 async def part_headers(consumer: Consumer) -> dict[str, str] | None:

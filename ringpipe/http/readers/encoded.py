@@ -97,21 +97,37 @@ class _EncodedReader(HttpReader):
         if (HEADERS_IN_RING, "1") in start.receiver_headers and consumer.offset == 0:
             part = await part_headers(consumer)
             if part is None:
-                self._begin(content_type, 0)
+                self._begin(content_type, 0, begin)
                 if not self.head_sent:
                     return False
                 await self._end("aborted", "the producer vanished")
                 return False
             content_type = part.get("content-type")
-            self._begin(content_type, consumer.offset - consumer.bytes_read)
+            lost = self._begin(content_type, consumer.offset - consumer.bytes_read, begin)
         else:
-            self._begin(content_type, consumer.offset)
+            lost = self._begin(content_type, consumer.offset, begin)
         if not self.head_sent:
             await self._start()
+        if lost:
+            await self._write(lost)
         return await self._pump(consumer)
 
-    def _begin(self, content_type: str | None, offset: int) -> None:
+    def _begin(self, content_type: str | None, offset: int, begin: ReadStart) -> bytes:
+        """A new encoder for the producer's ``content_type`` from pipe ``offset``; returns the
+        gap to report first (``begin.lost``, SPEC 2.4) or ``b""``.
+
+        The gap is encoded before ``encoder.begin``: the encoder then starts at the gap's end
+        as a fresh one would (a passed-through event stream skips to the next event boundary
+        only where the start is not aligned, never at offset 0)."""
         raise NotImplementedError
+
+    async def cancelled_while_waiting(self, message: str) -> None:
+        if self.conn.lost.is_set():
+            return
+        with contextlib.suppress(OSError):
+            if not self.head_sent:
+                await self._start()
+            await self._end("cancelled", _REASONS["cancelled"])
 
     async def _pump(self, consumer: Consumer) -> bool:
         """Chunks → encoded writes until the ending (``Consumer.commit`` meters the bytes)."""
@@ -164,7 +180,8 @@ class _EncodedReader(HttpReader):
 
 
 class SseReader(_EncodedReader):
-    """``text/event-stream``: head and ``retry`` at once, pings while idle, events per chunk."""
+    """``text/event-stream``: head and ``retry`` at once, pings while idle, events per chunk or
+    per line (``ReadOptions.granularity``), a passed-through event stream's events with ids."""
 
     content_type = b"text/event-stream"
     encoder: SseEncoder
@@ -174,11 +191,19 @@ class SseReader(_EncodedReader):
         self.encoder = SseEncoder(epoch="", base64=options.base64, done_openai=options.done_openai)
         self._epoch = ""
 
-    def _begin(self, content_type: str | None, offset: int) -> None:
+    def _begin(self, content_type: str | None, offset: int, begin: ReadStart) -> bytes:
+        options = self.options
         self.encoder = SseEncoder(
-            epoch=self._epoch, offset=offset, base64=self.options.base64, done_openai=self.options.done_openai
+            epoch=self._epoch,
+            offset=offset,
+            base64=options.base64,
+            done_openai=options.done_openai,
+            granularity=options.granularity,
+            aligned=begin.aligned,
         )
+        lost = self.encoder.gap(*begin.lost) if begin.lost else b""
         self.encoder.begin(content_type)
+        return lost
 
     async def relay(self, consumer: Consumer, start: Start, begin: ReadStart) -> bool:
         self._epoch = start.relay.epoch
@@ -223,7 +248,8 @@ class SseReader(_EncodedReader):
 
 
 class NdjsonReader(_EncodedReader):
-    """``application/x-ndjson``: the head when the transfer starts (as raw), a JSON line per chunk."""
+    """``application/x-ndjson``: the head when the transfer starts (as raw), a JSON line per
+    chunk or per producer line (``ReadOptions.granularity``)."""
 
     content_type = b"application/x-ndjson"
     encoder: NdjsonEncoder
@@ -232,6 +258,8 @@ class NdjsonReader(_EncodedReader):
         super().__init__(scope, send, options, worker=worker, heartbeat=heartbeat)
         self.encoder = NdjsonEncoder(base64=options.base64)
 
-    def _begin(self, content_type: str | None, offset: int) -> None:
-        self.encoder = NdjsonEncoder(offset=offset, base64=self.options.base64)
+    def _begin(self, content_type: str | None, offset: int, begin: ReadStart) -> bytes:
+        self.encoder = NdjsonEncoder(offset=offset, base64=self.options.base64, granularity=self.options.granularity)
+        lost = self.encoder.gap(*begin.lost) if begin.lost else b""
         self.encoder.begin(content_type)
+        return lost

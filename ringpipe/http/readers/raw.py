@@ -61,6 +61,10 @@ class HttpReader(Reader):
     async def reject(self, status: int, message: str) -> None:
         await reject(self.send, status, message)
 
+    async def cancelled_while_waiting(self, message: str) -> None:
+        # No head went out, and a raw body has no ending to say "cancelled": the error status.
+        await self.reject(410, message)
+
     async def relay(self, consumer: Consumer, start: Start, begin: ReadStart) -> bool:
         offset = consumer.offset
         relayed: list[tuple[str, str]] | None = list(start.receiver_headers)
