@@ -67,6 +67,7 @@ EXAMPLES: list[Frame] = [
     Broken(P),
     Join(P, "/w", Role.WATCHER, 1, key="ab" * 32),
     Join(P, "/r", Role.RECEIVER, 2, offset=1234, epoch="lq2x9k", resumable=True, stall_ms=1500),
+    Join(P, "/r", Role.RECEIVER, 1, offset=4, epoch="lq2x9j", resumable=True, gaps=True),
     Cancel(P, "/p", "cd" * 32),
     Query(P, "/p"),
     Stalled(P, 3),

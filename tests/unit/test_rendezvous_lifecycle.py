@@ -351,6 +351,7 @@ _joins = st.builds(
     st.sampled_from([-1, -1, -1, 0, 5, 2000]),
     st.sampled_from(["", "e1", "e2"]),
     st.booleans(),
+    gaps=st.booleans(),
 )
 _events: st.SearchStrategy[Event] = st.one_of(
     _joins,
