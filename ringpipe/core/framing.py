@@ -194,6 +194,8 @@ class _OverText:
 
     _text: _TextStream
     _lines: LineRecords | None = None
+    #: The reader's first byte starts a record (see ``LineRecords``' ``aligned``).
+    _aligned: bool = True
 
     @property
     def replaced(self) -> int:
@@ -211,7 +213,7 @@ class _OverText:
         self.granularity: Granularity = asked or default_granularity(content_type)
         self._content_type = content_type
         if self.granularity == "lines":
-            self._lines = LineRecords(offset=self._text.taken)
+            self._lines = LineRecords(offset=self._text.taken, aligned=self._aligned)
 
 
 class SseEncoder(_OverText):
@@ -299,7 +301,10 @@ class SseEncoder(_OverText):
             self._lines.jump(lost_to)
         if self._events is not None:
             self._events.jump(lost_to)
-        return self._named("gap", {"from": lost_from, "to": lost_to})
+        # In chunks any offset is a place to resume; a line or a passed-through event may go on
+        # past ``lost_to``, so there the gap leaves the reader's last id as it was.
+        with_id = self._lines is None and self._events is None
+        return self._named("gap", {"from": lost_from, "to": lost_to}, with_id=with_id)
 
     def end(self, ending: str, reason: str | None = None) -> bytes:
         """The last bytes of the stream for ``ending`` (SPEC 2.2)."""
@@ -336,8 +341,16 @@ class SseEncoder(_OverText):
 class NdjsonEncoder(_OverText):
     """Pipe bytes → NDJSON lines for one reader: one record per chunk (or per line), then the end."""
 
-    def __init__(self, *, offset: int = 0, base64: bool = False, granularity: Granularity | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        offset: int = 0,
+        base64: bool = False,
+        granularity: Granularity | None = None,
+        aligned: bool = True,
+    ) -> None:
         self.base64 = base64
+        self._aligned = aligned
         self.granularity = granularity or "chunks"
         self._asked = granularity
         self._forced_base64 = base64

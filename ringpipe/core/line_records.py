@@ -15,7 +15,12 @@ Rules (the same for SSE and NDJSON *lines*):
   bytes, at most ``max_line`` of them: a longer line goes out in pieces of that size (cut at
   a character boundary), so memory per reader stays bounded.
 - ``end_offset`` counts every byte taken up to the end of that record, line end included:
-  a reader that resumes there starts at the next line.
+  a reader that resumes there starts at the next line. A record ended by a CR that ended its
+  chunk has its offset just after the CR; so a reader resumed at any offset > 0 takes a LF
+  that opens its stream for the second half of that CRLF, not for a blank line.
+- A reader that starts at an offset that may fall inside a line (``aligned=False``: a watcher
+  at the oldest byte held, a resume after a gap) drops the bytes up to the first line end, so
+  its first record is a whole line.
 
 Invariant: ``offset == start + bytes fed`` and ``offset - len(held) ==`` the end offset of
 the last record returned (or ``start``).
@@ -46,14 +51,16 @@ def _character_boundary(data: bytes, limit: int) -> int:
 class LineRecords:
     """Splits one reader's pipe bytes into line records; see the module docstring for the rules."""
 
-    __slots__ = ("_after_cr", "_held", "_max", "offset", "replaced")
+    __slots__ = ("_after_cr", "_held", "_max", "_skip", "offset", "replaced")
 
-    def __init__(self, *, offset: int = 0, max_line: int = MAX_LINE_BYTES) -> None:
+    def __init__(self, *, offset: int = 0, max_line: int = MAX_LINE_BYTES, aligned: bool = True) -> None:
         #: Pipe offset just after the last byte fed (held bytes included).
         self.offset = offset
         self.replaced = 0
         self._held = bytearray()
-        self._after_cr = False
+        self._after_cr = offset > 0 and aligned
+        #: Dropping bytes up to the first line end (the start may be inside a line).
+        self._skip = offset > 0 and not aligned
         self._max = max_line
 
     @property
@@ -74,6 +81,14 @@ class LineRecords:
             start += 1
         if data:
             self._after_cr = False
+        if self._skip:
+            match = _LINE_END.search(data)
+            if match is None:
+                return []
+            self._skip = False
+            self._after_cr = match.group() == b"\r" and match.end() == len(data)
+            start += match.end()
+            data = data[match.end() :]
         if _LINE_END.search(data) is None:
             self._held += data
             return self._cut_long(start, 0) if len(self._held) > self._max else []
@@ -112,10 +127,12 @@ class LineRecords:
         return [record]
 
     def jump(self, to: int) -> None:
-        """Continue at pipe offset ``to`` (after a gap): the held partial line is dropped."""
+        """Continue at pipe offset ``to`` (after a gap): the held partial line is dropped, and
+        so is the rest of the line ``to`` falls in."""
         self.offset = to
         self._held = bytearray()
         self._after_cr = False
+        self._skip = True
 
     def _record(self, line: bytes, end: int) -> tuple[str, int]:
         text, replaced = decode_counting(line)

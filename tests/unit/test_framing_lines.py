@@ -184,3 +184,40 @@ def test_an_event_too_big_to_hold_goes_out_as_it_comes() -> None:
     big = b"data: " + b"x" * event_stream.MAX_EVENT_BYTES
     assert ids.feed(big) == big and not ids.between_events
     assert ids.feed(b"y\n\ndata: z\n\n") == b"y\n\ndata: z\nid: E-%d\n\n" % (len(big) + 12)
+
+
+def test_a_lines_reader_that_starts_inside_a_line_starts_at_the_next_line() -> None:
+    encoder = NdjsonEncoder(offset=4, aligned=False, granularity="lines")
+    encoder.begin("application/x-ndjson")
+    assert encoder.feed(b'":1}\n{"b":2}\n') == b'{"offset":17,"data":"{\\"b\\":2}"}\n'
+    sse = SseEncoder(epoch="E", offset=4, aligned=False)
+    sse.begin("application/x-ndjson")
+    assert sse.feed(b'":1}\n{"b":2}\n') == b'id: E-17\ndata: {"b":2}\n\n'
+
+
+def test_a_resume_after_a_crlf_split_across_chunks_adds_no_blank_record() -> None:
+    first = NdjsonEncoder(granularity="lines")
+    first.begin("text/plain")
+    assert first.feed(b"a\r") == b'{"offset":2,"data":"a"}\n'
+    resumed = NdjsonEncoder(offset=2, granularity="lines")  # at the record's offset, before the LF
+    resumed.begin("text/plain")
+    assert resumed.feed(b"\nb\n") == b'{"offset":5,"data":"b"}\n'
+
+
+def test_a_gap_in_lines_or_passthrough_leaves_the_last_id_alone() -> None:
+    for content_type in ("application/x-ndjson", "text/event-stream"):
+        encoder = SseEncoder(epoch="E")
+        encoder.begin(content_type)
+        client = EventSourceModel()
+        client.feed(encoder.gap(3, 100))
+        (gap,) = client.named("gap")
+        assert gap.last_event_id == "" and json.loads(gap.data) == {"from": 3, "to": 100}
+        # the line (or event) that ``to`` falls in is dropped: the first record is a whole one
+        out = encoder.feed(b'tail"}\n\n{"x":1}\n\n' if content_type != "text/event-stream" else b"ta: 1\n\ndata: 2\n\n")
+        client.feed(out)
+        assert [e.data for e in client.named("message")] == ['{"x":1}'] or [
+            e.data for e in client.named("message")
+        ] == ["2"]
+    chunks = SseEncoder(epoch="E")
+    chunks.begin("text/plain")
+    assert b"id: E-100" in chunks.gap(3, 100)  # in chunks any offset is a place to resume

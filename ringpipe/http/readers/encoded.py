@@ -19,7 +19,7 @@ from starlette.types import Scope, Send
 
 from ringpipe.core.control_frames import Start
 from ringpipe.core.errors import Gap, PeerGone
-from ringpipe.core.framing import RETRY, NdjsonEncoder, SseEncoder
+from ringpipe.core.framing import RETRY, NdjsonEncoder, SseEncoder, is_event_stream
 from ringpipe.http.readers.base import ReadOptions, ReadStart, part_headers
 from ringpipe.http.readers.raw import HttpReader
 from ringpipe.http.readers.wakeup_delivery import EncodedWakeupDelivery
@@ -199,11 +199,10 @@ class SseReader(_EncodedReader):
             base64=options.base64,
             done_openai=options.done_openai,
             granularity=options.granularity,
-            aligned=begin.aligned,
+            aligned=_starts_on_a_boundary(content_type, begin),
         )
-        lost = self.encoder.gap(*begin.lost) if begin.lost else b""
         self.encoder.begin(content_type)
-        return lost
+        return self.encoder.gap(*begin.lost) if begin.lost else b""
 
     async def relay(self, consumer: Consumer, start: Start, begin: ReadStart) -> bool:
         self._epoch = start.relay.epoch
@@ -259,7 +258,23 @@ class NdjsonReader(_EncodedReader):
         self.encoder = NdjsonEncoder(base64=options.base64)
 
     def _begin(self, content_type: str | None, offset: int, begin: ReadStart) -> bytes:
-        self.encoder = NdjsonEncoder(offset=offset, base64=self.options.base64, granularity=self.options.granularity)
-        lost = self.encoder.gap(*begin.lost) if begin.lost else b""
+        self.encoder = NdjsonEncoder(
+            offset=offset,
+            base64=self.options.base64,
+            granularity=self.options.granularity,
+            aligned=_starts_on_a_boundary(content_type, begin),
+        )
         self.encoder.begin(content_type)
-        return lost
+        return self.encoder.gap(*begin.lost) if begin.lost else b""
+
+
+def _starts_on_a_boundary(content_type: str | None, begin: ReadStart) -> bool:
+    """Whether the reader's first byte starts a record (a line, or a passed-through event).
+
+    A passed-through event stream's events are known only by our ids (an offset from
+    ``?offset=`` may fall inside one); a line record's end is what every other resume point
+    names. A watcher or a reader that lost bytes starts wherever the window begins.
+    """
+    if is_event_stream(content_type):
+        return begin.aligned
+    return begin.lost is None and not begin.watcher
