@@ -1,5 +1,5 @@
 """ringpipe vs piping-server 1.12.9 on loopback: throughput, fan-out, latency, many pipes, idle
-memory and a stalled reader; every byte checked.
+memory, a stalled reader and a swarm of token streams; every byte checked.
 
 The command line of ``bench/run.py``: parse the options, start the servers side by side, run
 every case against each of them, interleaved (the order flips every round), print each run as
@@ -29,6 +29,7 @@ from .measure import machine_cpu, machine_facts
 from .report import run_line, scaling_table, summarize
 from .scenarios import SCENARIOS, SWEEP_DEFAULT
 from .scenarios.base import Target
+from .scenarios.swarm import default_procs
 from .servers import Server, ServerSpec, ensure_piping, log_findings, start_server
 
 
@@ -53,6 +54,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--slow-cap", default=None, help="slow-reader: stop pushing here if nothing stalls (2GiB)")
     p.add_argument("--slow-rcvbuf", default="32KiB", help="slow-reader: SO_RCVBUF of the stalled reader (32KiB)")
     p.add_argument("--stall-settle", type=float, default=1.5, help="slow-reader: no progress for this long = stalled")
+    p.add_argument("--streams", type=int, default=None, help="swarm: concurrent token streams (500)")
+    p.add_argument("--readers", type=int, default=1, help="swarm: readers per stream, ?n= (1)")
+    p.add_argument("--rate", type=float, default=25.0, help="swarm: records per second per stream (25)")
+    p.add_argument("--records", type=int, default=None, help="swarm: records per stream (100)")
+    p.add_argument("--ramp", type=float, default=None, help="swarm: seconds over which the streams start (2)")
+    p.add_argument("--swarm-lead", type=float, default=0.2, help="swarm: readers connect this long before the producer")
+    p.add_argument("--swarm-procs", type=int, default=None, help="swarm: client processes (2..4 by nproc)")
     p.add_argument("--workers", type=int, default=None, help="ringpipe --workers (default: ringpipe's own)")
     p.add_argument(
         "--workers-sweep", default=None, help="ringpipe worker counts, e.g. 1,2,4: a scaling run (pairs,fanout)"
@@ -79,6 +87,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.idle_hold_s = args.idle_hold_s or (1.0 if q else 3.0)
     args.slow_cap = parse_size(args.slow_cap or ("512MiB" if q else "2GiB"))
     args.slow_rcvbuf = parse_size(args.slow_rcvbuf)
+    args.streams = args.streams or (50 if q else 500)
+    args.records = args.records or (20 if q else 100)
+    args.ramp = args.ramp if args.ramp is not None else (0.5 if q else 2.0)
+    args.swarm_procs = args.swarm_procs or default_procs()
     args.chunk = parse_size(args.chunk)
     args.client_procs = args.client_procs or nproc
     args.pause = 0.2 if q else 1.0
@@ -94,6 +106,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error("--chunk must be 1 B .. 1 MiB")
     if args.workers_sweep and args.workers:
         p.error("--workers and --workers-sweep exclude each other")
+    if args.readers < 1 or args.rate <= 0 or args.records < 1 or args.streams < 1:
+        p.error("--streams, --readers, --records must be >= 1 and --rate > 0")
     if any(n < 1 for n in args.fanout_n + args.latency_n) or (args.workers_sweep and min(args.workers_sweep) < 1):
         p.error("receiver and worker counts must be >= 1")
     return args

@@ -15,6 +15,7 @@ import platform
 import resource
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -175,3 +176,36 @@ def pss_bytes(pid: int) -> int | None:
 def rss_bytes(pid: int) -> int | None:
     """One process's RSS (``/proc/PID/status``), None when gone."""
     return _kib_field(f"/proc/{pid}/status", "VmRSS:")
+
+
+class MemorySampler:
+    """A process tree's memory (``tree_memory``) every ``every_s`` seconds, on a thread, while a
+    run goes on: its peak and its samples. Start it only after the run's clients are forked."""
+
+    def __init__(self, pid: int, every_s: float = 0.5) -> None:
+        self.pid = pid
+        self.every_s = every_s
+        self.samples: list[tuple[float, int]] = []  # (time.monotonic(), bytes)
+        self.kind = "PSS"
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="memory-sampler", daemon=True)
+
+    def __enter__(self) -> MemorySampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    def _run(self) -> None:
+        while True:
+            mem, kind, _ = tree_memory(self.pid)
+            self.kind = kind
+            self.samples.append((time.monotonic(), mem))
+            if self._stop.wait(self.every_s):
+                return
+
+    @property
+    def peak(self) -> int:
+        return max((m for _t, m in self.samples), default=0)

@@ -7,7 +7,8 @@ from .idle import IDLE
 from .latency import LATENCY
 from .pairs import PAIRS
 from .slow_reader import SLOW_READER
+from .swarm import SWARM
 from .transfer import FANOUT, THROUGHPUT
 
-SCENARIOS: dict[str, Scenario] = {s.name: s for s in (THROUGHPUT, FANOUT, LATENCY, PAIRS, IDLE, SLOW_READER)}
+SCENARIOS: dict[str, Scenario] = {s.name: s for s in (THROUGHPUT, FANOUT, LATENCY, PAIRS, IDLE, SLOW_READER, SWARM)}
 SWEEP_DEFAULT = ("pairs", "fanout")
