@@ -58,7 +58,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--readers", type=int, default=1, help="swarm: readers per stream, ?n= (1)")
     p.add_argument("--rate", type=float, default=25.0, help="swarm: records per second per stream (25)")
     p.add_argument("--records", type=int, default=None, help="swarm: records per stream (100)")
-    p.add_argument("--ramp", type=float, default=None, help="swarm: seconds over which the streams start (2)")
+    p.add_argument(
+        "--ramp",
+        type=float,
+        default=None,
+        help="swarm: seconds over which the streams start (2, or streams/250 if longer)",
+    )
     p.add_argument("--swarm-lead", type=float, default=0.2, help="swarm: readers connect this long before the producer")
     p.add_argument("--swarm-procs", type=int, default=None, help="swarm: client processes (2..4 by nproc)")
     p.add_argument("--workers", type=int, default=None, help="ringpipe --workers (default: ringpipe's own)")
@@ -89,7 +94,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.slow_rcvbuf = parse_size(args.slow_rcvbuf)
     args.streams = args.streams or (50 if q else 500)
     args.records = args.records or (20 if q else 100)
-    args.ramp = args.ramp if args.ramp is not None else (0.5 if q else 2.0)
+    if args.ramp is None:  # 2 s, or as long as 250 new streams per second take: no connect storm
+        args.ramp = 0.5 if q else max(2.0, args.streams / 250)
     args.swarm_procs = args.swarm_procs or default_procs()
     args.chunk = parse_size(args.chunk)
     args.client_procs = args.client_procs or nproc

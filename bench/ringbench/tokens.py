@@ -186,6 +186,9 @@ class TokenReader(_Party):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport = cast(asyncio.Transport, transport)  # uvloop's is no subclass
+        if self.finished:  # the stream failed while this party was connecting
+            transport.close()
+            return
         transport.write(
             b"GET %s HTTP/1.1\r\nHost: %s:%d\r\nUser-Agent: ringpipe-bench\r\n\r\n"
             % (self.stream.target.encode(), HOST.encode(), self.port)
@@ -310,6 +313,9 @@ class TokenProducer(_Party):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport = cast(asyncio.Transport, transport)  # uvloop's is no subclass
+        if self.finished:
+            transport.close()
+            return
         transport.write(
             b"PUT %s HTTP/1.1\r\nHost: %s:%d\r\nUser-Agent: ringpipe-bench\r\n"
             b"Content-Type: application/octet-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
