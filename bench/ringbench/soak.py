@@ -2,9 +2,11 @@
 default), with ``kill -9`` of a random worker every ``kill_every_s``; then what must hold:
 
 - the only streams that failed are those of a killed worker: a stream is *exposed* to a kill
-  when the killed slot is its path's owner or served one of its parties (``Ringpipe-Worker``),
-  and its life overlaps the kill's window (the kill -> the replacement worker ready, plus
-  ``grace_s``); every stream that was not exposed must be intact (every record checked);
+  when its life overlaps the kill's window (the kill -> the replacement worker ready, plus
+  ``grace_s``) and the killed slot is its path's owner, or served one of its parties
+  (``Ringpipe-Worker``), or may have: a party that had no response head yet at the kill sat
+  on whichever worker accepted it; every stream that was not exposed must be intact (every
+  record checked);
 - the workers' RSS is flat after warm-up: for each worker process that lived long enough, its
   RSS at its end against its RSS once warmed up (``warmup_s`` after it was first seen), less
   than ``max_growth``;
@@ -96,11 +98,12 @@ async def soak_client(
 ) -> dict[str, Any]:
     """Keep ``concurrent`` streams going until ``duration_s`` after go, then let them end.
 
-    Returns every stream as (id, path, t_open, t_end, ok, error, slots), times in seconds
-    (CLOCK_MONOTONIC), and the token latencies as a histogram."""
+    Returns every stream as (id, path, t_open, t_end, t_heads, ok, error, slots), times in
+    seconds (CLOCK_MONOTONIC; t_heads 0 if some party never got its response head), and the
+    token latencies as a histogram."""
     tally = Tally()
     hist: Counter[int] = Counter()
-    done: list[tuple[int, str, float, float, bool, str | None, str]] = []
+    done: list[tuple[int, str, float, float, float, bool, str | None, str]] = []
     interval_ns = int(1e9 / rate)
     rng = random.Random(index)
     state = {"next": 0, "live": 0}
@@ -120,7 +123,8 @@ async def soak_client(
         state["live"] -= 1
         slots = ",".join(sorted(stream.slots))
         path = stream.target.split("?", 1)[0]
-        done.append((stream.sid, path, stream.t_open / 1e9, stream.t_end / 1e9, stream.ok, stream.error, slots))
+        times = (stream.t_open / 1e9, stream.t_end / 1e9, stream.t_heads / 1e9)
+        done.append((stream.sid, path, *times, stream.ok, stream.error, slots))
         now = time.monotonic_ns()
         if now < t_stop_ns:
             start(now)
@@ -343,7 +347,7 @@ def judge(
     workers: int,
     t_go: float,
     kills: list[Kill],
-    streams: list[tuple[int, str, float, float, bool, str | None, str]],
+    streams: list[tuple[int, str, float, float, float, bool, str | None, str]],
     samples: list[tuple[float, dict[int, int]]],
     left: list[str],
     exit_code: int | None,
@@ -353,9 +357,13 @@ def judge(
     exposed_ids: set[int] = set()
     failed_exposed: list[str] = []
     failed_unexposed: list[str] = []
-    for sid, path, t_open, t_end, ok, error, slots in streams:
+    for sid, path, t_open, t_end, t_heads, ok, error, slots in streams:
         mine = {owner_of(path, workers)} | {int(s) for s in slots.split(",") if s}
-        hit = any(slot in mine and t_open <= t1 and t_end >= t0 for slot, t0, t1 in windows)
+        # a party without its response head may sit on any worker (the one that accepted it,
+        # before the hand-off to the owner): such a stream is exposed to every kill meanwhile
+        hit = any(
+            (slot in mine or not t_heads or t_heads > t0) and t_open <= t1 and t_end >= t0 for slot, t0, t1 in windows
+        )
         if hit:
             exposed_ids.add(sid)
         if not ok:
@@ -378,7 +386,7 @@ def judge(
             for k in kills
         ],
         "streams": len(streams),
-        "streams_ok": sum(1 for s in streams if s[4]),
+        "streams_ok": sum(1 for s in streams if s[5]),
         "exposed": len(exposed_ids),
         "failed_exposed": len(failed_exposed),
         "failed_unexposed": failed_unexposed[:50],

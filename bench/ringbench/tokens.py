@@ -82,6 +82,8 @@ class Stream:
     error: str | None = None
     t_end: int = 0
     slots: set[str] = field(default_factory=set)  # Ringpipe-Worker of every response seen
+    heads: int = 0  # parties whose response head arrived
+    t_heads: int = 0  # when the last of the n + 1 heads arrived: from then on, every party's worker is known
     on_end: Callable[[Stream], None] | None = None
 
     @property
@@ -155,8 +157,12 @@ class _Party(asyncio.Protocol):
             return None
         self.head = buf[:i]
         self.status = head.status
+        stream = self.stream
         if "ringpipe-worker" in head.headers:
-            self.stream.slots.add(head.headers["ringpipe-worker"])
+            stream.slots.add(head.headers["ringpipe-worker"])
+        stream.heads += 1
+        if stream.heads == stream.n + 1:
+            stream.t_heads = time.monotonic_ns()
         if head.status != 200:
             self.fail(f"HTTP {head.status} {head.reason}: {buf[i + 4 : i + 200]!r}")
             return None
