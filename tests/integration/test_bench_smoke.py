@@ -22,7 +22,7 @@ import pytest
 
 from tests.support.servers import ROOT, shm_segments
 
-SCENARIOS = ("throughput", "fanout", "latency", "pairs", "idle", "slow-reader")
+SCENARIOS = ("throughput", "fanout", "latency", "pairs", "idle", "slow-reader", "swarm")
 SERVERS = ("ringpipe", "piping-server")
 MARKER = "BENCH_SMOKE_MARKER"  # not RINGPIPE_*: the benchmark strips those from ringpipe's environment
 
@@ -109,6 +109,9 @@ def test_quick_benchmark_runs_every_scenario_on_both_servers(tmp_path: Path) -> 
             assert r["sampled_transfers"] > 0
         elif r["scenario"] == "slow-reader":
             assert r["sender_total"] and r["sender_total"] > 0
+        elif r["scenario"] == "swarm":  # every token of every stream checked at its reader
+            assert r["streams_failed"] == 0
+            assert r["tokens_delivered"] == r["tokens_expected"] == r["streams"] * r["readers"] * r["records"]
     summary = data["summary"]
     assert isinstance(summary, list)
     assert {s["scenario"] for s in summary} == set(SCENARIOS)

@@ -1,0 +1,270 @@
+"""``swarm``: S concurrent token streams (default 500), each one path with n readers; its
+producer sends T records (100) of 24 bytes at R records/s (25), each its own HTTP chunk.
+
+Stream starts are spread evenly over ``--ramp`` seconds; a stream's readers connect first, its
+producer ``--swarm-lead`` later (and never before all its readers' GETs are written). Phases
+are offset so that records do not go out in bursts: stream i's record times fall at
+``frac(i * golden ratio)`` of the record interval. Every record is checked at every reader
+(``tokens``). The streams are split over ``--swarm-procs`` client processes, each owning its
+share of streams, both ends.
+
+Measured: server CPU (whole process tree, from "go" until every client reported) per token
+delivered; token latency (every record but a stream's first, at every reader, pooled) p50 /
+p90 / p99 / max; first-token latency (record 0, which includes the pipe's setup: the producer
+does not wait for ``Start sending``); server PSS peak (sampled every 0.5 s) and its growth over
+the idle server per stream; each client process's CPU, per token it handled; streams failed.
+A run with failed streams is not ok (exit status 1), but its metrics are still tabled: the
+capacity runs (``--streams 10000 --rate 1``) are about how many streams each server served.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import resource
+import time
+import uuid
+from typing import Any
+
+from ..clients import Clients, Ctl, outcomes
+from ..common import MIB, percentile
+from ..measure import MemorySampler, Meter, cpu_self, tree_memory
+from ..tokens import Runner, Stream, Tally
+from .base import Case, Record, Scenario, Target
+
+GOLDEN = 0.6180339887498949
+GO_DELAY_S = 0.3  # "go" is sent this long before the plan's time 0, so every process is there
+
+
+def plan(streams: int, rate: float, ramp_s: float, lead_s: float) -> list[tuple[float, float, float]]:
+    """Per stream: (readers connect, producer connects, first record), seconds after time 0."""
+    interval = 1.0 / rate
+    out = []
+    for sid in range(streams):
+        t_open = ramp_s * sid / streams
+        t_put = t_open + lead_s
+        slot = (sid * GOLDEN) % 1.0 * interval
+        out.append((t_open, t_put, t_put + (slot - t_put) % interval))
+    return out
+
+
+def slack_s(records: int, rate: float) -> float:
+    """How long past its last scheduled record a run may take before its streams are failed."""
+    return 60.0 + 0.5 * records / rate
+
+
+async def swarm_client(
+    ctl: Ctl,
+    port: int,
+    streams: list[tuple[int, str, float, float, float]],
+    n: int,
+    records: int,
+    rate: float,
+) -> dict[str, Any]:
+    """Run this process's share of the plan: (stream id, target, t_open, t_put, t_first)."""
+    tally = Tally()
+    ended: list[Stream] = []
+    all_ended: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def on_end(stream: Stream) -> None:
+        ended.append(stream)
+        if len(ended) == len(streams) and not all_ended.done():
+            all_ended.set_result(None)
+
+    runner = Runner(port, tally, on_end)
+    ctl.send("ready")
+    t_go: float = await ctl.expect("go")
+    cpu0 = cpu_self()
+    base = int(t_go * 1e9)
+    interval_ns = int(1e9 / rate)
+    for sid, target, t_open, t_put, t_first in streams:
+        runner.add(
+            Stream(
+                sid,
+                target,
+                n,
+                records,
+                interval_ns,
+                base + int(t_open * 1e9),
+                base + int(t_put * 1e9),
+                base + int(t_first * 1e9),
+            )
+        )
+    last_due = max((s[4] for s in streams), default=0.0) + records / rate
+    deadline = t_go + last_due + slack_s(records, rate)
+    if streams:
+        try:
+            await asyncio.wait_for(all_ended, max(1.0, deadline - time.monotonic()))
+        except TimeoutError:
+            runner.abort("deadline")
+    t_done = time.monotonic()
+    await asyncio.sleep(0.05)  # let the last closes go out
+    failed = [s for s in ended if not s.ok]
+    return {
+        "streams": len(streams),
+        "ok": sum(1 for s in ended if s.ok),
+        "failed": len(failed) + (len(streams) - len(ended)),
+        "errors": [f"stream {s.sid}: {s.error}" for s in failed[:10]],
+        "lat": tally.lat,
+        "first": tally.first,
+        "late": tally.late,
+        "delivered": tally.delivered,
+        "sent": tally.sent,
+        "t_go": t_go,
+        "t_done": t_done,
+        "t_last_end": max((s.t_end for s in ended), default=0) / 1e9,
+        "cpu_run_s": cpu_self() - cpu0,
+    }
+
+
+def _ms(values: list[int], q: float) -> float | None:
+    v = percentile(values, q)
+    return None if v is None else v / 1e6
+
+
+def run_swarm(case: Case, target: Target, args: argparse.Namespace) -> Record:
+    streams, n, records, rate = case["streams"], case["readers"], case["records"], case["rate"]
+    procs = max(1, min(streams, args.swarm_procs))
+    tag = uuid.uuid4().hex[:10]
+    query = f"?n={n}" if n > 1 else ""
+    times = plan(streams, rate, args.ramp, args.swarm_lead)
+    shares: list[list[tuple[int, str, float, float, float]]] = [[] for _ in range(procs)]
+    for sid, (t_open, t_put, t_first) in enumerate(times):
+        shares[sid % procs].append((sid, f"/swarm-{tag}-{sid}{query}", t_open, t_put, t_first))
+    nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    conns_per_proc = max(len(s) for s in shares) * (n + 1)
+    record: dict[str, Any] = {
+        "streams": streams,
+        "readers": n,
+        "records": records,
+        "rate": rate,
+        "ramp_s": args.ramp,
+        "client_procs": procs,
+        "rlimit_nofile": nofile,
+        "client_conns_per_proc": conns_per_proc,
+        "ok": False,
+    }
+    budget = max(t[2] for t in times) + records / rate + slack_s(records, rate) + 60
+    mem0, kind, _ = tree_memory(target.pid)
+    with Clients() as cl:
+        for share in shares:
+            cl.spawn(
+                "swarm", swarm_client, fast_loop=True, port=target.port, streams=share, n=n, records=records, rate=rate
+            )
+        cl.expect_all("ready", 60)
+        with MemorySampler(target.pid) as sampler:
+            meter = Meter(target.pid)
+            t_go = time.monotonic() + GO_DELAY_S
+            cl.broadcast("go", t_go)
+            children = cl.finish(t_go + budget)
+    by_kind, proc_cpu, errors = outcomes(children)
+    parts = by_kind.get("swarm", [])
+    record.update(meter.stop(sum(proc_cpu)))
+    served = sum(p["ok"] for p in parts)
+    failed = streams - served
+    errors += [e for p in parts for e in p["errors"]][:20]
+    lat = sorted(x for p in parts for x in p["lat"])
+    first = sorted(x for p in parts for x in p["first"])
+    late = sorted(x for p in parts for x in p["late"])
+    delivered = sum(p["delivered"] for p in parts)
+    # the run's window for the clients: from time 0 of the plan to the last stream's end
+    window = max((p["t_last_end"] for p in parts), default=t_go) - t_go
+    run_cpu = [p["cpu_run_s"] for p in parts]
+    handled = [p["delivered"] + p["sent"] for p in parts]
+    us_per_token = [1e6 * c / h if h else None for c, h in zip(run_cpu, handled, strict=True)]
+    record.update(
+        errors=errors,
+        error_count=len(errors),
+        streams_served=served,
+        streams_failed=failed,
+        tokens_expected=streams * n * records,
+        tokens_delivered=delivered,
+        tokens_sent=sum(p["sent"] for p in parts),
+        client_proc_cpu_s=proc_cpu,
+        client_proc_run_cpu_s=run_cpu,
+        client_proc_us_per_token=us_per_token,
+        mem_kind=sampler.kind,
+        server_mem_before=mem0,
+        server_mem_peak=sampler.peak,
+        server_mem_samples=len(sampler.samples),
+    )
+    if parts and delivered and window > 0:
+        busiest = max(run_cpu)
+        record.update(
+            measured=True,
+            window_run_s=window,
+            cpu_us_per_token=1e6 * record["server_cpu_s"] / delivered,
+            p50_ms=_ms(lat, 0.5),
+            p90_ms=_ms(lat, 0.9),
+            p99_ms=_ms(lat, 0.99),
+            max_ms=lat[-1] / 1e6 if lat else None,
+            first_p50_ms=_ms(first, 0.5),
+            first_p99_ms=_ms(first, 0.99),
+            first_max_ms=first[-1] / 1e6 if first else None,
+            sender_late_p50_ms=_ms(late, 0.5),
+            sender_late_p99_ms=_ms(late, 0.99),
+            sender_late_max_ms=late[-1] / 1e6 if late else None,
+            pss_peak_mib=sampler.peak / MIB,
+            pss_kib_per_stream=max(0, sampler.peak - mem0) / streams / 1024,
+            client_max_proc_pct=100 * busiest / window,
+            # a client process saturates one core at this many tokens/s (sent + delivered)
+            client_limit_tokens_s=min(1e6 / u for u in us_per_token if u) if any(us_per_token) else None,
+            tokens_s=sum(handled) / window,
+        )
+    if failed == 0 and delivered == streams * n * records and not errors:
+        record.update(ok=True, verified=True)
+    elif failed:
+        errors.insert(0, f"{failed} of {streams} streams failed (served {served})")
+    elif delivered != streams * n * records:
+        errors.insert(0, f"{delivered} of {streams * n * records} tokens delivered")
+    return record
+
+
+def swarm_cases(args: argparse.Namespace) -> list[Case]:
+    rate = f"{args.rate:g}/s"
+    name = f"swarm {args.streams}x{rate} n={args.readers} T={args.records}"
+    return [
+        {
+            "name": name,
+            "scenario": "swarm",
+            "streams": args.streams,
+            "readers": args.readers,
+            "records": args.records,
+            "rate": args.rate,
+        }
+    ]
+
+
+def default_procs() -> int:
+    """2 to 4 client processes: enough that no single one is the limit on a small machine,
+    not so many that they crowd out the server on 2 cores."""
+    return max(2, min(4, os.cpu_count() or 1))
+
+
+SWARM = Scenario(
+    name="swarm",
+    metrics=[
+        ("cpu_us_per_token", "srv CPU us/token", 1),
+        ("p50_ms", "p50 ms", 3),
+        ("p90_ms", "p90 ms", 3),
+        ("p99_ms", "p99 ms", 2),
+        ("max_ms", "max ms", 1),
+        ("first_p99_ms", "1st p99 ms", 1),
+        ("pss_peak_mib", "srv PSS peak MiB", 1),
+        ("pss_kib_per_stream", "KiB/stream", 1),
+        ("client_max_proc_pct", "client max proc %", 0),
+        ("sender_late_p99_ms", "late p99 ms", 2),
+        ("streams_failed", "failed", 0),
+    ],
+    note="swarm: srv CPU us/token = the server tree's CPU from go to the last client's report / tokens\n"
+    "delivered (every reader's). p50..max: latency of every token but a stream's first, at every\n"
+    "reader (recv time - send time); 1st p99: the first token's, which includes the pipe's setup.\n"
+    "srv PSS peak: the server tree's memory ({kind}) sampled every 0.5 s; KiB/stream: (peak - idle\n"
+    "server) / streams. client max proc %: the busiest client process's CPU / the run (100% = it\n"
+    "was the limit). late p99: how far behind schedule the producers wrote. failed: streams with\n"
+    "any record lost, wrong, late to end or cut (its metrics still count what was delivered).",
+    cases=swarm_cases,
+    run=run_swarm,
+    no_ratio=frozenset({"sender_late_p99_ms", "client_max_proc_pct", "streams_failed"}),
+)
