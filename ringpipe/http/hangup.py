@@ -28,12 +28,14 @@ class HangupWatcher:
         self._callbacks: dict[int, Callable[[], None]] = {}
 
     def watch(self, fd: int, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once the peer of ``fd`` hangs up; at once (soon) if the socket is
+        already gone, a closed one included (``fd`` -1)."""
         if self._epoll is None:
             self._epoll = select.epoll()
             asyncio.get_running_loop().add_reader(self._epoll.fileno(), self._ready)
         try:
             self._epoll.register(fd, _HANGUP)
-        except OSError:  # the socket is already gone
+        except (OSError, ValueError):  # the socket is already gone (closed: its fd is -1)
             asyncio.get_running_loop().call_soon(callback)
             return
         self._callbacks[fd] = callback

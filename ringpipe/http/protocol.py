@@ -107,6 +107,8 @@ class RingpipeHttpProtocol(HttpToolsProtocol):
     #: TLS was started; the next ``connection_made`` brings the TLS transport.
     _tls_pending = False
     _refusal: _Refused | None = None
+    #: The connection became a WebSocket: no byte of it is for the HTTP parser any more.
+    _upgraded = False
     _refused = False
     #: A refusal waiting for the responses owed before it (``_refuse``).
     _deferred: _Refused | None = None
@@ -156,8 +158,8 @@ class RingpipeHttpProtocol(HttpToolsProtocol):
             self.loop.call_soon(self._keep_paused)
 
     def data_received(self, data: bytes) -> None:
-        if self._deferred is not None:
-            return  # after a parse error, nothing the client sends is a request
+        if self._deferred is not None or self._upgraded:
+            return  # after a parse error, nothing the client sends is a request; after an upgrade it is not ours
         if self.holding is not None:
             self.holding += data
             self.flow.pause_reading()
@@ -189,10 +191,10 @@ class RingpipeHttpProtocol(HttpToolsProtocol):
                     return
                 self._splitting = True
                 try:
-                    self._feed(data[:end])
+                    self._feed(data[:end], rest=data[end:])
                 finally:
                     self._splitting = False
-                if self._refused:
+                if self._refused or self._upgraded:
                     return
                 if self._framing is not None:
                     self.holding = bytearray(data[end:])
@@ -229,13 +231,18 @@ class RingpipeHttpProtocol(HttpToolsProtocol):
         self.transport.abort()  # closes our copy only: the peer's keeps the connection open
         return True
 
-    def _feed(self, data: bytes) -> None:
-        """uvicorn's ``data_received`` minus its own 400: ours is the SPEC's form (``_refuse``)."""
+    def _feed(self, data: bytes, rest: bytes = b"") -> None:
+        """uvicorn's ``data_received`` minus its own 400: ours is the SPEC's form (``_refuse``).
+
+        ``rest``: bytes read after ``data`` and not fed yet; after a WebSocket upgrade they,
+        and whatever of ``data`` follows the upgrade's head, belong to the WebSocket.
+        """
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
+        except httptools.HttpParserUpgrade as upgrade:
             if self._should_upgrade():
-                self.handle_websocket_upgrade()
+                at = upgrade.args[0] if upgrade.args and isinstance(upgrade.args[0], int) else len(data)
+                self.handle_websocket_upgrade(data[at:] + rest)
             else:  # served as a plain request; uvicorn's two warnings per read would let clients flood the log
                 log.debug("ignored an Upgrade header", extra={"client": _client(self)})
         except httptools.HttpParserError as exc:
@@ -244,6 +251,26 @@ class RingpipeHttpProtocol(HttpToolsProtocol):
                 self._refuse(refusal.status, refusal.message)
             else:
                 self._refuse(400, f"The request is malformed: {_problem(exc)}.")
+
+    def handle_websocket_upgrade(self, rest: bytes = b"") -> None:
+        """Hand the connection to the WebSocket protocol, with ``rest``, the bytes read after
+        the upgrade's head: they are the WebSocket's (its protocol drops a client that
+        speaks before the handshake), never a request for the HTTP parser."""
+        self._upgraded = True
+        self._cancel_head_timer()
+        super().handle_websocket_upgrade()
+        protocol = self.transport.get_protocol()
+        if rest and isinstance(protocol, asyncio.Protocol) and protocol is not self and not self.transport.is_closing():
+            protocol.data_received(rest)
+
+    def shutdown(self) -> None:
+        """Drain (uvicorn calls it on each connection at SIGTERM): never raises, so one broken
+        connection cannot stop the drain of the others; it is cut instead."""
+        try:
+            super().shutdown()
+        except Exception:
+            log.exception("a connection failed to shut down; cut it", extra={"client": _client(self)})
+            self.transport.abort()
 
     # -- limits --
 

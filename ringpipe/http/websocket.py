@@ -29,6 +29,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Final
 
 from starlette.types import Receive, Scope, Send
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 from ringpipe.core.control_frames import Start
 from ringpipe.core.errors import Gap, PeerGone
@@ -38,7 +39,14 @@ from ringpipe.http.responses import HEADERS_IN_RING, TEXT_HEADERS
 from ringpipe.mesh.relay import Consumer
 from ringpipe.ops import metrics
 
-__all__ = ["CLOSE_CODES", "REJECTED_BASE", "HandshakeLogFilter", "WebSocketReader", "refuse_websocket"]
+__all__ = [
+    "CLOSE_CODES",
+    "REJECTED_BASE",
+    "HandshakeLogFilter",
+    "WebSocketProtocol",
+    "WebSocketReader",
+    "refuse_websocket",
+]
 
 #: The close code per ending (SPEC 2.2).
 CLOSE_CODES: Final = {"done": 1000, "aborted": 4001, "cancelled": 4002, "lagged": 4003}
@@ -58,6 +66,32 @@ class HandshakeLogFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         return not (isinstance(record.msg, str) and record.msg.startswith('%s - "WebSocket %s"'))
+
+
+class WebSocketProtocol(WebSocketsSansIOProtocol):
+    """uvicorn's ``websockets-sansio`` protocol, safe against what a client may do to it.
+
+    - Bytes before the handshake is answered (RFC 6455, 4.1: a client sends no frame before
+      the 101; they may come in the same read as the upgrade request): ``websockets`` parses
+      them as frames and fails with no close frame sent, which uvicorn's handler asserts
+      never happens. Such a client is dropped, and the app sees ``websocket.disconnect``.
+    - ``shutdown`` (drain) never raises: a connection that cannot be shut down is cut, so
+      one broken connection cannot stop a worker's drain.
+    """
+
+    def handle_parser_exception(self) -> None:
+        if self.conn.close_sent is not None:
+            super().handle_parser_exception()
+            return
+        self.queue.put_nowait({"type": "websocket.disconnect", "code": 1002})
+        self.transport.close()
+
+    def shutdown(self) -> None:
+        try:
+            super().shutdown()
+        except Exception:
+            logging.getLogger("ringpipe.websocket").exception("a WebSocket failed to shut down; cut it")
+            self.transport.abort()
 
 
 def _reason(text: str) -> str:

@@ -41,7 +41,7 @@ from ringpipe.http.endpoints import PipeEndpoints
 from ringpipe.http.limits import EdgeLimits
 from ringpipe.http.pages import build_pages
 from ringpipe.http.protocol import RingpipeHttpProtocol
-from ringpipe.http.websocket import HandshakeLogFilter
+from ringpipe.http.websocket import HandshakeLogFilter, WebSocketProtocol
 from ringpipe.mesh.handoff import Handoff, HandoffChannel, handoff_target
 from ringpipe.mesh.worker_pipes import WorkerPipes
 from ringpipe.ops.fleet import BOOT_ERROR
@@ -191,9 +191,9 @@ def run_worker(
     config = uvicorn.Config(
         app,
         http=protocol_class,
-        # WebSocket receivers (websocket.py): pings every heartbeat, no compression (SPEC 2.7),
-        # small client messages (a receiver has nothing to say).
-        ws="websockets-sansio",
+        # WebSocket receivers (websocket.py; uvicorn's websockets-sansio protocol, hardened): pings
+        # every heartbeat, no compression (SPEC 2.7), small client messages (a receiver has nothing to say).
+        ws=WebSocketProtocol,
         ws_ping_interval=settings.heartbeat or None,
         ws_ping_timeout=max(settings.heartbeat, 20.0) if settings.heartbeat else None,
         ws_per_message_deflate=False,

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import re
+import signal
 import socket
 import threading
 import time
@@ -293,3 +295,65 @@ def test_rejections_of_parsed_requests_keep_their_form(server_factory: Callable[
     server = server_factory("--workers", "1")
     answer = ask(server.port, head("GET", "/limits-n?n=0", [("Connection", "close")], version=version))
     assert answer.startswith(f"HTTP/{version} 400 ".encode()), answer[:100]
+
+
+# ---- malformed openings: an upgrade with bytes after it, HTTP/0.9 ----
+
+UPGRADE = (
+    b"GET /ws-junk HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+    b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+)
+#: 64 bytes a client must not send before the 101: an unmasked text frame, then noise.
+JUNK = b"\x81\x05hello" + random.Random(13).randbytes(57)
+
+
+@pytest.mark.parametrize("later", [False, True], ids=["same-read", "next-read"])
+def test_bytes_after_a_websocket_upgrade_leave_the_drain_intact(
+    server_factory: Callable[..., Server], later: bool
+) -> None:
+    """Bytes a client sends after its upgrade request, before any 101 (RFC 6455 forbids
+    them), are the WebSocket's: the client is dropped, no HTTP answer is written on the
+    upgraded connection, and a later SIGTERM drains the worker cleanly: a transfer running
+    on it completes and the server exits 0."""
+    server = server_factory("--workers", "1")
+    data = pattern(MIB, seed=7)
+    got = bytearray()
+
+    def slow_receiver() -> None:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+            sock.sendall(head("GET", "/drained", [("Connection", "close")]))
+            while chunk := sock.recv(16 << 10):
+                got.extend(chunk)
+                time.sleep(0.05)
+
+    def sender() -> None:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+            sock.sendall(request("PUT", "/drained", data, [("Connection", "close")]))
+            with contextlib.suppress(OSError):
+                while sock.recv(65536):
+                    pass
+
+    threads = [threading.Thread(target=slow_receiver), threading.Thread(target=sender)]
+    threads[0].start()
+    time.sleep(0.3)
+    threads[1].start()
+    time.sleep(0.5)
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as junk:
+        junk.sendall(UPGRADE if later else UPGRADE + JUNK)
+        if later:
+            time.sleep(0.2)
+            junk.sendall(JUNK)
+        answer = b""
+        with contextlib.suppress(OSError):
+            while chunk := junk.recv(4096):
+                answer += chunk
+    assert b"HTTP/1.1 400" not in answer, answer
+    assert len(got) < len(data)  # the transfer is still running: the drain must finish it
+    server.proc.send_signal(signal.SIGTERM)
+    for thread in threads:
+        thread.join(60)
+    assert server.proc.wait(30) == 0
+    _, _, body = bytes(got).partition(b"\r\n\r\n")
+    assert body == data
+    problems = [line for line in server.raw_lines if '"level": "error"' in line or "Traceback" in line]
+    assert not problems, problems[:3]

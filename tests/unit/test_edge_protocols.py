@@ -1,0 +1,115 @@
+"""What a client can do to a worker's connections must never raise out of them: the
+WebSocket protocol given bytes before its handshake or failing to shut down, and the
+hang-up watcher given a socket that is already closed."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from typing import Any
+
+import uvicorn
+from uvicorn.server import ServerState
+
+from ringpipe.http.hangup import HangupWatcher
+from ringpipe.http.websocket import WebSocketProtocol
+
+UPGRADE = (
+    b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+    b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+)
+#: A text frame without the mask a client must put on every frame (RFC 6455, 5.1).
+UNMASKED = b"\x81\x05hello"
+
+
+class FakeTransport(asyncio.Transport):
+    """Records writes; ``broken`` makes every write fail as after ``write_eof``."""
+
+    def __init__(self, *, broken: bool = False) -> None:
+        super().__init__()
+        self.written = b""
+        self.closing = False
+        self.aborted = False
+        self.broken = broken
+
+    def write(self, data: Any) -> None:
+        if self.broken:
+            raise RuntimeError("Cannot call write() after write_eof()")
+        self.written += bytes(data)
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def close(self) -> None:
+        self.closing = True
+
+    def abort(self) -> None:
+        self.closing = self.aborted = True
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return ("127.0.0.1", 1234) if name in ("peername", "sockname") else default
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+async def _app(scope: Any, receive: Any, send: Any) -> None:
+    await receive()
+
+
+def _protocol(transport: FakeTransport) -> WebSocketProtocol:
+    config = uvicorn.Config(_app, ws=WebSocketProtocol, lifespan="off", log_config=None)
+    config.load()
+    protocol = WebSocketProtocol(config=config, server_state=ServerState(), app_state={})
+    protocol.connection_made(transport)
+    return protocol
+
+
+def test_websocket_bytes_before_the_handshake_drop_the_client() -> None:
+    async def main() -> None:
+        transport = FakeTransport()
+        protocol = _protocol(transport)
+        protocol.data_received(UPGRADE)
+        protocol.data_received(UNMASKED)  # uvicorn's own handler fails an assertion here
+        assert transport.closing
+        assert transport.written == b""  # no handshake answer: the client is just dropped
+        messages = [protocol.queue.get_nowait() for _ in range(protocol.queue.qsize())]
+        assert messages[0] == {"type": "websocket.connect"}
+        assert messages[-1]["type"] == "websocket.disconnect"
+        for task in list(protocol.tasks):
+            task.cancel()
+
+    asyncio.run(main())
+
+
+def test_websocket_shutdown_never_raises() -> None:
+    async def main() -> None:
+        transport = FakeTransport()
+        protocol = _protocol(transport)
+        protocol.data_received(UPGRADE)
+        transport.broken = True  # the handshake was never answered: uvicorn writes a 500
+        protocol.shutdown()
+        assert transport.aborted
+        for task in list(protocol.tasks):
+            task.cancel()
+
+    asyncio.run(main())
+
+
+def test_hangup_watcher_takes_a_closed_socket() -> None:
+    """A socket closed before it is watched (``fileno()`` -1) counts as hung up, at once."""
+
+    async def main() -> None:
+        watcher = HangupWatcher()
+        sock = socket.socket()
+        sock.close()
+        called = asyncio.Event()
+        watcher.watch(sock.fileno(), called.set)
+        await asyncio.wait_for(called.wait(), 1)
+        watcher.unwatch(sock.fileno())
+        watcher.close()
+
+    asyncio.run(main())
