@@ -25,6 +25,7 @@ from ringpipe.http.connection import EXTENSION, Connection
 from ringpipe.http.limits import TLS_HANDSHAKE, EdgeLimits, LingeringClose, rejection
 from ringpipe.http.rawbody import RawBody, raw_body_framing
 from ringpipe.http.tls import start_server_tls
+from ringpipe.http.uvicorn_shims import Http10StatusLine, Pipeline
 from ringpipe.mesh.handoff import Handoff
 from ringpipe.ops import metrics
 from ringpipe.shm.flag import Flag
@@ -130,7 +131,7 @@ class RingpipeHttpProtocol(HttpToolsProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         # uvicorn's deque allocates ~760 bytes up front; a list holds the (rare) pipelined requests.
-        self.pipeline = cast("deque[tuple[RequestResponseCycle, Any]]", _Pipeline())
+        self.pipeline = cast("deque[tuple[RequestResponseCycle, Any]]", Pipeline())
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -443,7 +444,7 @@ class RingpipeHttpProtocol(HttpToolsProtocol):
             # yet, so nothing waits on the event: a Flag costs a tenth of an asyncio.Event.
             cycle.message_event = cast("asyncio.Event", Flag())
         if cycle is not None and self.scope.get("http_version") == "1.0" and not cycle.response_started:
-            cycle.transport = _Http10StatusLine(cycle, self.transport)
+            cycle.transport = Http10StatusLine(cycle, self.transport)
         if self._splitting and not self.pipeline and cycle is not None and not cycle.response_complete:
             self._framing = raw_body_framing(self.scope["method"], self.headers)
         # This instance's attributes (uvicorn's ~32 and ours) outgrew the class's shared-key
@@ -531,48 +532,6 @@ class RingpipeHttpProtocol(HttpToolsProtocol):
         super().resume_writing()
         if self._rp_connection is not None:
             self._rp_connection.drained.set()
-
-
-class _Pipeline(list[tuple[RequestResponseCycle, Any]]):
-    """uvicorn's queue of pipelined requests (``appendleft`` in, ``pop`` out) as a list: an
-    empty deque is a ~760-byte block, held by every connection, and the queue is almost
-    always empty."""
-
-    __slots__ = ()
-
-    def appendleft(self, item: tuple[RequestResponseCycle, Any]) -> None:
-        self.insert(0, item)
-
-
-class _Http10StatusLine(asyncio.Transport):
-    """The transport as the response cycle of an HTTP/1.0 request sees it.
-
-    uvicorn writes ``HTTP/1.1`` in every status line; piping-server answers an HTTP/1.0
-    request with ``HTTP/1.0`` (SPEC 1.1 item 6, and clients of that age may care). This
-    rewrites the version of the head uvicorn writes (and of an interim ``100 Continue``),
-    then hands the cycle its real transport back, so the body never passes through here.
-    """
-
-    def __init__(self, cycle: RequestResponseCycle, transport: asyncio.Transport) -> None:
-        super().__init__()
-        self._cycle = cycle
-        self._transport = transport
-
-    def write(self, data: bytes | bytearray | memoryview) -> None:
-        if isinstance(data, bytes) and data.startswith(b"HTTP/1.1 "):
-            if not data.startswith(b"HTTP/1.1 1"):  # the final head: step out of the way
-                self._cycle.transport = self._transport
-            data = b"HTTP/1.0 " + data[9:]
-        self._transport.write(data)
-
-    def is_closing(self) -> bool:
-        return self._transport.is_closing()
-
-    def close(self) -> None:
-        self._transport.close()
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return self._transport.get_extra_info(name, default)
 
 
 def _head_message(limits: EdgeLimits) -> str:
