@@ -40,6 +40,7 @@ __all__ = ["RingpipeHttpProtocol"]
 log = logging.getLogger("ringpipe.connection")
 
 AT_CONNECTION_LIMIT: Final = "The server is at its connection limit."
+NO_VERSION: Final = "The request line has no HTTP version (HTTP/0.9 is not served)."
 _BLANK: Final = b"\r\n\r\n"
 
 
@@ -110,6 +111,8 @@ class RingpipeHttpProtocol(HttpToolsProtocol):
     _refusal: _Refused | None = None
     #: The connection became a WebSocket: no byte of it is for the HTTP parser any more.
     _upgraded = False
+    #: A request began and its version has not been checked yet (``_check_version``).
+    _line_open = False
     _refused = False
     #: A refusal waiting for the responses owed before it (``_refuse``).
     _deferred: _Refused | None = None
@@ -240,6 +243,11 @@ class RingpipeHttpProtocol(HttpToolsProtocol):
         """
         try:
             self.parser.feed_data(data)
+            if self._line_open and data.endswith(b"\n") and self.url and self.parser.get_http_version() == "0.0":
+                # A request line ended with no version (llhttp waits for headers): an HTTP/0.9
+                # client, which waits for an answer, not a 1.x one still sending its line.
+                self._line_open = False
+                self._refuse(400, NO_VERSION)
         except httptools.HttpParserUpgrade as upgrade:
             if self._should_upgrade():
                 at = upgrade.args[0] if upgrade.args and isinstance(upgrade.args[0], int) else len(data)
@@ -281,7 +289,17 @@ class RingpipeHttpProtocol(HttpToolsProtocol):
             self._refusal = _Refused(414, f"The request target is longer than {self.limits.max_path_bytes} bytes.")
             raise self._refusal
 
+    def _check_version(self) -> None:
+        """Refuse an HTTP/0.9 request (llhttp parses one, headers and all) before the app
+        sees it: SPEC Part 4, request-line garbage is a 400."""
+        self._line_open = False
+        if self.parser.get_http_version() == "0.9":
+            self._refusal = _Refused(400, NO_VERSION)
+            raise self._refusal
+
     def on_header(self, name: bytes, value: bytes) -> None:
+        if self._line_open:
+            self._check_version()
         super().on_header(name, value)
         self._header_sum += len(name) + len(value) + 4
         if self._header_sum > self.limits.max_header_bytes:
@@ -434,6 +452,8 @@ class RingpipeHttpProtocol(HttpToolsProtocol):
     # -- hold-back, raw body --
 
     def on_headers_complete(self) -> None:
+        if self._line_open:
+            self._check_version()
         self._cancel_head_timer()
         self._head_bytes = 0
         super().on_headers_complete()
@@ -510,6 +530,7 @@ class RingpipeHttpProtocol(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._header_sum = 0
+        self._line_open = True
         scope = cast("dict[str, Any]", self.scope)
         scope["extensions"] = {EXTENSION: self._rp_connection}
 

@@ -357,3 +357,23 @@ def test_bytes_after_a_websocket_upgrade_leave_the_drain_intact(
     assert body == data
     problems = [line for line in server.raw_lines if '"level": "error"' in line or "Traceback" in line]
     assert not problems, problems[:3]
+
+
+HTTP09 = (b"GET /x\r\n", b"GET /x\n", b"GET /version\r\n\r\n", b"GET /x\r\nHost: a\r\n\r\n", b"POST /x\r\n")
+
+
+def test_http09_request_lines_are_a_400_at_once(server_factory: Callable[..., Server]) -> None:
+    """A request line without a version (HTTP/0.9) is answered 400 at once, not left to the
+    header timeout; even a valid path (``/version``) is no 200."""
+    server = server_factory("--workers", "1", "--header-timeout", "30")
+    for opening in HTTP09:
+        started = time.monotonic()
+        answer = ask(server.port, opening, timeout=5)
+        assert_rejection(answer, 400, "The request line has no HTTP version (HTTP/0.9 is not served).")
+        assert time.monotonic() - started < 3, opening
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+        sock.sendall(b"GET /x")  # in two reads: decided when the line ends
+        time.sleep(0.2)
+        sock.sendall(b"\r\n")
+        assert sock.recv(4096).startswith(b"HTTP/1.1 400 ")
+    assert parse(ask(server.port, head("GET", "/version", [("Connection", "close")])))[0] == 200
