@@ -21,6 +21,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
+from ringpipe.core.cors import CorsPolicy
+
 if TYPE_CHECKING:
     import ssl
 
@@ -45,7 +47,8 @@ class EdgeLimits:
 
     ``header_timeout`` 0 means no deadline for a request head. ``tls`` is the server's TLS
     context when ``--ssl-certfile`` is given: the port then speaks HTTPS, and plain HTTP
-    too unless ``ssl_only``.
+    too unless ``ssl_only``. ``cors`` (``--cors-origins``) applies to the edge's own
+    answers as to every other.
     """
 
     max_header_bytes: int = 16 << 10
@@ -54,6 +57,7 @@ class EdgeLimits:
     max_connections: int = 10_000
     tls: ssl.SSLContext | None = None
     ssl_only: bool = False
+    cors: CorsPolicy = CorsPolicy(None)
 
     @classmethod
     def from_settings(cls, settings: Settings, tls: ssl.SSLContext | None) -> EdgeLimits:
@@ -64,25 +68,38 @@ class EdgeLimits:
             max_connections=settings.max_connections,
             tls=tls,
             ssl_only=settings.ssl_only,
+            cors=CorsPolicy.from_setting(settings.cors_origins),
         )
 
 
-def rejection(status: int, message: str, default_headers: list[tuple[bytes, bytes]], *, version: bytes) -> bytes:
+def rejection(
+    status: int,
+    message: str,
+    default_headers: list[tuple[bytes, bytes]],
+    *,
+    version: bytes,
+    cors: CorsPolicy | None = None,
+    origin: bytes | None = None,
+) -> bytes:
     """A whole response in the SPEC's rejection form that closes the connection.
 
     ``version`` is the status line's (``b"1.1"``, or ``b"1.0"`` for an HTTP/1.0 request);
-    ``default_headers`` are uvicorn's (the Date header).
+    ``default_headers`` are uvicorn's (the Date header). Under a ``cors`` allowlist the
+    ``Access-Control-Allow-Origin`` header follows it for the request's ``origin`` (None:
+    no Origin header, or none was parsed before the request was refused).
     """
     body = f"[ERROR] {message}\n".encode()
     phrase = http.HTTPStatus(status).phrase.encode()
-    lines = [b"HTTP/" + version + b" %d " % status + phrase]
-    lines += [name + b": " + value for name, value in default_headers]
-    lines += [
-        b"content-type: text/plain",
-        b"access-control-allow-origin: *",
-        b"content-length: %d" % len(body),
-        b"connection: close",
+    headers = [
+        *default_headers,
+        (b"content-type", b"text/plain"),
+        (b"access-control-allow-origin", b"*"),
+        (b"content-length", b"%d" % len(body)),
+        (b"connection", b"close"),
     ]
+    if cors is not None and not cors.any_origin:
+        headers = cors.rewrite(headers, origin)
+    lines = [b"HTTP/" + version + b" %d " % status + phrase, *(name + b": " + value for name, value in headers)]
     return b"\r\n".join(lines) + b"\r\n\r\n" + body
 
 

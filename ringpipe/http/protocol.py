@@ -415,7 +415,11 @@ class RingpipeHttpProtocol(HttpToolsProtocol):
         transport = self.transport
         if transport.is_closing():
             return
-        transport.write(rejection(status, message, self.server_state.default_headers, version=b"1.1"))
+        origin = next((value for name, value in self.headers or () if name == b"origin"), None)
+        answer = rejection(
+            status, message, self.server_state.default_headers, version=b"1.1", cors=self.limits.cors, origin=origin
+        )
+        transport.write(answer)
         transport.set_protocol(LingeringClose(transport, self.connection_lost))
 
     def _owed(self) -> bool:

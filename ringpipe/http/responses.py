@@ -9,6 +9,7 @@ buffer it; ringpipe never compresses a response.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from typing import Final
 
 from starlette.types import Send
@@ -36,10 +37,19 @@ OWNER_LOST: Final = "The transfer was broken: a worker process of the server die
 _MIME = re.compile(r"^\s*([^;]*)(\s*;?.*)$", re.DOTALL)
 
 
-async def reject(send: Send, status: int, message: str, *, close: bool = False, head: bool = False) -> None:
-    """Answer with the piping error form: ``[ERROR] <message>``, text/plain, CORS open."""
+async def reject(
+    send: Send,
+    status: int,
+    message: str,
+    *,
+    close: bool = False,
+    head: bool = False,
+    extra: Sequence[tuple[bytes, bytes]] = (),
+) -> None:
+    """Answer with the piping error form: ``[ERROR] <message>``, text/plain, CORS open
+    (plus ``extra`` headers, e.g. a 416's ``Content-Range``)."""
     body = f"[ERROR] {message}\n".encode()
-    headers = [*TEXT_HEADERS, (b"content-length", str(len(body)).encode())]
+    headers = [*TEXT_HEADERS, (b"content-length", str(len(body)).encode()), *extra]
     if close:
         headers.append((b"connection", b"close"))
     metrics.REJECTIONS.labels(code=str(status)).inc()

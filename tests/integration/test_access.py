@@ -435,6 +435,36 @@ def test_cors_allowlist(server_factory: ServerFactory) -> None:
     assert no_origin.status == 200 and no_origin.header("access-control-allow-origin") is None
 
 
+def test_cors_allowlist_covers_the_edge_refusals(server_factory: ServerFactory) -> None:
+    """400/414/431 answered before the app follow the allowlist like every other answer:
+    the allowed Origin (when it was read before the refusal), never ``*``."""
+    server = server_factory("--workers", "1", "--cors-origins", "https://app.example", "--max-path-bytes", "256")
+    good, evil = "https://app.example", "https://evil.example"
+
+    def refused(raw: bytes) -> Reply:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+            sock.sendall(raw)
+            return read_reply(sock)
+
+    too_big = raw_request("GET", "/x", [("Origin", good), ("X-Big", "b" * 20_000)])
+    long_target = raw_request("GET", "/" + "a" * 300, [("Origin", good)])
+    bad_header = b"GET /x HTTP/1.1\r\nOrigin: " + good.encode() + b"\r\nHost: x\r\nno colon\r\n\r\n"
+    no_version = b"GET /x\r\nOrigin: " + good.encode() + b"\r\n\r\n"
+    for raw, status, allowed in [
+        (too_big, 431, good),
+        (raw_request("GET", "/x", [("Origin", evil), ("X-Big", "b" * 20_000)]), 431, None),
+        (long_target, 414, None),  # refused in the request line, before any header was read
+        (bad_header, 400, good),
+        (no_version, 400, None),
+        (b"FOO BAR\r\n\r\n", 400, None),
+    ]:
+        reply = refused(raw)
+        assert reply.status == status, raw[:40]
+        assert reply.header("access-control-allow-origin") == allowed, raw[:40]
+        assert reply.headers["vary"] == ["Origin"]
+        assert reply.body.startswith(b"[ERROR] ")
+
+
 def test_cors_star_is_unchanged(servers: dict[str, Server]) -> None:
     reply = exchange(servers["open"].port, "GET", "/version", [("Origin", "https://evil.example")])
     assert reply.header("access-control-allow-origin") == "*" and reply.header("vary") is None

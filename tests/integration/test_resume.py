@@ -285,3 +285,38 @@ def test_framed_readers_resuming_out_of_the_window_get_a_gap_then_the_oldest_byt
     assert "".join(r.get("data", "") for r in foreign) == data[foreign[0]["gap"]["to"] :].decode()
     ranged = sse_of(range_body).events
     assert json.loads(ranged[0].data)["from"] == 20 and ranged[-1].type == "done"
+
+
+def test_a_range_at_the_end_of_a_known_length_is_416(server_factory: ServerFactory) -> None:
+    """``Range: bytes=N-`` where N is the upload's whole Content-Length: nothing is left, so
+    416 with ``Content-Range: bytes */N`` (not a 206 with an impossible range); the reader
+    holds the whole body, so the sender hears of success.
+
+    The upload is larger than what the kernel's socket buffers take (up to 4 MiB on the
+    server's side), so that the dropped reader had not been sent all of it, and smaller
+    than the ring, which then holds all of it for that reader's slot."""
+    server = server_factory("--workers", "2", "--ring-bytes", str(16 << 20))
+    data = pattern(10 << 20, seed=8)
+
+    async def scenario() -> tuple[Response, Attempt]:
+        path = fresh()
+        sender = asyncio.create_task(put(server.port, path, data))
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(f"GET {path}?resume=1 HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        status, head_lines = await read_head(reader)
+        assert status == 200 and dict(head_lines)["content-length"] == str(len(data))
+        await reader.readexactly(1000)
+        writer.transport.abort()  # dropped with most of the body unread: its slot is held
+        for _ in range(200):  # the whole upload is in the ring, held for the dropped reader
+            if (await head(server.port, path)).get("ringpipe-offset") == str(len(data)):
+                break
+            await asyncio.sleep(0.05)
+        at_end = Attempt(server.port, path, [("Range", f"bytes={len(data)}-")])
+        await at_end.run(None)
+        return await sender, at_end
+
+    log, at_end = run(scenario())
+    assert at_end.status == 416
+    assert at_end.head["content-range"] == f"bytes */{len(data)}"
+    assert at_end.head["content-type"] == "text/plain"
+    assert log.text.endswith("[INFO] All receiver(s) was/were received successfully.\n")

@@ -80,8 +80,15 @@ class HttpReader(Reader):
             relayed = _with_length(relayed, consumer.offset)
             relayed += [("ringpipe-offset", str(consumer.offset)), ("ringpipe-epoch", start.relay.epoch)]
             if begin.by_range:
-                status = 206
                 total = next((int(v) + offset for k, v in relayed if k == "content-length"), None)
+                if total is not None and offset >= total:
+                    # Nothing is left to send (RFC 9110, 15.5.17): 416 with the length. The
+                    # reader holds the whole body: its slot is done, not dropped.
+                    message = f"The range starts at byte {offset}, the end of the pipe's {total} bytes."
+                    await reject(self.send, 416, message, extra=[(b"content-range", f"bytes */{total}".encode())])
+                    self.head_sent = True
+                    return True
+                status = 206
                 last = f"{total - 1}/{total}" if total else "*/*"
                 relayed.append(("content-range", f"bytes {offset}-{last}"))
         headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in relayed]
