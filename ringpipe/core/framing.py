@@ -326,13 +326,6 @@ class SseEncoder(_OverText):
             out += self._id() + b"data: [DONE]\n\n"
         return out
 
-    def rejected(self, status: int, message: str) -> bytes:
-        """The pipe refused this reader after its head went out (e.g. a conflicting ``?n``).
-
-        No ``id``: the reader never joined a pipe, so there is nothing to resume.
-        """
-        return self._named("rejected", {"status": status, "error": message}, with_id=False)
-
     def _named(self, name: str, payload: dict[str, object], *, with_id: bool = True) -> bytes:
         data = json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
         return f"event: {name}\n".encode() + (self._id() if with_id else b"") + f"data: {data}\n\n".encode()

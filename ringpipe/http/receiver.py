@@ -1,7 +1,8 @@
 """The receiver endpoint: a GET or a WebSocket on a pipe path, as a raw ASGI callable.
 
-A receiver's life: validate → ``Join`` → (waiting: no response at all, except an SSE
-reader's head and pings) → ``Start`` → its ``Reader`` (``http.readers``, ``http.websocket``:
+A receiver's life: validate → ``Join`` → the owner's answer: a refusal (a plain HTTP answer in
+every framing, SPEC 2.4), ``Accepted`` (it waits: no response at all, except an SSE reader's
+head and pings, a WebSocket's handshake) or ``Start`` → its ``Reader`` (``http.readers``, ``http.websocket``:
 raw, SSE, NDJSON, WebSocket) relays ring → socket → clean end, or an end that says how the
 transfer broke (producer vanished, pipe cancelled, reader evicted; raw: the connection
 closed before the last chunk).
@@ -23,7 +24,7 @@ from starlette.types import Receive, Scope, Send
 
 from ringpipe.core.control_frames import Broken, Start
 from ringpipe.core.paths import query_param
-from ringpipe.core.rendezvous import Cancelled, Reject, Role
+from ringpipe.core.rendezvous import Accepted, Cancelled, Reject, Role
 from ringpipe.http.readers.base import Reader, ReadOptions, ReadStart, read_options
 from ringpipe.http.readers.encoded import NdjsonReader, SseReader
 from ringpipe.http.readers.raw import HttpReader
@@ -111,6 +112,9 @@ class ReceiverEndpoint:
             if isinstance(item, Start):
                 start = item
                 break
+            if isinstance(item, Accepted):
+                await reader.admitted()
+                continue
             if isinstance(item, Reject):
                 self.node.leave(party, completed=False)
                 await reader.reject(item.status, item.message)
@@ -127,6 +131,7 @@ class ReceiverEndpoint:
                 return
         if start is None:
             return
+        await reader.admitted()
         try:
             ring = segment.RingSegment.attach(start.relay.segment)
         except FileNotFoundError:  # the sender vanished before we attached

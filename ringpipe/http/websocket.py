@@ -11,13 +11,14 @@ ringpipe sees ASGI ``websocket.*`` messages.
 - ``?format=text``: one **text** message per chunk, as soon as it arrives (LLM tokens), a
   UTF-8 character never split, invalid bytes as U+FFFD.
 
-The handshake is accepted at once, so the reader knows it is registered and pings flow while
-it waits for the producer. How it ended is the close code (``CLOSE_CODES``): 1000 done,
-4001 aborted, 4002 cancelled, 4003 lagged (evicted, or a watcher that fell out of the
-replay window). A refusal before the handshake (bad ``?n``, unknown ``?format``) is an HTTP
-answer in the piping error form; a refusal after it (the owner's, e.g. a conflicting
-``?n``) closes with 4000 + the HTTP status (4400, 4503, ...) and ``[ERROR] <reason>``.
-Messages from the client are read (to notice it leaving) and ignored.
+The handshake is accepted once the pipe's owner admits the reader (SPEC 2.4), so every
+refusal (bad ``?n``, unknown ``?format``, the owner's: a conflicting ``?n``, an established
+path, a limit) is an HTTP answer in the piping error form, and an admitted reader knows it is
+registered and gets pings while it waits for the producer. How it ended is the close code
+(``CLOSE_CODES``): 1000 done, 4001 aborted (also a waiting reader turned away after its
+handshake, e.g. by the wait timeout, with the reason), 4002 cancelled, 4003 lagged (evicted,
+or a watcher that fell out of the replay window). Messages from the client are read (to
+notice it leaving) and ignored.
 """
 
 from __future__ import annotations
@@ -41,7 +42,6 @@ from ringpipe.ops import metrics
 
 __all__ = [
     "CLOSE_CODES",
-    "REJECTED_BASE",
     "HandshakeLogFilter",
     "WebSocketProtocol",
     "WebSocketReader",
@@ -50,8 +50,6 @@ __all__ = [
 
 #: The close code per ending (SPEC 2.2).
 CLOSE_CODES: Final = {"done": 1000, "aborted": 4001, "cancelled": 4002, "lagged": 4003}
-#: A refusal after the handshake closes with this + the HTTP status the request would get.
-REJECTED_BASE: Final = 4000
 #: A close reason is at most 123 bytes (RFC 6455, 5.5: control frames carry ≤ 125).
 _REASON_BYTES: Final = 123
 
@@ -121,16 +119,26 @@ class WebSocketReader(Reader):
     async def reject(self, status: int, message: str) -> None:
         metrics.REJECTIONS.labels(code=str(status)).inc()
         if self.accepted:
-            await self._close(REJECTED_BASE + status, f"[ERROR] {message}")
+            await self._close(CLOSE_CODES["aborted"], message)
             return
         await self._connect()
-        if self.lost:
+        if self.lost or self.closed:
             return
         body = f"[ERROR] {message}\n".encode()
         headers = [*TEXT_HEADERS, (b"content-length", str(len(body)).encode())]
-        await self.send({"type": "websocket.http.response.start", "status": status, "headers": headers})
-        await self.send({"type": "websocket.http.response.body", "body": body})
         self.closed = True
+        with contextlib.suppress(OSError):  # uvicorn's ClientDisconnected: nobody to tell
+            await self.send({"type": "websocket.http.response.start", "status": status, "headers": headers})
+            await self.send({"type": "websocket.http.response.body", "body": body})
+
+    async def admitted(self) -> None:
+        if self.accepted or self.closed or self.lost:
+            return
+        self.accepted = True
+        try:
+            await self.send({"type": "websocket.accept"})
+        except OSError:  # uvicorn's ClientDisconnected: the hang-up callback ends this reader
+            self.lost = True
 
     @contextlib.asynccontextmanager
     async def session(self, on_hangup: Callable[[], None]) -> AsyncIterator[None]:
@@ -138,9 +146,7 @@ class WebSocketReader(Reader):
         listener: asyncio.Task[None] | None = None
         if self.lost:
             asyncio.get_running_loop().call_soon(on_hangup)
-        else:
-            await self.send({"type": "websocket.accept"})
-            self.accepted = True
+        else:  # the handshake waits for the owner (``admitted``); a hang-up is noticed meanwhile
             listener = asyncio.create_task(self._listen(on_hangup))
         try:
             yield

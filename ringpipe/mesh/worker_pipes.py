@@ -69,6 +69,7 @@ from ringpipe.core.rendezvous import (
     StatusReply,
     Tick,
     TimedOut,
+    Waiting,
     WatcherStart,
     WorkerGone,
 )
@@ -331,6 +332,8 @@ class WorkerPipes:
     def on_frame(self, sender: int, frame: Frame) -> None:
         if isinstance(frame, (Join, Leave, Cancel, Query, Stalled)):
             self._apply(self.rendezvous.handle(frame, time.monotonic()))
+            if isinstance(frame, Join) and frame.role is not Role.SENDER:
+                self._admit_if_waiting(frame)
         elif isinstance(frame, Hello):
             pass
         else:
@@ -339,6 +342,19 @@ class WorkerPipes:
                 if isinstance(frame, Start):
                     metrics.party_started(party.role, party.joined)
                 party.deliver(frame)
+
+    def _admit_if_waiting(self, join: Join) -> None:
+        """Tell a receiver or watcher that now waits in a pipe that it was admitted.
+
+        The rendezvous answers a sender's join with ``Accepted`` itself; a reader that it
+        registers on a waiting pipe gets no action, so the shell says ``Accepted`` for it:
+        only then may the reader's head go out (SSE, WebSocket), and every refusal comes
+        before any head (SPEC 2.4). A reader that started at once hears ``Start``, a refused
+        one ``Reject``, a parked resume (established pipe) waits for one of the two.
+        """
+        pipe = self.rendezvous.pipes.get(join.path)
+        if isinstance(pipe, Waiting) and (join.party in pipe.receivers or join.party in pipe.watchers):
+            self.mesh.send(join.party.worker, Accepted(join.party, pipe.n, None))
 
     def on_peer_gone(self, worker: int, pid: int) -> None:
         self._apply(self.rendezvous.handle(WorkerGone(worker, pid), time.monotonic()))

@@ -305,31 +305,121 @@ def test_unknown_format_is_rejected(server: Server) -> None:
 
 
 def test_websocket_rejections(server: Server) -> None:
-    """Before the handshake: an HTTP answer; after it (owner's refusal): close code 4000 + status."""
+    """Every refusal is an HTTP answer before the handshake, the owner's too: never a 101
+    and a close (SPEC 2.4)."""
 
-    async def main() -> None:
+    async def refused(url: str) -> tuple[int, bytes]:
         from websockets.exceptions import InvalidStatus
 
-        with pytest.raises(InvalidStatus) as refused:
-            async with ws_connect(f"ws://127.0.0.1:{server.port}/wsr?n=0"):
+        with pytest.raises(InvalidStatus) as refusal:
+            async with ws_connect(url):
                 pass
-        assert refused.value.response.status_code == 400
-        assert refused.value.response.body == b"[ERROR] n should > 0, but n = 0.\n"
-        with pytest.raises(InvalidStatus) as reserved:
-            async with ws_connect(f"ws://127.0.0.1:{server.port}/help"):
-                pass
-        assert reserved.value.response.status_code == 400
-        assert reserved.value.response.body == b"[ERROR] Cannot receive from the reserved path '/help'.\n"
-        first = WsReader(f"ws://127.0.0.1:{server.port}/wsr?n=2")
+        return refusal.value.response.status_code, refusal.value.response.body or b""
+
+    async def main() -> None:
+        base = f"ws://127.0.0.1:{server.port}"
+        assert await refused(f"{base}/wsr?n=0") == (400, b"[ERROR] n should > 0, but n = 0.\n")
+        assert await refused(f"{base}/help") == (400, b"[ERROR] Cannot receive from the reserved path '/help'.\n")
+        first = WsReader(f"{base}/wsr?n=2")
         task = asyncio.create_task(first.run())
         await asyncio.wait_for(first.opened.wait(), 10)
-        await asyncio.sleep(0.3)
-        second = await WsReader(f"ws://127.0.0.1:{server.port}/wsr?n=3").run()
-        assert second.code == 4400
-        assert second.reason == "[ERROR] The number of receivers should be 2 but 3."
+        assert await refused(f"{base}/wsr?n=3") == (400, b"[ERROR] The number of receivers should be 2 but 3.\n")
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
+
+    run(main())
+
+
+async def _refusal(port: int, target: str, headers: list[tuple[str, str]] | None = None) -> Response:
+    """An SSE reader's answer, which must be a plain HTTP refusal (the piping error form)."""
+    reader = HttpReader(port, target, headers or [("Accept", "text/event-stream")])
+    resp = await asyncio.wait_for(reader.run(), 10)
+    assert resp.header("content-type") == "text/plain", (target, resp.status, resp.body)
+    assert resp.complete and resp.body.startswith(b"[ERROR] ") and b"event:" not in resp.body
+    assert resp.header("access-control-allow-origin") == "*"
+    return resp
+
+
+async def _ws_refusal(port: int, target: str) -> tuple[int, bytes]:
+    from websockets.exceptions import InvalidStatus
+
+    with pytest.raises(InvalidStatus) as refusal:
+        async with ws_connect(f"ws://127.0.0.1:{port}{target}"):
+            pass
+    return refusal.value.response.status_code, refusal.value.response.body or b""
+
+
+def test_refusals_come_before_the_head(server_factory: Callable[..., Server]) -> None:
+    """SPEC 2.4: an SSE or WebSocket reader the pipe refuses (established, ``?n`` mismatch,
+    over ``n``, a limit, nothing to watch) gets the plain HTTP status and ``[ERROR]`` body
+    (EventSource stops on a 4xx, it retries a 200 forever); an admitted reader that waits
+    still gets its head (and pings) before any producer."""
+    server = server_factory("--workers", "2", "--max-watchers", "1", "--heartbeat", "0.5")
+    port = server.port
+
+    async def main() -> None:
+        # Waiting pipe: an admitted SSE receiver and SSE watcher get their heads at once.
+        admitted = HttpReader(port, "/wait?n=2&format=sse")
+        watcher = HttpReader(port, "/wait?watch=1&format=sse")
+        ws_admitted = WsReader(f"ws://127.0.0.1:{port}/wait?n=2")
+        tasks = [asyncio.create_task(r.run()) for r in (admitted, watcher, ws_admitted)]
+        await asyncio.wait_for(asyncio.gather(admitted.head_seen.wait(), watcher.head_seen.wait()), 10)
+        await asyncio.wait_for(ws_admitted.opened.wait(), 10)
+        assert admitted.response is not None and admitted.response.status == 200
+        await asyncio.sleep(1.5)
+        assert b"".join(admitted.chunks).startswith(b"retry: 1000\n\n")
+        assert b": ping\n\n" in b"".join(admitted.chunks)
+
+        mismatch = await _refusal(port, "/wait?n=3&format=sse")
+        assert (mismatch.status, mismatch.text) == (400, "[ERROR] The number of receivers should be 2 but 3.\n")
+        full = await _refusal(port, "/wait?n=2&format=sse")  # two receivers wait already
+        assert (full.status, full.text) == (400, "[ERROR] The number of receivers has reached limits.\n")
+        assert await _ws_refusal(port, "/wait?n=2") == (400, b"[ERROR] The number of receivers has reached limits.\n")
+        too_many = await _refusal(port, "/wait?watch=1&format=sse")
+        assert (too_many.status, too_many.text) == (503, "[ERROR] '/wait' has its limit of watchers.\n")
+        assert (await _ws_refusal(port, "/wait?watch=1"))[0] == 503
+        nothing = await _refusal(port, "/nothing-here?watch=1&format=sse")
+        assert (nothing.status, nothing.text) == (404, "[ERROR] Nothing to watch on '/nothing-here'.\n")
+        assert (await _ws_refusal(port, "/nothing-here?watch=1"))[0] == 404
+
+        # Established pipe: a late reader in any framing is refused with 400, before any head.
+        log = await put(port, "/wait?n=2", paced([b"one ", b"two"], pause=0.5), [("Content-Type", "text/plain")])
+        assert log.complete
+        for resp in await asyncio.gather(*tasks[:2]):
+            assert sse_events(resp.body).text() == "one two"
+        assert b"".join(m for m in (await tasks[2]).messages if isinstance(m, bytes)) == b"one two"
+
+        running = asyncio.create_task(
+            put(port, "/est", paced([b"x"] * 20, pause=0.1), [("Content-Type", "text/plain")])
+        )
+        receiver = asyncio.create_task(HttpReader(port, "/est").run())
+        await asyncio.sleep(0.8)
+        established = "[ERROR] Connection on '/est' has been established already.\n"
+        for target, headers in [("/est?format=sse", None), ("/est", [("Accept", "text/event-stream")])]:
+            late = await _refusal(port, target, headers)
+            assert (late.status, late.text) == (400, established)
+        assert await _ws_refusal(port, "/est") == (400, established.encode())
+        await asyncio.gather(running, receiver)
+
+    run(main())
+
+
+def test_an_admitted_reader_that_times_out_gets_an_ending(server_factory: Callable[..., Server]) -> None:
+    """SPEC 2.4/2.8: after its head, a waiting reader that waits too long gets an ending
+    that says why (SSE ``event: error``, WebSocket close 4001), never ``event: rejected``."""
+    server = server_factory("--workers", "2", "--wait-timeout", "1")
+
+    async def main() -> None:
+        sse = HttpReader(server.port, "/too-long?n=2&format=sse")
+        ws = WsReader(f"ws://127.0.0.1:{server.port}/too-long?n=2")
+        resp, ws_done = await asyncio.gather(sse.run(), ws.run())
+        assert resp.status == 200 and resp.complete
+        events = sse_events(resp.body)
+        assert [e.type for e in events.events] == ["error"]
+        ending = json.loads(events.events[0].data)
+        assert ending == {"ending": "aborted", "offset": 0, "reason": "Nobody else came to '/too-long' within 1 s."}
+        assert (ws_done.code, ws_done.reason) == (4001, "Nobody else came to '/too-long' within 1 s.")
 
     run(main())
 

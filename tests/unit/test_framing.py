@@ -189,12 +189,18 @@ def test_sse_gap_says_the_lost_range_and_goes_on() -> None:
     assert client.events[-1].last_event_id == "e-102"
 
 
-def test_sse_rejection_event() -> None:
+def test_sse_ending_before_any_pipe_has_no_id() -> None:
+    """A waiting reader turned away after its head (e.g. the wait timeout) gets the aborted
+    ending with the reason, and no id: it never joined a pipe, there is nothing to resume."""
     client = EventSourceModel()
-    client.feed(SseEncoder(epoch="").rejected(400, "The number of receivers should be 1 but 2."))
-    (event,) = client.named("rejected")
-    assert json.loads(event.data) == {"status": 400, "error": "The number of receivers should be 1 but 2."}
-    assert event.last_event_id == ""  # nothing to resume
+    client.feed(SseEncoder(epoch="").end("aborted", "Nobody else came to '/p' within 300 s."))
+    (event,) = client.named("error")
+    assert json.loads(event.data) == {
+        "ending": "aborted",
+        "offset": 0,
+        "reason": "Nobody else came to '/p' within 300 s.",
+    }
+    assert event.last_event_id == ""
 
 
 @settings(max_examples=200)

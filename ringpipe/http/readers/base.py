@@ -3,10 +3,13 @@
 ``http.receiver`` runs every receiver's life the same way (join, wait, start, relay, leave)
 and asks its ``Reader`` for what differs:
 
-- ``session(on_hangup)``: the reader's connection for the whole life (hang-up callback; SSE
-  also sends its head *at once*, with ``retry: 1000``, and a ``: ping`` comment after every
-  ``heartbeat`` seconds without a write, while waiting and while idle);
-- ``reject(status, message)``: the piping error form before the head, an in-band event after;
+- ``session(on_hangup)``: the reader's connection for the whole life (hang-up callback);
+- ``admitted()``: the pipe's owner took the reader in (it waits, or the transfer starts). No
+  head goes out before that, so every refusal is a plain HTTP answer (SPEC 2.4); from then
+  on SSE has its head, with ``retry: 1000``, and a ``: ping`` comment after every
+  ``heartbeat`` seconds without a write, and a WebSocket has its handshake (and pings);
+- ``reject(status, message)``: the piping error form before the head; after it (an admitted
+  reader that waited too long, a drain) only an ending, *aborted*, saying why;
 - ``relay(consumer, start)``: the response from the transfer's start to its ending; True only
   for a complete transfer (the producer's clean end);
 - ``finish(completed)``: make an incomplete end visible (raw: close before the last chunk;
@@ -118,9 +121,13 @@ class Reader(abc.ABC):
     def session(self, on_hangup: Callable[[], None]) -> contextlib.AbstractAsyncContextManager[None]:
         """The reader's connection from its join to its leave; ``on_hangup`` once the client is gone."""
 
+    async def admitted(self) -> None:  # noqa: B027 (a hook: most framings send nothing yet)
+        """The owner admitted the reader (``Accepted`` or ``Start``); called again, it does nothing."""
+
     @abc.abstractmethod
     async def reject(self, status: int, message: str) -> None:
-        """Refuse the reader with ``status`` and the piping error text ``message``."""
+        """Refuse the reader with ``status`` and the piping error text ``message`` (after its
+        head: the *aborted* ending with ``message`` as the reason)."""
 
     @abc.abstractmethod
     async def relay(self, consumer: Consumer, start: Start, begin: ReadStart) -> bool:

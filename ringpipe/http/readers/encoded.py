@@ -161,6 +161,13 @@ class _EncodedReader(HttpReader):
                 await self._write(out)
             consumer.commit(next_seq, len(data))
 
+    async def reject(self, status: int, message: str) -> None:
+        if not self.head_sent:
+            await super().reject(status, message)
+            return
+        metrics.REJECTIONS.labels(code=str(status)).inc()
+        await self._end("aborted", message)
+
     async def finish(self, completed: bool, ending: str | None = None) -> None:
         try:
             await self._finish(completed, ending)
@@ -180,8 +187,8 @@ class _EncodedReader(HttpReader):
 
 
 class SseReader(_EncodedReader):
-    """``text/event-stream``: head and ``retry`` at once, pings while idle, events per chunk or
-    per line (``ReadOptions.granularity``), a passed-through event stream's events with ids."""
+    """``text/event-stream``: head and ``retry`` once admitted, pings while idle, events per chunk
+    or per line (``ReadOptions.granularity``), a passed-through event stream's events with ids."""
 
     content_type = b"text/event-stream"
     encoder: SseEncoder
@@ -190,6 +197,7 @@ class SseReader(_EncodedReader):
         super().__init__(scope, send, options, worker=worker, heartbeat=heartbeat)
         self.encoder = SseEncoder(epoch="", base64=options.base64, done_openai=options.done_openai)
         self._epoch = ""
+        self._beat: asyncio.Task[None] | None = None
 
     def _begin(self, content_type: str | None, offset: int, begin: ReadStart) -> bytes:
         options = self.options
@@ -208,14 +216,22 @@ class SseReader(_EncodedReader):
         self._epoch = start.relay.epoch
         return await super().relay(consumer, start, begin)
 
+    async def admitted(self) -> None:
+        if not self.head_sent:
+            await self._start()  # at once, even while the producer is still to come
+
+    async def _start(self, preamble: bytes = RETRY) -> None:
+        await super()._start(preamble)
+        if self.heartbeat > 0 and self._beat is None:
+            self._beat = asyncio.create_task(self._heartbeat())
+
     @contextlib.asynccontextmanager
     async def session(self, on_hangup: Callable[[], None]) -> AsyncIterator[None]:
         async with super().session(on_hangup):
-            await self._start(RETRY)  # at once, even while the producer is still to come
-            beat = asyncio.create_task(self._heartbeat()) if self.heartbeat > 0 else None
             try:
                 yield
             finally:
+                beat, self._beat = self._beat, None
                 if beat is not None:
                     beat.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
@@ -236,14 +252,6 @@ class SseReader(_EncodedReader):
                 await self._write(ping)
             except OSError:
                 return
-
-    async def reject(self, status: int, message: str) -> None:
-        if not self.head_sent:
-            await super().reject(status, message)
-            return
-        metrics.REJECTIONS.labels(code=str(status)).inc()
-        self.ended = True
-        await self._body(self.encoder.rejected(status, message), more=False)
 
 
 class NdjsonReader(_EncodedReader):
