@@ -341,6 +341,18 @@ async def _refusal(port: int, target: str, headers: list[tuple[str, str]] | None
     return resp
 
 
+async def _pipe_state(port: int, path: str) -> str | None:
+    """``Ringpipe-State`` of ``path`` (HEAD, SPEC 2.6); None while it is free."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(_request_head("HEAD", path, port, [("Connection", "close")], "1.1"))
+        await writer.drain()
+        _, head = await read_head(reader)
+        return dict(head).get("ringpipe-state")
+    finally:
+        writer.close()
+
+
 async def _ws_refusal(port: int, target: str) -> tuple[int, bytes]:
     from websockets.exceptions import InvalidStatus
 
@@ -359,14 +371,17 @@ def test_refusals_come_before_the_head(server_factory: Callable[..., Server]) ->
     port = server.port
 
     async def main() -> None:
-        # Waiting pipe: an admitted SSE receiver and SSE watcher get their heads at once.
+        # Waiting pipe: an admitted SSE receiver, SSE watcher and WebSocket get their heads at once.
         admitted = HttpReader(port, "/wait?n=2&format=sse")
         watcher = HttpReader(port, "/wait?watch=1&format=sse")
         ws_admitted = WsReader(f"ws://127.0.0.1:{port}/wait?n=2")
-        tasks = [asyncio.create_task(r.run()) for r in (admitted, watcher, ws_admitted)]
-        await asyncio.wait_for(asyncio.gather(admitted.head_seen.wait(), watcher.head_seen.wait()), 10)
-        await asyncio.wait_for(ws_admitted.opened.wait(), 10)
-        assert admitted.response is not None and admitted.response.status == 200
+        tasks = [asyncio.create_task(admitted.run())]
+        await asyncio.wait_for(admitted.head_seen.wait(), 10)  # the pipe waits: now there is something to watch
+        tasks += [asyncio.create_task(r.run()) for r in (watcher, ws_admitted)]
+        await asyncio.wait_for(asyncio.gather(watcher.head_seen.wait(), ws_admitted.opened.wait()), 10)
+        for sse in (admitted, watcher):
+            assert sse.response is not None and sse.response.status == 200
+            assert sse.response.header("content-type") == "text/event-stream"
         await asyncio.sleep(1.5)
         assert b"".join(admitted.chunks).startswith(b"retry: 1000\n\n")
         assert b": ping\n\n" in b"".join(admitted.chunks)
@@ -391,10 +406,11 @@ def test_refusals_come_before_the_head(server_factory: Callable[..., Server]) ->
         assert b"".join(m for m in (await tasks[2]).messages if isinstance(m, bytes)) == b"one two"
 
         running = asyncio.create_task(
-            put(port, "/est", paced([b"x"] * 20, pause=0.1), [("Content-Type", "text/plain")])
+            put(port, "/est", paced([b"x"] * 40, pause=0.1), [("Content-Type", "text/plain")])
         )
         receiver = asyncio.create_task(HttpReader(port, "/est").run())
-        await asyncio.sleep(0.8)
+        while await _pipe_state(port, "/est") != "established":
+            await asyncio.sleep(0.05)
         established = "[ERROR] Connection on '/est' has been established already.\n"
         for target, headers in [("/est?format=sse", None), ("/est", [("Accept", "text/event-stream")])]:
             late = await _refusal(port, target, headers)

@@ -295,7 +295,7 @@ def test_a_range_at_the_end_of_a_known_length_is_416(server_factory: ServerFacto
     The upload is larger than what the kernel's socket buffers take (up to 4 MiB on the
     server's side), so that the dropped reader had not been sent all of it, and smaller
     than the ring, which then holds all of it for that reader's slot."""
-    server = server_factory("--workers", "2", "--ring-bytes", str(16 << 20))
+    server = server_factory("--workers", "2", "--ring-bytes", str(16 << 20), "--reconnect-grace", "60")
     data = pattern(10 << 20, seed=8)
 
     async def scenario() -> tuple[Response, Attempt]:
