@@ -345,7 +345,7 @@ async def _pipe_state(port: int, path: str) -> str | None:
     """``Ringpipe-State`` of ``path`` (HEAD, SPEC 2.6); None while it is free."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
-        writer.write(_request_head("HEAD", path, port, [("Connection", "close")], "1.1"))
+        writer.write(request_head("HEAD", path, port, [("Connection", "close")], "1.1"))
         await writer.drain()
         _, head = await read_head(reader)
         return dict(head).get("ringpipe-state")
