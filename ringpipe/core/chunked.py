@@ -14,6 +14,7 @@ reports data beyond a chunk's size, and stops at the end of the body, so bytes a
 from __future__ import annotations
 
 import enum
+import re
 from typing import Final
 
 __all__ = ["BodyFraming", "FramingError"]
@@ -23,9 +24,12 @@ MAX_SIZE_LINE: Final = 4096
 #: Most trailer bytes we accept after the last chunk.
 MAX_TRAILERS: Final = 16 * 1024
 _HEX: Final = frozenset(b"0123456789abcdefABCDEF")
-_HEX_DIGITS: Final = b"0123456789abcdefABCDEF"
-#: Longest size line the fast path takes at once: 16 hex digits and CRLF.
-_FAST_LINE: Final = 18
+#: The common framing, taken in one step: a plain size line (at most 16 hex digits, no
+#: extensions) at the start of a line (``_SIZE``), or the CRLF that ends a chunk's data
+#: and, when it is all there, such a size line after it (``_NEXT_SIZE``). Anything else
+#: (a partial line, extensions, trailers, malformed bytes) is left to the byte-wise path.
+_SIZE: Final = re.compile(rb"([0-9A-Fa-f]{1,16})\r\n")
+_NEXT_SIZE: Final = re.compile(rb"\r\n(?:([0-9A-Fa-f]{1,16})\r\n)?")
 #: Chunks at least this large make ``framing_hint`` guess the next framing's length.
 HINT_MIN_CHUNK: Final = 4096
 
@@ -63,12 +67,13 @@ class BodyFraming:
         #: Bytes of the framing before the last chunk's data (CRLF, size line): the hint.
         self._last_frame = 0
         self._last_size = 0
+        #: The body has ended (a plain attribute: the relay asks after every read).
+        self.done = content_length == 0
+        #: ``framing_hint``, kept up to date: set when a large chunk's data ends, 0 once the
+        #: framing after it is read (a plain attribute: the relay asks before every read).
+        self.hint = 0
         if content_length == 0:
             self._state = _State.DONE
-
-    @property
-    def done(self) -> bool:
-        return self._state is _State.DONE
 
     def took_data(self, size: int) -> None:
         """``size`` data bytes were read straight into the ring (at most ``data_left``)."""
@@ -76,7 +81,7 @@ class BodyFraming:
             raise ValueError(f"took {size} data bytes with {self.data_left} left")
         self.data_left -= size
         if self.data_left == 0:
-            self._state = _State.DATA_CR if self.chunked else _State.DONE
+            self._data_ended()
 
     def framing_hint(self) -> int:
         """How many bytes the framing before the next chunk's data most likely takes; 0: no guess.
@@ -85,83 +90,99 @@ class BodyFraming:
         ``CRLF size CRLF`` as long as the last one. Reading just that much (``rawbody.py``)
         lets the next chunk's data go straight into the ring instead of partly through the
         scratch buffer. A wrong guess is harmless: fewer bytes mean one more small read,
-        more bytes are data that ``feed`` reports as usual.
+        more bytes are data that ``feed`` reports as usual. (Also ``hint``.)
         """
-        if self._state is _State.DATA_CR and self._last_size >= HINT_MIN_CHUNK:
-            return 2 + self._last_frame
-        return 0
+        return self.hint
+
+    def _data_ended(self) -> None:
+        """The chunk's data (or a Content-Length body) is all read."""
+        if not self.chunked:
+            self._state = _State.DONE
+            self.done = True
+            return
+        self._state = _State.DATA_CR
+        if self._last_size >= HINT_MIN_CHUNK:
+            self.hint = 2 + self._last_frame
 
     def feed(self, buf: bytes | bytearray | memoryview) -> tuple[list[tuple[int, int]], int]:
         """Parse ``buf``; return the ``(start, end)`` data spans in it and where parsing stopped.
 
         Parsing stops at the end of ``buf`` or just after the body's last byte (``done``).
+        A read of token-sized chunks (``size CRLF data CRLF``, one after another) takes one
+        regular-expression match and one span per chunk; other framing goes byte by byte.
 
         Raises:
             FramingError: malformed chunk framing, or a size line or trailers over the limits.
         """
-        view = memoryview(buf)
         spans: list[tuple[int, int]] = []
-        i, end = 0, len(view)
-        while i < end and self._state is not _State.DONE:
+        i, end = 0, len(buf)
+        while i < end:
             state = self._state
             if state is _State.DATA:
-                take = min(self.data_left, end - i)
+                left = self.data_left
+                take = left if left <= end - i else end - i
                 spans.append((i, i + take))
                 i += take
-                self.took_data(take)
+                left -= take
+                self.data_left = left
+                if not left:
+                    self._data_ended()
                 continue
             if state is _State.DATA_CR or (state is _State.SIZE and not self._line):
-                fast = self._fast_frame(view, i, end)
-                if fast > i:
-                    i = fast
+                match = (_NEXT_SIZE if state is _State.DATA_CR else _SIZE).match(buf, i)
+                if match is not None:  # each step ends exactly as the byte-wise path would
+                    i = match.end()
+                    self.hint = 0
+                    digits = match.group(1)
+                    if digits is None:  # just the CRLF after the data: at the start of a size line
+                        self._state, self._size, self._digits, self._line = _State.SIZE, 0, 0, 0
+                        continue
+                    size = int(digits, 16)
+                    self._last_frame = len(digits) + 2
+                    after = i + size
+                    if size and after + 2 <= end and buf[after] == 0x0D and buf[after + 1] == 0x0A:
+                        # A whole chunk and the CRLF after it (a token): one span, and at the
+                        # start of the next size line.
+                        spans.append((i, after))
+                        i = after + 2
+                        self._last_size = size
+                        self._state, self._size, self._digits, self._line = _State.SIZE, 0, 0, 0
+                        continue
+                    self._size = size
+                    self._digits = self._line = 0
+                    self._end_size_line()
                     continue
-            byte = view[i]
+            elif state is _State.DONE:
+                break
+            self._feed_byte(buf[i])
             i += 1
-            if state is _State.SIZE:
-                self._size_byte(byte)
-            elif state is _State.EXT:
-                self._count_line()
-                if byte == 0x0D:
-                    self._state = _State.SIZE_LF
-            elif state is _State.SIZE_LF:
-                self._expect_lf(byte)
-                self._last_frame = self._line + 1  # the size line, its CR counted, and LF
-                self._end_size_line()
-            elif state is _State.DATA_CR:
-                if byte != 0x0D:
-                    raise FramingError("chunk data is longer than its size")
-                self._state = _State.DATA_LF
-            elif state is _State.DATA_LF:
-                self._expect_lf(byte)
-                self._state, self._size, self._digits, self._line = _State.SIZE, 0, 0, 0
-            else:
-                self._trailer_byte(state, byte)
         return spans, i
 
+    def _feed_byte(self, byte: int) -> None:
+        """One byte of framing the fast path did not take (a partial or unusual line, trailers)."""
+        state = self._state
+        if state is _State.SIZE:
+            self._size_byte(byte)
+        elif state is _State.EXT:
+            self._count_line()
+            if byte == 0x0D:
+                self._state = _State.SIZE_LF
+        elif state is _State.SIZE_LF:
+            self._expect_lf(byte)
+            self._last_frame = self._line + 1  # the size line, its CR counted, and LF
+            self._end_size_line()
+        elif state is _State.DATA_CR:
+            if byte != 0x0D:
+                raise FramingError("chunk data is longer than its size")
+            self._state = _State.DATA_LF
+            self.hint = 0
+        elif state is _State.DATA_LF:
+            self._expect_lf(byte)
+            self._state, self._size, self._digits, self._line = _State.SIZE, 0, 0, 0
+        else:
+            self._trailer_byte(state, byte)
+
     # -- size lines --
-
-    def _fast_frame(self, view: memoryview, i: int, end: int) -> int:
-        """Take a whole ``[CRLF] size CRLF`` at ``i`` in one step (the common case: plain hex,
-        no extensions); return where it ends, or ``i`` to let the byte-wise path decide.
-
-        Only called at the start of a size line (``SIZE`` with nothing counted) or right
-        after a chunk's data (``DATA_CR``); it changes state only for a complete, valid
-        line, exactly as the byte-wise path would, so malformed input still raises there.
-        """
-        start = i
-        if self._state is _State.DATA_CR:
-            if end - i < 2 or view[i] != 0x0D or view[i + 1] != 0x0A:
-                return start
-            i += 2
-        head = bytes(view[i : min(end, i + _FAST_LINE)])
-        j = head.find(b"\r\n")
-        if j <= 0 or head[:j].translate(None, _HEX_DIGITS):
-            return start
-        self._size = int(head[:j], 16)
-        self._digits = self._line = 0
-        self._last_frame = j + 2
-        self._end_size_line()
-        return i + j + 2
 
     def _size_byte(self, byte: int) -> None:
         self._count_line()
@@ -207,6 +228,7 @@ class BodyFraming:
         else:  # LAST_LF
             self._expect_lf(byte)
             self._state = _State.DONE
+            self.done = True
 
     @staticmethod
     def _expect_lf(byte: int) -> None:

@@ -62,12 +62,17 @@ class Plan(NamedTuple):
         return self.next_seq - self.seq
 
 
+#: ``tuple.__new__``: a span or plan built without running the named tuple's Python-level
+#: ``__new__`` (the relay plans a read and a write per token).
+_new = tuple.__new__
+
+
 def _spans(seq: int, size: int, capacity: int) -> tuple[Span, ...]:
     start = seq & (capacity - 1)
-    first = min(size, capacity - start)
-    if first == size:
-        return (Span(start, size),)
-    return (Span(start, first), Span(0, size - first))
+    first = capacity - start
+    if size <= first:
+        return (_new(Span, (start, size)),)
+    return (_new(Span, (start, first)), _new(Span, (0, size - first)))
 
 
 def _check_capacity(capacity: int) -> None:
@@ -89,15 +94,16 @@ def plan_write(*, write_seq: int, slowest_read_seq: int, capacity: int, size: in
         WouldBlock: the ring is full; wait until the slowest reader advances, then retry.
         ValueError: the arguments break an invariant (a bug in the caller).
     """
-    _check_capacity(capacity)
+    if capacity <= 0 or capacity & (capacity - 1):
+        _check_capacity(capacity)
     used = write_seq - slowest_read_seq
     if size <= 0 or not 0 <= used <= capacity:
         raise ValueError(f"bad write request: size={size}, used={used}, capacity={capacity}")
     room = capacity - used
     if room == 0:
         raise WouldBlock("ring full")
-    take = min(size, room)
-    return Plan(_spans(write_seq, take, capacity), write_seq, write_seq + take)
+    take = size if size <= room else room
+    return _new(Plan, (_spans(write_seq, take, capacity), write_seq, write_seq + take))
 
 
 def plan_read(*, read_seq: int, write_seq: int, capacity: int, limit: int) -> Plan:
@@ -107,14 +113,15 @@ def plan_read(*, read_seq: int, write_seq: int, capacity: int, limit: int) -> Pl
         WouldBlock: nothing new is published; wait for the writer, then retry.
         ValueError: the arguments break an invariant (a bug in the caller).
     """
-    _check_capacity(capacity)
+    if capacity <= 0 or capacity & (capacity - 1):
+        _check_capacity(capacity)
     ready = write_seq - read_seq
     if limit <= 0 or not 0 <= ready <= capacity:
         raise ValueError(f"bad read request: limit={limit}, ready={ready}, capacity={capacity}")
     if ready == 0:
         raise WouldBlock("nothing published")
-    take = min(limit, ready)
-    return Plan(_spans(read_seq, take, capacity), read_seq, read_seq + take)
+    take = limit if limit <= ready else ready
+    return _new(Plan, (_spans(read_seq, take, capacity), read_seq, read_seq + take))
 
 
 def slowest(write_seq: int, read_seqs: Iterable[int]) -> int:

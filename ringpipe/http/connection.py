@@ -72,7 +72,7 @@ class BodySink(Protocol):
 class Connection:
     """One client connection, as the pipe endpoints see it."""
 
-    __slots__ = ("_when_lost", "drained", "lost", "protocol", "sink", "tls", "transport", "unframed")
+    __slots__ = ("_fd", "_when_lost", "drained", "lost", "protocol", "sink", "tls", "transport", "unframed")
 
     def __init__(self, transport: asyncio.Transport, protocol: HttpProtocol, *, tls: bool = False) -> None:
         self.transport = transport
@@ -86,6 +86,8 @@ class Connection:
         self.drained = Flag(True)
         self.sink: BodySink | None = None
         self._when_lost: list[Callable[[], None]] = []
+        #: The socket's descriptor, looked up once (see ``fileno``).
+        self._fd: int | None = None
 
     def call_when_lost(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` once the connection is gone (at once if it already is)."""
@@ -108,9 +110,16 @@ class Connection:
 
     def fileno(self) -> int:
         """The socket's descriptor, for watching it (``hangup.HangupWatcher``); never write to it
-        directly when ``tls`` is set. A TLS transport names its underlying socket."""
-        sock = self.transport.get_extra_info("socket")
-        return -1 if sock is None else int(sock.fileno())
+        directly when ``tls`` is set. A TLS transport names its underlying socket.
+
+        Looked up once: a transport keeps its socket for life. The number may name another
+        socket once the transport has closed it, so a write checks ``is_closing`` first.
+        """
+        fd = self._fd
+        if fd is None:
+            sock = self.transport.get_extra_info("socket")
+            fd = self._fd = -1 if sock is None else int(sock.fileno())
+        return fd
 
     def write_raw(self, data: bytes) -> None:
         """Write bytes outside the ASGI response (``HTTP/1.1 100 Continue``)."""
@@ -188,6 +197,8 @@ class Connection:
             self.transport.write(b"".join(parts))
             await self._wait_drained()
             return
+        if self.transport.is_closing():  # closed while we waited: its descriptor may be another socket's
+            raise ConnectionResetError("client connection is closing")
         if not self._writev(parts, total):
             await self._wait_drained()
 
@@ -204,7 +215,8 @@ class Connection:
         Raises:
             ConnectionResetError: the client is gone.
         """
-        if not self.can_write_now():
+        transport = self.transport  # ``can_write_now``, inlined: this runs per token
+        if self.tls or self.lost.is_set() or transport.is_closing() or transport.get_write_buffer_size():
             return None
         return self._writev(parts, total)
 
@@ -215,9 +227,11 @@ class Connection:
 
     def _writev(self, parts: list[memoryview | bytes], total: int) -> bool:
         """One ``writev``; what the kernel did not take goes, copied, to the transport.
-        True when the kernel took everything."""
+        True when the kernel took everything. The caller has checked that the transport is
+        not closing (else the descriptor may be closed, or another socket's by now)."""
+        fd = self._fd
         try:
-            written = os.writev(self.fileno(), parts)
+            written = os.writev(self.fileno() if fd is None else fd, parts)
         except BlockingIOError:
             written = 0
         except OSError as exc:

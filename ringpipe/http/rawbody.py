@@ -66,7 +66,7 @@ class RawBody(asyncio.BufferedProtocol):
         self.http = http
         self.ingest = ingest
         self.framing = framing
-        self._scratch = bytearray(SCRATCH_BYTES)
+        self._scratch = memoryview(bytearray(SCRATCH_BYTES))
         self._span: memoryview | None = None
         self._finished = False
         #: The framing broke: ``ingest`` heard ``lost`` (with ``error`` set); input is dropped.
@@ -83,16 +83,17 @@ class RawBody(asyncio.BufferedProtocol):
     # -- asyncio.BufferedProtocol --
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        ingest = self.ingest
-        if self.framing.data_left and not ingest.pending and not ingest.moving and not self._finished:
-            span = ingest.producer.free_span(self.framing.data_left)
-            if span is not None:
-                self._span = span
-                return span
-        hint = self.framing.framing_hint()
-        if hint and not self._finished:  # just the framing, so the next chunk lands in the ring whole
-            return memoryview(self._scratch)[:hint]
-        return memoryview(self._scratch)
+        framing = self.framing
+        if framing.data_left:
+            ingest = self.ingest
+            if not ingest.pending and not ingest.moving and not self._finished:
+                span = ingest.producer.free_span(framing.data_left)
+                if span is not None:
+                    self._span = span
+                    return span
+        if framing.hint and not self._finished:  # just the framing, so the next chunk lands in the ring whole
+            return self._scratch[: framing.hint]
+        return self._scratch
 
     def buffer_updated(self, nbytes: int) -> None:
         span, self._span = self._span, None
@@ -104,8 +105,7 @@ class RawBody(asyncio.BufferedProtocol):
             if self.framing.done:
                 self._finish(b"")
             return
-        with memoryview(self._scratch) as scratch:
-            self._framing_bytes(scratch[:nbytes])
+        self._framing_bytes(self._scratch[:nbytes])
 
     def eof_received(self) -> bool:
         if not self._finished:  # the client shut its side before the body ended
@@ -142,8 +142,11 @@ class RawBody(asyncio.BufferedProtocol):
             self.ingest.error = f"The request body is malformed: {exc}."
             self.ingest.lost()
             return
-        for start, end in spans:
-            self.ingest.feed(bytes(view[start:end]))
+        if len(spans) == 1:  # data goes to the ring straight from the read (``feed`` copies what it keeps)
+            start, end = spans[0]
+            self.ingest.feed(view[start:end])
+        elif spans:  # several chunks in one read: one write into the ring, one wake-up of the readers
+            self.ingest.feed(b"".join([view[start:end] for start, end in spans]))
         if self.framing.done:
             self._finish(bytes(view[used:]))
 

@@ -6,16 +6,15 @@ slows the uploader. A consumer commits its ``read_seq`` only once the kernel has
 it sent from the ring, so a receiver whose socket is backed up holds the writer back.
 
 Wait strategy: a side that finds nothing to do sets its *waiting* word in the ring header,
-re-checks, and sleeps on a local future. The other side wakes it after publishing, locally if
-both live in this worker, else with a datagram (``wakeup.py``). Because a
-wake-up can in theory be missed (see ``segment.py``), every sleep has a timeout that backs off
-from 0.1 s to 1 s: a missed wake costs latency, never a hang, and an idle relay wakes at
-most once a second.
+re-checks, and sleeps on a local future (``sleeper.py``). The other side wakes it after
+publishing, locally if both live in this worker, else with a datagram (``wakeup.py``).
+Because a wake-up can in theory be missed (see ``segment.py``), every sleep has a timeout
+that backs off from 0.1 s to 1 s: a missed wake costs latency, never a hang, and an idle
+relay wakes at most once a second.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import struct
@@ -28,6 +27,7 @@ import anyio
 from ringpipe.core.control_frames import RelayInfo
 from ringpipe.core.errors import Gap, PeerGone, WouldBlock
 from ringpipe.core.multipart import FirstPart, MultipartError
+from ringpipe.mesh.sleeper import Sleeper
 from ringpipe.ops import metrics
 from ringpipe.shm import segment
 from ringpipe.shm.segment import RingSegment
@@ -59,8 +59,6 @@ READ_LIMIT: Final = 256 * 1024
 #: worth), which halves the syscalls and the receiver's wake-ups per MB of a bulk transfer
 #: compared with ``READ_LIMIT``. Readers that copy (watchers, SSE/NDJSON) keep ``READ_LIMIT``.
 RAW_READ_LIMIT: Final = 1024 * 1024
-WAIT_MIN_S: Final = 0.1
-WAIT_MAX_S: Final = 1.0
 
 
 class Slot(IntEnum):
@@ -88,67 +86,15 @@ class WakeRouter(Protocol):
     def unregister(self, segment: str, slot: int, callback: Callable[[], None] | None = None) -> None: ...
 
 
-class _Sleeper:
-    """A resettable wake-up flag with a backing-off timeout, on bare asyncio futures.
-
-    A ``wake`` that arrives while the owner is busy is remembered, so the next ``sleep``
-    returns at once. Built on one future and one timer handle per sleep: anyio's
-    ``move_on_after`` + ``Event`` cost several times more per wake, and a token stream with
-    16 readers sleeps and wakes thousands of times a second. Cancellation (anyio cancel
-    scopes cancel the task) interrupts the await like any other.
-    """
-
-    __slots__ = ("_future", "_timeout", "_woken")
-
-    def __init__(self) -> None:
-        self._future: asyncio.Future[bool] | None = None
-        self._timeout = WAIT_MIN_S
-        self._woken = False
-
-    @property
-    def parked(self) -> bool:
-        """Whether the owner is inside ``sleep`` right now, waiting for a wake-up."""
-        future = self._future
-        return future is not None and not future.done()
-
-    def wake(self) -> None:
-        self._woken = True
-        future = self._future
-        if future is not None and not future.done():
-            future.set_result(True)
-
-    def progressed(self) -> None:
-        self._timeout = WAIT_MIN_S
-
-    async def sleep(self) -> None:
-        if self._woken:
-            self._woken = False
-            return
-        loop = asyncio.get_running_loop()
-        future = self._future = loop.create_future()
-        timer = loop.call_later(self._timeout, _time_out, future)
-        try:
-            woken = await future
-        finally:
-            timer.cancel()
-            self._future = None
-        self._woken = False
-        if not woken:
-            self._timeout = min(self._timeout * 2, WAIT_MAX_S)
-
-
-def _time_out(future: asyncio.Future[bool]) -> None:
-    if not future.done():
-        future.set_result(False)
-
-
 class _Endpoint:
-    def __init__(self, router: WakeRouter, ring: RingSegment, info: RelayInfo, slot: int) -> None:
+    def __init__(
+        self, router: WakeRouter, ring: RingSegment, info: RelayInfo, slot: int, *, patient: bool = False
+    ) -> None:
         self.router = router
         self.ring = ring
         self.info = info
         self.slot = slot
-        self.sleeper = _Sleeper()
+        self.sleeper = Sleeper(patient=patient)
         router.register(info.segment, slot, self._on_wake)
 
     def _on_wake(self) -> None:
@@ -192,7 +138,6 @@ class Producer(_Endpoint):
             written = self.ring.write_nowait(data)
         except WouldBlock:
             return 0
-        self.sleeper.progressed()
         self.bytes_written += written
         self._wake_readers()
         return written
@@ -204,7 +149,6 @@ class Producer(_Endpoint):
     def publish(self, size: int) -> None:
         """Make ``size`` bytes put into the last ``free_span`` visible to the readers."""
         self.ring.publish(size)
-        self.sleeper.progressed()
         self.bytes_written += size
         self._wake_readers()
 
@@ -259,11 +203,17 @@ class Producer(_Endpoint):
         super().close()
 
     def _wake_readers(self) -> None:
-        self.meter.published()
-        slots = self.ring.take_sleeping_readers()
-        if slots:
-            self.router.wake_many(self.info, slots)
-        self._wake_watchers()
+        """After a publish: wake the readers and watchers that sleep (their words say so)."""
+        meter = self.meter
+        if time.monotonic_ns() >= meter.due_ns:
+            meter.published()
+        sleepers = self.ring.take_sleepers()
+        if sleepers is not None:
+            slots, workers = sleepers
+            if slots:
+                self.router.wake_many(self.info, slots)
+            if workers:
+                self.router.wake_watchers(self.info, workers)
 
     def _wake_watchers(self) -> None:
         workers = self.ring.take_watcher_workers()
@@ -299,7 +249,9 @@ class Consumer(_Endpoint):
         """``start``: the pipe offset to begin at (resume; a watcher's default is the oldest
         byte held). ``worker``: this worker's index (watchers and resumed receivers need it
         for wake-ups)."""
-        super().__init__(router, ring, info, slot)
+        # A receiver in its producer's worker cannot miss the producer's wake-ups (``Sleeper``).
+        local = 0 <= slot < len(info.readers) and info.readers[slot] == info.producer
+        super().__init__(router, ring, info, slot, patient=local and (worker is None or worker == info.producer))
         self.bytes_read = 0
         self.continue_gaps = continue_gaps
         self.worker = 0 if worker is None else worker
@@ -317,6 +269,10 @@ class Consumer(_Endpoint):
                 self._pos = start
             elif start > ring.read_seq(slot):
                 ring.commit_read(slot, start)
+        #: Whether ``peek``/``commit`` on the ring cursor are this reader's next step (not a
+        #: watcher, not catching up, not moved to another worker than its slot's). Kept up to
+        #: date where ``_pos`` changes: the wake-up callback asks on every token.
+        self.in_lockstep = self._pos is None and slot >= 0 and not self.moved
         #: Metrics of this reader; the transfer's time to first byte is a fresh receiver's only.
         self.meter = metrics.ReaderMeter(ring, self.offset, first_byte=start is None and slot != Slot.WATCHER)
         #: Set by a reader that can send from inside the wake-up callback (see ``_on_wake``).
@@ -335,30 +291,17 @@ class Consumer(_Endpoint):
         socket, an error) returns False and the task handles it as before.
         """
         express = self.express
-        if express is not None and self.sleeper.parked and express():
-            return
+        if express is not None:
+            future = self.sleeper.future  # ``parked``, inlined: this runs per token
+            if future is not None and not future.done() and express():
+                return
         self.sleeper.wake()
 
-    @property
-    def in_lockstep(self) -> bool:
-        """Whether ``peek``/``commit`` on the ring cursor are this reader's next step (not a
-        watcher, not catching up, not moved to another worker than its slot's)."""
-        return self._pos is None and self.slot >= 0 and not self.moved
-
     def rearm(self) -> bool:
-        """Ask the writer for the next wake-up; True if nothing was published meanwhile
-        (the same announce-then-re-check as ``views`` does before it sleeps)."""
-        ring, slot = self.ring, self.slot
-        ring.set_reader_waiting(slot)
-        try:
-            views, _ = ring.peek(slot, 1)
-        except WouldBlock:
-            return True
-        except PeerGone:
-            return False
-        for view in views:
-            view.release()
-        return False
+        """Ask the writer for the next wake-up; True if nothing was published meanwhile and
+        the transfer goes on (the same announce-then-re-check as ``views`` does before it
+        sleeps)."""
+        return self.ring.arm_reader(self.slot)
 
     async def views(self, limit: int = READ_LIMIT) -> tuple[list[memoryview], int]:
         """Views of the next published bytes (at most ``limit``; a reader that reads behind
@@ -457,16 +400,16 @@ class Consumer(_Endpoint):
         """``size`` bytes up to ``read_seq`` are sent: free them and wake a waiting writer."""
         self.meter.sent(read_seq)
         self.bytes_read += size
+        self.sleeper.progressed()
+        ring = self.ring
         if self._pos is not None:
-            self.sleeper.progressed()
             self._pos = read_seq
-            if self.slot >= 0 and read_seq >= self.ring.read_seq(self.slot):
+            if self.slot >= 0 and read_seq >= ring.read_seq(self.slot):
                 self._pos = None  # caught up with the slot's cursor: lockstep from here
+                self.in_lockstep = not self.moved
             else:
                 return
-        self.ring.commit_read(self.slot, read_seq)
-        self.sleeper.progressed()
-        if self.ring.take_writer_waiting():
+        if ring.commit_read_waking(self.slot, read_seq):
             self.router.wake(self.info, Slot.WRITER)
 
     def close(self) -> None:
@@ -511,10 +454,11 @@ class Ingest:
         self.error: str | None = None
         self._changed = anyio.Event()
 
-    def feed(self, body: bytes) -> None:
+    def feed(self, body: bytes | memoryview) -> None:
+        """Body bytes from the parser or the socket; a view is used only during the call."""
         self.received += len(body)
         if self.first_part is not None:
-            body = self._first_part_only(self.first_part, body)
+            body = self._first_part_only(self.first_part, bytes(body))
             if not body:
                 return
         if self.pending or self.moving:

@@ -308,15 +308,21 @@ class WorkerPipes:
 
     def wake_many(self, info: RelayInfo, slots: list[int]) -> None:
         """Wake reader ``slots``: local ones directly, remote ones one datagram per worker."""
-        remote: dict[int, list[int]] = {}
+        remote: dict[int, list[int]] | None = None
+        readers, name, index, wakers = info.readers, info.segment, self.index, self._wakers
         for slot in slots:
-            worker = info.readers[slot]
-            if worker == self.index:
-                self._wake_local(info.segment, slot)
+            worker = readers[slot]
+            if worker == index:  # ``_wake_local`` for a reader slot, inlined: this runs per token
+                callback = wakers.get((name, slot))
+                if callback is not None:
+                    callback()
             else:
+                if remote is None:
+                    remote = {}
                 remote.setdefault(worker, []).append(slot)
-        for worker, batch in remote.items():
-            self.wakes.send(worker, info.segment, batch)
+        if remote is not None:
+            for worker, batch in remote.items():
+                self.wakes.send(worker, name, batch)
 
     def _wake_local(self, segment: str, slot: int) -> None:
         if slot == Slot.WATCHER:

@@ -15,7 +15,7 @@ from the ring header and a comparison; everything else (a histogram observation,
 update: a few microseconds each in multiprocess mode) happens at most every
 ``SAMPLE_INTERVAL_NS`` per producer and per reader, or once per party or transfer.
 
-Relay latency is sampled through the ring header (see ``shm.py``): about every 100 ms the
+Relay latency is sampled through the ring header (see ``shm.py``): about once a second the
 producer stamps "the bytes before ``seq`` were in the ring at ``t``" (CLOCK_MONOTONIC, which
 is system-wide on Linux, so every worker can compare it), and each reader that has sent past
 ``seq`` to its socket observes ``now - t`` once. The producer stamps anew only once every
@@ -70,6 +70,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from ringpipe.core.rendezvous import Waiting
+from ringpipe.shm.segment import STAMP_SEQ_WORD
 
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
@@ -127,8 +128,11 @@ ENDINGS: Final = ("done", "aborted", "cancelled", "lagged", "timeout")
 EVICTION_REASONS: Final = ("stall", "window")
 #: A framing's code in the ring header's per-reader word (0: the reader never started).
 FRAMING_CODES: Final = {name: code for code, name in enumerate(FRAMINGS, start=1)}
-#: How often a producer stamps a latency sample, and a reader flushes its bytes-out count.
-SAMPLE_INTERVAL_NS: Final = 100_000_000
+#: How often a producer stamps a latency sample and flushes its bytes-in count, and so how
+#: often a reader observes a sample and flushes its bytes-out count. A sample costs the pipe
+#: a few prometheus updates (~5 us in multiprocess mode); a token stream sends a token every
+#: 20-200 ms, so a cadence of 100 ms would put a metric update on every few tokens.
+SAMPLE_INTERVAL_NS: Final = 1_000_000_000
 #: The classic Prometheus text format, which ``generate_latest`` writes (every Prometheus
 #: since 2.0 reads it; newer prometheus-client versions announce 1.0.0 for the same bytes).
 CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
@@ -175,7 +179,7 @@ FIRST_BYTE = Histogram(
 )
 RELAY_LATENCY = Histogram(
     "ringpipe_relay_latency_seconds",
-    "Time from a chunk entering the ring to its being sent to a reader's socket (sampled about every 100 ms).",
+    "Time from a chunk entering the ring to its being sent to a reader's socket (sampled about once a second).",
     buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
 FANOUT = Histogram(
@@ -329,22 +333,24 @@ def pipes_changed(rendezvous: Rendezvous) -> None:
 class ProducerMeter:
     """The producer's side of the ring metrics: latency stamps and the bytes-in counter.
 
-    ``published`` runs after every publish into the ring; it reads the clock and returns
-    unless a sample is due (about every 100 ms).
+    ``published`` runs after a publish into the ring; it reads the clock and returns unless
+    a sample is due (every ``SAMPLE_INTERVAL_NS``). A caller on the hot path may compare
+    the clock with ``due_ns`` itself and call ``published`` only when it is reached.
     """
 
-    __slots__ = ("_due_ns", "_metered", "_ring")
+    __slots__ = ("_metered", "_ring", "due_ns")
 
     def __init__(self, ring: RingSegment) -> None:
         self._ring = ring
-        self._due_ns = 0
+        #: ``time.monotonic_ns()`` from which the next sample is due.
+        self.due_ns = 0
         self._metered = 0
 
     def published(self) -> None:
         now = time.monotonic_ns()
-        if now < self._due_ns:
+        if now < self.due_ns:
             return
-        self._due_ns = now + SAMPLE_INTERVAL_NS
+        self.due_ns = now + SAMPLE_INTERVAL_NS
         ring = self._ring
         write_seq = ring.write_seq
         self._flush(write_seq)
@@ -374,12 +380,13 @@ class ReaderMeter:
     Its common case is one load from the ring header and a comparison.
     """
 
-    __slots__ = ("_first", "_metered", "_observed", "_ring")
+    __slots__ = ("_first", "_metered", "_observed", "_ring", "_words")
 
     def __init__(self, ring: RingSegment, start_seq: int = 0, *, first_byte: bool = True) -> None:
         """``start_seq``: the reader's first cursor; ``first_byte``: whether this reader's
         first byte measures the transfer's time to first byte (not for late joiners)."""
         self._ring = ring
+        self._words = ring.words
         self._first = first_byte
         self._metered = start_seq
         self._observed = start_seq
@@ -389,7 +396,7 @@ class ReaderMeter:
         if self._first:
             self._first = False
             FIRST_BYTE.observe(max(0, time.monotonic_ns() - ring.created_ns()) / 1e9)
-        stamp = ring.latency_stamp_seq()
+        stamp = self._words[STAMP_SEQ_WORD]  # ``ring.latency_stamp_seq()``, as a plain load
         if stamp <= self._observed or read_seq < stamp:
             return
         self._observed = stamp

@@ -19,6 +19,9 @@ Rules it keeps:
   SIGHUP from its fork until its own handler is installed (SIGHUP's default would kill it).
 - Listening on an address that is not loopback with no access control configured logs one
   warning: the relay is then open to anyone who can guess a path (SPEC Part 4).
+- At start the open-files soft limit is raised to the hard limit (``raise_open_files_limit``),
+  so that the workers, which inherit it, can hold ``--max-connections`` sockets; the limit is
+  logged, with a warning when the hard limit is below what that setting needs.
 - The fleet file (``<runtime dir>/fleet.json``: slot → pid, which slots reported ready,
   whether it is stopping) is rewritten atomically on every change. ``/readyz`` and the
   per-worker process metrics read it; it is the only state the supervisor shares.
@@ -34,6 +37,7 @@ import gc
 import ipaddress
 import logging
 import os
+import resource
 import select
 import shutil
 import signal
@@ -59,6 +63,57 @@ log = logging.getLogger("ringpipe.supervisor")
 
 HANDLED: Final = (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD, signal.SIGQUIT)
 CLEANUP_MARGIN_S: Final = 5.0
+#: Descriptors a worker holds besides its client connections (listener, control, wake-up and
+#: hand-off sockets, epoll, metrics files, logs).
+FIXED_FDS: Final = 256
+#: The kernel's ceiling on one process's descriptors when the hard limit is "unlimited".
+NR_OPEN: Final = Path("/proc/sys/fs/nr_open")
+
+
+def open_files_needed(max_connections: int) -> int:
+    """Descriptors one worker needs to hold ``max_connections`` client sockets (a ring's
+    segment, while mapped, takes one more)."""
+    return FIXED_FDS + max_connections
+
+
+def raise_open_files_limit(max_connections: int) -> int:
+    """Raise ``RLIMIT_NOFILE``'s soft limit to the hard limit; return the soft limit now in force.
+
+    Distributions start processes at 1024 (the soft limit) while allowing far more (the hard
+    limit, often 524288 or more): at 1024 a worker runs out of descriptors at a few hundred
+    token streams. Workers inherit the limit through ``fork``. Logs the limit, and a warning
+    when even the hard limit is below what ``--max-connections`` needs.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard
+    if hard == resource.RLIM_INFINITY:
+        try:
+            target = int(NR_OPEN.read_text())
+        except (OSError, ValueError):
+            target = 1 << 20
+    if target > soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError) as exc:
+            log.warning("could not raise the open files limit from %d to %d: %s", soft, target, exc)
+    needed = open_files_needed(max_connections)
+    if soft < needed:
+        log.warning(
+            "open files limit %d is below the %d that --max-connections %d needs per worker: "
+            "connections beyond it fail (raise the hard limit: ulimit -Hn, LimitNOFILE=, docker --ulimit nofile=)",
+            soft,
+            needed,
+            max_connections,
+            extra={"event": "open_files_limit", "limit": soft, "hard_limit": hard, "needed": needed},
+        )
+    else:
+        log.info(
+            "open files limit %d",
+            soft,
+            extra={"event": "open_files_limit", "limit": soft, "hard_limit": hard, "needed": needed},
+        )
+    return soft
 
 
 class Supervisor:
@@ -120,6 +175,7 @@ class Supervisor:
         except OSError as exc:
             log.error("cannot listen on %s:%s: %s", self.settings.host, self.settings.port, exc.strerror)
             return 1
+        raise_open_files_limit(self.settings.max_connections)
         self.prepare_runtime()
         self.publish_fleet()
         from ringpipe.ops import metrics  # noqa: F401 - after PROMETHEUS_MULTIPROC_DIR is set

@@ -70,6 +70,7 @@ from ringpipe.core import ring
 from ringpipe.core.errors import Gap, PeerGone, WouldBlock
 
 __all__ = [
+    "STAMP_SEQ_WORD",
     "RingSegment",
     "segment_bytes",
     "segment_name",
@@ -92,6 +93,9 @@ _W_MAGIC, _W_CAPACITY, _W_READERS, _W_DATA = 0, 1, 2, 3
 _W_CREATED_NS = 4
 _W_WRITE_SEQ, _W_STATE, _W_WRITER_WAITING, _W_WINDOW, _W_WATCHERS = 8, 9, 10, 11, 12
 _W_STAMP_SEQ, _W_STAMP_NS = 13, 14
+#: The header word (``words[STAMP_SEQ_WORD]``) holding the latency stamp's sequence: a reader's
+#: meter loads it after every chunk it sends, without a method call.
+STAMP_SEQ_WORD: Final = _W_STAMP_SEQ
 _R_FRAMING = 3  # word of a reader's line
 
 
@@ -205,6 +209,10 @@ class RingSegment:
         self._data_offset = int(words[_W_DATA])
         words.release()
         self._words: memoryview | None = buf[: self._data_offset].cast("Q")
+        #: The header as uint64 words: a plain attribute, not a property, as the relay loads
+        #: and stores a few of them per token. ``close`` releases it, so any use after that
+        #: raises ``ValueError`` (as the memoryview of a closed ring must).
+        self.words: memoryview = self._words
         self._data: memoryview | None = buf[self._data_offset : self._data_offset + self.capacity]
         self._watch_flags: memoryview | None = buf[64 * (2 + self.n_readers) : 64 * (2 + self.n_readers) + 256]
         self.window = int(self._words[_W_WINDOW])
@@ -252,12 +260,6 @@ class RingSegment:
             self._shm.unlink()
         except FileNotFoundError:
             pass
-
-    @property
-    def words(self) -> memoryview:
-        if self._words is None:
-            raise ValueError("ring segment is closed")
-        return self._words
 
     # -- writer side --
 
@@ -308,25 +310,37 @@ class RingSegment:
     def write_nowait(self, data: bytes | bytearray | memoryview) -> int:
         """Copy as much of ``data`` as fits, publish it, and return the bytes written.
 
+        ``ring.plan_write``'s arithmetic, inlined: this runs once per token a producer sends.
+
         Raises:
             WouldBlock: the ring is full; set ``writer_waiting``, re-check, then sleep.
         """
         words, area = self.words, self._data
         assert area is not None
-        write_seq = int(words[_W_WRITE_SEQ])
+        write_seq = words[_W_WRITE_SEQ]
         size = len(data)
-        if write_seq - self._cached_slowest + size > self.capacity:
+        capacity = self.capacity
+        if write_seq - self._cached_slowest + size > capacity:
             self._cached_slowest = self._slowest_attached()
-        plan = ring.plan_write(
-            write_seq=write_seq, slowest_read_seq=self._cached_slowest, capacity=self.capacity, size=size
-        )
-        src = memoryview(data)
-        done = 0
-        for span in plan.spans:
-            area[span.offset : span.offset + span.length] = src[done : done + span.length]
-            done += span.length
-        words[_W_WRITE_SEQ] = plan.next_seq
-        return done
+        room = capacity - (write_seq - self._cached_slowest)
+        if size <= 0 or not 0 <= room <= capacity:
+            raise ValueError(f"bad write request: size={size}, room={room}, capacity={capacity}")
+        if room == 0:
+            raise WouldBlock("ring full")
+        take = size if size <= room else room
+        start = write_seq & (capacity - 1)
+        first = capacity - start
+        if take == size and take <= first:
+            area[start : start + take] = data
+        else:
+            src = memoryview(data)
+            if take <= first:
+                area[start : start + take] = src[:take]
+            else:
+                area[start:capacity] = src[:first]
+                area[: take - first] = src[first:take]
+        words[_W_WRITE_SEQ] = write_seq + take
+        return take
 
     def free_span(self, limit: int) -> memoryview | None:
         """A writable view of up to ``limit`` contiguous free bytes at the write position.
@@ -392,6 +406,11 @@ class RingSegment:
     def take_sleeping_readers(self) -> list[int]:
         """Slots that asked to be woken; their flags are cleared."""
         words = self.words
+        if self.n_readers == 1:  # the common token stream: one load, no loop
+            if not words[_LINE * 2 + 2]:
+                return []
+            words[_LINE * 2 + 2] = 0
+            return [0]
         slots = []
         for i in range(self.n_readers):
             flag = _LINE * (2 + i) + 2
@@ -399,6 +418,20 @@ class RingSegment:
                 words[flag] = 0
                 slots.append(i)
         return slots
+
+    def take_sleepers(self) -> tuple[list[int], list[int]] | None:
+        """``take_sleeping_readers`` and ``take_watcher_workers`` in one call (the producer
+        asks after every publish); None when nobody sleeps."""
+        words = self.words
+        if self.n_readers == 1:
+            slots = [0] if words[_LINE * 2 + 2] else []
+            if slots:
+                words[_LINE * 2 + 2] = 0
+        else:
+            slots = self.take_sleeping_readers()
+        if not words[_W_WATCHERS]:
+            return (slots, []) if slots else None
+        return slots, self.take_watcher_workers()
 
     def attached_readers(self) -> int:
         words = self.words
@@ -426,7 +459,8 @@ class RingSegment:
         Returns the views (one, or two where the bytes wrap) and the ``read_seq`` that
         ``commit_read`` must store once they have been sent; no views means clean EOF.
         The views alias the ring: release them before ``commit_read`` lets the writer reuse
-        the space, and before ``close``.
+        the space, and before ``close``. (``ring.plan_read``'s arithmetic, inlined: this runs
+        once per token a reader sends.)
 
         Raises:
             WouldBlock: nothing new yet; set ``reader_waiting``, re-check, then sleep.
@@ -435,16 +469,24 @@ class RingSegment:
         words, area = self.words, self._data
         assert area is not None
         state = words[_W_STATE]
-        if state > EOF or words[_LINE * (2 + slot) + 1] == EVICTED:
+        line = _LINE * (2 + slot)
+        if state > EOF or words[line + 1] == EVICTED:
             raise _ending(state)
-        read_seq = int(words[_LINE * (2 + slot)])
-        write_seq = int(words[_W_WRITE_SEQ])
-        if read_seq == write_seq:
+        read_seq = words[line]
+        ready = words[_W_WRITE_SEQ] - read_seq
+        if ready == 0:
             if state == EOF:
                 return [], read_seq
             raise WouldBlock("nothing published")
-        plan = ring.plan_read(read_seq=read_seq, write_seq=write_seq, capacity=self.capacity, limit=limit)
-        return [area[s.offset : s.offset + s.length] for s in plan.spans], plan.next_seq
+        capacity = self.capacity
+        if limit <= 0 or not 0 < ready <= capacity:
+            raise ValueError(f"bad read request: limit={limit}, ready={ready}, capacity={capacity}")
+        take = ready if ready <= limit else limit
+        start = read_seq & (capacity - 1)
+        first = capacity - start
+        if take <= first:
+            return [area[start : start + take]], read_seq + take
+        return [area[start:capacity], area[: take - first]], read_seq + take
 
     def read_behind(self, pos: int, limit: int) -> bytes:
         """Copy up to ``limit`` bytes from pipe offset ``pos`` without a cursor (watchers, catch-up).
@@ -482,6 +524,23 @@ class RingSegment:
 
     def set_reader_waiting(self, slot: int) -> None:
         self.words[_LINE * (2 + slot) + 2] = 1
+
+    def arm_reader(self, slot: int) -> bool:
+        """Set reader ``slot``'s waiting word, then re-check: True if it may sleep (nothing
+        published past its cursor, the ring still open and the reader not evicted)."""
+        words = self.words
+        line = _LINE * (2 + slot)
+        words[line + 2] = 1
+        return words[_W_WRITE_SEQ] == words[line] and words[_W_STATE] == OPEN and words[line + 1] != EVICTED
+
+    def commit_read_waking(self, slot: int, read_seq: int) -> bool:
+        """``commit_read``, then ``take_writer_waiting``: True if the writer sleeps and must be woken."""
+        words = self.words
+        words[_LINE * (2 + slot)] = read_seq
+        if words[_W_WRITER_WAITING]:
+            words[_W_WRITER_WAITING] = 0
+            return True
+        return False
 
     def take_writer_waiting(self) -> bool:
         words = self.words

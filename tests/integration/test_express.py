@@ -53,6 +53,7 @@ class _Conn:
 
     def __init__(self, sock: socket.socket, *, unframed: bool = False) -> None:
         self.sock = sock
+        self._fd = sock.fileno()
         self.tls = False
         self.lost = asyncio.Event()
         self.transport = _Transport()
@@ -89,7 +90,7 @@ def client() -> Iterator[tuple[socket.socket, socket.socket]]:
 def _parked(consumer: Consumer, loop: asyncio.AbstractEventLoop) -> asyncio.Future[bool]:
     """Put the consumer's task "inside" ``views``' sleep, as the event loop would see it."""
     future: asyncio.Future[bool] = loop.create_future()
-    consumer.sleeper._future = future
+    consumer.sleeper.future = future
     return future
 
 
@@ -197,7 +198,7 @@ def test_partial_writes_lose_nothing(ring, client) -> None:
             if future.done():  # the task's turn: flush the backlog, then send the rest itself
                 woken += 1
                 received += _flush(conn, server_end, client_end)
-                consumer.sleeper._future = None
+                consumer.sleeper.future = None
             if rng.random() < 0.5:
                 received += _drain(client_end)
         for _ in range(100):  # the rest, by express rounds once the client reads again
@@ -206,7 +207,7 @@ def test_partial_writes_lose_nothing(ring, client) -> None:
                 break
             _parked(consumer, loop)
             consumer._on_wake()
-            consumer.sleeper._future = None
+            consumer.sleeper.future = None
         received += _drain(client_end)
         assert woken > 0, "the slow client never pushed back"
         assert _dechunk(bytes(received)) == bytes(produced)

@@ -28,12 +28,16 @@ __all__ = ["EncodedWakeupDelivery", "EncodingReader", "RawWakeupDelivery", "Wake
 log = logging.getLogger("ringpipe.readers")
 
 
+#: Chunk-size lines of token-sized chunks, made once rather than formatted per write.
+_SMALL_HEADS: Final = tuple(b"%x\r\n" % size for size in range(1024))
+
+
 def framed(body: list[memoryview] | list[bytes], size: int, chunked: bool) -> tuple[list[memoryview | bytes], int]:
     """``body`` (``size`` bytes) as the parts of one write, and their total: one chunk of a
     chunked response (size line, bytes, CRLF), or the bytes alone."""
     if not chunked:
         return [*body], size
-    head = b"%x\r\n" % size
+    head = _SMALL_HEADS[size] if size < 1024 else b"%x\r\n" % size
     return [head, *body, b"\r\n"], len(head) + size + 2
 
 
@@ -41,7 +45,7 @@ class WakeupDelivery:
     """A reader's rounds run from its wake-up callback (see the module docstring).
 
     Set as ``Consumer.express`` while the reader's task relays; the subclass says what one
-    round sends.
+    round sends (``_round``), or runs the rounds itself (``__call__``).
     """
 
     ROUNDS: Final = 4
@@ -57,10 +61,11 @@ class WakeupDelivery:
         if not consumer.in_lockstep:
             return False
         try:
+            ring, slot = consumer.ring, consumer.slot
             for _ in range(self.ROUNDS):
                 if not self._round():
                     return False
-                if consumer.rearm():
+                if ring.arm_reader(slot):  # ``consumer.rearm()``, inlined: this runs per token
                     return True
         except Exception:  # never break the producer's callback: the task will see it again
             log.debug("express round failed; the reader's task takes over", exc_info=True)
@@ -72,7 +77,11 @@ class WakeupDelivery:
 
 
 class RawWakeupDelivery(WakeupDelivery):
-    """The raw reader's round: ring views straight to the socket."""
+    """The raw reader's rounds: ring views straight to the socket.
+
+    ``__call__`` is ``WakeupDelivery.__call__`` with the round written into the loop: one
+    Python frame per token on the reader's side, not two.
+    """
 
     __slots__ = ("chunked",)
 
@@ -80,34 +89,49 @@ class RawWakeupDelivery(WakeupDelivery):
         super().__init__(consumer, conn)
         self.chunked = chunked
 
-    def _round(self) -> bool:
-        consumer, conn = self.consumer, self.conn
+    def __call__(self) -> bool:
+        consumer = self.consumer
+        if not consumer.in_lockstep:
+            return False
+        conn, ring, slot, chunked = self.conn, consumer.ring, consumer.slot, self.chunked
         try:
-            views, next_seq = consumer.ring.peek(consumer.slot, RAW_READ_LIMIT)
-        except (WouldBlock, PeerGone):
-            return False
-        if not views:
-            return False
-        size = sum(map(len, views))
-        chunked = self.chunked
-        parts, total = framed(views, size, chunked)
-        try:
-            sent = conn.write_parts_now(parts, total)
-        except ConnectionError:
-            sent = None
-        finally:
-            del parts
-            for view in views:
-                view.release()
-        if sent is None:
-            return False
-        consumer.commit(next_seq, size)
-        if not chunked:
-            conn.account_body(size)
-            if conn.body_left == 0:
-                consumer.satisfied = True  # the task returns from ``views`` and completes
-                return False
-        return sent
+            for _ in range(self.ROUNDS):
+                try:
+                    views, next_seq = ring.peek(slot, RAW_READ_LIMIT)
+                except (WouldBlock, PeerGone):
+                    return False
+                if not views:
+                    return False
+                size = len(views[0]) if len(views) == 1 else sum(map(len, views))
+                if chunked:  # ``framed``, inlined
+                    head = _SMALL_HEADS[size] if size < 1024 else b"%x\r\n" % size
+                    parts: list[memoryview | bytes] = [head, *views, b"\r\n"]
+                    total = len(head) + size + 2
+                else:
+                    parts, total = [*views], size
+                try:
+                    sent = conn.write_parts_now(parts, total)
+                except ConnectionError:
+                    sent = None
+                finally:
+                    del parts
+                    for view in views:
+                        view.release()
+                if sent is None:
+                    return False
+                consumer.commit(next_seq, size)
+                if not chunked:
+                    conn.account_body(size)
+                    if conn.body_left == 0:
+                        consumer.satisfied = True  # the task returns from ``views`` and completes
+                        return False
+                if not sent:
+                    return False
+                if ring.arm_reader(slot):  # all went out: ask for the next wake-up
+                    return True
+        except Exception:  # never break the producer's callback: the task will see it again
+            log.debug("express round failed; the reader's task takes over", exc_info=True)
+        return False
 
 
 class EncodingReader(Protocol):
