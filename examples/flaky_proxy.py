@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import signal
 import sys
 
 
@@ -25,6 +26,12 @@ class FlakyProxy:
         self.upstream = upstream
         self.cut_after = cut_after
         self.cuts_left = cuts
+        #: Every open transport, so that a stop cuts them all at once instead of waiting.
+        self.open: set[asyncio.BaseTransport] = set()
+
+    def stop(self) -> None:
+        for transport in list(self.open):
+            transport.abort()
 
     async def serve(self, c_reader: asyncio.StreamReader, c_writer: asyncio.StreamWriter) -> None:
         try:
@@ -32,6 +39,7 @@ class FlakyProxy:
         except OSError:
             c_writer.transport.abort()
             return
+        self.open.update((c_writer.transport, s_writer.transport))
         cut = self.cuts_left is None or self.cuts_left > 0
         pumps = [
             asyncio.ensure_future(self.pump(c_reader, s_writer, None)),
@@ -44,6 +52,7 @@ class FlakyProxy:
         await asyncio.gather(*pumps, return_exceptions=True)
         c_writer.transport.abort()
         s_writer.transport.abort()
+        self.open.difference_update((c_writer.transport, s_writer.transport))
 
     async def pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, budget: int | None) -> None:
         while data := await reader.read(65536):
@@ -71,8 +80,13 @@ async def run(args: argparse.Namespace) -> None:
     host, port = server.sockets[0].getsockname()[:2]
     sys.stderr.write(f"listening on {host}:{port}\n")
     sys.stderr.flush()
-    async with server:
-        await server.serve_forever()
+    stopped = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stopped.set)
+    await stopped.wait()  # Ctrl-C or SIGTERM: stop listening and cut what is open, at once
+    server.close()
+    proxy.stop()
 
 
 def main(argv: list[str] | None = None) -> int:
