@@ -6,13 +6,18 @@ A ``Node`` plays two roles at once:
   sends ``Join``/``Leave`` to the path's owner (maybe this very node) and reads the owner's
   answers from its inbox.
 - **owner**: for the paths that hash to this worker, it feeds ``Join``/``Leave`` frames to the
-  pure ``Rendezvous`` and carries out the actions: answer parties, create the ring segment
-  and send ``Start``, mark readers detached or the ring broken, unlink the segment.
+  pure ``Rendezvous`` and carries out the actions: answer parties, carve the ring out of its
+  arena (``shm/arena.py``) and send ``Start``, mark readers detached or the ring broken, and
+  free the ring once nobody touches it any more.
 
 Limits are shared out per owner (paths hash evenly over workers): each owner admits
-``ceil(max_pipes / workers)`` pipes and holds at most ``max_memory // workers`` bytes of
-ring segments (header included), so no shared counter is needed and ``max_memory`` bounds
-the total. (A server whose budget per worker is below one ring refuses every transfer.)
+``ceil(max_pipes / workers)`` pipes and its arena reserves at most ``max_memory // workers``
+bytes of rings as reserved (headers, capacities as they grew), so no shared counter is
+needed and ``max_memory`` bounds the total. The rendezvous counts a ring at its smallest
+and turns pipes away when even that does not fit; what the arena cannot reserve then gets
+the same 503. A ring's slot is freed once the relay is released, every party sent a
+``Start`` has left (or died), and no ``users`` byte is set (``segment.py``, "Users"); rings
+that wait only for users bytes are looked at again on a short timer.
 Timers (``wait_timeout``, ``reconnect_grace``) live in the owner's rendezvous as one heap,
 driven by one task that sleeps until the earliest deadline.
 
@@ -34,8 +39,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ringpipe.core.config import Settings
+from ringpipe.core.config import INITIAL_RING_BYTES, Settings
 from ringpipe.core.control_frames import Broken, Frame, Hello, PipeStatus, RelayInfo, Start
+from ringpipe.core.errors import RingMemoryFull
 from ringpipe.core.paths import owner_of
 from ringpipe.core.rendezvous import (
     Accepted,
@@ -74,7 +80,8 @@ from ringpipe.core.rendezvous import (
 )
 from ringpipe.mesh.control import Mesh
 from ringpipe.ops import metrics
-from ringpipe.shm import segment
+from ringpipe.shm import mapping, segment
+from ringpipe.shm.arena import Arena
 from ringpipe.shm.wakeup import WakeChannel
 
 __all__ = ["Hangup", "InboxItem", "LocalParty", "Node"]
@@ -83,6 +90,9 @@ log = logging.getLogger("ringpipe.node")
 
 #: The slot a watcher registers its wake-up under (``relay.WATCHER_SLOT``).
 WATCHERS = -2
+#: First and longest wait before a released ring's users bytes are looked at again.
+FREE_RETRY_S = 0.02
+FREE_RETRY_MAX_S = 1.0
 
 
 def owner_limits(settings: Settings) -> Limits:
@@ -175,11 +185,14 @@ class LocalParty:
 
 @dataclass(slots=True)
 class _OwnedRelay:
+    relay_id: int
     ring: segment.RingSegment
     info: RelayInfo
     path: str
     started: float
     receiver_headers: Headers = ()
+    #: Parties sent a ``Start`` that have not left: they may map the ring.
+    attached: set[PartyId] = field(default_factory=set)
 
 
 def new_epoch() -> str:
@@ -201,11 +214,25 @@ class Node:
         self.index = index
         self.pid = os.getpid()
         self.supervisor_pid = supervisor_pid
+        segment.set_worker_slot(index)
+        self.arena = Arena(
+            mapping.arena_name(supervisor_pid, self.pid),
+            ring_bytes=settings.ring_bytes,
+            budget=settings.max_memory // settings.workers,
+            on_change=metrics.ring_bytes_changed,
+            on_refusal=metrics.ring_refused,
+        )
+        self.first_capacity = min(INITIAL_RING_BYTES, settings.ring_bytes)
         self.rendezvous = Rendezvous(
-            owner_limits(settings), self._ring_view, lambda n: segment.segment_bytes(settings.ring_bytes, n)
+            owner_limits(settings), self._ring_view, lambda n: segment.segment_bytes(self.first_capacity, n)
         )
         self.parties: dict[int, LocalParty] = {}
         self._owned: dict[int, _OwnedRelay] = {}
+        #: Released relays whose rings wait for their last users (see the module docstring).
+        self._retiring: dict[int, _OwnedRelay] = {}
+        self._attached_to: dict[PartyId, _OwnedRelay] = {}
+        self._free_timer: asyncio.TimerHandle | None = None
+        self._free_wait = FREE_RETRY_S
         self._wakers: dict[tuple[str, int], Callable[[], None]] = {}
         self._watcher_wakers: dict[str, set[Callable[[], None]]] = {}
         self._timer_task: asyncio.Task[None] | None = None
@@ -331,6 +358,8 @@ class Node:
 
     def on_frame(self, sender: int, frame: Frame) -> None:
         if isinstance(frame, (Join, Leave, Cancel, Query, Stalled)):
+            if isinstance(frame, Leave):
+                self._detached(frame.party)
             self._apply(self.rendezvous.handle(frame, time.monotonic()))
         elif isinstance(frame, Hello):
             pass
@@ -342,8 +371,13 @@ class Node:
                 party.deliver(frame)
 
     def on_peer_gone(self, worker: int, pid: int) -> None:
+        for owned in (*self._owned.values(), *self._retiring.values()):
+            owned.ring.clear_user(worker)  # a dead process touches nothing
+            for party in [p for p in owned.attached if p.worker == worker and p.pid == pid]:
+                self._detached(party)
         self._apply(self.rendezvous.handle(WorkerGone(worker, pid), time.monotonic()))
         self.on_peer_unreachable(worker)
+        self._retry_frees()
 
     def on_peer_unreachable(self, worker: int) -> None:
         for party in list(self.parties.values()):
@@ -407,7 +441,7 @@ class Node:
             if owned is None:
                 self.mesh.send(action.party.worker, Reject(action.party, 410, "The pipe is gone."))
             else:
-                self.mesh.send(action.party.worker, Start(action.party, owned.info, slot, owned.receiver_headers))
+                self._start(action.party, owned, slot)
         elif isinstance(action, TimedOut):
             metrics.transfer_ended("timeout")
         elif isinstance(action, StatusReply):
@@ -440,12 +474,25 @@ class Node:
             self._release(action)
 
     def _establish(self, action: Establish) -> None:
-        name = segment.segment_name(self.supervisor_pid, self.pid, action.relay_id)
         settings = self.settings
-        ring = segment.RingSegment.create(name, settings.ring_bytes, len(action.receivers), settings.replay_window)
+        # A producer in this worker grows its ring as it needs; one elsewhere cannot reserve
+        # in this arena, so its ring starts whole.
+        local = action.sender.worker == self.index
+        try:
+            ring = self.arena.create_ring(
+                action.relay_id,
+                n_readers=len(action.receivers),
+                capacity=self.first_capacity if local else settings.ring_bytes,
+                window=settings.replay_window,
+            )
+        except RingMemoryFull as full:
+            log.warning("transfer refused: %s", full.reason, extra={"event": "refused", "path": action.path})
+            for party in (action.sender, *action.receivers, *action.watchers):
+                self.mesh.send(party.worker, Reject(party, full.http_status, full.message))
+            return  # their Leaves dissolve the relay in the rendezvous; it has no ring to release
         stall_ms = action.stall_ms if action.stall_ms >= 0 else round(settings.stall_timeout * 1000)
         info = RelayInfo(
-            segment=name,
+            segment=ring.name,
             capacity=ring.capacity,
             owner=self.index,
             producer=action.sender.worker,
@@ -453,14 +500,50 @@ class Node:
             epoch=new_epoch(),
             stall_ms=stall_ms,
         )
-        owned = _OwnedRelay(ring, info, action.path, time.monotonic(), action.receiver_headers)
+        owned = _OwnedRelay(action.relay_id, ring, info, action.path, time.monotonic(), action.receiver_headers)
         self._owned[action.relay_id] = owned
-        metrics.relay_established(ring, len(action.receivers))
-        self.mesh.send(action.sender.worker, Start(action.sender, info, -1, action.receiver_headers))
+        metrics.relay_established(len(action.receivers))
+        self._start(action.sender, owned, -1)
         for slot, party in enumerate(action.receivers):
-            self.mesh.send(party.worker, Start(party, info, slot, action.receiver_headers))
+            self._start(party, owned, slot)
         for party in action.watchers:
-            self.mesh.send(party.worker, Start(party, info, WATCHERS, action.receiver_headers))
+            self._start(party, owned, WATCHERS)
+
+    def _start(self, party: PartyId, owned: _OwnedRelay, slot: int) -> None:
+        """Send ``party`` its ``Start``; from now on it may map the ring until it leaves."""
+        self.mesh.send(party.worker, Start(party, owned.info, slot, owned.receiver_headers))
+        owned.attached.add(party)
+        self._attached_to[party] = owned
+
+    def _detached(self, party: PartyId) -> None:
+        """``party`` left (or died): it no longer keeps its ring's slot."""
+        owned = self._attached_to.pop(party, None)
+        if owned is not None:
+            owned.attached.discard(party)
+            if owned.relay_id in self._retiring:
+                self._free_if_unused(owned)
+
+    def _free_if_unused(self, owned: _OwnedRelay) -> None:
+        """Free a released ring's slot if nobody may touch it any more, else look again later."""
+        if owned.attached:
+            return  # a Leave (or the worker's death) brings us back
+        if owned.ring.has_users():
+            self._schedule_frees()
+            return
+        del self._retiring[owned.relay_id]
+        self.arena.free(owned.ring)
+
+    def _schedule_frees(self) -> None:
+        if self._free_timer is None:
+            self._free_timer = asyncio.get_running_loop().call_later(self._free_wait, self._retry_frees)
+            self._free_wait = min(self._free_wait * 2, FREE_RETRY_MAX_S)
+
+    def _retry_frees(self) -> None:
+        self._free_timer = None
+        for owned in list(self._retiring.values()):
+            self._free_if_unused(owned)
+        if self._free_timer is None:  # nothing waits on users bytes: next time, start short
+            self._free_wait = FREE_RETRY_S
 
     def _release(self, action: Release) -> None:
         owned = self._owned.pop(action.relay_id, None)
@@ -468,9 +551,8 @@ class Node:
             return
         relayed = owned.ring.write_seq
         framings = metrics.framing_mix(owned.ring)
-        owned.ring.unlink()
-        owned.ring.close()
-        metrics.relay_released(owned.info.capacity)
+        self._retiring[action.relay_id] = owned
+        self._free_if_unused(owned)
         if action.cancelled:
             ending = "cancelled"
         elif action.broken or action.completed == 0:
@@ -502,11 +584,13 @@ class Node:
         )
 
     def close(self) -> None:
-        """Unlink every ring this node owns (worker exit)."""
+        """Worker exit: unlink the arena (readers elsewhere keep their mappings until they end)."""
         if self._timer_task is not None:
             self._timer_task.cancel()
+        if self._free_timer is not None:
+            self._free_timer.cancel()
+            self._free_timer = None
         self.wakes.close()
-        for owned in self._owned.values():
-            owned.ring.unlink()
-            owned.ring.close()
+        self.arena.close()
         self._owned.clear()
+        self._retiring.clear()

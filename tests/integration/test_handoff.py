@@ -19,7 +19,6 @@ from collections.abc import AsyncIterator
 from websockets.asyncio.client import connect as ws_connect
 
 from ringpipe.core.paths import owner_of
-from tests.conftest import shm_segments
 from tests.integration.test_engine import ServerFactory, fresh, metric, run
 from tests.pipeclient import Response, get, pattern, put
 from tests.rawhttp import Conn
@@ -167,6 +166,6 @@ def test_kill_9_of_an_owner_cuts_only_its_pipes(server_factory: ServerFactory) -
     assert cut and intact, (cut, intact)
     server.wait_log(lambda r: r.get("event") == "worker_ready")
     deadline = time.monotonic() + 10
-    while shm_segments(f"ringpipe-{server.pid}-") and time.monotonic() < deadline:
+    while server.stray_shm() and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert not shm_segments(f"ringpipe-{server.pid}-")
+    assert not server.stray_shm()
