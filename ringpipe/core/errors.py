@@ -16,6 +16,7 @@ __all__ = [
     "PeerGone",
     "RendezvousRejected",
     "RingClosed",
+    "RingMemoryFull",
     "RingpipeError",
     "SupervisorHalt",
     "WouldBlock",
@@ -82,6 +83,19 @@ class RendezvousRejected(RingpipeError):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(http_status={self.http_status}, message={self.message!r})"
+
+
+class RingMemoryFull(RendezvousRejected):
+    """No ring could be reserved: this worker's share of ``--max-memory`` is spent
+    (``reason`` "memory_limit"), or ``/dev/shm`` is full ("shm_full"). The pipe's parties
+    get 503 with ``message``; nothing was reserved."""
+
+    MEMORY_LIMIT: Final = "The server is at its memory limit; try again later."
+    SHM_FULL: Final = "The server's shared memory (/dev/shm) is full; try again later."
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(503, self.SHM_FULL if reason == "shm_full" else self.MEMORY_LIMIT)
+        self.reason = reason
 
 
 class ControlProtocolError(RingpipeError):

@@ -25,7 +25,15 @@ Invariants (the hypothesis model in ``tests/unit/test_ring_model.py`` checks the
   trusts the copy only if its start is still at or after it (``held``): the writer only
   ever overwrites bytes before the gate it planned with, and gates only grow.
 
-The binding (``shm.py``) copies the payload first, then publishes ``next_seq`` with one
+Growth (``grown``): a ring may start small and double while nothing has wrapped yet, that is
+while ``write_seq <= capacity``. Then every byte written so far sits at ``offset == seq``, and
+``seq & (2 * capacity - 1) == seq`` too, so doubling moves no byte and changes no offset any
+reader could hold: the writer publishes the larger capacity before any byte that needs it,
+and readers load the capacity after ``write_seq``. Once a byte has wrapped, the capacity is
+fixed for the ring's life. A ring grows only when the writer is short of room, so a stream
+whose readers keep up and that keeps no replay window never grows.
+
+The binding (``shm/segment.py``) copies the payload first, then publishes ``next_seq`` with one
 aligned 8-byte store, so a reader never sees a sequence ahead of the bytes behind it.
 """
 
@@ -36,7 +44,7 @@ from typing import NamedTuple
 
 from ringpipe.core.errors import WouldBlock
 
-__all__ = ["Plan", "Span", "gate", "held", "plan_read", "plan_write", "slowest"]
+__all__ = ["Plan", "Span", "gate", "grown", "held", "plan_read", "plan_write", "slowest"]
 
 
 class Span(NamedTuple):
@@ -139,3 +147,25 @@ def gate(write_seq: int, read_seqs: Iterable[int], window: int) -> int:
 def held(pos: int, gate_after_copy: int) -> bool:
     """Whether bytes copied from ``pos`` are intact, given the gate computed *after* the copy."""
     return pos >= gate_after_copy
+
+
+def grown(*, write_seq: int, gate: int, capacity: int, max_capacity: int, size: int) -> int:
+    """The capacity to grow to before writing ``size`` bytes: the smallest doubling of
+    ``capacity`` (at most ``max_capacity``) with room for all of them; ``capacity`` itself when
+    they fit already or when the ring has wrapped (``write_seq > capacity``: see the module
+    docstring). ``gate`` is the writer's gate (``gate(...)``) at ``write_seq``.
+
+    Raises:
+        ValueError: the arguments break an invariant (a bug in the caller).
+    """
+    _check_capacity(capacity)
+    _check_capacity(max_capacity)
+    used = write_seq - gate
+    if size <= 0 or capacity > max_capacity or not 0 <= used <= capacity:
+        raise ValueError(f"bad growth request: size={size}, used={used}, capacity={capacity}/{max_capacity}")
+    if write_seq > capacity:
+        return capacity
+    target = capacity
+    while target < max_capacity and target - used < size:
+        target *= 2
+    return target

@@ -6,13 +6,18 @@
   sends ``Join``/``Leave`` to the path's owner (maybe this very worker) and reads the
   owner's answers from its inbox.
 - **owner**: for the paths that hash to this worker, it feeds ``Join``/``Leave`` frames to the
-  pure ``Rendezvous`` and carries out the actions: answer parties, create the ring segment
-  and send ``Start``, mark readers detached or the ring broken, unlink the segment.
+  pure ``Rendezvous`` and carries out the actions: answer parties, carve the ring out of its
+  arena (``shm/arena.py``) and send ``Start``, mark readers detached or the ring broken, and
+  free the ring once nobody touches it any more.
 
 Limits are shared out per owner (paths hash evenly over workers): each owner admits
-``ceil(max_pipes / workers)`` pipes and holds at most ``max_memory // workers`` bytes of
-ring segments (header included), so no shared counter is needed and ``max_memory`` bounds
-the total. (A server whose budget per worker is below one ring refuses every transfer.)
+``ceil(max_pipes / workers)`` pipes and its arena reserves at most ``max_memory // workers``
+bytes of rings as reserved (headers, capacities as they grew), so no shared counter is
+needed and ``max_memory`` bounds the total. The rendezvous counts a ring at its smallest
+and turns pipes away when even that does not fit; what the arena cannot reserve then gets
+the same 503. A ring's slot is freed once the relay is released, every party sent a
+``Start`` has left (or died), and no ``users`` byte is set (``arena.py``, "Users"); rings
+that wait only for users bytes are looked at again on a short timer.
 Timers (``wait_timeout``, ``reconnect_grace``) live in the owner's rendezvous as one heap,
 driven by one task that sleeps until the earliest deadline.
 
@@ -34,8 +39,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ringpipe.core.config import Settings
+from ringpipe.core.config import INITIAL_RING_BYTES, Settings
 from ringpipe.core.control_frames import Broken, Frame, Hello, PipeStatus, RelayInfo, Start
+from ringpipe.core.errors import RingMemoryFull
 from ringpipe.core.paths import owner_of
 from ringpipe.core.rendezvous import (
     Accepted,
@@ -74,14 +80,20 @@ from ringpipe.core.rendezvous import (
     WorkerGone,
 )
 from ringpipe.mesh.control import Mesh
+from ringpipe.mesh.party import Hangup, InboxItem, LocalParty
 from ringpipe.mesh.relay import Slot
 from ringpipe.ops import metrics
-from ringpipe.shm import segment
+from ringpipe.shm import mapping, segment
+from ringpipe.shm.arena import Arena
 from ringpipe.shm.wakeup import WakeChannel
 
 __all__ = ["Hangup", "InboxItem", "LocalParty", "WorkerPipes"]
 
 log = logging.getLogger("ringpipe.node")
+
+#: First and longest wait before a released ring's users bytes are looked at again.
+FREE_RETRY_S = 0.02
+FREE_RETRY_MAX_S = 1.0
 
 
 def owner_limits(settings: Settings) -> Limits:
@@ -96,89 +108,16 @@ def owner_limits(settings: Settings) -> Limits:
     )
 
 
-@dataclass(frozen=True, slots=True)
-class Hangup:
-    """Local: the party's client went away."""
-
-
-InboxItem = Frame | Hangup
-
-
-class Inbox:
-    """A party's mailbox: frames and hang-ups in arrival order, async-iterable until closed.
-
-    A list and at most one waiting future: the party's handler is its only reader. (An anyio
-    memory object stream takes several objects and a task-info lookup per receive, for each
-    of thousands of waiting receivers; an empty deque alone is a ~760-byte block, a list 56
-    bytes, and an inbox rarely holds more than two items.)
-    """
-
-    __slots__ = ("_closed", "_items", "_waiter")
-
-    def __init__(self) -> None:
-        self._items: list[InboxItem] = []
-        self._waiter: asyncio.Future[None] | None = None
-        self._closed = False
-
-    def put(self, item: InboxItem) -> None:
-        if not self._closed:
-            self._items.append(item)
-            self._wake()
-
-    def close(self) -> None:
-        """No more items: pending ones are dropped and iteration stops."""
-        self._closed = True
-        self._items.clear()
-        self._wake()
-
-    def _wake(self) -> None:
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-    def __aiter__(self) -> Inbox:
-        return self
-
-    async def __anext__(self) -> InboxItem:
-        while not self._items:
-            if self._closed:
-                raise StopAsyncIteration
-            waiter = self._waiter = asyncio.get_running_loop().create_future()
-            try:
-                await waiter
-            finally:
-                self._waiter = None
-        return self._items.pop(0)
-
-
-@dataclass(eq=False, slots=True)
-class LocalParty:
-    """One sender or receiver request on this worker, between its Join and its Leave."""
-
-    id: PartyId
-    path: str
-    role: Role
-    n: int
-    owner: int
-    inbox: Inbox = field(default_factory=Inbox, repr=False)
-    left: bool = False
-    joined: float = field(default_factory=time.monotonic, repr=False)
-
-    def deliver(self, item: InboxItem) -> None:
-        self.inbox.put(item)
-
-    def hang_up(self) -> None:
-        """The party's client went away (a bound method is the hang-up callback: no closure)."""
-        self.inbox.put(Hangup())
-
-
 @dataclass(slots=True)
 class _OwnedRelay:
+    relay_id: int
     ring: segment.RingSegment
     info: RelayInfo
     path: str
     started: float
     receiver_headers: Headers = ()
+    #: Parties sent a ``Start`` that have not left: they may map the ring.
+    attached: set[PartyId] = field(default_factory=set)
 
 
 def new_epoch() -> str:
@@ -200,11 +139,25 @@ class WorkerPipes:
         self.index = index
         self.pid = os.getpid()
         self.supervisor_pid = supervisor_pid
+        segment.set_worker_slot(index)
+        self.arena = Arena(
+            mapping.arena_name(supervisor_pid, self.pid),
+            ring_bytes=settings.ring_bytes,
+            budget=settings.max_memory // settings.workers,
+            on_change=metrics.ring_bytes_changed,
+            on_refusal=metrics.ring_refused,
+        )
+        self.first_capacity = min(INITIAL_RING_BYTES, settings.ring_bytes)
         self.rendezvous = Rendezvous(
-            owner_limits(settings), self._ring_view, lambda n: segment.segment_bytes(settings.ring_bytes, n)
+            owner_limits(settings), self._ring_view, lambda n: segment.segment_bytes(self.first_capacity, n)
         )
         self.parties: dict[int, LocalParty] = {}
         self._owned: dict[int, _OwnedRelay] = {}
+        #: Released relays whose rings wait for their last users (see the module docstring).
+        self._retiring: dict[int, _OwnedRelay] = {}
+        self._attached_to: dict[PartyId, _OwnedRelay] = {}
+        self._free_timer: asyncio.TimerHandle | None = None
+        self._free_wait = FREE_RETRY_S
         self._wakers: dict[tuple[str, int], Callable[[], None]] = {}
         self._watcher_wakers: dict[str, set[Callable[[], None]]] = {}
         self._timer_task: asyncio.Task[None] | None = None
@@ -337,6 +290,8 @@ class WorkerPipes:
 
     def on_frame(self, sender: int, frame: Frame) -> None:
         if isinstance(frame, (Join, Leave, Cancel, Query, Stalled)):
+            if isinstance(frame, Leave):
+                self._detached(frame.party)
             self._apply(self.rendezvous.handle(frame, time.monotonic()))
             if isinstance(frame, Join) and frame.role is not Role.SENDER:
                 self._admit_if_waiting(frame)
@@ -363,8 +318,13 @@ class WorkerPipes:
             self.mesh.send(join.party.worker, Accepted(join.party, pipe.n, None))
 
     def on_peer_gone(self, worker: int, pid: int) -> None:
+        for owned in (*self._owned.values(), *self._retiring.values()):
+            owned.ring.clear_user(worker)  # a dead process touches nothing
+            for party in [p for p in owned.attached if p.worker == worker and p.pid == pid]:
+                self._detached(party)
         self._apply(self.rendezvous.handle(WorkerGone(worker, pid), time.monotonic()))
         self.on_peer_unreachable(worker)
+        self._retry_frees()
 
     def on_peer_unreachable(self, worker: int) -> None:
         for party in list(self.parties.values()):
@@ -428,7 +388,7 @@ class WorkerPipes:
             if owned is None:
                 self.mesh.send(action.party.worker, Reject(action.party, 410, "The pipe is gone."))
             else:
-                self.mesh.send(action.party.worker, Start(action.party, owned.info, slot, owned.receiver_headers))
+                self._start(action.party, owned, slot)
         elif isinstance(action, TimedOut):
             metrics.transfer_ended("timeout")
         elif isinstance(action, StatusReply):
@@ -461,12 +421,25 @@ class WorkerPipes:
             self._release(action)
 
     def _establish(self, action: Establish) -> None:
-        name = segment.segment_name(self.supervisor_pid, self.pid, action.relay_id)
         settings = self.settings
-        ring = segment.RingSegment.create(name, settings.ring_bytes, len(action.receivers), settings.replay_window)
+        # A producer in this worker grows its ring as it needs; one elsewhere cannot reserve
+        # in this arena, so its ring starts whole.
+        local = action.sender.worker == self.index
+        try:
+            ring = self.arena.create_ring(
+                action.relay_id,
+                n_readers=len(action.receivers),
+                capacity=self.first_capacity if local else settings.ring_bytes,
+                window=settings.replay_window,
+            )
+        except RingMemoryFull as full:
+            log.warning("transfer refused: %s", full.reason, extra={"event": "refused", "path": action.path})
+            for party in (action.sender, *action.receivers, *action.watchers):
+                self.mesh.send(party.worker, Reject(party, full.http_status, full.message))
+            return  # their Leaves dissolve the relay in the rendezvous; it has no ring to release
         stall_ms = action.stall_ms if action.stall_ms >= 0 else round(settings.stall_timeout * 1000)
         info = RelayInfo(
-            segment=name,
+            segment=ring.name,
             capacity=ring.capacity,
             owner=self.index,
             producer=action.sender.worker,
@@ -474,14 +447,50 @@ class WorkerPipes:
             epoch=new_epoch(),
             stall_ms=stall_ms,
         )
-        owned = _OwnedRelay(ring, info, action.path, time.monotonic(), action.receiver_headers)
+        owned = _OwnedRelay(action.relay_id, ring, info, action.path, time.monotonic(), action.receiver_headers)
         self._owned[action.relay_id] = owned
-        metrics.relay_established(ring, len(action.receivers))
-        self.mesh.send(action.sender.worker, Start(action.sender, info, Slot.WRITER, action.receiver_headers))
+        metrics.relay_established(len(action.receivers))
+        self._start(action.sender, owned, Slot.WRITER)
         for slot, party in enumerate(action.receivers):
-            self.mesh.send(party.worker, Start(party, info, slot, action.receiver_headers))
+            self._start(party, owned, slot)
         for party in action.watchers:
-            self.mesh.send(party.worker, Start(party, info, Slot.WATCHER, action.receiver_headers))
+            self._start(party, owned, Slot.WATCHER)
+
+    def _start(self, party: PartyId, owned: _OwnedRelay, slot: int) -> None:
+        """Send ``party`` its ``Start``; from now on it may map the ring until it leaves."""
+        self.mesh.send(party.worker, Start(party, owned.info, slot, owned.receiver_headers))
+        owned.attached.add(party)
+        self._attached_to[party] = owned
+
+    def _detached(self, party: PartyId) -> None:
+        """``party`` left (or died): it no longer keeps its ring's slot."""
+        owned = self._attached_to.pop(party, None)
+        if owned is not None:
+            owned.attached.discard(party)
+            if owned.relay_id in self._retiring:
+                self._free_if_unused(owned)
+
+    def _free_if_unused(self, owned: _OwnedRelay) -> None:
+        """Free a released ring's slot if nobody may touch it any more, else look again later."""
+        if owned.attached:
+            return  # a Leave (or the worker's death) brings us back
+        if owned.ring.has_users():
+            self._schedule_frees()
+            return
+        del self._retiring[owned.relay_id]
+        self.arena.free(owned.ring)
+
+    def _schedule_frees(self) -> None:
+        if self._free_timer is None:
+            self._free_timer = asyncio.get_running_loop().call_later(self._free_wait, self._retry_frees)
+            self._free_wait = min(self._free_wait * 2, FREE_RETRY_MAX_S)
+
+    def _retry_frees(self) -> None:
+        self._free_timer = None
+        for owned in list(self._retiring.values()):
+            self._free_if_unused(owned)
+        if self._free_timer is None:  # nothing waits on users bytes: next time, start short
+            self._free_wait = FREE_RETRY_S
 
     def _release(self, action: Release) -> None:
         owned = self._owned.pop(action.relay_id, None)
@@ -489,9 +498,8 @@ class WorkerPipes:
             return
         relayed = owned.ring.write_seq
         framings = metrics.framing_mix(owned.ring)
-        owned.ring.unlink()
-        owned.ring.close()
-        metrics.relay_released(owned.info.capacity)
+        self._retiring[action.relay_id] = owned
+        self._free_if_unused(owned)
         if action.cancelled:
             ending = "cancelled"
         elif action.broken or action.completed == 0:
@@ -523,11 +531,13 @@ class WorkerPipes:
         )
 
     def close(self) -> None:
-        """Unlink every ring this worker owns (worker exit)."""
+        """Worker exit: unlink the arena (readers elsewhere keep their mappings until they end)."""
         if self._timer_task is not None:
             self._timer_task.cancel()
+        if self._free_timer is not None:
+            self._free_timer.cancel()
+            self._free_timer = None
         self.wakes.close()
-        for owned in self._owned.values():
-            owned.ring.unlink()
-            owned.ring.close()
+        self.arena.close()
         self._owned.clear()
+        self._retiring.clear()

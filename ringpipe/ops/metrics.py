@@ -70,7 +70,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from ringpipe.core.rendezvous import Waiting
-from ringpipe.shm.segment import STAMP_SEQ_WORD
+from ringpipe.shm.layout import STAMP_SEQ_WORD
 
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
@@ -116,7 +116,8 @@ __all__ = [
     "reader_started",
     "rejected",
     "relay_established",
-    "relay_released",
+    "ring_bytes_changed",
+    "ring_refused",
     "render",
     "transfer_ended",
     "watcher_ended",
@@ -198,7 +199,16 @@ EVICTIONS = Counter(
 INVALID_UTF8 = Counter(
     "ringpipe_invalid_utf8", "Byte sequences replaced by U+FFFD in text framings, by framing.", ["framing"]
 )
-RING_BYTES = Gauge("ringpipe_ring_bytes", "Shared memory held by rings of live transfers.", multiprocess_mode="livesum")
+RING_BYTES = Gauge(
+    "ringpipe_ring_bytes",
+    "Shared memory reserved for rings (headers and capacities as they grew), as /dev/shm holds it.",
+    multiprocess_mode="livesum",
+)
+RING_REFUSALS = Counter(
+    "ringpipe_ring_refusals",
+    "Rings that could not be reserved or grown: memory_limit (--max-memory) or shm_full (/dev/shm).",
+    ["reason"],
+)
 WORKER_RESTARTS = Counter("ringpipe_worker_restarts", "Workers the supervisor had to replace.")
 
 # Every documented label value exists from the start (at 0), so dashboards and alerts see
@@ -211,6 +221,8 @@ for _ending in ENDINGS:
     TRANSFERS.labels(ending=_ending)
 for _reason in EVICTION_REASONS:
     EVICTIONS.labels(reason=_reason)
+for _reason in ("memory_limit", "shm_full"):
+    RING_REFUSALS.labels(reason=_reason)
 for _role in ("sender", "receiver"):
     RENDEZVOUS_WAIT.labels(role=_role)
 #: Every error status the server answers (SPEC Part 3 "Errors", plus 416 for a Range past the
@@ -234,14 +246,19 @@ def party_started(role: Role, joined: float) -> None:
     RENDEZVOUS_WAIT.labels(role=role.value).observe(max(0.0, time.monotonic() - joined))
 
 
-def relay_established(ring: RingSegment, n: int) -> None:
+def relay_established(n: int) -> None:
     """The owner created a ring for a transfer of ``n`` receivers."""
-    RING_BYTES.inc(ring.capacity)
     FANOUT.observe(n)
 
 
-def relay_released(capacity: int) -> None:
-    RING_BYTES.dec(capacity)
+def ring_bytes_changed(delta: int) -> None:
+    """This worker's arena reserved (``delta`` > 0) or freed ring bytes (``arena.Arena``)."""
+    RING_BYTES.inc(delta)
+
+
+def ring_refused(reason: str) -> None:
+    """A ring could not be reserved, or grown: "memory_limit" or "shm_full"."""
+    RING_REFUSALS.labels(reason=reason).inc()
 
 
 def transfer_ended(ending: str, *, across_workers: bool = False) -> None:
@@ -355,7 +372,7 @@ class ProducerMeter:
         write_seq = ring.write_seq
         self._flush(write_seq)
         stamped = ring.latency_stamp_seq()
-        if stamped and ring.slowest_read_seq() < stamped:
+        if stamped and ring.oldest_held() < stamped:
             return  # a reader has not reached the last sample yet: keep it for that reader
         ring.stamp_latency(write_seq, now)
 

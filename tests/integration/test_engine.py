@@ -309,9 +309,9 @@ def test_kill_9_of_a_worker_mid_transfer(server_factory: ServerFactory) -> None:
             assert success and all(r is not None and r.complete and r.body == expected for r in receivers)
     assert sender_died and receiver_died and untouched, (sender_died, receiver_died, untouched)
     deadline = time.monotonic() + 10
-    while shm_segments(f"ringpipe-{server.pid}-") and time.monotonic() < deadline:
+    while server.stray_shm() and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert not shm_segments(f"ringpipe-{server.pid}-")
+    assert not server.stray_shm()
 
     # The new worker serves; a pipe on a path it owns works.
     path = next(p for p in (fresh() for _ in range(100)) if owner_of(p, workers) == victim_slot)
@@ -356,7 +356,7 @@ def test_a_thousand_transfers_leave_no_ring_and_no_growth(server_factory: Server
     time.sleep(1)
     grown = server.rss() - start_rss
     assert grown < 24 * 1024 * 1024, f"RSS grew by {grown / 1e6:.1f} MB over 1000 transfers"
-    assert not shm_segments(f"ringpipe-{server.pid}-")
+    assert not server.stray_shm()
     assert metric(server, "ringpipe_ring_bytes") == 0
 
 

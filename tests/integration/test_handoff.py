@@ -20,7 +20,7 @@ from websockets.asyncio.client import connect as ws_connect
 
 from ringpipe.core.paths import owner_of
 from tests.support.pipes import Conn, Response, fresh, get, pattern, put, run
-from tests.support.servers import ServerFactory, metric, shm_segments
+from tests.support.servers import ServerFactory, metric
 
 
 def test_small_pipes_are_served_whole_by_their_owner(server_factory: ServerFactory) -> None:
@@ -165,6 +165,6 @@ def test_kill_9_of_an_owner_cuts_only_its_pipes(server_factory: ServerFactory) -
     assert cut and intact, (cut, intact)
     server.wait_log(lambda r: r.get("event") == "worker_ready")
     deadline = time.monotonic() + 10
-    while shm_segments(f"ringpipe-{server.pid}-") and time.monotonic() < deadline:
+    while server.stray_shm() and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert not shm_segments(f"ringpipe-{server.pid}-")
+    assert not server.stray_shm()

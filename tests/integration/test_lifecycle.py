@@ -15,7 +15,7 @@ import uuid
 from collections.abc import AsyncIterator
 
 from tests.support.pipes import Response, fresh, get, pattern, put, read_body, read_head, run
-from tests.support.servers import Server, ServerFactory
+from tests.support.servers import Server, ServerFactory, metric
 
 
 async def request(port: int, method: str, path: str, headers: list[tuple[str, str]] | None = None) -> Response:
@@ -226,17 +226,30 @@ def test_read_keys(server: Server) -> None:
 
 
 def test_max_pipes_and_max_memory(server_factory: ServerFactory) -> None:
-    """3 pipes at most, and 3 MiB of rings: two 1 MiB rings (plus their header page) fit,
-    a third transfer is refused with 503 while they run."""
-    server = server_factory("--workers", "1", "--max-pipes", "3", "--max-memory", "3M", "--ring-bytes", "1M")
+    """3 pipes at most, and rings counted as reserved: two pipes that have moved 700 kB grow
+    their rings to 1 MiB (a 512 KiB replay window needs twice that) and, with their header
+    pages, fill the budget, so a third transfer is refused with 503 while they run."""
+    two_rings = 2 * (4096 + (1 << 20))
+    server = server_factory(
+        "--workers", "1", "--max-pipes", "3", "--max-memory", str(two_rings + 4096),
+        "--ring-bytes", "1M", "--replay-bytes", "512K",
+    )  # fmt: skip
+    head = pattern(700_000)
+
+    async def grown(seed: int) -> AsyncIterator[bytes]:
+        yield head
+        async for tick in ticking(30, 0.05, seed):
+            yield tick
 
     async def scenario() -> tuple[Response, Response, Response, list[Response]]:
         a, b, c = fresh(), fresh(), fresh()
         waiting = [asyncio.create_task(get(server.port, p)) for p in (a, b, c)]
         await asyncio.sleep(0.4)
         fourth = await get(server.port, fresh())
-        running = [asyncio.create_task(put(server.port, p, ticking(30, 0.05))) for p in (a, b)]
+        running = [asyncio.create_task(put(server.port, p, grown(i))) for i, p in enumerate((a, b))]
         await asyncio.sleep(0.5)
+        reserved = await asyncio.get_running_loop().run_in_executor(None, metric, server, "ringpipe_ring_bytes")
+        assert reserved == two_rings
         third_log = await put(server.port, c, b"y")
         third = await waiting[2]
         done = [await t for t in (*running, *waiting[:2])]
@@ -247,6 +260,7 @@ def test_max_pipes_and_max_memory(server_factory: ServerFactory) -> None:
     assert third.status == 503 and "memory" in third.text
     assert "memory" in third_log.text
     assert all(r.complete for r in done)
+    assert [r.body for r in done[2:]] == [head + tokens(30, i) for i in range(2)]
 
 
 def test_watchers_join_late_and_never_slow_the_producer(server_factory: ServerFactory) -> None:

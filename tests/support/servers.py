@@ -35,6 +35,18 @@ def shm_segments(prefix: str = "ringpipe-") -> set[str]:
         return set()
 
 
+def shm_held(prefix: str = "ringpipe-") -> dict[str, int]:
+    """Bytes of memory each ``/dev/shm`` file under ``prefix`` holds (its blocks, not its
+    size: a worker's arena is a sparse file that holds nothing while no ring lives)."""
+    held = {}
+    for name in shm_segments(prefix):
+        try:
+            held[name] = os.stat(f"/dev/shm/{name}").st_blocks * 512
+        except FileNotFoundError:
+            pass
+    return held
+
+
 def children_of(pid: int) -> list[int]:
     try:
         text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
@@ -85,6 +97,16 @@ class Server:
                 elif record.get("event") == "worker_ready":
                     slots[int(record["slot"])] = int(record["worker_pid"])  # type: ignore[call-overload]
         return slots
+
+    def stray_shm(self) -> dict[str, int]:
+        """This server's ``/dev/shm`` files that should not be there now: any that holds
+        memory (no ring is alive), and any of a worker that no longer runs."""
+        live = set(self.workers())
+        return {
+            name: held
+            for name, held in shm_held(f"ringpipe-{self.pid}-").items()
+            if held or int(name.split("-")[2]) not in live
+        }
 
     def all_pids(self) -> list[int]:
         return [self.pid, *self.workers()]

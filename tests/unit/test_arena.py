@@ -1,0 +1,324 @@
+"""The arena: slot and budget arithmetic (pure, hypothesis), ring growth (pure), and the real
+``/dev/shm`` arena: what it reserves, what it gives back, and a growing ring against a model."""
+
+from __future__ import annotations
+
+import errno
+import os
+import random
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+
+from ringpipe.core.arena import Budget, SlotTable
+from ringpipe.core.errors import RingMemoryFull, WouldBlock
+from ringpipe.core.ring import gate, grown
+from ringpipe.shm import arena as arena_module
+from ringpipe.shm import mapping, segment
+from ringpipe.shm.arena import Arena
+from ringpipe.shm.layout import data_offset
+
+PAGE = 4096
+HEADER = data_offset(1)  # one page for up to 56 readers
+
+# -- SlotTable and Budget against plain models -----------------------------------------------
+
+
+class SlotTableModel(RuleBasedStateMachine):
+    @initialize(slot_bytes=st.sampled_from([4096, 8192, 1 << 20]))
+    def setup(self, slot_bytes: int) -> None:
+        self.table = SlotTable(slot_bytes)
+        self.live: set[int] = set()
+        self.high_water = 0
+
+    @rule()
+    def take(self) -> None:
+        slot = self.table.take()
+        lowest_free = min(set(range(self.high_water + 1)) - self.live)
+        assert slot == lowest_free  # lowest first: live rings stay packed
+        self.live.add(slot)
+        self.high_water = max(self.high_water, slot + 1)
+
+    @precondition(lambda self: self.live)
+    @rule(pick=st.integers(0, 1000))
+    def give(self, pick: int) -> None:
+        slot = sorted(self.live)[pick % len(self.live)]
+        self.table.give(slot)
+        self.live.remove(slot)
+        with pytest.raises(ValueError, match="not live"):
+            self.table.give(slot)  # a double free is refused
+
+    @invariant()
+    def slots_never_overlap_and_fit_the_file(self) -> None:
+        size = self.table.slot_bytes
+        ranges = sorted((self.table.offset(s), self.table.offset(s) + size) for s in self.live)
+        assert all(end <= start for (_, end), (start, _) in zip(ranges, ranges[1:], strict=False))
+        assert all(end <= self.table.extent for _, end in ranges)
+        assert self.table.live == len(self.live)
+        assert self.table.extent == self.high_water * size
+
+
+TestSlotTable = SlotTableModel.TestCase
+TestSlotTable.settings = settings(max_examples=100, stateful_step_count=60, deadline=None, database=None)
+
+
+@given(limit=st.integers(0, 10_000), ops=st.lists(st.tuples(st.booleans(), st.integers(0, 3000)), max_size=60))
+def test_budget_takes_only_what_fits_and_gives_back_what_it_took(limit: int, ops: list[tuple[bool, int]]) -> None:
+    budget = Budget(limit)
+    held: list[int] = []
+    for taking, size in ops:
+        if taking:
+            before = budget.reserved
+            fits = before + size <= limit
+            assert budget.take(size) is fits
+            assert budget.reserved == before + (size if fits else 0)
+            if fits:
+                held.append(size)
+        elif held:
+            budget.give(held.pop())
+        assert 0 <= budget.reserved <= limit
+        assert budget.reserved == sum(held)
+    with pytest.raises(ValueError):
+        budget.give(budget.reserved + 1)
+
+
+# -- growth arithmetic ---------------------------------------------------------------------------
+
+powers = st.integers(12, 20).map(lambda e: 1 << e)
+
+
+@given(data=st.data(), capacity=powers, max_exp=st.integers(12, 21), size=st.integers(1, 3 << 20))
+def test_grown_is_the_smallest_doubling_with_room(data: st.DataObject, capacity: int, max_exp: int, size: int) -> None:
+    max_capacity = max(capacity, 1 << max_exp)
+    write_seq = data.draw(st.integers(0, 3 * max_capacity))
+    used = data.draw(st.integers(0, min(capacity, write_seq)))
+    target = grown(write_seq=write_seq, gate=write_seq - used, capacity=capacity, max_capacity=max_capacity, size=size)
+    assert target & (target - 1) == 0 and capacity <= target <= max_capacity
+    if write_seq > capacity:  # a byte has wrapped: offsets are fixed for good
+        assert target == capacity
+    elif target < max_capacity:
+        assert target - used >= size  # room for the whole write
+        assert target == capacity or target // 2 - used < size  # and no bigger than needed
+
+
+def test_grown_refuses_nonsense() -> None:
+    with pytest.raises(ValueError):
+        grown(write_seq=10, gate=0, capacity=8, max_capacity=16, size=1)  # 10 bytes held in 8
+    with pytest.raises(ValueError):
+        grown(write_seq=0, gate=0, capacity=32, max_capacity=16, size=1)
+
+
+# -- the real arena --------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def arena() -> Iterator[Arena]:
+    changes: list[int] = []
+    made = Arena(f"ringpipe-test-{os.getpid()}-{uuid.uuid4().hex[:8]}-arena", ring_bytes=1 << 16, budget=1 << 20)
+    made.on_change = changes.append
+    try:
+        yield made
+    finally:
+        made.close()
+        assert not os.path.exists(made.path)
+        assert sum(changes) == made.reserved
+
+
+def held(arena: Arena) -> int:
+    """Bytes the arena file really holds (blocks, not size)."""
+    return os.stat(arena.path).st_blocks * 512
+
+
+def test_a_ring_reserves_its_header_and_capacity_and_gives_them_back(arena: Arena) -> None:
+    ring = arena.create_ring(7, n_readers=1, capacity=PAGE, window=0)
+    assert (arena.reserved, held(arena)) == (HEADER + PAGE, HEADER + PAGE)
+    assert ring.capacity == PAGE and ring.max_capacity == 1 << 16 and ring.relay_id == 7
+    second = arena.create_ring(8, n_readers=1, capacity=1 << 16, window=0)  # a remote producer's: whole
+    assert held(arena) == 2 * HEADER + PAGE + (1 << 16)
+    arena.free(ring)
+    assert (arena.reserved, held(arena)) == (HEADER + (1 << 16), HEADER + (1 << 16))
+    third = arena.create_ring(9, n_readers=1, capacity=PAGE, window=0)
+    assert third.region.offset == 0  # the lowest slot is reused
+    arena.free(second)
+    arena.free(third)
+    assert (arena.reserved, held(arena), arena.live, mapping.mapped()) == (0, 0, 0, 0)
+
+
+def test_the_budget_refuses_a_ring_and_reserves_nothing(arena: Arena) -> None:
+    refusals: list[str] = []
+    arena.on_refusal = refusals.append
+    arena.budget.limit = 2 * (HEADER + (1 << 16))
+    rings = [arena.create_ring(i, n_readers=1, capacity=1 << 16, window=0) for i in (1, 2)]
+    with pytest.raises(RingMemoryFull) as refused:
+        arena.create_ring(3, n_readers=1, capacity=PAGE, window=0)
+    assert refused.value.http_status == 503 and "memory limit" in refused.value.message
+    assert refusals == ["memory_limit"] and arena.live == 2
+    for ring in rings:
+        arena.free(ring)
+    assert held(arena) == 0
+
+
+def test_a_full_dev_shm_is_a_refusal_not_a_sigbus(arena: Arena, monkeypatch: pytest.MonkeyPatch) -> None:
+    """ENOSPC from posix_fallocate (a full tmpfs) refuses the ring, or its growth, cleanly."""
+    ring = arena.create_ring(1, n_readers=1, capacity=PAGE, window=0)
+    writer = segment.RingSegment.attach(ring.name)
+
+    def full(fd: int, offset: int, length: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(arena_module.os, "posix_fallocate", full)
+    with pytest.raises(RingMemoryFull) as refused:
+        arena.create_ring(2, n_readers=1, capacity=PAGE, window=0)
+    assert "/dev/shm" in refused.value.message and arena.live == 1
+    assert writer.write_nowait(b"x" * 10_000) == PAGE  # no growth: the ring stays one page
+    assert ring.capacity == PAGE and arena.reserved == HEADER + PAGE
+    writer.close()
+    arena.free(ring)
+
+
+def test_users_bytes_follow_party_handles_per_process(arena: Arena) -> None:
+    ring = arena.create_ring(1, n_readers=2, capacity=PAGE, window=0)
+    assert not ring.has_users()  # the owner's own handle does not count
+    first, second = segment.RingSegment.attach(ring.name), segment.RingSegment.attach(ring.name)
+    assert ring.has_users() and mapping.mapped() == 1  # one mapping for the process
+    first.close()
+    assert ring.has_users()
+    second.close()
+    second.close()  # idempotent
+    assert not ring.has_users()
+    other = segment.RingSegment.attach(ring.name)
+    ring.clear_user(0)  # the owner forgets a dead worker's byte
+    assert not ring.has_users()
+    other.close()
+    arena.free(ring)
+    with pytest.raises(FileNotFoundError):
+        segment.RingSegment.attach(ring.name)  # freed: the slot holds no ring
+
+
+def test_an_attach_to_a_reused_slot_is_refused(arena: Arena) -> None:
+    old = arena.create_ring(1, n_readers=1, capacity=PAGE, window=0)
+    name = old.name
+    arena.free(old)
+    new = arena.create_ring(2, n_readers=1, capacity=PAGE, window=0)
+    assert new.region.offset == 0 and new.name != name
+    with pytest.raises(FileNotFoundError):
+        segment.RingSegment.attach(name)
+    arena.free(new)
+
+
+def test_a_refused_growth_shrinks_a_window_the_ring_cannot_hold(arena: Arena) -> None:
+    """The budget allows no growth: a ring whose replay window is bigger than itself would
+    leave its writer no room, so the window becomes half the ring and the writer goes on."""
+    ring = arena.create_ring(1, n_readers=1, capacity=PAGE, window=1 << 15)
+    arena.budget.limit = arena.reserved
+    writer, reader = segment.RingSegment.attach(ring.name), segment.RingSegment.attach(ring.name)
+    data = random.Random(1).randbytes(3 * PAGE)
+    got = bytearray()
+    written = 0
+    while len(got) < len(data):
+        try:
+            written += writer.write_nowait(data[written : written + 1000])
+        except WouldBlock:
+            pass
+        got += reader.read_nowait(0, 4096)
+    assert got == data and ring.capacity == PAGE and ring.window == PAGE // 2
+    for handle in (writer, reader):
+        handle.close()
+    arena.free(ring)
+
+
+# -- a growing ring against a model: bytes, capacity, reservation -------------------------------
+
+
+class GrowingRingModel(RuleBasedStateMachine):
+    """A producer in its owner's process: the ring starts at one page and grows through the
+    arena as writes need room; readers read through another handle. Every reader gets the
+    exact stream, the capacity only grows and never after a wrap, and the arena holds exactly
+    the header and the capacity."""
+
+    @initialize(n_readers=st.integers(1, 3), window=st.sampled_from([0, 1024, 8192]), budget_pages=st.integers(2, 40))
+    def setup(self, n_readers: int, window: int, budget_pages: int) -> None:
+        self.arena = Arena(
+            f"ringpipe-test-{os.getpid()}-{uuid.uuid4().hex[:8]}-arena", ring_bytes=1 << 16, budget=1 << 20
+        )
+        self.owner = self.arena.create_ring(1, n_readers=n_readers, capacity=PAGE, window=window)
+        self.arena.budget.limit = HEADER + budget_pages * PAGE
+        self.writer = segment.RingSegment.attach(self.owner.name)
+        self.reader = segment.RingSegment.attach(self.owner.name)
+        self.history = bytearray()
+        self.read_seqs = [0] * n_readers
+        self.capacity = PAGE
+        self.wrapped = False
+
+    def teardown(self) -> None:
+        arena = getattr(self, "arena", None)
+        if arena is None:
+            return
+        self.writer.close()
+        self.reader.close()
+        arena.free(self.owner)
+        assert os.stat(arena.path).st_blocks == 0
+        arena.close()
+
+    @rule(size=st.one_of(st.integers(1, 64), st.integers(1000, 20_000)), seed=st.integers(0, 2**16))
+    def write(self, size: int, seed: int) -> None:
+        data = random.Random(seed).randbytes(size)
+        ring = self.owner
+        room = ring.capacity - (len(self.history) - gate(len(self.history), self.read_seqs, ring.window))
+        try:
+            written = self.writer.write_nowait(data)
+        except WouldBlock:
+            # full, and it could not grow: wrapped already, at its largest, or the budget
+            # cannot pay for a doubling
+            grow_blocked = self.wrapped or ring.capacity == ring.max_capacity or self._budget_left() < ring.capacity
+            assert room == 0 and grow_blocked
+            return
+        assert written == min(size, ring.capacity - (len(self.history) - self._gate_now()))
+        self.history += data[:written]
+
+    def _gate_now(self) -> int:
+        return gate(len(self.history), self.read_seqs, self.owner.window)
+
+    def _budget_left(self) -> int:
+        return self.arena.budget.limit - self.arena.budget.reserved
+
+    @rule(pick=st.integers(0, 2), limit=st.one_of(st.integers(1, 100), st.integers(1000, 30_000)))
+    def read(self, pick: int, limit: int) -> None:
+        slot = pick % len(self.read_seqs)
+        start = self.read_seqs[slot]
+        if start == len(self.history):
+            with pytest.raises(WouldBlock):
+                self.reader.read_nowait(slot, limit)
+            return
+        out = self.reader.read_nowait(slot, limit)
+        assert out == self.history[start : start + min(limit, len(self.history) - start)]
+        self.read_seqs[slot] = start + len(out)
+
+    @invariant()
+    def capacity_grows_only_before_the_first_wrap(self) -> None:
+        capacity = self.owner.capacity
+        assert capacity & (capacity - 1) == 0 and self.capacity <= capacity <= self.owner.max_capacity
+        if self.wrapped:
+            assert capacity == self.capacity
+        self.capacity = capacity
+        self.wrapped = self.wrapped or len(self.history) > capacity
+
+    @invariant()
+    def the_arena_holds_the_header_and_the_capacity(self) -> None:
+        assert self.arena.reserved == HEADER + self.owner.capacity <= self.arena.budget.limit
+        assert os.stat(self.arena.path).st_blocks * 512 == HEADER + self.owner.capacity
+
+    @invariant()
+    def readers_stay_within_one_lap(self) -> None:
+        for seq in self.read_seqs:
+            assert 0 <= len(self.history) - seq <= self.owner.capacity
+
+
+TestGrowingRing = GrowingRingModel.TestCase
+TestGrowingRing.settings = settings(
+    max_examples=60, stateful_step_count=40, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow]
+)
