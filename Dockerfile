@@ -5,16 +5,17 @@
 #   docker build -t ringpipe .
 #   docker run --rm -p 8080:8080 --shm-size=1g -e RINGPIPE_MAX_MEMORY=960M ringpipe
 #
-# Shared memory (/dev/shm): every established pipe holds one ring of --ring-bytes (default
-# 1 MiB) plus a small header (under 32 KiB even at ?n=256) in /dev/shm, so
-#     needed /dev/shm  =  ring bytes x concurrent established pipes  (+ ~3 % for headers)
-# e.g. 1000 concurrent pipes x 1 MiB = 1000 MiB -> --shm-size=1g (compose: shm_size,
-# Kubernetes: a memory-backed emptyDir at /dev/shm). Docker's default /dev/shm is only
-# 64 MiB, and a ring that outgrows tmpfs kills its worker with SIGBUS, so --max-memory
-# (RINGPIPE_MAX_MEMORY, total ring bytes; beyond it new transfers get a clean 503) must stay
-# below the shm size. The server's own default is 2 GiB (--shm-size=2g plus headroom); this
-# image defaults to 56M so that a plain `docker run` (64 MiB of /dev/shm) answers 503 instead
-# of crashing: raise both together.
+# Shared memory (/dev/shm): each worker keeps its rings in one sparse file there. A ring
+# reserves a header page plus what its stream needs: 8 KiB for a short token stream, up to
+# --ring-bytes + 4 KiB (default 1 MiB + 4 KiB) for a bulk transfer (docs/memory.md), and
+# --max-memory (RINGPIPE_MAX_MEMORY) bounds the total as reserved, so
+#     needed /dev/shm  ~  8 KiB x token streams + ring bytes x concurrent bulk pipes
+# e.g. 10000 token streams -> 80 MiB; 1000 bulk pipes x 1 MiB -> --shm-size=1g (compose:
+# shm_size, Kubernetes: a memory-backed emptyDir at /dev/shm). Keep --max-memory a little
+# below the shm size, so a full budget answers 503 (memory limit) first; a full /dev/shm
+# answers 503 too, never a SIGBUS. The server's own default is 2 GiB; Docker's default
+# /dev/shm is 64 MiB, so this image defaults to 56M (about 7000 token streams, or 55 bulk
+# transfers at once): raise both together.
 #
 # No Docker engine runs on ringpipe's CI machines: tests/integration/test_docker.py runs this
 # file's COPY and `pip install` steps in a fresh virtualenv and starts its ENTRYPOINT + CMD

@@ -89,7 +89,7 @@ def test_image_shape(steps: list[Instruction]) -> None:
     assert len(health) == 1 and "/healthz" in health[0]
     assert exec_form(next(s.args for s in steps if s.keyword == "ENTRYPOINT")) == ["ringpipe"]
     assert exec_form(next(s.args for s in steps if s.keyword == "CMD")) == ["serve"]
-    assert "--shm-size" in text and "ring bytes x concurrent established pipes" in text
+    assert "--shm-size" in text and "8 KiB x token streams + ring bytes x concurrent bulk pipes" in text
     # The image's ring cap fits Docker's default 64 MiB /dev/shm, headers included.
     cap = env_of(steps)["RINGPIPE_MAX_MEMORY"]
     assert cap.endswith("M") and int(cap[:-1]) * 33 // 32 < 64

@@ -23,7 +23,7 @@ from ringpipe.shm.arena import Arena
 from ringpipe.shm.layout import data_offset
 
 PAGE = 4096
-HEADER = data_offset(1)  # one page for up to 56 readers
+HEADER = data_offset(1)  # one page for up to 54 readers
 
 # -- SlotTable and Budget against plain models -----------------------------------------------
 
