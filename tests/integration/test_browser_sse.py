@@ -22,7 +22,9 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from tests.support.browser import Browser, open_page
 from tests.support.servers import Server, kill_group
@@ -105,6 +107,38 @@ def test_eventsource_shows_tokens_live(browser: Browser, site: Server) -> None:
     assert len([e for e in state["events"] if e[0] == "message"]) >= 5  # token by token
 
 
+def reload_mid_stream(
+    browser: Browser,
+    site: Server,
+    url: str,
+    resume: str,
+    start_sender: Callable[[], subprocess.Popen[bytes]],
+    reload_when: str,
+    timeout_ms: int,
+) -> dict[str, Any]:
+    """Run ``resume`` (a page script that keeps its state in ``sessionStorage`` and sets
+    ``rp.ending``) on ``url``, start the sender, reload the page once ``reload_when`` holds, run
+    ``resume`` again, and return ``rp`` once an ending came; the sender must exit 0."""
+    open_page(browser, site.url + "/version")
+    browser.run(in_page("sessionStorage.clear();"))
+    browser.run(in_page(resume), url=url)
+    time.sleep(0.5)
+    sender = start_sender()
+    try:
+        browser.run(f"await page.waitForFunction(() => {reload_when});")
+        browser.run("await page.reload();")
+        browser.run(in_page(resume), url=url)
+        state: dict[str, Any] = browser.run(
+            f"await page.waitForFunction(() => rp.ending !== null, null, {{timeout: {timeout_ms}}});"
+            " return await page.evaluate(() => rp);"
+        )
+        assert sender.wait(30) == 0
+    finally:
+        stop(sender)
+        browser.run(in_page("sessionStorage.clear();"))
+    return state
+
+
 def test_reload_mid_stream_resumes_exactly(browser: Browser, site: Server) -> None:
     """The page keeps its text and last event id in sessionStorage; after a reload it reconnects
     with ``?last_event_id=`` and ends with the producer's text, nothing lost or doubled."""
@@ -126,23 +160,9 @@ def test_reload_mid_stream_resumes_exactly(browser: Browser, site: Server) -> No
       });
     }
     """
-    open_page(browser, site.url + "/version")
-    browser.run(in_page("sessionStorage.clear();"))
-    browser.run(in_page(resume), url=url)
-    time.sleep(0.5)
-    sender = producer(f"{site.url}/{path}", pause=0.5)
-    try:
-        browser.run("await page.waitForFunction(() => rp.text.length > 0);")
-        browser.run("await page.reload();")
-        browser.run(in_page(resume), url=url)
-        state = browser.run(
-            "await page.waitForFunction(() => rp.ending !== null, null, {timeout: 20000});"
-            " return await page.evaluate(() => rp);"
-        )
-        assert sender.wait(30) == 0
-    finally:
-        stop(sender)
-        browser.run(in_page("sessionStorage.clear();"))
+    state = reload_mid_stream(
+        browser, site, url, resume, lambda: producer(f"{site.url}/{path}", pause=0.5), "rp.text.length > 0", 20000
+    )
     assert state["ending"] == "done"
     assert state["text"] == TEXT
 
@@ -245,23 +265,9 @@ def test_reload_resumes_an_event_stream_producer_exactly(browser: Browser, site:
     ).stdout.decode()
     chunks = [json.loads(b[6:]) for b in expected.split("\n\n") if b.startswith("data: {")]
     text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks)
-    open_page(browser, site.url + "/version")
-    browser.run(in_page("sessionStorage.clear();"))
-    browser.run(in_page(resume), url=url)
-    time.sleep(0.5)
-    sender = llm_producer(f"{site.url}/{path}", rate=8)
-    try:
-        browser.run("await page.waitForFunction(() => rp.events >= 3);")
-        browser.run("await page.reload();")
-        browser.run(in_page(resume), url=url)
-        state = browser.run(
-            "await page.waitForFunction(() => rp.ending !== null, null, {timeout: 30000});"
-            " return await page.evaluate(() => rp);"
-        )
-        assert sender.wait(30) == 0
-    finally:
-        stop(sender)
-        browser.run(in_page("sessionStorage.clear();"))
+    state = reload_mid_stream(
+        browser, site, url, resume, lambda: llm_producer(f"{site.url}/{path}", rate=8), "rp.events >= 3", 30000
+    )
     assert state["ending"] == "done"
     assert state["text"] == text
     assert state["events"] == len(chunks) + 1  # every chunk and [DONE], none twice
