@@ -59,6 +59,22 @@ async def watch(
             return
 
 
+async def run_receivers(ctl: Ctl, recvs: list[Any], budget_s: float) -> None:
+    """Connect every receiver (``open``), tell the benchmark ``ready``, run them all under
+    ``guard`` and ``watch`` (progress: body bytes) until done, a stall or ``budget_s``; close them."""
+    try:
+        for r in recvs:
+            await r.open()
+        ctl.send("ready")
+        tasks = [asyncio.create_task(guard(r.res, r.run())) for r in recvs]
+        await watch(
+            tasks, lambda: sum(r.res.nbytes for r in recvs), time.monotonic() + budget_s, [r.res for r in recvs]
+        )
+    finally:
+        for r in recvs:
+            r.close()
+
+
 class Ctl:
     """A client process's end of its control pipe, awaitable without threads."""
 

@@ -20,7 +20,7 @@ import time
 import uuid
 from typing import Any
 
-from ..clients import Clients, Ctl, guard, outcomes, watch
+from ..clients import Clients, Ctl, guard, outcomes, run_receivers, watch
 from ..common import PATTERN2, PERIOD, SETTLE_S, STALL_S, BenchError, percentile, split_even
 from ..measure import Meter
 from ..receiver import Receiver
@@ -97,17 +97,7 @@ async def latency_receivers(
     ctl: Ctl, port: int, target: str, count: int, records: int, budget_s: float
 ) -> dict[str, Any]:
     recvs = [LatencyReceiver(port, target, records) for _ in range(count)]
-    try:
-        for r in recvs:
-            await r.open()
-        ctl.send("ready")
-        tasks = [asyncio.create_task(guard(r.res, r.run())) for r in recvs]
-        await watch(
-            tasks, lambda: sum(r.res.nbytes for r in recvs), time.monotonic() + budget_s, [r.res for r in recvs]
-        )
-    finally:
-        for r in recvs:
-            r.close()
+    await run_receivers(ctl, recvs, budget_s)
     return {"receivers": [{**r.res.__dict__, "records": r.seq, "lat_ns": r.lat_ns} for r in recvs]}
 
 

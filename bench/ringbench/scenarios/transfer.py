@@ -15,7 +15,7 @@ import time
 import uuid
 from typing import Any
 
-from ..clients import Clients, Ctl, guard, outcomes, watch
+from ..clients import Clients, Ctl, guard, outcomes, run_receivers, watch
 from ..common import MB, MIB, SETTLE_S, STALL_S, budget_for, fmt_size, split_even
 from ..measure import Meter, cpu_self
 from ..receiver import Receiver
@@ -33,17 +33,7 @@ METRICS: list[Metric] = [
 
 async def bulk_receivers(ctl: Ctl, port: int, target: str, count: int, size: int, budget_s: float) -> dict[str, Any]:
     recvs = [Receiver(port, target, size) for _ in range(count)]
-    try:
-        for r in recvs:
-            await r.open()
-        ctl.send("ready")
-        tasks = [asyncio.create_task(guard(r.res, r.run())) for r in recvs]
-        await watch(
-            tasks, lambda: sum(r.res.nbytes for r in recvs), time.monotonic() + budget_s, [r.res for r in recvs]
-        )
-    finally:
-        for r in recvs:
-            r.close()
+    await run_receivers(ctl, recvs, budget_s)
     return {"receivers": [r.res.__dict__ for r in recvs]}
 
 
