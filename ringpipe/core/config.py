@@ -9,6 +9,13 @@ Invariants, checked in ``__post_init__``:
 - ``ring_bytes`` is a power of two, so a byte's place in the ring is ``seq & (capacity - 1)``.
 - ``workers`` is fixed for the supervisor's lifetime: it is an input to ``owner_of()``, and
   changing it mid-flight would split a rendezvous across two owners.
+
+Server-wide counts (``max_pipes``, ``max_connections``) are enforced per worker, with no
+shared counter: each worker holds at most ``worker_share(total, workers)``. Paths hash over
+the workers and connections land where the kernel (or the hand-off to a pipe's owner) puts
+them, never exactly evenly, so the share carries ``SHARE_SLACK`` above an even split: with
+``total`` spread over many paths, every one fits. The price is that the workers together may
+hold up to ``workers × share`` (at most 1.25 × ``total``, and exactly ``total`` with one worker).
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ __all__ = [
     "Settings",
     "options",
     "token_problem",
+    "worker_share",
 ]
 
 LOG_LEVELS: Final = ("critical", "error", "warning", "info", "debug")
@@ -49,6 +57,25 @@ INITIAL_RING_BYTES: Final = 4096
 MAX_RING_BYTES: Final = 1 << 30
 #: The protocol's own ceiling on ?n (SPEC 1.2, item 8).
 MAX_RECEIVERS_CEILING: Final = 256
+
+
+#: A worker's share of a server-wide count is this much above an even split (5/4: 25 %).
+#: Uneven hashing of 10 000 paths over 2 workers is about ±1 % (σ = 50 pipes); 25 % keeps
+#: a small total (20 pipes over 2 workers, σ ≈ 2.2) clear of it too, and bounds the overshoot.
+SHARE_SLACK: Final = (5, 4)
+
+
+def worker_share(total: int, workers: int) -> int:
+    """What one of ``workers`` workers may hold of a server-wide ``total``: ``total`` itself
+    with one worker, else ``ceil(total / workers × 5/4)``, never above ``total``.
+
+    Invariants: ``worker_share(total, 1) == total``; ``workers × share >= total`` (an even
+    split always fits); ``share <= total``.
+    """
+    if workers <= 1:
+        return total
+    numerator, denominator = SHARE_SLACK
+    return min(total, -(-total * numerator // (workers * denominator)))
 
 
 class ConfigError(ValueError):
@@ -138,14 +165,26 @@ class Settings:
         ),
     )
     # -- limits (SPEC Part 4) --
-    max_pipes: int = field(default=10_000, metadata=_meta("Pipes (waiting or established) at once; beyond: 503."))
+    max_pipes: int = field(
+        default=10_000,
+        metadata=_meta(
+            "Pipes (waiting or established) at once. Each worker owns the pipes whose path hashes to it and "
+            "admits up to ceil(1.25 x N / workers) of them (N with one worker), so uneven hashing does not "
+            "refuse pipes below N; the server total is at most workers x that. Beyond: 503."
+        ),
+    )
     max_memory: int = field(
         default=2 << 30,
         metadata=_meta("Total shared memory for rings, in bytes (k/M/G suffixes); beyond it new transfers get 503."),
     )
     max_watchers: int = field(default=1024, metadata=_meta("Watchers (?watch=1) per pipe; beyond: 503."))
     max_connections: int = field(
-        default=10_000, metadata=_meta("Open client connections per worker; beyond: 503 and close.")
+        default=20_000,
+        metadata=_meta(
+            "Open client connections, server-wide (a pipe takes 2 or more). Each worker holds up to "
+            "ceil(1.25 x N / workers) (N with one worker), counting those handed to it by a peer "
+            "(--colocate-max-n), and needs that many + 256 open files. Beyond: 503 and close."
+        ),
     )
     max_header_bytes: int = field(default=16 << 10, metadata=_meta("Largest request head, in bytes; beyond: 431."))
     max_path_bytes: int = field(default=8192, metadata=_meta("Longest request target, in bytes; beyond: 414."))
@@ -211,6 +250,18 @@ class Settings:
         """Bytes of replay a ring really keeps: ``replay_bytes``, at most half the ring, so the
         writer always has room for new bytes."""
         return min(self.replay_bytes, self.ring_bytes // 2)
+
+    @property
+    def pipes_per_worker(self) -> int:
+        """Pipes one owner worker admits (``worker_share`` of ``max_pipes``)."""
+        return worker_share(self.max_pipes, self.workers)
+
+    @property
+    def connections_per_worker(self) -> int:
+        """Client connections one worker holds, accepted or handed to it (``worker_share`` of
+        ``max_connections``): the hand-off gathers a small pipe's connections on its owner, so
+        a worker's load follows the paths it owns, which hash unevenly."""
+        return worker_share(self.max_connections, self.workers)
 
     @property
     def base_url(self) -> str:

@@ -45,6 +45,8 @@ TLS_HANDSHAKE: Final = 0x16
 class EdgeLimits:
     """What the HTTP protocol of one worker enforces, fixed for the worker's life.
 
+    ``max_connections`` is this worker's share of ``--max-connections``
+    (``Settings.connections_per_worker``), counting connections handed to it by a peer.
     ``header_timeout`` 0 means no deadline for a request head. ``tls`` is the server's TLS
     context when ``--ssl-certfile`` is given: the port then speaks HTTPS, and plain HTTP
     too unless ``ssl_only``. ``cors`` (``--cors-origins``) applies to the edge's own
@@ -65,7 +67,7 @@ class EdgeLimits:
             max_header_bytes=settings.max_header_bytes,
             max_path_bytes=settings.max_path_bytes,
             header_timeout=settings.header_timeout,
-            max_connections=settings.max_connections,
+            max_connections=settings.connections_per_worker,
             tls=tls,
             ssl_only=settings.ssl_only,
             cors=CorsPolicy.from_setting(settings.cors_origins),

@@ -10,10 +10,11 @@
   arena (``shm/arena.py``) and send ``Start``, mark readers detached or the ring broken, and
   free the ring once nobody touches it any more.
 
-Limits are shared out per owner (paths hash evenly over workers): each owner admits
-``ceil(max_pipes / workers)`` pipes and its arena reserves at most ``max_memory // workers``
-bytes of rings as reserved (headers, capacities as they grew), so no shared counter is
-needed and ``max_memory`` bounds the total. The rendezvous counts a ring at its smallest
+Limits are shared out per owner, with no shared counter: each owner admits
+``settings.pipes_per_worker`` pipes (``worker_share``: an even split plus 25 %, since paths
+do not hash exactly evenly; the server total may reach ``workers ×`` that), and its arena
+reserves at most ``max_memory // workers`` bytes of rings as reserved (headers, capacities
+as they grew), so ``max_memory`` bounds the total. The rendezvous counts a ring at its smallest
 and turns pipes away when even that does not fit; what the arena cannot reserve then gets
 the same 503. A ring's slot is freed once the relay is released, every party sent a
 ``Start`` has left (or died), and no ``users`` byte is set (``arena.py``, "Users"); rings
@@ -32,7 +33,6 @@ import asyncio
 import contextlib
 import itertools
 import logging
-import math
 import os
 import time
 from collections.abc import Callable
@@ -44,6 +44,7 @@ from ringpipe.core.control_frames import Broken, Frame, Hello, PipeStatus, Relay
 from ringpipe.core.errors import RingMemoryFull
 from ringpipe.core.paths import owner_of
 from ringpipe.core.rendezvous import (
+    SHUTTING_DOWN,
     Accepted,
     Action,
     Answer,
@@ -102,7 +103,7 @@ def owner_limits(settings: Settings) -> Limits:
     return Limits(
         wait_timeout=settings.wait_timeout,
         reconnect_grace=settings.reconnect_grace,
-        max_pipes=math.ceil(settings.max_pipes / workers),
+        max_pipes=settings.pipes_per_worker,
         max_watchers=settings.max_watchers,
         max_memory=settings.max_memory // workers,
     )
@@ -379,6 +380,13 @@ class WorkerPipes:
             action,
             (Reject, Accepted, ReceiverConnected, ReceiverAborted, ReceiverEvicted, Finish, Answer, Cancelled, Evicted),
         ):
+            if isinstance(action, Reject) and action.status == 503 and action.message != SHUTTING_DOWN:
+                # A limit binds (pipes, watchers, memory): the operator's concern, so one warning each.
+                log.warning(
+                    "refused 503: %s",
+                    action.message,
+                    extra={"event": "refused", "status": 503, "pipes": len(self.rendezvous.pipes)},
+                )
             self.mesh.send(action.party.worker, action)
         elif isinstance(action, Establish):
             self._establish(action)

@@ -20,8 +20,9 @@ Rules it keeps:
 - Listening on an address that is not loopback with no access control configured logs one
   warning: the relay is then open to anyone who can guess a path (SPEC Part 4).
 - At start the open-files soft limit is raised to the hard limit (``raise_open_files_limit``),
-  so that the workers, which inherit it, can hold ``--max-connections`` sockets; the limit is
-  logged, with a warning when the hard limit is below what that setting needs.
+  so that the workers, which inherit it, can each hold their share of ``--max-connections``
+  (``Settings.connections_per_worker``); the limit is logged, with a warning when the hard
+  limit is below what that share needs.
 - The fleet file (``<runtime dir>/fleet.json``: slot → pid, which slots reported ready,
   whether it is stopping) is rewritten atomically on every change. ``/readyz`` and the
   per-worker process metrics read it; it is the only state the supervisor shares.
@@ -63,26 +64,32 @@ log = logging.getLogger("ringpipe.supervisor")
 
 HANDLED: Final = (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD, signal.SIGQUIT)
 CLEANUP_MARGIN_S: Final = 5.0
-#: Descriptors a worker holds besides its client connections (listener, control, wake-up and
-#: hand-off sockets, epoll, metrics files, logs).
+#: Descriptors a worker holds besides its client connections and rings (listener, control,
+#: wake-up and hand-off sockets, epoll, metrics files, logs).
 FIXED_FDS: Final = 256
 #: The kernel's ceiling on one process's descriptors when the hard limit is "unlimited".
 NR_OPEN: Final = Path("/proc/sys/fs/nr_open")
 
 
-def open_files_needed(max_connections: int) -> int:
-    """Descriptors one worker needs to hold ``max_connections`` client sockets (a ring's
-    segment, while mapped, takes one more)."""
-    return FIXED_FDS + max_connections
+def open_files_needed(settings: Settings) -> int:
+    """Descriptors one worker needs at its limits: a socket per connection it may hold (its
+    share of ``--max-connections``, hand-offs included) and a mapped ring per pipe it may
+    own (its share of ``--max-pipes``: Python's ``mmap`` keeps a descriptor per mapping).
+
+    A ring owned elsewhere that a party here maps takes one more; the hand-off makes that
+    the exception (fan-outs above ``--colocate-max-n``, hand-offs that could not happen).
+    """
+    return FIXED_FDS + settings.connections_per_worker + settings.pipes_per_worker
 
 
-def raise_open_files_limit(max_connections: int) -> int:
+def raise_open_files_limit(settings: Settings) -> int:
     """Raise ``RLIMIT_NOFILE``'s soft limit to the hard limit; return the soft limit now in force.
 
     Distributions start processes at 1024 (the soft limit) while allowing far more (the hard
     limit, often 524288 or more): at 1024 a worker runs out of descriptors at a few hundred
-    token streams. Workers inherit the limit through ``fork``. Logs the limit, and a warning
-    when even the hard limit is below what ``--max-connections`` needs.
+    token streams. Workers inherit the limit through ``fork``, and each needs
+    ``open_files_needed(settings)``. Logs the limit, and a warning
+    when even the hard limit is below that.
     """
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     target = hard
@@ -97,22 +104,24 @@ def raise_open_files_limit(max_connections: int) -> int:
             soft = target
         except (ValueError, OSError) as exc:
             log.warning("could not raise the open files limit from %d to %d: %s", soft, target, exc)
-    needed = open_files_needed(max_connections)
+    needed = open_files_needed(settings)
+    extra = {"event": "open_files_limit", "limit": soft, "hard_limit": hard, "needed": needed}
     if soft < needed:
         log.warning(
-            "open files limit %d is below the %d that --max-connections %d needs per worker: "
-            "connections beyond it fail (raise the hard limit: ulimit -Hn, LimitNOFILE=, docker --ulimit nofile=)",
+            "open files limit %d is below the %d that --max-connections %d and --max-pipes %d need per "
+            "worker (%d connections and %d pipes each over %d workers): connections beyond it fail "
+            "(raise the hard limit: ulimit -Hn, LimitNOFILE=, docker --ulimit nofile=)",
             soft,
             needed,
-            max_connections,
-            extra={"event": "open_files_limit", "limit": soft, "hard_limit": hard, "needed": needed},
+            settings.max_connections,
+            settings.max_pipes,
+            settings.connections_per_worker,
+            settings.pipes_per_worker,
+            settings.workers,
+            extra=extra,
         )
     else:
-        log.info(
-            "open files limit %d",
-            soft,
-            extra={"event": "open_files_limit", "limit": soft, "hard_limit": hard, "needed": needed},
-        )
+        log.info("open files limit %d", soft, extra=extra)
     return soft
 
 
@@ -175,7 +184,7 @@ class Supervisor:
         except OSError as exc:
             log.error("cannot listen on %s:%s: %s", self.settings.host, self.settings.port, exc.strerror)
             return 1
-        raise_open_files_limit(self.settings.max_connections)
+        raise_open_files_limit(self.settings)
         self.prepare_runtime()
         self.publish_fleet()
         from ringpipe.ops import metrics  # noqa: F401 - after PROMETHEUS_MULTIPROC_DIR is set

@@ -20,7 +20,9 @@ from collections.abc import Callable
 
 import pytest
 
-from tests.support.pipes import Conn, get, head, pattern, put, request
+from ringpipe.core.config import worker_share
+from ringpipe.core.paths import owner_of
+from tests.support.pipes import Conn, Response, get, head, pattern, put, request, run
 from tests.support.servers import Server
 
 MIB = 1 << 20
@@ -377,3 +379,107 @@ def test_http09_request_lines_are_a_400_at_once(server_factory: Callable[..., Se
         sock.sendall(b"\r\n")
         assert sock.recv(4096).startswith(b"HTTP/1.1 400 ")
     assert parse(ask(server.port, head("GET", "/version", [("Connection", "close")])))[0] == 200
+
+
+def _paths_owned_by(owner: int, workers: int, count: int, tag: str) -> list[str]:
+    """``count`` pipe paths whose rendezvous runs on worker ``owner``."""
+    paths: list[str] = []
+    i = 0
+    while len(paths) < count:
+        path = f"/{tag}-{i}"
+        if owner_of(path, workers) == owner:
+            paths.append(path)
+        i += 1
+    return paths
+
+
+async def _still_waiting(tasks: list[asyncio.Task[Response]], settle: float = 1.0) -> bool:
+    """True if none of these waiting receivers was answered (refused) within ``settle`` s."""
+    await asyncio.sleep(settle)
+    return not any(task.done() for task in tasks)
+
+
+async def _cancel(tasks: list[asyncio.Task[Response]]) -> None:
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def test_max_pipes_share_tolerates_uneven_hashing(server_factory: Callable[..., Server]) -> None:
+    """--max-pipes 20 over 2 workers: each owner admits ceil(1.25 × 20 / 2) = 13, so 20 pipes
+    split 13/7 by their paths' hashes are all admitted (an even split, 10 each, refused 3);
+    the 14th on one owner is a 503 with its log line, and the server total is at most 26.
+    Pipes that leave free their places."""
+    server = server_factory("--workers", "2", "--max-pipes", "20")
+    share = worker_share(20, 2)
+    assert share == 13
+    on0 = _paths_owned_by(0, 2, share + 1, "pipes-a")
+    on1 = _paths_owned_by(1, 2, share + 1, "pipes-b")
+
+    async def scenario() -> None:
+        port = server.port
+        first = [asyncio.create_task(get(port, p)) for p in [*on0[:share], *on1[:7]]]
+        try:
+            assert await _still_waiting(first), [t.result().text for t in first if t.done()]
+            over = await get(port, on0[share])
+            assert over.status == 503
+            assert over.text == "[ERROR] The server is at its limit of pipes; try again later.\n"
+            more = [asyncio.create_task(get(port, p)) for p in on1[7:share]]
+            try:
+                assert await _still_waiting(first + more)  # 26 pipes: 13 on each owner
+                assert (await get(port, on1[share])).status == 503
+            finally:
+                await _cancel(more)
+        finally:
+            await _cancel(first)
+        # the receivers left: their pipes are freed, and the refused path now opens
+        deadline = time.monotonic() + 10
+        while True:
+            receiver = asyncio.create_task(get(port, on0[share]))
+            if await _still_waiting([receiver], 0.5):
+                break
+            assert time.monotonic() < deadline, receiver.result().text
+        sent = await put(port, on0[share], b"freed")
+        got = await receiver
+        assert sent.status == 200 and got.body == b"freed"
+
+    run(scenario())
+    refused = server.wait_log(lambda r: r.get("event") == "refused" and "limit of pipes" in str(r.get("msg")))
+    assert refused["level"] == "warning" and refused["status"] == 503
+
+
+def test_connection_share_counts_connections_handed_to_an_owner(server_factory: Callable[..., Server]) -> None:
+    """--max-connections 8 over 2 workers: each worker holds ceil(1.25 × 8 / 2) = 5, hand-offs
+    included. Receivers of paths that one worker owns are all gathered on it (accepted there
+    or handed to it): 5 are served though that is more than an even split (4), the 6th is a
+    503 with its log line whichever worker accepted it, and once they leave there is room again."""
+    server = server_factory("--workers", "2", "--max-connections", "8")
+    share = worker_share(8, 2)
+    assert share == 5
+    on0 = _paths_owned_by(0, 2, share + 1, "conns")
+
+    async def scenario() -> None:
+        port = server.port
+        held = []
+        try:
+            for path in on0[:share]:  # one by one: each is settled on its owner before the next
+                held.append(asyncio.create_task(get(port, path)))
+                await asyncio.sleep(0.2)
+            assert await _still_waiting(held), [t.result().text for t in held if t.done()]
+            over = await asyncio.wait_for(get(port, on0[share]), 10)
+            assert over.status == 503
+            assert over.text == "[ERROR] The server is at its connection limit.\n"
+        finally:
+            await _cancel(held)
+        deadline = time.monotonic() + 10
+        while True:
+            receiver = asyncio.create_task(get(port, on0[share]))
+            if await _still_waiting([receiver], 0.5):
+                break
+            assert time.monotonic() < deadline, receiver.result().text
+        sent = await put(port, on0[share], b"room")
+        assert sent.status == 200 and (await receiver).body == b"room"
+
+    run(scenario())
+    refused = server.wait_log(lambda r: r.get("event") == "refused" and "connection limit" in str(r.get("msg")))
+    assert refused["level"] == "warning" and refused["status"] == 503

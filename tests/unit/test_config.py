@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 
 import pytest
 
-from ringpipe.core.config import LOG_LEVELS, ConfigError, Settings, options, parse_size
+from ringpipe.core.config import LOG_LEVELS, ConfigError, Settings, options, parse_size, worker_share
+from ringpipe.core.paths import owner_of
 
 # -- defaults -------------------------------------------------------------------------------
 
@@ -264,3 +266,62 @@ def test_readme_documents_every_option() -> None:
     for option in options():
         assert f"| `{option.flag}`" in readme, option.flag
         assert f"`RINGPIPE_{option.name.upper()}`" in readme, option.name
+
+
+# -- per-worker shares of server-wide limits --------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("total", "workers", "share"),
+    [
+        (10_000, 1, 10_000),  # one worker: the flag itself, no slack
+        (10_000, 2, 6_250),  # 10 000 / 2 × 1.25
+        (20_000, 2, 12_500),
+        (20, 2, 13),  # 12.5 rounds up
+        (10_000, 3, 4_167),  # 4166.67 rounds up
+        (1, 2, 1),  # never above the total
+        (1, 64, 1),
+        (7, 16, 1),
+    ],
+)
+def test_worker_share_is_an_even_split_plus_a_quarter(total: int, workers: int, share: int) -> None:
+    assert worker_share(total, workers) == share
+
+
+def test_worker_share_invariants() -> None:
+    """Every total splits: workers × share covers it, a share never exceeds it, and the
+    server-wide overshoot is at most a quarter (plus rounding, one per worker)."""
+    for total in (*range(1, 200), 9_999, 10_000, 20_000, 1_000_003):
+        assert worker_share(total, 1) == total
+        for workers in (2, 3, 4, 7, 16, 64):
+            share = worker_share(total, workers)
+            assert share * workers >= total
+            assert share <= total
+            assert share * workers <= total * 5 // 4 + workers
+
+
+def test_shares_of_the_default_limits() -> None:
+    """The defaults on 2 workers: 6 250 pipes and 12 500 connections a worker (10 000 token
+    streams of two connections each need about 10 000 on each, all gathered on owners)."""
+    s = Settings(workers=2)
+    assert (s.max_pipes, s.max_connections) == (10_000, 20_000)
+    assert (s.pipes_per_worker, s.connections_per_worker) == (6_250, 12_500)
+    one = Settings(workers=1, max_pipes=20, max_connections=50)
+    assert (one.pipes_per_worker, one.connections_per_worker) == (20, 50)
+
+
+@pytest.mark.parametrize("workers", [2, 3, 4, 8])
+def test_the_share_absorbs_how_unevenly_many_paths_hash(workers: int) -> None:
+    """10 000 distinct paths (the swarm bench's and random ones) never put more on one owner
+    than its share of --max-pipes 10 000: crc32 splits them within a few percent, the slack is 25 %."""
+    share = Settings(workers=workers).pipes_per_worker
+    for paths in (
+        [f"/swarm-{i}" for i in range(10_000)],
+        [f"/{i:032x}" for i in range(10_000)],
+        [f"/tokens/run-{i * 7919}" for i in range(10_000)],
+        ["/" + hashlib.sha256(b"%d" % i).hexdigest()[:32] for i in range(10_000)],  # like random names
+    ):
+        per_owner = [0] * workers
+        for path in paths:
+            per_owner[owner_of(path, workers)] += 1
+        assert max(per_owner) <= share, (max(per_owner), share)
