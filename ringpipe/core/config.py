@@ -14,7 +14,8 @@ Server-wide counts (``max_pipes``, ``max_connections``) are enforced per worker,
 shared counter: each worker holds at most ``worker_share(total, workers)``. Paths hash over
 the workers and connections land where the kernel (or the hand-off to a pipe's owner) puts
 them, never exactly evenly, so the share carries ``SHARE_SLACK`` above an even split: with
-``total`` spread over many paths, every one fits. The price is that the workers together may
+``total`` in the thousands spread over distinct paths, every one fits (the split is off by a
+few percent at most; for small totals it is a matter of chance). The price is that the workers together may
 hold up to ``workers × share`` (at most 1.25 × ``total``, and exactly ``total`` with one worker).
 """
 
