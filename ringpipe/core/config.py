@@ -170,8 +170,9 @@ class Settings:
         default=10_000,
         metadata=_meta(
             "Pipes (waiting or established) at once. Each worker owns the pipes whose path hashes to it and "
-            "admits up to ceil(1.25 x N / workers) of them (N with one worker), so uneven hashing does not "
-            "refuse pipes below N; the server total is at most workers x that. Beyond: 503."
+            "admits up to ceil(1.25 x N / workers) of them (N with one worker): the slack absorbs uneven "
+            "hashing (a few percent over thousands of paths); the server total is at most workers x that. "
+            "Beyond: 503."
         ),
     )
     max_memory: int = field(
@@ -184,7 +185,8 @@ class Settings:
         metadata=_meta(
             "Open client connections, server-wide (a pipe takes 2 or more). Each worker holds up to "
             "ceil(1.25 x N / workers) (N with one worker), counting those handed to it by a peer "
-            "(--colocate-max-n), and needs that many + 256 open files. Beyond: 503 and close."
+            "(--colocate-max-n); a worker needs that many open files, + its share of --max-pipes, + 256. "
+            "Beyond: 503 and close."
         ),
     )
     max_header_bytes: int = field(default=16 << 10, metadata=_meta("Largest request head, in bytes; beyond: 431."))
