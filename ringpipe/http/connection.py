@@ -24,8 +24,8 @@ import asyncio
 import contextlib
 import os
 import weakref
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Final, Protocol
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Final, Protocol, TypeAlias
 
 from ringpipe.http.limits import LINGER_S, LingeringClose
 from ringpipe.shm.flag import Flag
@@ -36,9 +36,12 @@ if TYPE_CHECKING:
 
     from ringpipe.mesh.relay import Ingest
 
-__all__ = ["EXTENSION", "BodySink", "Connection", "HttpProtocol"]
+__all__ = ["EXTENSION", "BodySink", "Buffer", "Connection", "HttpProtocol"]
 
 EXTENSION: Final = "ringpipe.connection"
+
+#: One part of a ``writev``: ring views, a producer's own read buffer, framing bytes.
+Buffer: TypeAlias = bytes | bytearray | memoryview
 
 
 class HttpProtocol(Protocol):
@@ -200,7 +203,7 @@ class Connection:
         cycle.keep_alive = False
         self.unframed = True
 
-    async def write_parts(self, parts: list[memoryview | bytes], total: int) -> None:
+    async def write_parts(self, parts: Sequence[Buffer], total: int) -> None:
         """Write ``parts`` (``total`` bytes in all) in order; return once the kernel has them all.
 
         Raises:
@@ -219,7 +222,7 @@ class Connection:
         if not self._writev(parts, total):
             await self._wait_drained()
 
-    def write_parts_now(self, parts: list[memoryview | bytes], total: int) -> bool | None:
+    def write_parts_now(self, parts: Sequence[Buffer], total: int) -> bool | None:
         """``write_parts`` without waiting, for a reader that writes from its wake-up callback.
 
         Returns None, having written nothing, when the bytes cannot go out at once without
@@ -242,7 +245,7 @@ class Connection:
         transport = self.transport
         return not (self.tls or self.lost.is_set() or transport.is_closing() or transport.get_write_buffer_size())
 
-    def _writev(self, parts: list[memoryview | bytes], total: int) -> bool:
+    def _writev(self, parts: Sequence[Buffer], total: int) -> bool:
         """One ``writev``; what the kernel did not take goes, copied, to the transport.
         True when the kernel took everything. The caller has checked that the transport is
         not closing (else the descriptor may be closed, or another socket's by now)."""
@@ -310,7 +313,7 @@ class Connection:
             await self.lost.wait()
 
 
-def _rest(parts: list[memoryview | bytes], skip: int) -> bytes:
+def _rest(parts: Sequence[Buffer], skip: int) -> bytes:
     """The bytes of ``parts`` after the first ``skip`` (a copy: it goes to the transport)."""
     out = bytearray()
     for part in parts:

@@ -20,7 +20,7 @@ from typing import Final, Protocol
 
 from ringpipe.core.errors import PeerGone, WouldBlock
 from ringpipe.core.framing import NdjsonEncoder, SseEncoder
-from ringpipe.http.connection import Connection
+from ringpipe.http.connection import Buffer, Connection
 from ringpipe.mesh.relay import RAW_READ_LIMIT, READ_LIMIT, Consumer
 
 __all__ = ["EncodedWakeupDelivery", "EncodingReader", "RawWakeupDelivery", "WakeupDelivery", "framed"]
@@ -88,6 +88,33 @@ class RawWakeupDelivery(WakeupDelivery):
     def __init__(self, consumer: Consumer, conn: Connection, chunked: bool) -> None:
         super().__init__(consumer, conn)
         self.chunked = chunked
+
+    def deliver(self, data: bytes | bytearray | memoryview, end_seq: int) -> bool:
+        """``relay.DirectSink``: the producer's just-published ``data`` (ending at
+        ``end_seq``), from its own buffer to this reader's socket, while the reader's task
+        sleeps caught up. Registered only for a response with no Content-Length to count
+        (chunked, or unframed HTTP/1.0). Same invariant as a round: the cursor moves by
+        exactly what the kernel or the transport took."""
+        consumer = self.consumer
+        future = consumer.sleeper.future
+        if future is None or future.done() or not consumer.in_lockstep:
+            return False
+        size = len(data)
+        if not consumer.ring.caught_up_at(consumer.slot, end_seq - size):
+            return False
+        if self.chunked:
+            head = _SMALL_HEADS[size] if size < 1024 else b"%x\r\n" % size
+            parts: list[Buffer] = [head, data, b"\r\n"]
+            total = len(head) + size + 2
+        else:
+            parts, total = [data], size
+        try:
+            if self.conn.write_parts_now(parts, total) is None:
+                return False
+        except ConnectionError:
+            return False  # the task meets the dead socket when it is woken
+        consumer.commit(end_seq, size)
+        return True
 
     def __call__(self) -> bool:
         consumer = self.consumer
