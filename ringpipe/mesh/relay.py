@@ -78,8 +78,8 @@ class DirectSink(Protocol):
     """A reader in the producer's own worker that takes the producer's bytes straight from
     its data callback (see ``Producer.offer``): no wake-up, no read of the ring."""
 
-    def deliver(self, data: bytes | bytearray | memoryview, end_seq: int) -> bool:
-        """``data`` was just published and ends at ``end_seq``: send it now if this reader
+    def deliver(self, data: bytes | bytearray | memoryview, size: int, end_seq: int) -> bool:
+        """``data`` (``size`` bytes) was just published and ends at ``end_seq``: send it now if this reader
         can (caught up exactly to its start, its task asleep, its socket free), commit its
         cursor to ``end_seq`` and return True; else return False, having done nothing."""
         ...
@@ -180,7 +180,7 @@ class Producer(_Endpoint):
         end_seq = ring.words[W_WRITE_SEQ]
         served = 0
         for sink in sinks:
-            if sink.deliver(data, end_seq):
+            if sink.deliver(data, written, end_seq):
                 served += 1
         if served != ring.n_readers:
             self._wake_readers(handed_to=end_seq if served else None)
@@ -533,16 +533,18 @@ class Ingest:
 
     def feed(self, body: bytes | memoryview) -> None:
         """Body bytes from the parser or the socket; a view is used only during the call."""
-        self.received += len(body)
+        size = len(body)
+        self.received += size
         if self.first_part is not None:
             body = self._first_part_only(self.first_part, bytes(body))
-            if not body:
+            size = len(body)
+            if not size:
                 return
         if self.pending or self.moving:
             self.pending += body
             return
         written = self.producer.offer(body)
-        if written < len(body):
+        if written < size:
             self.pending += memoryview(body)[written:]
             self.reading.pause_reading()
             self._changed.set()

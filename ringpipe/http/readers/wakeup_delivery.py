@@ -30,6 +30,8 @@ log = logging.getLogger("ringpipe.readers")
 
 #: Chunk-size lines of token-sized chunks, made once rather than formatted per write.
 _SMALL_HEADS: Final = tuple(b"%x\r\n" % size for size in range(1024))
+#: The same, with the framing bytes of each such chunk (size line and CRLF after the data).
+_SMALL_FRAMES: Final = tuple((head, len(head) + 2) for head in _SMALL_HEADS)
 
 
 def framed(body: list[memoryview] | list[bytes], size: int, chunked: bool) -> tuple[list[memoryview | bytes], int]:
@@ -89,9 +91,9 @@ class RawWakeupDelivery(WakeupDelivery):
         super().__init__(consumer, conn)
         self.chunked = chunked
 
-    def deliver(self, data: bytes | bytearray | memoryview, end_seq: int) -> bool:
-        """``relay.DirectSink``: the producer's just-published ``data`` (ending at
-        ``end_seq``), from its own buffer to this reader's socket, while the reader's task
+    def deliver(self, data: bytes | bytearray | memoryview, size: int, end_seq: int) -> bool:
+        """``relay.DirectSink``: the producer's just-published ``data`` (``size`` bytes, ending
+        at ``end_seq``), from its own buffer to this reader's socket, while the reader's task
         sleeps caught up. Registered only for a response with no Content-Length to count
         (chunked, or unframed HTTP/1.0). Same invariant as a round: the cursor moves by
         exactly what the kernel or the transport took."""
@@ -99,13 +101,16 @@ class RawWakeupDelivery(WakeupDelivery):
         future = consumer.sleeper.future
         if future is None or future.done() or not consumer.in_lockstep:
             return False
-        size = len(data)
         if not consumer.ring.caught_up_at(consumer.slot, end_seq - size):
             return False
         if self.chunked:
-            head = _SMALL_HEADS[size] if size < 1024 else b"%x\r\n" % size
+            if size < 1024:
+                head, framing = _SMALL_FRAMES[size]
+            else:
+                head = b"%x\r\n" % size
+                framing = len(head) + 2
             parts: list[Buffer] = [head, data, b"\r\n"]
-            total = len(head) + size + 2
+            total = size + framing
         else:
             parts, total = [data], size
         try:
