@@ -382,3 +382,42 @@ def test_a_reader_served_directly_is_not_woken_with_one_that_was_not(client) -> 
         loop.close()
         created.close()
         created.unlink()
+
+
+def test_the_producer_hands_tokens_to_a_sleeping_sse_reader(ring, client) -> None:
+    """The SSE framing on the direct hand-over: each token is encoded once, as the event
+    the task would have written, and the task sleeps on."""
+    created, info = ring
+    server_end, client_end = client
+    loop = asyncio.new_event_loop()
+    router = _LocalRouter()
+
+    class _Reader:
+        def __init__(self, conn: _Conn) -> None:
+            self.conn = conn
+            self.encoder = SseEncoder(epoch="e")
+            self.encoder.begin(None)
+            self._last_write = 0.0
+
+    try:
+        producer = Producer(router, segment.RingSegment.attach(info.segment), info)
+        consumer = Consumer(router, segment.RingSegment.attach(info.segment), info, 0)
+        reader = _Reader(_Conn(server_end))
+        express = consumer.express = EncodedWakeupDelivery(consumer, reader)  # type: ignore[arg-type]
+        assert consumer.take_directly(express) is not None
+        model = SseEncoder(epoch="e")
+        model.begin(None)
+        expected = bytearray()
+        for token in [b"The", b" quick", b" fox\n"]:
+            future = _parked(consumer, loop)
+            consumer.ring.set_reader_waiting(0)
+            producer.offer(token)
+            assert not future.done() and router.woken == []
+            out = model.feed(token)
+            expected += b"%x\r\n%s\r\n" % (len(out), out)
+        assert _drain(client_end) == bytes(expected)
+        assert consumer.offset == created.write_seq and reader._last_write > 0
+        consumer.close()
+        producer.close()
+    finally:
+        loop.close()

@@ -77,6 +77,18 @@ class WakeupDelivery:
         """One round; True if it sent everything it took and the reader may go on."""
         raise NotImplementedError
 
+    def _may_take(self, size: int, end_seq: int) -> bool:
+        """Whether the reader's task sleeps in lockstep with its cursor just where the
+        producer's ``size`` new bytes (ending at ``end_seq``) begin (``relay.DirectSink``)."""
+        consumer = self.consumer
+        future = consumer.sleeper.future
+        return (
+            future is not None
+            and not future.done()
+            and consumer.in_lockstep
+            and consumer.ring.caught_up_at(consumer.slot, end_seq - size)
+        )
+
 
 class RawWakeupDelivery(WakeupDelivery):
     """The raw reader's rounds: ring views straight to the socket.
@@ -97,11 +109,7 @@ class RawWakeupDelivery(WakeupDelivery):
         sleeps caught up. Registered only for a response with no Content-Length to count
         (chunked, or unframed HTTP/1.0). Same invariant as a round: the cursor moves by
         exactly what the kernel or the transport took."""
-        consumer = self.consumer
-        future = consumer.sleeper.future
-        if future is None or future.done() or not consumer.in_lockstep:
-            return False
-        if not consumer.ring.caught_up_at(consumer.slot, end_seq - size):
+        if not self._may_take(size, end_seq):
             return False
         if self.chunked:
             if size < 1024:
@@ -118,7 +126,7 @@ class RawWakeupDelivery(WakeupDelivery):
                 return False
         except ConnectionError:
             return False  # the task meets the dead socket when it is woken
-        consumer.commit(end_seq, size)
+        self.consumer.commit(end_seq, size)
         return True
 
     def __call__(self) -> bool:
@@ -187,6 +195,30 @@ class EncodedWakeupDelivery(WakeupDelivery):
         super().__init__(consumer, reader.conn)
         self.reader = reader
 
+    def deliver(self, data: bytes | bytearray | memoryview, size: int, end_seq: int) -> bool:
+        """``relay.DirectSink``: the producer's just-published ``data`` encoded and written
+        from its own data callback, as ``_round`` would from the ring. Registered only for a
+        chunked or unframed response (as this class is)."""
+        conn = self.conn
+        if not self._may_take(size, end_seq) or not conn.can_write_now():
+            return False
+        self._send(self.reader.encoder.feed(bytes(data)))
+        self.consumer.commit(end_seq, size)
+        return True
+
+    def _send(self, out: bytes) -> bool | None:
+        """Write encoded bytes as a chunk now (see ``Connection.write_parts_now``); None if
+        they were spent on a dead socket (the task meets it on its next write)."""
+        if not out:
+            return True
+        self.reader._last_write = time.monotonic()
+        conn = self.conn
+        parts, total = framed([out], len(out), not conn.unframed)
+        try:
+            return conn.write_parts_now(parts, total)
+        except ConnectionError:
+            return None
+
     def _round(self) -> bool:
         consumer, conn = self.consumer, self.conn
         if not conn.can_write_now():  # checked first: the encoder must not see bytes we then cannot send
@@ -200,14 +232,6 @@ class EncodedWakeupDelivery(WakeupDelivery):
         data = b"".join(views)
         for view in views:
             view.release()
-        out = self.reader.encoder.feed(data)
-        sent: bool | None = True
-        if out:
-            self.reader._last_write = time.monotonic()
-            parts, total = framed([out], len(out), not conn.unframed)
-            try:
-                sent = conn.write_parts_now(parts, total)
-            except ConnectionError:
-                sent = None  # the bytes are spent: the task meets the dead socket on its next write
+        sent = self._send(self.reader.encoder.feed(data))
         consumer.commit(next_seq, len(data))
         return bool(sent)
