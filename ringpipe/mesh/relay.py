@@ -79,9 +79,10 @@ class DirectSink(Protocol):
     its data callback (see ``Producer.offer``): no wake-up, no read of the ring."""
 
     def deliver(self, data: bytes | bytearray | memoryview, size: int, end_seq: int) -> bool:
-        """``data`` (``size`` bytes) was just published and ends at ``end_seq``: send it now if this reader
-        can (caught up exactly to its start, its task asleep, its socket free), commit its
-        cursor to ``end_seq`` and return True; else return False, having done nothing."""
+        """``data`` (``size`` bytes) was just published and ends at ``end_seq``: send it now
+        if this reader can (caught up exactly to its start, its task asleep, its socket
+        free), commit its cursor to ``end_seq`` and return True; else return False, having
+        done nothing."""
         ...
 
 
