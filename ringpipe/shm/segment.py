@@ -552,16 +552,6 @@ class RingSegment:
         line = LINE * (2 + slot)
         return words[line] == read_seq and words[line + 1] != EVICTED
 
-    def take_reader_waiting(self, slot: int) -> bool:
-        """Clear reader ``slot``'s waiting word; True if it was set (the reader sleeps and
-        must be woken)."""
-        words = self.words
-        flag = LINE * (2 + slot) + 2
-        if words[flag]:
-            words[flag] = 0
-            return True
-        return False
-
     def commit_read_waking(self, slot: int, read_seq: int) -> bool:
         """``commit_read``, then ``take_writer_waiting``: True if the writer sleeps and must be woken."""
         words = self.words
