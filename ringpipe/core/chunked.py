@@ -104,6 +104,27 @@ class BodyFraming:
         if self._last_size >= HINT_MIN_CHUNK:
             self.hint = 2 + self._last_frame
 
+    def whole_chunk(self, buf: memoryview) -> memoryview | None:
+        """The data of ``buf`` if ``buf`` is exactly one whole chunk (``size CRLF data CRLF``,
+        size > 0, no extensions) read at the start of a size line, else None.
+
+        The token stream's read, parsed in one step: on a hit the state is what ``feed``
+        would leave (the start of the next size line); on a miss nothing changed, and the
+        caller feeds ``buf`` as usual.
+        """
+        if self._state is not _State.SIZE or self._line:
+            return None
+        match = _SIZE.match(buf)
+        if match is None:
+            return None
+        start, end = match.end(), len(buf) - 2
+        digits = match.group(1)
+        if end <= start or int(digits, 16) != end - start or buf[end] != 0x0D or buf[end + 1] != 0x0A:
+            return None
+        self._last_size = end - start
+        self._last_frame = len(digits) + 2
+        return buf[start:end]
+
     def feed(self, buf: bytes | bytearray | memoryview) -> tuple[list[tuple[int, int]], int]:
         """Parse ``buf``; return the ``(start, end)`` data spans in it and where parsing stopped.
 

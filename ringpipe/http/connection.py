@@ -24,8 +24,8 @@ import asyncio
 import contextlib
 import os
 import weakref
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Final, Protocol
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Final, Protocol, TypeAlias
 
 from ringpipe.http.limits import LINGER_S, LingeringClose
 from ringpipe.shm.flag import Flag
@@ -36,9 +36,12 @@ if TYPE_CHECKING:
 
     from ringpipe.mesh.relay import Ingest
 
-__all__ = ["EXTENSION", "BodySink", "Connection", "HttpProtocol"]
+__all__ = ["EXTENSION", "BodySink", "Buffer", "Connection", "HttpProtocol"]
 
 EXTENSION: Final = "ringpipe.connection"
+
+#: One part of a ``writev``: ring views, a producer's own read buffer, framing bytes.
+Buffer: TypeAlias = bytes | bytearray | memoryview
 
 
 class HttpProtocol(Protocol):
@@ -73,7 +76,18 @@ class BodySink(Protocol):
 class Connection:
     """One client connection, as the pipe endpoints see it."""
 
-    __slots__ = ("_fd", "_protocol", "_when_lost", "drained", "lost", "sink", "tls", "transport", "unframed")
+    __slots__ = (
+        "_fd",
+        "_protocol",
+        "_via_transport",
+        "_when_lost",
+        "drained",
+        "lost",
+        "sink",
+        "tls",
+        "transport",
+        "unframed",
+    )
 
     def __init__(self, transport: asyncio.Transport, protocol: HttpProtocol, *, tls: bool = False) -> None:
         self.transport = transport
@@ -87,6 +101,8 @@ class Connection:
         #: The response body is unframed (HTTP/1.0 without Content-Length): it ends at close.
         self.unframed = False
         self.lost = Flag()
+        #: ``tls or lost``, as one plain attribute: ``write_parts_now`` asks it per token.
+        self._via_transport = tls
         #: Set while the transport's write buffer is empty (write limits are 0/0).
         self.drained = Flag(True)
         self.sink: BodySink | None = None
@@ -120,6 +136,7 @@ class Connection:
     def set_lost(self) -> None:
         """The HTTP protocol saw the connection go: wake everything waiting on it."""
         self.lost.set()
+        self._via_transport = True
         self.drained.set()
         callbacks, self._when_lost = self._when_lost, []
         for callback in callbacks:
@@ -200,7 +217,7 @@ class Connection:
         cycle.keep_alive = False
         self.unframed = True
 
-    async def write_parts(self, parts: list[memoryview | bytes], total: int) -> None:
+    async def write_parts(self, parts: Sequence[Buffer], total: int) -> None:
         """Write ``parts`` (``total`` bytes in all) in order; return once the kernel has them all.
 
         Raises:
@@ -214,12 +231,13 @@ class Connection:
             self.transport.write(b"".join(parts))
             await self._wait_drained()
             return
-        if self.transport.is_closing():  # closed while we waited: its descriptor may be another socket's
+        sent = self.write_parts_now(parts, total)
+        if sent is None:  # gone or closing while we waited: its descriptor may be another socket's
             raise ConnectionResetError("client connection is closing")
-        if not self._writev(parts, total):
+        if not sent:
             await self._wait_drained()
 
-    def write_parts_now(self, parts: list[memoryview | bytes], total: int) -> bool | None:
+    def write_parts_now(self, parts: Sequence[Buffer], total: int) -> bool | None:
         """``write_parts`` without waiting, for a reader that writes from its wake-up callback.
 
         Returns None, having written nothing, when the bytes cannot go out at once without
@@ -233,19 +251,10 @@ class Connection:
             ConnectionResetError: the client is gone.
         """
         transport = self.transport  # ``can_write_now``, inlined: this runs per token
-        if self.tls or self.lost.is_set() or transport.is_closing() or transport.get_write_buffer_size():
+        if self._via_transport or transport.is_closing() or transport.get_write_buffer_size():
             return None
-        return self._writev(parts, total)
-
-    def can_write_now(self) -> bool:
-        """Whether ``write_parts_now`` would write (not TLS, open, no transport backlog)."""
-        transport = self.transport
-        return not (self.tls or self.lost.is_set() or transport.is_closing() or transport.get_write_buffer_size())
-
-    def _writev(self, parts: list[memoryview | bytes], total: int) -> bool:
-        """One ``writev``; what the kernel did not take goes, copied, to the transport.
-        True when the kernel took everything. The caller has checked that the transport is
-        not closing (else the descriptor may be closed, or another socket's by now)."""
+        # One ``writev``; what the kernel did not take goes, copied, to the transport. The
+        # transport is not closing (checked just above): the descriptor is still this socket's.
         fd = self._fd
         try:
             written = os.writev(self.fileno() if fd is None else fd, parts)
@@ -254,9 +263,14 @@ class Connection:
         except OSError as exc:
             raise ConnectionResetError(str(exc)) from None
         if written < total:
-            self.transport.write(_rest(parts, written))
+            transport.write(_rest(parts, written))
             return False
         return True
+
+    def can_write_now(self) -> bool:
+        """Whether ``write_parts_now`` would write (not TLS, open, no transport backlog)."""
+        transport = self.transport
+        return not (self._via_transport or transport.is_closing() or transport.get_write_buffer_size())
 
     @property
     def body_left(self) -> int | None:
@@ -310,7 +324,7 @@ class Connection:
             await self.lost.wait()
 
 
-def _rest(parts: list[memoryview | bytes], skip: int) -> bytes:
+def _rest(parts: Sequence[Buffer], skip: int) -> bytes:
     """The bytes of ``parts`` after the first ``skip`` (a copy: it goes to the transport)."""
     out = bytearray()
     for part in parts:

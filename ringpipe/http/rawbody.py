@@ -105,7 +105,13 @@ class RawBody(asyncio.BufferedProtocol):
             if self.framing.done:
                 self._finish(b"")
             return
-        self._framing_bytes(self._scratch[:nbytes])
+        view = self._scratch[:nbytes]
+        if not self._finished:
+            data = self.framing.whole_chunk(view)  # a token: one chunk per read, parsed in one step
+            if data is not None:
+                self.ingest.feed(data)
+                return
+        self._framing_bytes(view)
 
     def eof_received(self) -> bool:
         if not self._finished:  # the client shut its side before the body ended

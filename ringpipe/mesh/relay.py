@@ -30,6 +30,7 @@ from ringpipe.core.multipart import FirstPart, MultipartError
 from ringpipe.mesh.sleeper import Sleeper
 from ringpipe.ops import metrics
 from ringpipe.shm import segment
+from ringpipe.shm.layout import W_WATCHERS, W_WRITE_SEQ
 from ringpipe.shm.segment import RingSegment
 
 if TYPE_CHECKING:
@@ -42,6 +43,7 @@ __all__ = [
     "RAW_READ_LIMIT",
     "READ_LIMIT",
     "Consumer",
+    "DirectSink",
     "Ingest",
     "Producer",
     "ReadControl",
@@ -72,8 +74,23 @@ class Slot(IntEnum):
     WATCHER = -2
 
 
+class DirectSink(Protocol):
+    """A reader in the producer's own worker that takes the producer's bytes straight from
+    its data callback (see ``Producer.offer``): no wake-up, no read of the ring."""
+
+    def deliver(self, data: bytes | bytearray | memoryview, size: int, end_seq: int) -> bool:
+        """``data`` (``size`` bytes) was just published and ends at ``end_seq``: send it now
+        if this reader can (caught up exactly to its start, its task asleep, its socket
+        free), commit its cursor to ``end_seq`` and return True; else return False, having
+        done nothing."""
+        ...
+
+
 class WakeRouter(Protocol):
     """Delivers a wake-up to ring ``info``'s ``slot``, wherever it lives."""
+
+    #: This worker's index (a ring's ``RelayInfo`` names the worker of each party).
+    index: int
 
     def wake(self, info: RelayInfo, slot: int) -> None: ...
 
@@ -84,6 +101,15 @@ class WakeRouter(Protocol):
     def register(self, segment: str, slot: int, callback: Callable[[], None]) -> None: ...
 
     def unregister(self, segment: str, slot: int, callback: Callable[[], None] | None = None) -> None: ...
+
+    def direct_sinks(self, segment: str) -> list[DirectSink]:
+        """The list, shared by this worker's producer and readers of ring ``segment``, of
+        readers that take the producer's bytes directly (made on first use)."""
+        ...
+
+    def drop_direct_sinks(self, segment: str, sinks: list[DirectSink]) -> None:
+        """Forget ``segment``'s list if it is ``sinks`` (its producer is gone, or it is empty)."""
+        ...
 
 
 class _Endpoint:
@@ -131,15 +157,40 @@ class Producer(_Endpoint):
         #: slot -> (its read_seq, when it was first seen there) while the writer waits.
         self._progress: dict[int, tuple[int, float]] = {}
         self.meter = metrics.ProducerMeter(ring)
+        #: Readers of this ring in this worker that take ``offer``'s bytes directly.
+        self.sinks = router.direct_sinks(info.segment)
 
     def offer(self, data: bytes | bytearray | memoryview) -> int:
-        """Put as much of ``data`` in the ring as fits now; return how much (0 if full)."""
+        """Put as much of ``data`` in the ring as fits now; return how much (0 if full).
+
+        When every reader of the ring is a ``DirectSink`` here and takes the bytes (the
+        token stream's common case: its readers caught up and asleep in this worker), they
+        go to the readers' sockets from right here, from ``data`` itself: no wake-up
+        callback, no ``peek`` of the ring. A reader that cannot take them is woken as usual.
+        """
+        ring = self.ring
         try:
-            written = self.ring.write_nowait(data)
+            written = ring.write_nowait(data)
         except WouldBlock:
             return 0
         self.bytes_written += written
-        self._wake_readers()
+        sinks = self.sinks
+        if not sinks or written != len(data):
+            self._wake_readers()
+            return written
+        end_seq = ring.words[W_WRITE_SEQ]
+        served = 0
+        for sink in sinks:
+            if sink.deliver(data, written, end_seq):
+                served += 1
+        if served != ring.n_readers:
+            self._wake_readers(handed_to=end_seq if served else None)
+            return written
+        meter = self.meter  # ``_wake_readers`` for readers that need no wake-up
+        if time.monotonic_ns() >= meter.due_ns:
+            meter.published()
+        if ring.words[W_WATCHERS]:
+            self._wake_watchers()
         return written
 
     def free_span(self, limit: int) -> memoryview | None:
@@ -200,16 +251,27 @@ class Producer(_Endpoint):
 
     def close(self) -> None:
         self.meter.close()
+        self.router.drop_direct_sinks(self.info.segment, self.sinks)
         super().close()
 
-    def _wake_readers(self) -> None:
-        """After a publish: wake the readers and watchers that sleep (their words say so)."""
+    def _wake_readers(self, handed_to: int | None = None) -> None:
+        """After a publish: wake the readers and watchers that sleep (their words say so).
+
+        ``handed_to``: some readers already took the bytes up to there directly (``offer``);
+        those keep sleeping, their waiting words still set.
+        """
         meter = self.meter
         if time.monotonic_ns() >= meter.due_ns:
             meter.published()
-        sleepers = self.ring.take_sleepers()
+        ring = self.ring
+        sleepers = ring.take_sleepers()
         if sleepers is not None:
             slots, workers = sleepers
+            if handed_to is not None and slots:
+                served = [slot for slot in slots if ring.read_seq(slot) == handed_to]
+                for slot in served:
+                    ring.set_reader_waiting(slot)
+                slots = [slot for slot in slots if slot not in served]
             if slots:
                 self.router.wake_many(self.info, slots)
             if workers:
@@ -296,6 +358,22 @@ class Consumer(_Endpoint):
             if future is not None and not future.done() and express():
                 return
         self.sleeper.wake()
+
+    def take_directly(self, sink: DirectSink) -> list[DirectSink] | None:
+        """Offer ``sink`` to this worker's producer of the ring (``Producer.offer``); the list
+        it joined (give it to ``stop_taking_directly``), or None where that cannot be: the
+        producer is in another worker, or this is not a reader slot of this worker."""
+        if self.slot < 0 or self.moved or self.info.producer != self.router.index:
+            return None
+        sinks = self.router.direct_sinks(self.info.segment)
+        sinks.append(sink)
+        return sinks
+
+    def stop_taking_directly(self, sinks: list[DirectSink], sink: DirectSink) -> None:
+        if sink in sinks:
+            sinks.remove(sink)
+        if not sinks:
+            self.router.drop_direct_sinks(self.info.segment, sinks)
 
     def rearm(self) -> bool:
         """Ask the writer for the next wake-up; True if nothing was published meanwhile and
@@ -456,16 +534,18 @@ class Ingest:
 
     def feed(self, body: bytes | memoryview) -> None:
         """Body bytes from the parser or the socket; a view is used only during the call."""
-        self.received += len(body)
+        size = len(body)
+        self.received += size
         if self.first_part is not None:
             body = self._first_part_only(self.first_part, bytes(body))
-            if not body:
+            size = len(body)
+            if not size:
                 return
         if self.pending or self.moving:
             self.pending += body
             return
         written = self.producer.offer(body)
-        if written < len(body):
+        if written < size:
             self.pending += memoryview(body)[written:]
             self.reading.pause_reading()
             self._changed.set()

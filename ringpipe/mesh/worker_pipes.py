@@ -82,7 +82,7 @@ from ringpipe.core.rendezvous import (
 )
 from ringpipe.mesh.control import Mesh
 from ringpipe.mesh.party import Hangup, InboxItem, LocalParty
-from ringpipe.mesh.relay import Slot
+from ringpipe.mesh.relay import DirectSink, Slot
 from ringpipe.ops import metrics
 from ringpipe.shm import mapping, segment
 from ringpipe.shm.arena import Arena
@@ -161,6 +161,7 @@ class WorkerPipes:
         self._free_wait = FREE_RETRY_S
         self._wakers: dict[tuple[str, int], Callable[[], None]] = {}
         self._watcher_wakers: dict[str, set[Callable[[], None]]] = {}
+        self._direct_sinks: dict[str, list[DirectSink]] = {}
         self._timer_task: asyncio.Task[None] | None = None
         self._timer_changed = asyncio.Event()
         self._timer_at: float | None = None
@@ -244,6 +245,16 @@ class WorkerPipes:
                     del self._watcher_wakers[segment]
         else:
             self._wakers.pop((segment, slot), None)
+
+    def direct_sinks(self, segment: str) -> list[DirectSink]:
+        sinks = self._direct_sinks.get(segment)
+        if sinks is None:
+            sinks = self._direct_sinks[segment] = []
+        return sinks
+
+    def drop_direct_sinks(self, segment: str, sinks: list[DirectSink]) -> None:
+        if self._direct_sinks.get(segment) is sinks:
+            del self._direct_sinks[segment]
 
     def wake_watchers(self, info: RelayInfo, workers: list[int]) -> None:
         """Wake every watcher of ring ``info`` on each of ``workers``."""

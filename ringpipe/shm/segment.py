@@ -544,6 +544,14 @@ class RingSegment:
         words[line + 2] = 1
         return words[W_WRITE_SEQ] == words[line] and words[W_STATE] == OPEN and words[line + 1] != EVICTED
 
+    def caught_up_at(self, slot: int, read_seq: int) -> bool:
+        """Whether reader ``slot`` is attached (not evicted) with its cursor exactly at
+        ``read_seq``: the producer's direct hand-over (``relay.Producer.offer``) may then
+        give it the bytes from there on."""
+        words = self.words
+        line = LINE * (2 + slot)
+        return words[line] == read_seq and words[line + 1] != EVICTED
+
     def commit_read_waking(self, slot: int, read_seq: int) -> bool:
         """``commit_read``, then ``take_writer_waiting``: True if the writer sleeps and must be woken."""
         words = self.words

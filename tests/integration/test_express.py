@@ -22,7 +22,7 @@ from ringpipe.core.control_frames import RelayInfo
 from ringpipe.core.framing import SseEncoder
 from ringpipe.http.connection import Connection
 from ringpipe.http.readers.wakeup_delivery import EncodedWakeupDelivery, RawWakeupDelivery
-from ringpipe.mesh.relay import Consumer
+from ringpipe.mesh.relay import Consumer, DirectSink, Producer
 from ringpipe.shm import segment
 from tests.support.fakes import NullRouter
 
@@ -48,13 +48,13 @@ class _Conn:
 
     write_parts_now = Connection.write_parts_now
     can_write_now = Connection.can_write_now
-    _writev = Connection._writev
     account_body = Connection.account_body
 
     def __init__(self, sock: socket.socket, *, unframed: bool = False) -> None:
         self.sock = sock
         self._fd = sock.fileno()
         self.tls = False
+        self._via_transport = False
         self.lost = asyncio.Event()
         self.transport = _Transport()
         self.unframed = unframed
@@ -287,5 +287,137 @@ def test_sse_lines_are_encoded_once_and_a_partial_line_is_held(ring, client) -> 
         assert sent == [b"%x\r\n%s\r\n" % (len(e), e) if e else b"" for e in events]
         assert reader.encoder.offset == created.write_seq
         consumer.close()
+    finally:
+        loop.close()
+
+
+class _LocalRouter(NullRouter):
+    """A router of worker 0 that records wake-ups and keeps real direct-sink lists."""
+
+    index = 0
+
+    def __init__(self) -> None:
+        self.woken: list[int] = []
+        self.sinks: dict[str, list[DirectSink]] = {}
+
+    def wake_many(self, info: RelayInfo, slots: list[int]) -> None:
+        self.woken += slots
+
+    def direct_sinks(self, segment: str) -> list[DirectSink]:
+        return self.sinks.setdefault(segment, [])
+
+    def drop_direct_sinks(self, segment: str, sinks: list[DirectSink]) -> None:
+        if self.sinks.get(segment) is sinks:
+            del self.sinks[segment]
+
+
+def _two_reader_ring() -> tuple[segment.RingSegment, RelayInfo]:
+    name = f"ringpipe-test-{uuid.uuid4().hex[:12]}"
+    return segment.RingSegment.create(name, 64 * 1024, 2), RelayInfo(name, 64 * 1024, 0, 0, (0, 0), "e")
+
+
+def test_the_producer_hands_a_token_to_a_sleeping_local_reader(ring, client) -> None:
+    """``Producer.offer`` → ``DirectSink.deliver``: the client gets each token framed, the
+    cursor moves with it, the task is not woken and stays armed for the next wake-up; a
+    reader that is not caught up, or has a backlog, is woken the usual way instead."""
+    created, info = ring
+    server_end, client_end = client
+    loop = asyncio.new_event_loop()
+    router = _LocalRouter()
+    try:
+        producer = Producer(router, segment.RingSegment.attach(info.segment), info)
+        consumer = Consumer(router, segment.RingSegment.attach(info.segment), info, 0)
+        conn = _Conn(server_end)
+        express = consumer.express = RawWakeupDelivery(consumer, conn, chunked=True)  # type: ignore[arg-type]
+        sinks = consumer.take_directly(express)
+        assert sinks is producer.sinks == [express]
+        for token in [b"Hello", b", ", b"world" * 20]:
+            future = _parked(consumer, loop)
+            consumer.ring.set_reader_waiting(0)
+            assert producer.offer(memoryview(bytearray(token))) == len(token)
+            assert not future.done() and router.woken == []
+            assert _drain(client_end) == b"%x\r\n%s\r\n" % (len(token), token)
+            assert consumer.offset == created.write_seq
+        assert created.take_sleeping_readers() == [0], "the reader must still be armed"
+
+        conn.transport.queued += b"earlier"  # a backlog: the task's job (backpressure)
+        _parked(consumer, loop)
+        consumer.ring.set_reader_waiting(0)
+        producer.offer(b"late")
+        assert router.woken == [0] and consumer.offset == created.write_seq - 4
+        assert _drain(client_end) == b""
+        consumer.stop_taking_directly(sinks, express)
+        assert producer.sinks == []
+        consumer.close()
+        producer.close()
+        assert router.sinks == {}
+    finally:
+        loop.close()
+
+
+def test_a_reader_served_directly_is_not_woken_with_one_that_was_not(client) -> None:
+    """Two readers, only one a direct sink: the other is woken, the served one is not and
+    keeps its waiting word."""
+    created, info = _two_reader_ring()
+    server_end, client_end = client
+    loop = asyncio.new_event_loop()
+    router = _LocalRouter()
+    try:
+        producer = Producer(router, segment.RingSegment.attach(info.segment), info)
+        direct = Consumer(router, segment.RingSegment.attach(info.segment), info, 0)
+        other = Consumer(router, segment.RingSegment.attach(info.segment), info, 1)
+        express = direct.express = RawWakeupDelivery(direct, _Conn(server_end), chunked=True)  # type: ignore[arg-type]
+        assert direct.take_directly(express) is not None
+        _parked(direct, loop)
+        direct.ring.set_reader_waiting(0)
+        other.ring.set_reader_waiting(1)
+        producer.offer(b"token")
+        assert router.woken == [1]
+        assert _drain(client_end) == b"5\r\ntoken\r\n"
+        assert direct.offset == 5 and other.offset == 0
+        assert created.take_sleeping_readers() == [0]
+        for party in (direct, other, producer):
+            party.close()
+    finally:
+        loop.close()
+        created.close()
+        created.unlink()
+
+
+def test_the_producer_hands_tokens_to_a_sleeping_sse_reader(ring, client) -> None:
+    """The SSE framing on the direct hand-over: each token is encoded once, as the event
+    the task would have written, and the task sleeps on."""
+    created, info = ring
+    server_end, client_end = client
+    loop = asyncio.new_event_loop()
+    router = _LocalRouter()
+
+    class _Reader:
+        def __init__(self, conn: _Conn) -> None:
+            self.conn = conn
+            self.encoder = SseEncoder(epoch="e")
+            self.encoder.begin(None)
+            self._last_write = 0.0
+
+    try:
+        producer = Producer(router, segment.RingSegment.attach(info.segment), info)
+        consumer = Consumer(router, segment.RingSegment.attach(info.segment), info, 0)
+        reader = _Reader(_Conn(server_end))
+        express = consumer.express = EncodedWakeupDelivery(consumer, reader)  # type: ignore[arg-type]
+        assert consumer.take_directly(express) is not None
+        model = SseEncoder(epoch="e")
+        model.begin(None)
+        expected = bytearray()
+        for token in [b"The", b" quick", b" fox\n"]:
+            future = _parked(consumer, loop)
+            consumer.ring.set_reader_waiting(0)
+            producer.offer(token)
+            assert not future.done() and router.woken == []
+            out = model.feed(token)
+            expected += b"%x\r\n%s\r\n" % (len(out), out)
+        assert _drain(client_end) == bytes(expected)
+        assert consumer.offset == created.write_seq and reader._last_write > 0
+        consumer.close()
+        producer.close()
     finally:
         loop.close()

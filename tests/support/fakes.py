@@ -5,10 +5,13 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from ringpipe.core.control_frames import RelayInfo
+from ringpipe.mesh.relay import DirectSink
 
 
 class NullRouter:
     """A ``relay.WakeRouter`` whose wake-ups go nowhere: for tests that poll the ring themselves."""
+
+    index = -1  # no ring's producer is here: no reader takes bytes directly
 
     def wake(self, info: RelayInfo, slot: int) -> None: ...
 
@@ -19,3 +22,8 @@ class NullRouter:
     def register(self, segment: str, slot: int, callback: Callable[[], None]) -> None: ...
 
     def unregister(self, segment: str, slot: int, callback: Callable[[], None] | None = None) -> None: ...
+
+    def direct_sinks(self, segment: str) -> list[DirectSink]:
+        return []
+
+    def drop_direct_sinks(self, segment: str, sinks: list[DirectSink]) -> None: ...

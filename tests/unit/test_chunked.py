@@ -174,3 +174,51 @@ def test_fast_and_byte_wise_size_lines_agree(wire: bytes) -> None:
         got, _ = bytewise.feed(wire[i : i + 1])
         total += sum(e - s for s, e in got)
     assert bytewise.done and total == 16
+
+
+@given(
+    chunks=st.lists(st.binary(min_size=1, max_size=60), max_size=12),
+    cuts=st.lists(st.booleans(), max_size=40),
+    reads=st.lists(st.integers(1, 90), max_size=40),
+)
+def test_whole_chunk_reads_and_feed_agree(chunks: list[bytes], cuts: list[bool], reads: list[int]) -> None:
+    """Reads that are one whole chunk each (as a token producer sends them) interleaved
+    with arbitrary reads, as rawbody.py drives it: ``whole_chunk`` first, else ``feed``.
+    The data is the body's, in order, and a miss changes nothing."""
+    wire = encode(chunks)
+    framing = BodyFraming(content_length=None)
+    data = bytearray()
+    pos, i = 0, 0
+    sizes = iter(reads)
+    bounds = [0]
+    for chunk in chunks:
+        bounds.append(bounds[-1] + len(b"%x\r\n" % len(chunk)) + len(chunk) + 2)
+    while pos < len(wire) and not framing.done:
+        whole = cuts[i] if i < len(cuts) else False
+        i += 1
+        if whole and pos in bounds and bounds.index(pos) < len(chunks):
+            buf = memoryview(wire)[pos : bounds[bounds.index(pos) + 1]]
+        else:
+            buf = memoryview(wire)[pos : pos + next(sizes, 7)]
+        before = (framing._state, framing._line, framing.data_left)
+        got = framing.whole_chunk(buf)
+        if got is not None:
+            data += got
+            pos += len(buf)
+            continue
+        assert (framing._state, framing._line, framing.data_left) == before
+        spans, used = framing.feed(buf)
+        for start, end in spans:
+            data += buf[start:end]
+        pos += used
+    assert framing.done and data == b"".join(chunks)
+
+
+@pytest.mark.parametrize(
+    "buf",
+    [b"5\r\nhello\r\nX", b"5\r\nhell", b"5\r\nhelloXY", b"0\r\n\r\n", b"5;x\r\nhello\r\n", b"6\r\nhello\r\n"],
+)
+def test_whole_chunk_misses_leave_the_work_to_feed(buf: bytes) -> None:
+    framing = BodyFraming(content_length=None)
+    assert framing.whole_chunk(memoryview(buf)) is None
+    assert framing.whole_chunk(memoryview(b"5\r\nhello\r\n")) == b"hello"

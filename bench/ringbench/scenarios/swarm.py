@@ -23,13 +23,14 @@ import argparse
 import asyncio
 import os
 import resource
+import threading
 import time
 import uuid
 from typing import Any
 
 from ..clients import Clients, Ctl, outcomes
 from ..common import MIB, percentile
-from ..measure import MemorySampler, Meter, cpu_self, tree_memory
+from ..measure import MemorySampler, Meter, cpu_self, tree_cpu_seconds, tree_memory
 from ..tokens import Runner, Stream, Tally
 from .base import Case, Record, Scenario, Target
 
@@ -156,8 +157,10 @@ def run_swarm(case: Case, target: Target, args: argparse.Namespace) -> Record:
         with MemorySampler(target.pid) as sampler:
             meter = Meter(target.pid)
             t_go = time.monotonic() + GO_DELAY_S
+            steady = SteadyWindow(target.pid, t_go, steady_window(times, records, rate))
             cl.broadcast("go", t_go)
             children = cl.finish(t_go + budget)
+            steady.join()
     by_kind, proc_cpu, errors = outcomes(children)
     parts = by_kind.get("swarm", [])
     record.update(meter.stop(sum(proc_cpu)))
@@ -212,6 +215,17 @@ def run_swarm(case: Case, target: Target, args: argparse.Namespace) -> Record:
             client_limit_tokens_s=min(1e6 / u for u in us_per_token if u) if any(us_per_token) else None,
             tokens_s=sum(handled) / window,
         )
+        if steady.cpu_s is not None and steady.span_s:
+            # every stream is between its first and last record: n tokens per stream per 1/rate
+            record.update(
+                steady_window_s=steady.span_s,
+                steady_cpu_us_per_token=1e6 * steady.cpu_s / (streams * n * rate * steady.span_s),
+                setup_cpu_ms_per_stream=max(
+                    0.0, record["server_cpu_s"] - steady.cpu_s * delivered / (streams * n * rate * steady.span_s)
+                )
+                * 1e3
+                / streams,
+            )
     if failed == 0 and delivered == streams * n * records and not errors:
         record.update(ok=True, verified=True)
     elif failed:
@@ -219,6 +233,36 @@ def run_swarm(case: Case, target: Target, args: argparse.Namespace) -> Record:
     elif delivered != streams * n * records:
         errors.insert(0, f"{delivered} of {streams * n * records} tokens delivered")
     return record
+
+
+def steady_window(times: list[tuple[float, float, float]], records: int, rate: float) -> tuple[float, float] | None:
+    """The stretch (plan seconds) when every stream is between its first and last record,
+    trimmed 0.25 s at each end; None when it is shorter than a second."""
+    start = max(t_first for _, _, t_first in times) + 0.25
+    end = min(t_first for _, _, t_first in times) + (records - 1) / rate - 0.25
+    return (start, end) if end - start >= 1.0 else None
+
+
+class SteadyWindow(threading.Thread):
+    """Server CPU over ``steady_window``: the per-token cost with no pipe setting up or
+    ending (``setup_cpu_ms_per_stream`` is the rest of the run's CPU, per stream)."""
+
+    def __init__(self, pid: int, t_go: float, window: tuple[float, float] | None) -> None:
+        super().__init__(daemon=True)
+        self.pid, self.t_go, self.window = pid, t_go, window
+        self.cpu_s: float | None = None
+        self.span_s = 0.0
+        self.start()
+
+    def run(self) -> None:
+        if self.window is None:
+            return
+        start, end = (self.t_go + t for t in self.window)
+        time.sleep(max(0.0, start - time.monotonic()))
+        cpu0, t0 = tree_cpu_seconds(self.pid)[0], time.monotonic()
+        time.sleep(max(0.0, end - time.monotonic()))
+        cpu1, t1 = tree_cpu_seconds(self.pid)[0], time.monotonic()
+        self.cpu_s, self.span_s = cpu1 - cpu0, t1 - t0
 
 
 def swarm_cases(args: argparse.Namespace) -> list[Case]:
@@ -246,6 +290,8 @@ SWARM = Scenario(
     name="swarm",
     metrics=[
         ("cpu_us_per_token", "srv CPU us/token", 1),
+        ("steady_cpu_us_per_token", "steady us/token", 1),
+        ("setup_cpu_ms_per_stream", "setup ms/stream", 2),
         ("p50_ms", "p50 ms", 3),
         ("p90_ms", "p90 ms", 3),
         ("p99_ms", "p99 ms", 2),
@@ -258,12 +304,15 @@ SWARM = Scenario(
         ("streams_failed", "failed", 0),
     ],
     note="swarm: srv CPU us/token = the server tree's CPU from go to the last client's report / tokens\n"
-    "delivered (every reader's). p50..max: latency of every token but a stream's first, at every\n"
-    "reader (recv time - send time); 1st p99: the first token's, which includes the pipe's setup.\n"
-    "srv PSS peak: the server tree's memory ({kind}) sampled every 0.5 s; KiB/stream: (peak - idle\n"
-    "server) / streams. client max proc %: the busiest client process's CPU / the run (100% = it\n"
-    "was the limit). late p99: how far behind schedule the producers wrote. failed: streams with\n"
-    "any record lost, wrong, late to end or cut (its metrics still count what was delivered).",
+    "delivered (every reader's). steady us/token: the same over the stretch when every stream is\n"
+    "between its first and last record (no pipe setting up or ending), per token scheduled;\n"
+    "setup ms/stream: the rest of the run's server CPU, per stream (set-up, teardown, idle).\n"
+    "p50..max: latency of every token but a stream's first, at every reader (recv time - send\n"
+    "time); 1st p99: the first token's, which includes the pipe's setup. srv PSS peak: the server\n"
+    "tree's memory ({kind}) sampled every 0.5 s; KiB/stream: (peak - idle server) / streams.\n"
+    "client max proc %: the busiest client process's CPU / the run (100% = it was the limit).\n"
+    "late p99: how far behind schedule the producers wrote. failed: streams with any record\n"
+    "lost, wrong, late to end or cut (its metrics still count what was delivered).",
     cases=swarm_cases,
     run=run_swarm,
     no_ratio=frozenset({"sender_late_p99_ms", "client_max_proc_pct", "streams_failed"}),

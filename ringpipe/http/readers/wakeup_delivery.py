@@ -20,7 +20,7 @@ from typing import Final, Protocol
 
 from ringpipe.core.errors import PeerGone, WouldBlock
 from ringpipe.core.framing import NdjsonEncoder, SseEncoder
-from ringpipe.http.connection import Connection
+from ringpipe.http.connection import Buffer, Connection
 from ringpipe.mesh.relay import RAW_READ_LIMIT, READ_LIMIT, Consumer
 
 __all__ = ["EncodedWakeupDelivery", "EncodingReader", "RawWakeupDelivery", "WakeupDelivery", "framed"]
@@ -30,6 +30,8 @@ log = logging.getLogger("ringpipe.readers")
 
 #: Chunk-size lines of token-sized chunks, made once rather than formatted per write.
 _SMALL_HEADS: Final = tuple(b"%x\r\n" % size for size in range(1024))
+#: The same, with the framing bytes of each such chunk (size line and CRLF after the data).
+_SMALL_FRAMES: Final = tuple((head, len(head) + 2) for head in _SMALL_HEADS)
 
 
 def framed(body: list[memoryview] | list[bytes], size: int, chunked: bool) -> tuple[list[memoryview | bytes], int]:
@@ -75,6 +77,18 @@ class WakeupDelivery:
         """One round; True if it sent everything it took and the reader may go on."""
         raise NotImplementedError
 
+    def _may_take(self, size: int, end_seq: int) -> bool:
+        """Whether the reader's task sleeps in lockstep with its cursor just where the
+        producer's ``size`` new bytes (ending at ``end_seq``) begin (``relay.DirectSink``)."""
+        consumer = self.consumer
+        future = consumer.sleeper.future
+        return (
+            future is not None
+            and not future.done()
+            and consumer.in_lockstep
+            and consumer.ring.caught_up_at(consumer.slot, end_seq - size)
+        )
+
 
 class RawWakeupDelivery(WakeupDelivery):
     """The raw reader's rounds: ring views straight to the socket.
@@ -88,6 +102,32 @@ class RawWakeupDelivery(WakeupDelivery):
     def __init__(self, consumer: Consumer, conn: Connection, chunked: bool) -> None:
         super().__init__(consumer, conn)
         self.chunked = chunked
+
+    def deliver(self, data: bytes | bytearray | memoryview, size: int, end_seq: int) -> bool:
+        """``relay.DirectSink``: the producer's just-published ``data`` (``size`` bytes, ending
+        at ``end_seq``), from its own buffer to this reader's socket, while the reader's task
+        sleeps caught up. Registered only for a response with no Content-Length to count
+        (chunked, or unframed HTTP/1.0). Same invariant as a round: the cursor moves by
+        exactly what the kernel or the transport took."""
+        if not self._may_take(size, end_seq):
+            return False
+        if self.chunked:
+            if size < 1024:
+                head, framing = _SMALL_FRAMES[size]
+            else:
+                head = b"%x\r\n" % size
+                framing = len(head) + 2
+            parts: list[Buffer] = [head, data, b"\r\n"]
+            total = size + framing
+        else:
+            parts, total = [data], size
+        try:
+            if self.conn.write_parts_now(parts, total) is None:
+                return False
+        except ConnectionError:
+            return False  # the task meets the dead socket when it is woken
+        self.consumer.commit(end_seq, size)
+        return True
 
     def __call__(self) -> bool:
         consumer = self.consumer
@@ -155,6 +195,30 @@ class EncodedWakeupDelivery(WakeupDelivery):
         super().__init__(consumer, reader.conn)
         self.reader = reader
 
+    def deliver(self, data: bytes | bytearray | memoryview, size: int, end_seq: int) -> bool:
+        """``relay.DirectSink``: the producer's just-published ``data`` encoded and written
+        from its own data callback, as ``_round`` would from the ring. Registered only for a
+        chunked or unframed response (as this class is)."""
+        conn = self.conn
+        if not self._may_take(size, end_seq) or not conn.can_write_now():
+            return False
+        self._send(self.reader.encoder.feed(bytes(data)))
+        self.consumer.commit(end_seq, size)
+        return True
+
+    def _send(self, out: bytes) -> bool | None:
+        """Write encoded bytes as a chunk now (see ``Connection.write_parts_now``); None if
+        they were spent on a dead socket (the task meets it on its next write)."""
+        if not out:
+            return True
+        self.reader._last_write = time.monotonic()
+        conn = self.conn
+        parts, total = framed([out], len(out), not conn.unframed)
+        try:
+            return conn.write_parts_now(parts, total)
+        except ConnectionError:
+            return None
+
     def _round(self) -> bool:
         consumer, conn = self.consumer, self.conn
         if not conn.can_write_now():  # checked first: the encoder must not see bytes we then cannot send
@@ -168,14 +232,6 @@ class EncodedWakeupDelivery(WakeupDelivery):
         data = b"".join(views)
         for view in views:
             view.release()
-        out = self.reader.encoder.feed(data)
-        sent: bool | None = True
-        if out:
-            self.reader._last_write = time.monotonic()
-            parts, total = framed([out], len(out), not conn.unframed)
-            try:
-                sent = conn.write_parts_now(parts, total)
-            except ConnectionError:
-                sent = None  # the bytes are spent: the task meets the dead socket on its next write
+        sent = self._send(self.reader.encoder.feed(data))
         consumer.commit(next_seq, len(data))
         return bool(sent)
