@@ -358,7 +358,8 @@ class RingSegment:
         return capacity
 
     def _grow(self, write_seq: int, size: int, capacity: int) -> int:
-        """Grow before the first wrap (see the module docstring); the capacity now in effect."""
+        """Grow before the first wrap (see the module docstring): to the smallest doubling with
+        room for ``size``, else the largest the arena grants; the capacity now in effect."""
         words = self.words
         target = ring.grown(
             write_seq=write_seq,
@@ -367,11 +368,12 @@ class RingSegment:
             max_capacity=self.max_capacity,
             size=size,
         )
-        grower = self._grower
-        start = self._data_offset
-        if target > capacity and grower is not None and grower(self._region.offset, start + capacity, start + target):
-            words[W_CAPACITY] = target  # reserved first; stored before any byte past the old capacity
-            return target
+        grower, start = self._grower, self._data_offset
+        while target > capacity and grower is not None:  # else the largest doubling the budget allows
+            if grower(self._region.offset, start + capacity, start + target):
+                words[W_CAPACITY] = target  # reserved first; stored before any byte past the old capacity
+                return target
+            target //= 2
         if words[W_WINDOW] > capacity // 2:  # refused: leave the writer half of what it has
             words[W_WINDOW] = capacity // 2
             self._cached_slowest = self._slowest_attached()
