@@ -57,9 +57,9 @@ class SenderLog:
     log (its head is on the wire, or, for HTTP/1.0, will be at ``end``); until then an
     error may still become a rejection with its own status.
 
-    A head goes out in one write with the lines that follow it at once (``start``'s, a late
-    log's held ones, an HTTP/1.0 body): one syscall and one wake-up of the client per pipe
-    less, the same bytes on the wire.
+    A head goes out in one write with the lines that follow it at once (``start``'s, and
+    with ``more_coming`` the next line's; a late log's held ones; an HTTP/1.0 body): a
+    syscall and a wake-up of the client less each, the same bytes on the wire.
     """
 
     def __init__(
@@ -74,6 +74,8 @@ class SenderLog:
         self._held: list[bytes] = []
         #: Late mode, head not yet sent: lines go to ``_held``.
         self._holding = late and not http10
+        #: Started, head not sent yet: the opening lines, which go out with the next line.
+        self._opening: list[bytes] | None = None
         self.started = False
         self.ended = False
 
@@ -87,19 +89,30 @@ class SenderLog:
         with one_write(cycle if cycle is not None and not cycle.response_started else None):
             yield
 
-    async def start(self, *lines: str) -> None:
-        """Commit to the log, opening with ``lines``."""
+    async def start(self, *lines: str, more_coming: bool = False) -> None:
+        """Commit to the log, opening with ``lines``.
+
+        ``more_coming``: the caller logs another line (or ends the log) before it next
+        waits, so the head and these lines wait for it, to go out in the same write.
+        """
+        opening = [(text + "\n").encode() for text in lines]
         if self._holding or self._http10:
             if not self._holding:
                 self.started = True
-            self._held += [(text + "\n").encode() for text in lines]
+            self._held += opening
             return  # late: the head waits for ``body_read``; HTTP/1.0: for ``end``
         self.started = True
+        if more_coming:
+            self._opening = opening
+        else:
+            await self._open(b"".join(opening), more_body=True)
+
+    async def _open(self, body: bytes, *, more_body: bool) -> None:
+        """The head and the first ``body`` bytes of the log, in one write."""
         with self._one_write():
             await self._send({"type": "http.response.start", "status": 200, "headers": self._headers})
-            if lines:
-                body = "".join(text + "\n" for text in lines).encode()
-                await self._send({"type": "http.response.body", "body": body, "more_body": True})
+            if body or not more_body:
+                await self._send({"type": "http.response.body", "body": body, "more_body": more_body})
 
     async def body_read(self) -> None:
         """The whole request body is in: a late log sends its head and held lines now."""
@@ -117,6 +130,9 @@ class SenderLog:
         data = (text + "\n").encode()
         if self._http10 or self._holding:
             self._held.append(data)
+        elif self._opening is not None:
+            opening, self._opening = self._opening, None
+            await self._open(b"".join([*opening, data]), more_body=True)
         else:
             await self._send({"type": "http.response.body", "body": data, "more_body": True})
 
@@ -125,7 +141,12 @@ class SenderLog:
             # The last line and the final chunk in one write (one syscall, one wake-up of
             # the client) instead of two: the same bytes on the wire.
             self.ended = True
-            await self._send({"type": "http.response.body", "body": (text + "\n").encode(), "more_body": False})
+            data = (text + "\n").encode()
+            if self._opening is not None:
+                opening, self._opening = self._opening, None
+                await self._open(b"".join([*opening, data]), more_body=False)
+            else:
+                await self._send({"type": "http.response.body", "body": data, "more_body": False})
             return
         await self.line(text)
         self.ended = True
@@ -205,7 +226,9 @@ class SenderEndpoint:
                     opening = [f"[INFO] Waiting for {item.n} receiver(s)..."]
                     if item.connected is not None:
                         opening.append(f"[INFO] {item.connected} receiver(s) has/have been connected.")
-                    await out.start(*opening)
+                    # A Start (or refusal) already here is answered before we next wait:
+                    # the head and opening lines go out with its line.
+                    await out.start(*opening, more_coming=party.inbox.ready())
                 elif isinstance(item, ReceiverConnected):
                     await out.line("[INFO] A receiver was connected.")
                 elif isinstance(item, Cancelled):

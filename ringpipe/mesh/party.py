@@ -50,6 +50,10 @@ class Inbox:
             if self._on_item is not None:
                 self._on_item()
 
+    def ready(self) -> bool:
+        """An item is waiting: the next ``__anext__`` returns without waiting."""
+        return bool(self._items)
+
     def on_item(self, callback: Callable[[], None] | None) -> None:
         """Call ``callback`` for each item put from now on, and at once if one is waiting
         (None: stop). A transfer that any item ends (a receiver's: Broken, Cancelled,
