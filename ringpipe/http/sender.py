@@ -213,7 +213,11 @@ class SenderEndpoint:
         self, scope: Scope, send: Send, conn: Connection, party: LocalParty, out: SenderLog
     ) -> Start | None:
         fd = conn.fileno()
-        self.hangups.watch(fd, party.hang_up)
+        # The hang-up is watched from the first wait for receivers on: until the owner's
+        # first answer (a loop turn, or a control frame's round trip) nothing is owed to a
+        # client that left, and a sender that starts at once never needs the two epoll
+        # calls. The watch is level-triggered: a hang-up before it is reported at once.
+        watching = False
         expects_continue = (header(scope, b"expect") or "").lower() == "100-continue"
         try:
             async for item in party.inbox:
@@ -247,9 +251,13 @@ class SenderEndpoint:
                     log.info("waiting sender left", extra={"path": party.path})
                     await conn.abort()
                     return None
+                if not watching and not party.inbox.ready():
+                    self.hangups.watch(fd, party.hang_up)
+                    watching = True
             return None
         finally:
-            self.hangups.unwatch(fd)
+            if watching:
+                self.hangups.unwatch(fd)
 
     async def _cancelled_log(self, send: Send, conn: Connection, out: SenderLog, path: str) -> None:
         """DELETE ended the sender's pipe: ``[INFO] Cancelled.``, then close without the final
