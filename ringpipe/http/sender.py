@@ -54,8 +54,9 @@ class SenderLog:
     is in. An error before that is answered at once with its own status (``fail``).
 
     Invariant: ``started`` is True exactly when the response is committed to be the 200
-    log (its head is on the wire, or, for HTTP/1.0, will be at ``end``); until then an
-    error may still become a rejection with its own status.
+    log (its head is on the wire, or will be with the next line after a ``start`` with
+    ``more_coming``, or, for HTTP/1.0, at ``end``); until then an error may still become a
+    rejection with its own status.
 
     A head goes out in one write with the lines that follow it at once (``start``'s, and
     with ``more_coming`` the next line's; a late log's held ones; an HTTP/1.0 body): a
