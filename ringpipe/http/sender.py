@@ -54,13 +54,15 @@ class SenderLog:
     is in. An error before that is answered at once with its own status (``fail``).
 
     Invariant: ``started`` is True exactly when the response is committed to be the 200
-    log (its head is on the wire, or will be with the next line after a ``start`` with
+    log (its head is on the wire, or goes out with the next line after a ``start`` with
     ``more_coming``, or, for HTTP/1.0, at ``end``); until then an error may still become a
     rejection with its own status.
 
-    A head goes out in one write with the lines that follow it at once (``start``'s, and
-    with ``more_coming`` the next line's; a late log's held ones; an HTTP/1.0 body): a
-    syscall and a wake-up of the client less each, the same bytes on the wire.
+    Lines that follow each other at once go out in one write, with the head if it is still
+    due (``start``'s lines; a line or start with ``more_coming`` and the next one; a late
+    log's held ones; an HTTP/1.0 body): a syscall and a wake-up of the client less each,
+    the same bytes on the wire. ``more_coming`` promises another line (or the end) before
+    the caller next waits, so nothing is held back in time.
     """
 
     def __init__(
@@ -75,8 +77,10 @@ class SenderLog:
         self._held: list[bytes] = []
         #: Late mode, head not yet sent: lines go to ``_held``.
         self._holding = late and not http10
-        #: Started, head not sent yet: the opening lines, which go out with the next line.
-        self._opening: list[bytes] | None = None
+        #: Lines that go out with the next one (``more_coming``), after the head if it is due.
+        self._pending: list[bytes] = []
+        #: Started, and the head not sent yet: it goes out with the pending lines.
+        self._head_due = False
         self.started = False
         self.ended = False
 
@@ -103,13 +107,19 @@ class SenderLog:
             self._held += opening
             return  # late: the head waits for ``body_read``; HTTP/1.0: for ``end``
         self.started = True
-        if more_coming:
-            self._opening = opening
-        else:
-            await self._open(b"".join(opening), more_body=True)
+        self._head_due = True
+        self._pending += opening
+        if not more_coming:
+            await self._flush(b"", more_body=True)
 
-    async def _open(self, body: bytes, *, more_body: bool) -> None:
-        """The head and the first ``body`` bytes of the log, in one write."""
+    async def _flush(self, data: bytes, *, more_body: bool) -> None:
+        """The head if due, the pending lines and ``data``, in one write."""
+        body, self._pending = b"".join([*self._pending, data]), []
+        if not self._head_due:
+            if body or not more_body:
+                await self._send({"type": "http.response.body", "body": body, "more_body": more_body})
+            return
+        self._head_due = False
         with self._one_write():
             await self._send({"type": "http.response.start", "status": 200, "headers": self._headers})
             if body or not more_body:
@@ -127,27 +137,21 @@ class SenderLog:
                 await self._send({"type": "http.response.body", "body": body, "more_body": True})
         self._holding = False
 
-    async def line(self, text: str) -> None:
+    async def line(self, text: str, *, more_coming: bool = False) -> None:
         data = (text + "\n").encode()
         if self._http10 or self._holding:
             self._held.append(data)
-        elif self._opening is not None:
-            opening, self._opening = self._opening, None
-            await self._open(b"".join([*opening, data]), more_body=True)
+        elif more_coming:
+            self._pending.append(data)
         else:
-            await self._send({"type": "http.response.body", "body": data, "more_body": True})
+            await self._flush(data, more_body=True)
 
     async def end(self, text: str) -> None:
         if not self._http10 and not self._holding:
             # The last line and the final chunk in one write (one syscall, one wake-up of
             # the client) instead of two: the same bytes on the wire.
             self.ended = True
-            data = (text + "\n").encode()
-            if self._opening is not None:
-                opening, self._opening = self._opening, None
-                await self._open(b"".join([*opening, data]), more_body=False)
-            else:
-                await self._send({"type": "http.response.body", "body": data, "more_body": False})
+            await self._flush((text + "\n").encode(), more_body=False)
             return
         await self.line(text)
         self.ended = True
@@ -235,7 +239,7 @@ class SenderEndpoint:
                     # the head and opening lines go out with its line.
                     await out.start(*opening, more_coming=party.inbox.ready())
                 elif isinstance(item, ReceiverConnected):
-                    await out.line("[INFO] A receiver was connected.")
+                    await out.line("[INFO] A receiver was connected.", more_coming=party.inbox.ready())
                 elif isinstance(item, Cancelled):
                     self.node.leave(party, completed=False)
                     await self._cancelled_log(send, conn, out, party.path)
