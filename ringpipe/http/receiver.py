@@ -172,10 +172,14 @@ class ReceiverEndpoint:
                 lost=lost,
                 aligned=plan.point is not None and bool(plan.point.epoch) and lost is None,
             )
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(_cancel_on_inbox, party, tg.cancel_scope)
-                completed = await reader.relay(consumer, start, begin)
-                tg.cancel_scope.cancel()
+            # Anything in the inbox during the transfer (Broken, Cancelled, Evicted, Hangup)
+            # ends it; the ring then says which ending (``Consumer.ending``).
+            with anyio.CancelScope() as ends:
+                party.inbox.on_item(ends.cancel)
+                try:
+                    completed = await reader.relay(consumer, start, begin)
+                finally:
+                    party.inbox.on_item(None)
         finally:
             ending = None if completed else consumer.ending()
             if watcher:
@@ -230,11 +234,3 @@ def _framing_of(reader: Reader) -> str:
     if isinstance(reader, NdjsonReader):
         return "ndjson"
     return "raw"
-
-
-async def _cancel_on_inbox(party: LocalParty, scope: anyio.CancelScope) -> None:
-    """During a transfer, anything in a receiver's inbox (Broken, Cancelled, Evicted, Hangup)
-    ends it; the ring then says which ending (``Consumer.ending``)."""
-    async for _item in party.inbox:
-        scope.cancel()
-        return

@@ -8,7 +8,9 @@ because chunk sizes and flow control matter here.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 from typing import Final
 
 import anyio
@@ -30,6 +32,7 @@ from ringpipe.http.connection import EXTENSION, Connection
 from ringpipe.http.hangup import HangupWatcher
 from ringpipe.http.request_params import header, parse_n, read_key, receiver_headers, stall_ms
 from ringpipe.http.responses import OWNER_LOST, STREAM_HEADERS, TEXT_HEADERS, reject, worker_header
+from ringpipe.http.uvicorn_shims import one_write
 from ringpipe.mesh.relay import Ingest, Producer
 from ringpipe.mesh.worker_pipes import Hangup, LocalParty, WorkerPipes
 from ringpipe.shm import segment
@@ -51,12 +54,22 @@ class SenderLog:
     is in. An error before that is answered at once with its own status (``fail``).
 
     Invariant: ``started`` is True exactly when the response is committed to be the 200
-    log (its head is on the wire, or, for HTTP/1.0, will be at ``end``); until then an
-    error may still become a rejection with its own status.
+    log (its head is on the wire, or goes out with the next line after a ``start`` with
+    ``more_coming``, or, for HTTP/1.0, at ``end``); until then an error may still become a
+    rejection with its own status.
+
+    Lines that follow each other at once go out in one write, with the head if it is still
+    due (``start``'s lines; a line or start with ``more_coming`` and the next one; a late
+    log's held ones; an HTTP/1.0 body): a syscall and a wake-up of the client less each,
+    the same bytes on the wire. ``more_coming`` promises another line (or the end) before
+    the caller next waits, so nothing is held back in time.
     """
 
-    def __init__(self, send: Send, *, http10: bool, worker: int, late: bool = False) -> None:
+    def __init__(
+        self, send: Send, *, http10: bool, worker: int, late: bool = False, conn: Connection | None = None
+    ) -> None:
         self._send = send
+        self._conn = conn
         self._http10 = http10
         # nosniff: browsers would otherwise hold a text/plain response back to sniff its
         # type, and a page showing the live log would see nothing until the upload ended.
@@ -64,48 +77,90 @@ class SenderLog:
         self._held: list[bytes] = []
         #: Late mode, head not yet sent: lines go to ``_held``.
         self._holding = late and not http10
+        #: Lines that go out with the next one (``more_coming``), after the head if it is due.
+        self._pending: list[bytes] = []
+        #: Started, and the head not sent yet: it goes out with the pending lines.
+        self._head_due = False
         self.started = False
         self.ended = False
 
-    async def start(self) -> None:
-        if self._holding:
-            return  # late: the head waits for ``body_read``
+    @contextlib.contextmanager
+    def _one_write(self) -> Iterator[None]:
+        """The response messages sent in the block go out as one write (``one_write``)."""
+        cycle = None
+        if self._conn is not None and not self._conn.lost.is_set():
+            with contextlib.suppress(ConnectionResetError):
+                cycle = self._conn.protocol.cycle
+        with one_write(cycle if cycle is not None and not cycle.response_started else None):
+            yield
+
+    async def start(self, *lines: str, more_coming: bool = False) -> None:
+        """Commit to the log, opening with ``lines``.
+
+        ``more_coming``: the caller logs another line (or ends the log) before it next
+        waits, so the head and these lines wait for it, to go out in the same write.
+        """
+        opening = [(text + "\n").encode() for text in lines]
+        if self._holding or self._http10:
+            if not self._holding:
+                self.started = True
+            self._held += opening
+            return  # late: the head waits for ``body_read``; HTTP/1.0: for ``end``
         self.started = True
-        if not self._http10:
+        self._head_due = True
+        self._pending += opening
+        if not more_coming:
+            await self._flush(b"", more_body=True)
+
+    async def _flush(self, data: bytes, *, more_body: bool) -> None:
+        """The head if due, the pending lines and ``data``, in one write."""
+        body, self._pending = b"".join([*self._pending, data]), []
+        if not self._head_due:
+            if body or not more_body:
+                await self._send({"type": "http.response.body", "body": body, "more_body": more_body})
+            return
+        self._head_due = False
+        with self._one_write():
             await self._send({"type": "http.response.start", "status": 200, "headers": self._headers})
+            if body or not more_body:
+                await self._send({"type": "http.response.body", "body": body, "more_body": more_body})
 
     async def body_read(self) -> None:
         """The whole request body is in: a late log sends its head and held lines now."""
         if not self._holding or self.started:
             return
         self.started = True  # before any await: a concurrent ``end`` must not send a second head
-        await self._send({"type": "http.response.start", "status": 200, "headers": self._headers})
-        while self._held:  # lines logged while we were sending are held too, in order
-            body, self._held = b"".join(self._held), []
-            await self._send({"type": "http.response.body", "body": body, "more_body": True})
+        with self._one_write():
+            await self._send({"type": "http.response.start", "status": 200, "headers": self._headers})
+            while self._held:  # lines logged while we were sending are held too, in order
+                body, self._held = b"".join(self._held), []
+                await self._send({"type": "http.response.body", "body": body, "more_body": True})
         self._holding = False
 
-    async def line(self, text: str) -> None:
+    async def line(self, text: str, *, more_coming: bool = False) -> None:
         data = (text + "\n").encode()
         if self._http10 or self._holding:
             self._held.append(data)
+        elif more_coming:
+            self._pending.append(data)
         else:
-            await self._send({"type": "http.response.body", "body": data, "more_body": True})
+            await self._flush(data, more_body=True)
 
     async def end(self, text: str) -> None:
         if not self._http10 and not self._holding:
             # The last line and the final chunk in one write (one syscall, one wake-up of
             # the client) instead of two: the same bytes on the wire.
             self.ended = True
-            await self._send({"type": "http.response.body", "body": (text + "\n").encode(), "more_body": False})
+            await self._flush((text + "\n").encode(), more_body=False)
             return
         await self.line(text)
         self.ended = True
         if self._http10:
             body = b"".join(self._held)
             headers = [*self._headers, (b"content-length", str(len(body)).encode())]
-            await self._send({"type": "http.response.start", "status": 200, "headers": headers})
-            await self._send({"type": "http.response.body", "body": body})
+            with self._one_write():
+                await self._send({"type": "http.response.start", "status": 200, "headers": headers})
+                await self._send({"type": "http.response.body", "body": body})
             return
         await self.body_read()
         await self._send({"type": "http.response.body", "body": b"", "more_body": False})
@@ -149,6 +204,7 @@ class SenderEndpoint:
             http10=scope.get("http_version") == "1.0",
             worker=self.node.index,
             late=self.node.settings.sender_response == "late",
+            conn=conn,
         )
         try:
             start = await self._wait(scope, send, conn, party, out)
@@ -162,7 +218,11 @@ class SenderEndpoint:
         self, scope: Scope, send: Send, conn: Connection, party: LocalParty, out: SenderLog
     ) -> Start | None:
         fd = conn.fileno()
-        self.hangups.watch(fd, party.hang_up)
+        # The hang-up is watched from the first wait for receivers on: until the owner's
+        # first answer (a loop turn, or a control frame's round trip) nothing is owed to a
+        # client that left, and a sender that starts at once never needs the two epoll
+        # calls. The watch is level-triggered: a hang-up before it is reported at once.
+        watching = False
         expects_continue = (header(scope, b"expect") or "").lower() == "100-continue"
         try:
             async for item in party.inbox:
@@ -172,12 +232,14 @@ class SenderEndpoint:
                     if expects_continue:
                         conn.write_raw(CONTINUE)
                         conn.continue_sent()
-                    await out.start()
-                    await out.line(f"[INFO] Waiting for {item.n} receiver(s)...")
+                    opening = [f"[INFO] Waiting for {item.n} receiver(s)..."]
                     if item.connected is not None:
-                        await out.line(f"[INFO] {item.connected} receiver(s) has/have been connected.")
+                        opening.append(f"[INFO] {item.connected} receiver(s) has/have been connected.")
+                    # A Start (or refusal) already here is answered before we next wait:
+                    # the head and opening lines go out with its line.
+                    await out.start(*opening, more_coming=party.inbox.ready())
                 elif isinstance(item, ReceiverConnected):
-                    await out.line("[INFO] A receiver was connected.")
+                    await out.line("[INFO] A receiver was connected.", more_coming=party.inbox.ready())
                 elif isinstance(item, Cancelled):
                     self.node.leave(party, completed=False)
                     await self._cancelled_log(send, conn, out, party.path)
@@ -194,9 +256,13 @@ class SenderEndpoint:
                     log.info("waiting sender left", extra={"path": party.path})
                     await conn.abort()
                     return None
+                if not watching and not party.inbox.ready():
+                    self.hangups.watch(fd, party.hang_up)
+                    watching = True
             return None
         finally:
-            self.hangups.unwatch(fd)
+            if watching:
+                self.hangups.unwatch(fd)
 
     async def _cancelled_log(self, send: Send, conn: Connection, out: SenderLog, path: str) -> None:
         """DELETE ended the sender's pipe: ``[INFO] Cancelled.``, then close without the final

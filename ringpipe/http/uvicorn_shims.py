@@ -1,15 +1,18 @@
-"""Stand-ins for two pieces of uvicorn's httptools protocol, swapped in by ``protocol.py``:
-its queue of pipelined requests (a list, not a deque) and the transport an HTTP/1.0
-request's response cycle writes its head to (an ``HTTP/1.0`` status line)."""
+"""Stand-ins for pieces of uvicorn's httptools protocol: its queue of pipelined requests (a
+list, not a deque), the transport an HTTP/1.0 request's response cycle writes its head to (an
+``HTTP/1.0`` status line), both swapped in by ``protocol.py``, and a transport that gathers a
+few response messages into one write (``one_write``)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
 
-__all__ = ["Http10StatusLine", "Pipeline"]
+__all__ = ["Http10StatusLine", "Pipeline", "one_write"]
 
 
 class Pipeline(list[tuple[RequestResponseCycle, Any]]):
@@ -52,3 +55,54 @@ class Http10StatusLine(asyncio.Transport):
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         return self._transport.get_extra_info(name, default)
+
+
+class _Gathered(asyncio.Transport):
+    """The transport as a response cycle sees it inside ``one_write``: writes are kept, in
+    order, until the block ends (or the cycle closes the connection after its last message)."""
+
+    def __init__(self, transport: asyncio.BaseTransport) -> None:
+        super().__init__()
+        self.transport = transport
+        self.parts: list[bytes] = []
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.parts.append(bytes(data))
+
+    def flush(self) -> None:
+        if self.parts:
+            data, self.parts = b"".join(self.parts), []
+            self.transport.write(data)  # type: ignore[attr-defined]
+
+    def is_closing(self) -> bool:
+        return self.transport.is_closing()
+
+    def close(self) -> None:
+        self.flush()
+        self.transport.close()
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self.transport.get_extra_info(name, default)
+
+
+@contextlib.contextmanager
+def one_write(cycle: RequestResponseCycle | None) -> Iterator[None]:
+    """Within the block, what ``cycle`` writes (a response head and its first body chunks)
+    goes out as one write at its end: one syscall and one wake-up of the client instead of
+    one per message, the same bytes on the wire. The messages sent inside must not wait on
+    the client (uvicorn's send only waits while the real transport's buffer is full, and
+    nothing reaches that buffer before the block ends). ``None``: no cycle to gather for,
+    every write goes out as it comes.
+    """
+    if cycle is None:
+        yield
+        return
+    real = cycle.transport
+    gathered = _Gathered(real)
+    cycle.transport = gathered
+    try:
+        yield
+    finally:
+        if cycle.transport is gathered:
+            cycle.transport = real  # before the flush: the HTTP/1.0 shim hands over its own transport
+        gathered.flush()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ringpipe.core.control_frames import Frame
@@ -34,17 +35,34 @@ class Inbox:
     bytes, and an inbox rarely holds more than two items.)
     """
 
-    __slots__ = ("_closed", "_items", "_waiter")
+    __slots__ = ("_closed", "_items", "_on_item", "_waiter")
 
     def __init__(self) -> None:
         self._items: list[InboxItem] = []
         self._waiter: asyncio.Future[None] | None = None
         self._closed = False
+        self._on_item: Callable[[], None] | None = None
 
     def put(self, item: InboxItem) -> None:
         if not self._closed:
             self._items.append(item)
             self._wake()
+            if self._on_item is not None:
+                self._on_item()
+
+    def ready(self) -> bool:
+        """An item is waiting: the next ``__anext__`` returns without waiting."""
+        return bool(self._items)
+
+    def on_item(self, callback: Callable[[], None] | None) -> None:
+        """Call ``callback`` for each item put from now on, and at once if one is waiting
+        (None: stop). A transfer that any item ends (a receiver's: Broken, Cancelled,
+        Evicted, Hangup) watches its inbox this way instead of with a task reading it: a
+        task per receiver costs a spawn, and its cancellation at the end ~50 us and a
+        reference cycle of ~57 objects for the cyclic collector."""
+        self._on_item = callback
+        if callback is not None and self._items:
+            callback()
 
     def close(self) -> None:
         """No more items: pending ones are dropped and iteration stops."""

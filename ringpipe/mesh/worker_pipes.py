@@ -526,9 +526,7 @@ class WorkerPipes:
         else:
             ending = "done"
         workers = {owned.info.producer, *owned.info.readers}
-        metrics.TRANSFERS.labels(ending=ending).inc()
-        if len(workers) > 1:
-            metrics.TRANSFERS_ACROSS_WORKERS.inc()
+        metrics.transfer_ended(ending, across_workers=len(workers) > 1)
         log.info(
             "transfer ended",
             extra={

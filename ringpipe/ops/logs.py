@@ -83,6 +83,8 @@ def redact(text: str) -> str:
 
 
 _STANDARD: Final = frozenset(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "color_message"}
+#: One encoder for every line (``json.dumps`` with an argument builds a new one per call).
+_ENCODER: Final = json.JSONEncoder(default=str)
 
 
 class JsonFormatter(logging.Formatter):
@@ -91,10 +93,20 @@ class JsonFormatter(logging.Formatter):
     def __init__(self, role: str) -> None:
         super().__init__()
         self.role = role
+        #: The last second formatted, and its text (lines come many to a second).
+        self._second = -1
+        self._second_text = ""
+
+    def _stamp(self, record: logging.LogRecord) -> str:
+        second = int(record.created)
+        if second != self._second:
+            self._second_text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            self._second = second
+        return f"{self._second_text}.{int(record.msecs):03d}Z"
 
     def format(self, record: logging.LogRecord) -> str:
         line: dict[str, Any] = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "ts": self._stamp(record),
             "level": record.levelname.lower(),
             "logger": record.name,
             "role": self.role,
@@ -104,7 +116,7 @@ class JsonFormatter(logging.Formatter):
         line.update({k: v for k, v in record.__dict__.items() if k not in _STANDARD and not k.startswith("_")})
         if record.exc_info:
             line["exc"] = self.formatException(record.exc_info)
-        return redact(json.dumps(line, default=str))
+        return redact(_ENCODER.encode(line))
 
 
 class TextFormatter(JsonFormatter):

@@ -129,6 +129,7 @@ ENDINGS: Final = ("done", "aborted", "cancelled", "lagged", "timeout")
 EVICTION_REASONS: Final = ("stall", "window")
 #: A framing's code in the ring header's per-reader word (0: the reader never started).
 FRAMING_CODES: Final = {name: code for code, name in enumerate(FRAMINGS, start=1)}
+_FRAMING_NAMES: Final = {code: name for name, code in FRAMING_CODES.items()}
 #: How often a producer stamps a latency sample and flushes its bytes-in count, and so how
 #: often a reader observes a sample and flushes its bytes-out count. A sample costs the pipe
 #: a few prometheus updates (~5 us in multiprocess mode); a token stream sends a token every
@@ -212,19 +213,17 @@ RING_REFUSALS = Counter(
 WORKER_RESTARTS = Counter("ringpipe_worker_restarts", "Workers the supervisor had to replace.")
 
 # Every documented label value exists from the start (at 0), so dashboards and alerts see
-# a series, not an absence, before the first event of its kind.
+# a series, not an absence, before the first event of its kind. The children counted once
+# or more per pipe are kept: ``labels()`` takes a lock and builds a key on every call.
 for _state in ("waiting", "established"):
     PIPES.labels(state=_state)
-for _framing in FRAMINGS:
-    RECEIVERS.labels(framing=_framing)
-for _ending in ENDINGS:
-    TRANSFERS.labels(ending=_ending)
+_RECEIVERS_BY_FRAMING: Final = {framing: RECEIVERS.labels(framing=framing) for framing in FRAMINGS}
+_TRANSFERS_BY_ENDING: Final = {ending: TRANSFERS.labels(ending=ending) for ending in ENDINGS}
 for _reason in EVICTION_REASONS:
     EVICTIONS.labels(reason=_reason)
 for _reason in ("memory_limit", "shm_full"):
     RING_REFUSALS.labels(reason=_reason)
-for _role in ("sender", "receiver"):
-    RENDEZVOUS_WAIT.labels(role=_role)
+_WAIT_BY_ROLE: Final = {role: RENDEZVOUS_WAIT.labels(role=role) for role in ("sender", "receiver")}
 #: Every error status the server answers (SPEC Part 3 "Errors", plus 416 for a Range past the
 #: end and 500 for a bug): each series exists at 0 from start-up, so a dashboard panel or an
 #: alert such as ``increase(ringpipe_rejections_total{code="503"}[5m]) > 0`` sees a series
@@ -243,7 +242,8 @@ def rejected(code: int) -> None:
 
 def party_started(role: Role, joined: float) -> None:
     """A party got its transfer's Start; ``joined`` is its ``time.monotonic()`` at arrival."""
-    RENDEZVOUS_WAIT.labels(role=role.value).observe(max(0.0, time.monotonic() - joined))
+    wait = _WAIT_BY_ROLE.get(role.value) or RENDEZVOUS_WAIT.labels(role=role.value)
+    wait.observe(max(0.0, time.monotonic() - joined))
 
 
 def relay_established(n: int) -> None:
@@ -263,7 +263,7 @@ def ring_refused(reason: str) -> None:
 
 def transfer_ended(ending: str, *, across_workers: bool = False) -> None:
     """Count a transfer's end; ``ending`` is one of ``ENDINGS``."""
-    TRANSFERS.labels(ending=ending).inc()
+    _TRANSFERS_BY_ENDING[ending].inc()
     if across_workers:
         TRANSFERS_ACROSS_WORKERS.inc()
 
@@ -280,13 +280,13 @@ class _ReaderSlot(Protocol):
 
 def reader_started(framing: str, reader: _ReaderSlot | None = None) -> None:
     """A receiver starts being served in ``framing``; ``reader`` records it for the transfer log."""
-    RECEIVERS.labels(framing=framing).inc()
+    _RECEIVERS_BY_FRAMING[framing].inc()
     if reader is not None:
         reader.ring.set_reader_framing(reader.slot, FRAMING_CODES[framing])
 
 
 def reader_ended(framing: str) -> None:
-    RECEIVERS.labels(framing=framing).dec()
+    _RECEIVERS_BY_FRAMING[framing].dec()
 
 
 def watcher_started() -> None:
@@ -309,8 +309,7 @@ def invalid_utf8(framing: str, count: int = 1) -> None:
 def framing_mix(ring: RingSegment) -> dict[str, int]:
     """How many of a transfer's receivers were served in each framing (for its log line);
     a receiver that left before its response started counts as ``none``."""
-    names = {code: name for name, code in FRAMING_CODES.items()}
-    tally = _Tally(names.get(ring.reader_framing(slot), "none") for slot in range(ring.n_readers))
+    tally = _Tally(_FRAMING_NAMES.get(ring.reader_framing(slot), "none") for slot in range(ring.n_readers))
     return dict(sorted(tally.items()))
 
 
