@@ -42,6 +42,13 @@ log = logging.getLogger("ringpipe.rawbody")
 #: rather than straight into the ring; large enough for a token-sized chunk and its frame.
 SCRATCH_BYTES: Final = 4096
 
+#: The one scratch of this process, shared by every ``RawBody``: the event loop fills the
+#: buffer ``get_buffer`` returned and calls ``buffer_updated`` before it reads any other
+#: socket, and ``_framing_bytes`` is done with the bytes when it returns (``BodyFraming``
+#: keeps no view, ``Ingest.feed`` copies what it keeps, the leftover is copied). So no
+#: scratch content outlives one read, and a held sender costs no 4 KiB buffer of its own.
+_SCRATCH: Final = memoryview(bytearray(SCRATCH_BYTES))
+
 
 class HttpLender(Protocol):
     """The HTTP protocol that lends its transport to a ``RawBody`` and gets it back at the end.
@@ -66,7 +73,7 @@ class RawBody(asyncio.BufferedProtocol):
         self.http = http
         self.ingest = ingest
         self.framing = framing
-        self._scratch = memoryview(bytearray(SCRATCH_BYTES))
+        self._scratch = _SCRATCH
         self._span: memoryview | None = None
         self._finished = False
         #: The framing broke: ``ingest`` heard ``lost`` (with ``error`` set); input is dropped.
