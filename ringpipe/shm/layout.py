@@ -22,7 +22,7 @@ pairs a new sequence with an old time); ``framing[i]`` is what reader *i* is ser
 the transfer's log line).
 
 Nothing here touches shared memory but ``init_header``, which writes a fresh header into
-pages its caller has reserved.
+pages its caller has reserved, and ``ring_views``, which reads one.
 """
 
 from __future__ import annotations
@@ -42,12 +42,14 @@ __all__ = [
     "EVICTED",
     "MAX_HEADER_BYTES",
     "OPEN",
+    "RELEASED_VIEW",
     "STAMP_SEQ_WORD",
     "WATCHER_WORKERS",
     "ReaderStatus",
     "RingState",
     "data_offset",
     "init_header",
+    "ring_views",
     "segment_bytes",
 ]
 
@@ -131,3 +133,30 @@ def init_header(
         words[W_RELAY] = relay_id
         words[W_CREATED_NS] = time.monotonic_ns()
         words[W_MAGIC] = MAGIC  # last: a half-built header never looks valid
+
+
+#: What a closed ring handle's ``words`` becomes: any use raises ``ValueError``, as the
+#: released view it had before views were shared did.
+RELEASED_VIEW: Final = memoryview(b"")
+RELEASED_VIEW.release()
+
+
+def ring_views(mm: mmap.mmap) -> tuple[memoryview, ...]:
+    """``(buf, header words, data, watch flags, users)`` on a mapped ring: made once per
+    mapping and shared by its handles (each view costs ~0.2 KiB, and the owner's worker
+    holds up to three handles per pipe). A header without the magic gets ``(buf, words)``
+    of its first line only, for its caller to see that and give up."""
+    buf = memoryview(mm)
+    head = buf[:64].cast("Q")
+    if head[W_MAGIC] != MAGIC:
+        return buf, head
+    data_at, capacity, n_readers = int(head[W_DATA]), int(head[W_MAX_CAPACITY]), int(head[W_READERS])
+    head.release()
+    flags_at = 64 * (2 + n_readers)
+    return (
+        buf,
+        buf[:data_at].cast("Q"),
+        buf[data_at : data_at + capacity],
+        buf[flags_at : flags_at + WATCHER_WORKERS],
+        buf[flags_at + WATCHER_WORKERS : flags_at + 2 * WATCHER_WORKERS],
+    )

@@ -13,7 +13,9 @@ byte offset in the arena and the bytes to map: header plus largest capacity). A 
 
 Regions. A process maps a ring once, however many handles it opens on it (an owner that is
 also the producer and a reader of its pipe maps it once): ``open_region`` and
-``close_region`` count the handles, and the last close unmaps. ``Region.parties`` counts the
+``close_region`` count the handles, and the last close unmaps. The handles share one set of
+views on the mapping (``Region.views``, made by the first, released with the mapping), so a
+ring costs its views once per process, not once per handle. ``Region.parties`` counts the
 handles of parties (not the owner's own), which is what the ring's *users* byte for this
 worker says to the owner (``segment.RingSegment``).
 
@@ -137,7 +139,7 @@ def sweep_orphans() -> list[str]:
 class Region:
     """One ring's bytes mapped in this process."""
 
-    __slots__ = ("file", "handles", "mm", "name", "offset", "parties", "relay_id")
+    __slots__ = ("file", "handles", "mm", "name", "offset", "parties", "relay_id", "views")
 
     def __init__(self, name: str, mm: mmap.mmap) -> None:
         self.name = name
@@ -147,6 +149,9 @@ class Region:
         self.handles = 0
         #: Of those, the handles of parties (producer, readers, watchers).
         self.parties = 0
+        #: Views on ``mm`` its handles share (``segment.RingSegment``); released by the last
+        #: ``close_region``, before the unmap.
+        self.views: tuple[memoryview, ...] | None = None
 
 
 _regions: dict[str, Region] = {}
@@ -194,6 +199,9 @@ def close_region(region: Region) -> None:
     if region.handles == 0:
         if _regions.get(region.name) is region:
             del _regions[region.name]
+        views, region.views = region.views, None
+        for view in views or ():
+            view.release()
         try:
             region.mm.close()
         except BufferError:

@@ -66,6 +66,7 @@ from ringpipe.shm.layout import (
     NO_USERS,
     OPEN,
     R_FRAMING,
+    RELEASED_VIEW,
     W_CAPACITY,
     W_CREATED_NS,
     W_DATA,
@@ -85,6 +86,7 @@ from ringpipe.shm.layout import (
     RingState,
     data_offset,
     init_header,
+    ring_views,
     segment_bytes,
 )
 from ringpipe.shm.mapping import segment_name, segment_prefix, sweep, sweep_orphans
@@ -135,26 +137,23 @@ class RingSegment:
         self._region = region
         self.owned = owned
         self.name = region.name
-        buf = memoryview(region.mm)
-        words = buf[:64].cast("Q")
+        views = region.views
+        if views is None:  # the first handle in this process; later ones share its views
+            views = region.views = ring_views(region.mm)
+        words = views[1]
         if words[W_MAGIC] != MAGIC or (region.relay_id and words[W_RELAY] != region.relay_id):
-            words.release()
-            buf.release()
             mapping.close_region(region)
             raise FileNotFoundError(f"{region.name!r} holds no ring (any more)")
         self.n_readers = int(words[W_READERS])
         self.max_capacity = int(words[W_MAX_CAPACITY])
         self._data_offset = int(words[W_DATA])
-        words.release()
-        flags_at = 64 * (2 + self.n_readers)
-        self._buf: memoryview | None = buf
-        self._words: memoryview | None = buf[: self._data_offset].cast("Q")
+        self._words: memoryview | None = words
         #: The header as uint64 words: a plain attribute, as the relay loads and stores a few of
-        #: them per token. ``close`` releases it, so any use after that raises ``ValueError``.
-        self.words: memoryview = self._words
-        self._data: memoryview | None = buf[self._data_offset : self._data_offset + self.max_capacity]
-        self._watch_flags: memoryview | None = buf[flags_at : flags_at + WATCHER_WORKERS]
-        self._users: memoryview | None = buf[flags_at + WATCHER_WORKERS : flags_at + 2 * WATCHER_WORKERS]
+        #: them per token. ``close`` swaps in a released view, so any use after that raises ``ValueError``.
+        self.words: memoryview = words
+        self._data: memoryview | None = views[2]
+        self._watch_flags: memoryview | None = views[3]
+        self._users: memoryview | None = views[4]
         self._grower = mapping.grower_of(region)
         self._cached_slowest = 0
         if not owned:
@@ -208,11 +207,9 @@ class RingSegment:
             region.parties -= 1
             if region.parties == 0 and self._users is not None:
                 self._users[_worker_slot] = 0
-        for view in (self._words, self._data, self._watch_flags, self._users, self._buf):
-            if view is not None:
-                view.release()
-        self._words = self._data = self._watch_flags = self._users = self._buf = None
-        mapping.close_region(region)
+        self._words = self._data = self._watch_flags = self._users = None
+        self.words = RELEASED_VIEW
+        mapping.close_region(region)  # the last handle releases the shared views
 
     def unlink(self) -> None:
         """Remove a ring's own file (``create``); arena rings are freed by their arena."""
