@@ -214,10 +214,12 @@ class Producer(_Endpoint):
                 try:  # re-check after announcing the sleep: a reader may have just moved
                     written = ring.write_nowait(view)
                 except WouldBlock:
-                    await self.sleeper.sleep()
-                    if self.stall_s > 0:
-                        self._evict_stalled(time.monotonic())
-                    continue
+                    written = -1
+            if written < 0:  # sleep outside the ``except``: it would keep the exceptions alive
+                await self.sleeper.sleep()
+                if self.stall_s > 0:
+                    self._evict_stalled(time.monotonic())
+                continue
             self.sleeper.progressed()
             self._progress.clear()
             view = view[written:]
@@ -405,10 +407,11 @@ class Consumer(_Endpoint):
                 ring.set_reader_waiting(slot)
                 if self.moved:
                     ring.set_watcher_waiting(self.worker)
-                try:
-                    return ring.peek(slot, limit)
-                except WouldBlock:
-                    await self.sleeper.sleep()
+            try:
+                return ring.peek(slot, limit)
+            except WouldBlock:
+                pass
+            await self.sleeper.sleep()  # not inside an ``except``: that kept the exceptions alive
 
     async def _views_behind(self, pos: int) -> tuple[list[memoryview], int]:
         ring = self.ring
@@ -421,8 +424,10 @@ class Consumer(_Endpoint):
                     try:
                         data = ring.read_behind(pos, READ_LIMIT)
                     except WouldBlock:
-                        await self.sleeper.sleep()
-                        continue
+                        data = None
+                if data is None:  # sleep outside the ``except``: it would keep the exceptions alive
+                    await self.sleeper.sleep()
+                    continue
             except Gap as gap:
                 if not self.continue_gaps:
                     raise PeerGone("this reader fell out of the replay window", ending="lagged") from None
