@@ -25,7 +25,7 @@ from ringpipe.http.connection import EXTENSION, Connection
 from ringpipe.http.limits import TLS_HANDSHAKE, EdgeLimits, LingeringClose, rejection
 from ringpipe.http.rawbody import RawBody, raw_body_framing
 from ringpipe.http.tls import start_server_tls
-from ringpipe.http.uvicorn_shims import Http10StatusLine, Pipeline
+from ringpipe.http.uvicorn_shims import Http10StatusLine, Pipeline, share_worker_wide, slim_dict
 from ringpipe.mesh.handoff import Handoff
 from ringpipe.ops import metrics
 from ringpipe.shm.flag import Flag
@@ -119,6 +119,8 @@ class RingpipeHttpProtocol(HttpToolsProtocol):
     #: The request whose app runs now (uvicorn runs a connection's requests one at a time).
     _running: RequestResponseCycle | None = None
     url = b""
+    expect_100_continue = False  # uvicorn's defaults, here too so that ``slim_dict`` leaves them out
+    timeout_keep_alive_task: asyncio.TimerHandle | None = None
 
     @classmethod
     def configured(cls, limits: EdgeLimits, handoff: Handoff | None = None) -> type[RingpipeHttpProtocol]:
@@ -133,6 +135,7 @@ class RingpipeHttpProtocol(HttpToolsProtocol):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        share_worker_wide(self)  # so that ``slim_dict`` leaves them out
         # uvicorn's deque allocates ~760 bytes up front; a list holds the (rare) pipelined requests.
         self.pipeline = cast("deque[tuple[RequestResponseCycle, Any]]", Pipeline())
 
@@ -473,9 +476,9 @@ class RingpipeHttpProtocol(HttpToolsProtocol):
             self._framing = raw_body_framing(self.scope["method"], self.headers)
         # This instance's attributes (uvicorn's ~32 and ours) outgrew the class's shared-key
         # table, and the dict that grows out of it is sized for 3x its entries (a 1.5 KiB
-        # block). A copy is sized for what it holds (0.8 KiB), and a waiting receiver keeps
-        # this protocol for as long as it waits. Rebinding ``__dict__`` changes no attribute.
-        self.__dict__ = dict(self.__dict__)
+        # block). A waiting receiver keeps this protocol for as long as it waits: a dict of
+        # what the class does not hold already is ~0.4 KiB. No attribute's value changes.
+        self.__dict__ = slim_dict(self)
 
     def start_raw_body(self, ingest: Ingest) -> None:
         """Read the held-back body straight into the ring (see ``rawbody.py``)."""

@@ -1,18 +1,59 @@
 """Stand-ins for pieces of uvicorn's httptools protocol: its queue of pipelined requests (a
 list, not a deque), the transport an HTTP/1.0 request's response cycle writes its head to (an
-``HTTP/1.0`` status line), both swapped in by ``protocol.py``, and a transport that gathers a
-few response messages into one write (``one_write``)."""
+``HTTP/1.0`` status line), both swapped in by ``protocol.py``, a transport that gathers a
+few response messages into one write (``one_write``), and a connection's ``__dict__``
+without what its class holds already (``share_worker_wide``, ``slim_dict``)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Final
 
 from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
 
-__all__ = ["Http10StatusLine", "Pipeline", "one_write"]
+__all__ = ["WORKER_WIDE", "Http10StatusLine", "Pipeline", "one_write", "share_worker_wide", "slim_dict"]
+
+
+#: uvicorn's per-connection attributes that hold the same object on every connection of a
+#: worker: its config, app, loop, loggers and server state.
+WORKER_WIDE: Final = (
+    "access_log",
+    "access_logger",
+    "app",
+    "app_state",
+    "asgi_version",
+    "config",
+    "connections",
+    "limit_concurrency",
+    "logger",
+    "loop",
+    "root_path",
+    "server_state",
+    "tasks",
+    "timeout_keep_alive",
+    "ws_protocol_class",
+)
+_MISSING: Final = object()
+
+
+def share_worker_wide(protocol: object) -> None:
+    """Put the ``WORKER_WIDE`` attributes of a worker's first connection on its protocol
+    class (once), so that ``slim_dict`` drops them from every connection that has the same."""
+    cls = type(protocol)
+    if "config" not in cls.__dict__:
+        for name in WORKER_WIDE:
+            setattr(cls, name, getattr(protocol, name))
+
+
+def slim_dict(obj: object) -> dict[str, Any]:
+    """``obj.__dict__`` without the entries its class holds already (the very same object: a
+    worker-wide attribute, or a default such as False, None, 0), so every lookup is unchanged.
+    Built by insertion, it is sized for what it holds: a connection's ~40 attributes take a
+    64-slot table (~0.8 KiB), the ~20 left a 32-slot one (~0.4 KiB)."""
+    cls = type(obj)
+    return {name: value for name, value in vars(obj).items() if getattr(cls, name, _MISSING) is not value}
 
 
 class Pipeline(list[tuple[RequestResponseCycle, Any]]):
