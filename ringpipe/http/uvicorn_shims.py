@@ -36,6 +36,9 @@ WORKER_WIDE: Final = (
     "ws_protocol_class",
 )
 _MISSING: Final = object()
+#: By class: the attributes its MRO holds, as ``slim_dict`` first found them (it checks a
+#: match against the class again, so a class attribute changed since then is never lost).
+_held: dict[type, dict[str, Any]] = {}
 
 
 def share_worker_wide(protocol: object) -> None:
@@ -53,7 +56,14 @@ def slim_dict(obj: object) -> dict[str, Any]:
     Built by insertion, it is sized for what it holds: a connection's ~40 attributes take a
     64-slot table (~0.8 KiB), the ~20 left a 32-slot one (~0.4 KiB)."""
     cls = type(obj)
-    return {name: value for name, value in vars(obj).items() if getattr(cls, name, _MISSING) is not value}
+    held = _held.get(cls)
+    if held is None:  # what the class and its bases hold, found without an AttributeError per miss
+        held = _held[cls] = {name: value for klass in reversed(cls.__mro__) for name, value in vars(klass).items()}
+    return {
+        name: value
+        for name, value in vars(obj).items()
+        if held.get(name, _MISSING) is not value or getattr(cls, name) is not value
+    }
 
 
 class Pipeline(list[tuple[RequestResponseCycle, Any]]):
