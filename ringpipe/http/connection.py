@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from uvicorn.protocols.http.flow_control import FlowControl
     from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
 
-    from ringpipe.mesh.relay import Ingest
+    from ringpipe.mesh.ingest import Ingest
 
 __all__ = ["EXTENSION", "BodySink", "Buffer", "Connection", "HttpProtocol"]
 

@@ -33,7 +33,7 @@ from ringpipe.shm.flag import Flag
 if TYPE_CHECKING:
     from collections import deque
 
-    from ringpipe.mesh.relay import Ingest
+    from ringpipe.mesh.ingest import Ingest
 
 __all__ = ["RingpipeHttpProtocol"]
 

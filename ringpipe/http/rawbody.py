@@ -32,7 +32,7 @@ from ringpipe.core.chunked import BodyFraming, FramingError
 from ringpipe.ops import metrics
 
 if TYPE_CHECKING:
-    from ringpipe.mesh.relay import Ingest
+    from ringpipe.mesh.ingest import Ingest
 
 __all__ = ["HttpLender", "RawBody", "raw_body_framing"]
 

@@ -60,7 +60,7 @@ def receiver_headers(scope: Scope) -> tuple[tuple[str, str], ...]:
     """The response headers every receiver gets, from the sender's request (SPEC 1.1, 4).
 
     For a multipart upload (SPEC 1.4, 16) the content headers are the first part's, which
-    only the sender's worker can read: they travel in the ring (``relay.header_block``).
+    only the sender's worker can read: they travel in the ring (``ingest.header_block``).
     """
     content_type = header(scope, b"content-type")
     if boundary_of(content_type) is not None:

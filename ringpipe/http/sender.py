@@ -34,7 +34,8 @@ from ringpipe.http.hangup import HangupWatcher
 from ringpipe.http.request_params import header, parse_n, read_key, receiver_headers, stall_ms
 from ringpipe.http.responses import OWNER_LOST, STREAM_HEADERS, TEXT_HEADERS, reject, worker_header
 from ringpipe.http.uvicorn_shims import one_write
-from ringpipe.mesh.relay import Ingest, Producer
+from ringpipe.mesh.ingest import Ingest
+from ringpipe.mesh.relay import Producer
 from ringpipe.mesh.worker_pipes import Hangup, LocalParty, WorkerPipes
 from ringpipe.shm import segment
 from ringpipe.shm.flag import Flag

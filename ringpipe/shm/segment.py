@@ -448,20 +448,6 @@ class RingSegment:
 
     # -- reader side --
 
-    def read_nowait(self, slot: int, limit: int) -> bytes:
-        """Copy out up to ``limit`` published bytes for reader ``slot``; ``b""`` means clean EOF.
-
-        Raises:
-            WouldBlock: nothing new yet; set ``reader_waiting``, re-check, then sleep.
-            PeerGone: the producer vanished (or its worker died); end the response broken.
-        """
-        views, next_seq = self.peek(slot, limit)
-        out = b"".join(views)
-        for view in views:
-            view.release()
-        self.commit_read(slot, next_seq)
-        return out
-
     def peek(self, slot: int, limit: int) -> tuple[list[memoryview], int]:
         """Views of up to ``limit`` published bytes for reader ``slot``, without consuming them.
 

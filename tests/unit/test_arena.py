@@ -21,6 +21,7 @@ from ringpipe.shm import arena as arena_module
 from ringpipe.shm import mapping, segment
 from ringpipe.shm.arena import Arena
 from ringpipe.shm.layout import data_offset
+from tests.support.rings import read_nowait
 
 PAGE = 4096
 HEADER = data_offset(1)  # one page for up to 54 readers
@@ -224,7 +225,7 @@ def test_a_refused_growth_shrinks_a_window_the_ring_cannot_hold(arena: Arena) ->
             written += writer.write_nowait(data[written : written + 1000])
         except WouldBlock:
             pass
-        got += reader.read_nowait(0, 4096)
+        got += read_nowait(reader, 0, 4096)
     assert got == data and ring.capacity == PAGE and ring.window == PAGE // 2
     for handle in (writer, reader):
         handle.close()
@@ -292,9 +293,9 @@ class GrowingRingModel(RuleBasedStateMachine):
         start = self.read_seqs[slot]
         if start == len(self.history):
             with pytest.raises(WouldBlock):
-                self.reader.read_nowait(slot, limit)
+                read_nowait(self.reader, slot, limit)
             return
-        out = self.reader.read_nowait(slot, limit)
+        out = read_nowait(self.reader, slot, limit)
         assert out == self.history[start : start + min(limit, len(self.history) - start)]
         self.read_seqs[slot] = start + len(out)
 

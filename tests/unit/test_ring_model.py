@@ -28,6 +28,7 @@ from hypothesis.stateful import (
 from ringpipe.core.errors import WouldBlock
 from ringpipe.core.ring import plan_read, plan_write, slowest
 from ringpipe.shm import segment
+from tests.support.rings import read_nowait
 
 # -- the pure arithmetic against a bytearray ------------------------------------------------
 
@@ -182,12 +183,12 @@ class ShmRingModel(RuleBasedStateMachine):
         start = self.read_seqs[slot]
         if start == len(self.history):
             if self.finished:
-                assert self.reader.read_nowait(slot, limit) == b""
+                assert read_nowait(self.reader, slot, limit) == b""
             else:
                 with pytest.raises(WouldBlock):
-                    self.reader.read_nowait(slot, limit)
+                    read_nowait(self.reader, slot, limit)
             return
-        out = self.reader.read_nowait(slot, limit)
+        out = read_nowait(self.reader, slot, limit)
         assert out == self.history[start : start + min(limit, len(self.history) - start)]
         self.read_seqs[slot] = start + len(out)
 
@@ -271,7 +272,7 @@ def test_shm_ring_many_laps_with_a_detach() -> None:
                     writer.finish_writing()
             for slot in (0, 1, 2) if rounds < 5 else (0, 1):
                 try:
-                    got[slot] += reader.read_nowait(slot, limits[slot])
+                    got[slot] += read_nowait(reader, slot, limits[slot])
                 except WouldBlock:
                     pass
             if rounds == 5:
@@ -279,7 +280,7 @@ def test_shm_ring_many_laps_with_a_detach() -> None:
             assert rounds < 10_000
         assert got[0] == got[1] == payload
         assert got[2] == payload[: len(got[2])] and 0 < len(got[2]) < len(payload)
-        assert reader.read_nowait(0, 10) == b""
+        assert read_nowait(reader, 0, 10) == b""
     finally:
         reader.close()
         writer.close()

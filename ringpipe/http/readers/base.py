@@ -34,7 +34,8 @@ from ringpipe.core.control_frames import Start
 from ringpipe.core.errors import PeerGone
 from ringpipe.core.framing import GRANULARITIES, Granularity
 from ringpipe.core.paths import query_param
-from ringpipe.mesh.relay import HEADER_BLOCK, HEADER_MAGIC, Consumer, parse_header_block
+from ringpipe.mesh.ingest import HEADER_BLOCK, HEADER_MAGIC, parse_header_block
+from ringpipe.mesh.relay import Consumer
 
 __all__ = ["ReadOptions", "ReadStart", "Reader", "part_headers", "read_options"]
 
