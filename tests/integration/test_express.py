@@ -19,7 +19,7 @@ from collections.abc import Iterator
 import pytest
 
 from ringpipe.core.control_frames import RelayInfo
-from ringpipe.core.framing import SseEncoder
+from ringpipe.core.framing import Granularity, SseEncoder
 from ringpipe.http.connection import Connection
 from ringpipe.http.readers.wakeup_delivery import EncodedWakeupDelivery, RawWakeupDelivery
 from ringpipe.mesh.relay import Consumer, DirectSink, Producer
@@ -85,6 +85,16 @@ def client() -> Iterator[tuple[socket.socket, socket.socket]]:
     finally:
         server_end.close()
         client_end.close()
+
+
+class _SseReader:
+    """What ``EncodedWakeupDelivery`` uses of an SSE reader (``EncodingReader``)."""
+
+    def __init__(self, conn: _Conn, *, granularity: Granularity = "chunks", content_type: str | None = None) -> None:
+        self.conn = conn
+        self.encoder = SseEncoder(epoch="e", granularity=granularity)
+        self.encoder.begin(content_type)
+        self._last_write = 0.0
 
 
 def _parked(consumer: Consumer, loop: asyncio.AbstractEventLoop) -> asyncio.Future[bool]:
@@ -221,17 +231,10 @@ def test_sse_tokens_are_encoded_once(ring, client) -> None:
     server_end, client_end = client
     loop = asyncio.new_event_loop()
 
-    class _Reader:
-        def __init__(self, conn: _Conn) -> None:
-            self.conn = conn
-            self.encoder = SseEncoder(epoch="e")
-            self.encoder.begin(None)
-            self._last_write = 0.0
-
     try:
         consumer = Consumer(NullRouter(), segment.RingSegment.attach(info.segment), info, 0)
         conn = _Conn(server_end)
-        reader = _Reader(conn)
+        reader = _SseReader(conn)
         consumer.express = EncodedWakeupDelivery(consumer, reader)  # type: ignore[arg-type]
         model = SseEncoder(epoch="e")
         model.begin(None)
@@ -258,17 +261,10 @@ def test_sse_lines_are_encoded_once_and_a_partial_line_is_held(ring, client) -> 
     server_end, client_end = client
     loop = asyncio.new_event_loop()
 
-    class _Reader:
-        def __init__(self, conn: _Conn) -> None:
-            self.conn = conn
-            self.encoder = SseEncoder(epoch="e", granularity="lines")
-            self.encoder.begin("text/plain")
-            self._last_write = 0.0
-
     try:
         consumer = Consumer(NullRouter(), segment.RingSegment.attach(info.segment), info, 0)
         conn = _Conn(server_end)
-        reader = _Reader(conn)
+        reader = _SseReader(conn, granularity="lines", content_type="text/plain")
         consumer.express = EncodedWakeupDelivery(consumer, reader)  # type: ignore[arg-type]
         sent: list[bytes] = []
         for token in [b'{"a":1}\n{"b"', b":2}\r", b'\n{"c":', b"3}\n"]:
@@ -311,6 +307,12 @@ class _LocalRouter(NullRouter):
             del self.sinks[segment]
 
 
+def _local_ends(router: _LocalRouter, info: RelayInfo) -> tuple[Producer, Consumer]:
+    """A producer and the reader of slot 0, both in ``router``'s worker, on their own handles."""
+    producer = Producer(router, segment.RingSegment.attach(info.segment), info)
+    return producer, Consumer(router, segment.RingSegment.attach(info.segment), info, 0)
+
+
 def _two_reader_ring() -> tuple[segment.RingSegment, RelayInfo]:
     name = f"ringpipe-test-{uuid.uuid4().hex[:12]}"
     return segment.RingSegment.create(name, 64 * 1024, 2), RelayInfo(name, 64 * 1024, 0, 0, (0, 0), "e")
@@ -325,8 +327,7 @@ def test_the_producer_hands_a_token_to_a_sleeping_local_reader(ring, client) -> 
     loop = asyncio.new_event_loop()
     router = _LocalRouter()
     try:
-        producer = Producer(router, segment.RingSegment.attach(info.segment), info)
-        consumer = Consumer(router, segment.RingSegment.attach(info.segment), info, 0)
+        producer, consumer = _local_ends(router, info)
         conn = _Conn(server_end)
         express = consumer.express = RawWakeupDelivery(consumer, conn, chunked=True)  # type: ignore[arg-type]
         sinks = consumer.take_directly(express)
@@ -392,17 +393,9 @@ def test_the_producer_hands_tokens_to_a_sleeping_sse_reader(ring, client) -> Non
     loop = asyncio.new_event_loop()
     router = _LocalRouter()
 
-    class _Reader:
-        def __init__(self, conn: _Conn) -> None:
-            self.conn = conn
-            self.encoder = SseEncoder(epoch="e")
-            self.encoder.begin(None)
-            self._last_write = 0.0
-
     try:
-        producer = Producer(router, segment.RingSegment.attach(info.segment), info)
-        consumer = Consumer(router, segment.RingSegment.attach(info.segment), info, 0)
-        reader = _Reader(_Conn(server_end))
+        producer, consumer = _local_ends(router, info)
+        reader = _SseReader(_Conn(server_end))
         express = consumer.express = EncodedWakeupDelivery(consumer, reader)  # type: ignore[arg-type]
         assert consumer.take_directly(express) is not None
         model = SseEncoder(epoch="e")

@@ -405,6 +405,25 @@ async def _cancel(tasks: list[asyncio.Task[Response]]) -> None:
     await asyncio.gather(*tasks, return_exceptions=True)
 
 
+def _refusal_logged(server: Server, text: str) -> None:
+    """The owner logged the 503 as an operator's concern: one warning with the status."""
+    refused = server.wait_log(lambda r: r.get("event") == "refused" and text in str(r.get("msg")))
+    assert refused["level"] == "warning" and refused["status"] == 503
+
+
+async def _opens_again(port: int, path: str, body: bytes) -> None:
+    """Once the limit's holders left, a receiver on ``path`` waits (within 10 s, retried:
+    the owner frees their pipes and connections as their ends arrive) and gets ``body``."""
+    deadline = time.monotonic() + 10
+    while True:
+        receiver = asyncio.create_task(get(port, path))
+        if await _still_waiting([receiver], 0.5):
+            break
+        assert time.monotonic() < deadline, receiver.result().text
+    sent = await put(port, path, body)
+    assert sent.status == 200 and (await receiver).body == body
+
+
 def test_max_pipes_share_tolerates_uneven_hashing(server_factory: Callable[..., Server]) -> None:
     """--max-pipes 20 over 2 workers: each owner admits ceil(1.25 × 20 / 2) = 13, so 20 pipes
     split 13/7 by their paths' hashes are all admitted (an even split, 10 each, refused 3);
@@ -433,19 +452,10 @@ def test_max_pipes_share_tolerates_uneven_hashing(server_factory: Callable[..., 
         finally:
             await _cancel(first)
         # the receivers left: their pipes are freed, and the refused path now opens
-        deadline = time.monotonic() + 10
-        while True:
-            receiver = asyncio.create_task(get(port, on0[share]))
-            if await _still_waiting([receiver], 0.5):
-                break
-            assert time.monotonic() < deadline, receiver.result().text
-        sent = await put(port, on0[share], b"freed")
-        got = await receiver
-        assert sent.status == 200 and got.body == b"freed"
+        await _opens_again(port, on0[share], b"freed")
 
     run(scenario())
-    refused = server.wait_log(lambda r: r.get("event") == "refused" and "limit of pipes" in str(r.get("msg")))
-    assert refused["level"] == "warning" and refused["status"] == 503
+    _refusal_logged(server, "limit of pipes")
 
 
 def test_connection_share_counts_connections_handed_to_an_owner(server_factory: Callable[..., Server]) -> None:
@@ -471,15 +481,7 @@ def test_connection_share_counts_connections_handed_to_an_owner(server_factory: 
             assert over.text == "[ERROR] The server is at its connection limit.\n"
         finally:
             await _cancel(held)
-        deadline = time.monotonic() + 10
-        while True:
-            receiver = asyncio.create_task(get(port, on0[share]))
-            if await _still_waiting([receiver], 0.5):
-                break
-            assert time.monotonic() < deadline, receiver.result().text
-        sent = await put(port, on0[share], b"room")
-        assert sent.status == 200 and (await receiver).body == b"room"
+        await _opens_again(port, on0[share], b"room")
 
     run(scenario())
-    refused = server.wait_log(lambda r: r.get("event") == "refused" and "connection limit" in str(r.get("msg")))
-    assert refused["level"] == "warning" and refused["status"] == 503
+    _refusal_logged(server, "connection limit")
