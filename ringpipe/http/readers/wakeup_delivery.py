@@ -8,8 +8,13 @@ whenever anything is unusual: the socket has a backlog (backpressure stays the t
 job), the transfer ended or broke, the Content-Length is complete, or bytes keep coming
 (after ``ROUNDS`` rounds, so one busy pipe cannot hog the callback).
 
-Invariant: a round commits exactly the bytes that went to the kernel or were copied into
-the transport, so the task resumes at the right cursor whatever happened here.
+Closer still, when the producer runs in this worker: the same objects are the ring's
+``relay.DirectSink``s, and ``deliver`` takes the bytes the producer just wrote straight from
+its read buffer (``Producer.offer``), with no wake-up and no ``peek``; it declines, leaving
+the usual wake-up to follow, whenever a round would have woken the task.
+
+Invariant: a round (or a delivery) commits exactly the bytes that went to the kernel or were
+copied into the transport, so the task resumes at the right cursor whatever happened here.
 """
 
 from __future__ import annotations
