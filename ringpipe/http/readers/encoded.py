@@ -22,9 +22,9 @@ from ringpipe.core.errors import Gap, PeerGone
 from ringpipe.core.framing import RETRY, NdjsonEncoder, SseEncoder, is_event_stream
 from ringpipe.http.readers.base import ReadOptions, ReadStart, part_headers
 from ringpipe.http.readers.raw import HttpReader
-from ringpipe.http.readers.wakeup_delivery import EncodedWakeupDelivery
+from ringpipe.http.readers.wakeup_delivery import Delivering, EncodedWakeupDelivery
 from ringpipe.http.responses import HEADERS_IN_RING, STREAM_HEADERS, worker_header
-from ringpipe.mesh.relay import Consumer, DirectSink
+from ringpipe.mesh.relay import Consumer
 from ringpipe.ops import metrics
 
 __all__ = ["NdjsonReader", "SseReader"]
@@ -132,17 +132,10 @@ class _EncodedReader(HttpReader):
     async def _pump(self, consumer: Consumer) -> bool:
         """Chunks → encoded writes until the ending (``Consumer.commit`` meters the bytes)."""
         conn = self.conn
-        express: EncodedWakeupDelivery | None = None
-        direct: list[DirectSink] | None = None
-        if not conn.tls and (conn.chunked_response or conn.unframed):
-            express = consumer.express = EncodedWakeupDelivery(consumer, self)
-            direct = consumer.take_directly(express)
-        try:
+        framed_here = not conn.tls and (conn.chunked_response or conn.unframed)
+        delivery = EncodedWakeupDelivery(consumer, self) if framed_here else None
+        with Delivering(consumer, delivery, direct=True):
             return await self._pump_rounds(consumer)
-        finally:
-            consumer.express = None
-            if direct is not None and express is not None:
-                consumer.stop_taking_directly(direct, express)
 
     async def _pump_rounds(self, consumer: Consumer) -> bool:
         encoder = self.encoder

@@ -15,9 +15,9 @@ from ringpipe.core.control_frames import Start
 from ringpipe.core.errors import Gap, PeerGone
 from ringpipe.http.connection import EXTENSION, Connection
 from ringpipe.http.readers.base import Reader, ReadStart, part_headers
-from ringpipe.http.readers.wakeup_delivery import RawWakeupDelivery, framed
+from ringpipe.http.readers.wakeup_delivery import Delivering, RawWakeupDelivery, framed
 from ringpipe.http.responses import HEADERS_IN_RING, STREAM_HEADERS, content_headers, reject, worker_header
-from ringpipe.mesh.relay import RAW_READ_LIMIT, Consumer, DirectSink
+from ringpipe.mesh.relay import RAW_READ_LIMIT, Consumer
 
 __all__ = ["HttpReader"]
 
@@ -142,18 +142,10 @@ async def _copy_out(consumer: Consumer, conn: Connection) -> bool:
     gap) cuts the response.
     """
     chunked = conn.chunked_response
-    express: RawWakeupDelivery | None = None
-    direct: list[DirectSink] | None = None
-    if not conn.tls:
-        express = consumer.express = RawWakeupDelivery(consumer, conn, chunked)
-        if chunked or conn.unframed:  # no Content-Length for the producer's callback to count
-            direct = consumer.take_directly(express)
-    try:
+    delivery = None if conn.tls else RawWakeupDelivery(consumer, conn, chunked)
+    # direct only without a Content-Length for the producer's callback to count
+    with Delivering(consumer, delivery, direct=chunked or conn.unframed):
         return await _copy_rounds(consumer, conn, chunked)
-    finally:
-        consumer.express = None
-        if direct is not None and express is not None:
-            consumer.stop_taking_directly(direct, express)
 
 
 async def _copy_rounds(consumer: Consumer, conn: Connection, chunked: bool) -> bool:

@@ -26,17 +26,31 @@ from typing import Final, Protocol
 from ringpipe.core.errors import PeerGone, WouldBlock
 from ringpipe.core.framing import NdjsonEncoder, SseEncoder
 from ringpipe.http.connection import Buffer, Connection
-from ringpipe.mesh.relay import RAW_READ_LIMIT, READ_LIMIT, Consumer
+from ringpipe.mesh.relay import RAW_READ_LIMIT, READ_LIMIT, Consumer, DirectSink
 
-__all__ = ["EncodedWakeupDelivery", "EncodingReader", "RawWakeupDelivery", "WakeupDelivery", "framed"]
+__all__ = [
+    "Delivering",
+    "EncodedWakeupDelivery",
+    "EncodingReader",
+    "RawWakeupDelivery",
+    "WakeupDelivery",
+    "chunk_head",
+    "framed",
+]
 
 log = logging.getLogger("ringpipe.readers")
 
 
-#: Chunk-size lines of token-sized chunks, made once rather than formatted per write.
-_SMALL_HEADS: Final = tuple(b"%x\r\n" % size for size in range(1024))
-#: The same, with the framing bytes of each such chunk (size line and CRLF after the data).
-_SMALL_FRAMES: Final = tuple((head, len(head) + 2) for head in _SMALL_HEADS)
+def chunk_head(size: int) -> tuple[bytes, int]:
+    """The size line of a chunk of ``size`` bytes, and all the framing bytes the chunk adds
+    (that line and the CRLF after the data)."""
+    head = b"%x\r\n" % size
+    return head, len(head) + 2
+
+
+#: ``chunk_head`` of token-sized chunks, made once rather than formatted per write (the
+#: per-token paths index it themselves for sizes under 1024).
+_SMALL_FRAMES: Final = tuple(chunk_head(size) for size in range(1024))
 
 
 def framed(body: list[memoryview] | list[bytes], size: int, chunked: bool) -> tuple[list[memoryview | bytes], int]:
@@ -44,8 +58,37 @@ def framed(body: list[memoryview] | list[bytes], size: int, chunked: bool) -> tu
     chunked response (size line, bytes, CRLF), or the bytes alone."""
     if not chunked:
         return [*body], size
-    head = _SMALL_HEADS[size] if size < 1024 else b"%x\r\n" % size
-    return [head, *body, b"\r\n"], len(head) + size + 2
+    head, framing = _SMALL_FRAMES[size] if size < 1024 else chunk_head(size)
+    return [head, *body, b"\r\n"], size + framing
+
+
+class Delivering:
+    """``with Delivering(consumer, delivery, direct=...)``: for the block, ``delivery`` is the
+    consumer's ``express`` and, with ``direct``, also one of the producer's direct sinks
+    (``Consumer.take_directly``, where the producer is in this worker); both are undone at the
+    end. ``delivery`` None (a TLS connection) changes nothing. A slotted object, not a
+    generator-based manager: every relaying reader holds one for as long as it relays."""
+
+    __slots__ = ("_consumer", "_delivery", "_direct", "_sinks")
+
+    def __init__(self, consumer: Consumer, delivery: WakeupDelivery | None, *, direct: bool) -> None:
+        self._consumer = consumer
+        self._delivery = delivery
+        self._direct = direct
+        self._sinks: list[DirectSink] | None = None
+
+    def __enter__(self) -> None:
+        delivery = self._delivery
+        if delivery is not None:
+            self._consumer.express = delivery
+            if self._direct:
+                self._sinks = self._consumer.take_directly(delivery)
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._consumer.express = None
+        sinks, self._sinks = self._sinks, None
+        if sinks is not None and self._delivery is not None:
+            self._consumer.stop_taking_directly(sinks, self._delivery)
 
 
 class WakeupDelivery:
@@ -80,6 +123,10 @@ class WakeupDelivery:
 
     def _round(self) -> bool:
         """One round; True if it sent everything it took and the reader may go on."""
+        raise NotImplementedError
+
+    def deliver(self, data: bytes | bytearray | memoryview, size: int, end_seq: int) -> bool:
+        """``relay.DirectSink``: take the producer's just-published bytes now, or decline."""
         raise NotImplementedError
 
     def _may_take(self, size: int, end_seq: int) -> bool:
@@ -117,11 +164,7 @@ class RawWakeupDelivery(WakeupDelivery):
         if not self._may_take(size, end_seq):
             return False
         if self.chunked:
-            if size < 1024:
-                head, framing = _SMALL_FRAMES[size]
-            else:
-                head = b"%x\r\n" % size
-                framing = len(head) + 2
+            head, framing = _SMALL_FRAMES[size] if size < 1024 else chunk_head(size)
             parts: list[Buffer] = [head, data, b"\r\n"]
             total = size + framing
         else:
@@ -149,9 +192,9 @@ class RawWakeupDelivery(WakeupDelivery):
                     return False
                 size = len(views[0]) if len(views) == 1 else sum(map(len, views))
                 if chunked:  # ``framed``, inlined
-                    head = _SMALL_HEADS[size] if size < 1024 else b"%x\r\n" % size
+                    head, framing = _SMALL_FRAMES[size] if size < 1024 else chunk_head(size)
                     parts: list[memoryview | bytes] = [head, *views, b"\r\n"]
-                    total = len(head) + size + 2
+                    total = size + framing
                 else:
                     parts, total = [*views], size
                 try:
