@@ -64,6 +64,7 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client import multiprocess as _multiprocess
+from prometheus_client import values as _values
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 from starlette.requests import Request
@@ -142,6 +143,26 @@ CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
 PIPES_REFRESH_S: Final = 0.25
 
 # -- the metrics --
+
+#: This process's pid, for prometheus-client's multiprocess values: each of them asks on
+#: every update whether the process forked since (a fork must start its own file), and with
+#: the default ``os.getpid`` that is a system call per update, about 45 per pipe. The answer
+#: changes only in a fork's child, which ``os.register_at_fork`` tells us.
+_pid = os.getpid()
+
+
+def _this_pid() -> int:
+    return _pid
+
+
+def _forked() -> None:
+    global _pid
+    _pid = os.getpid()
+
+
+if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # the value class, chosen before any metric below exists
+    os.register_at_fork(after_in_child=_forked)
+    _values.ValueClass = _values.MultiProcessValue(process_identifier=_this_pid)  # type: ignore[no-untyped-call]
 
 PIPES = Gauge(
     "ringpipe_pipes",
