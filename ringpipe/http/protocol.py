@@ -18,6 +18,7 @@ import logging
 from typing import TYPE_CHECKING, Any, ClassVar, Final, cast
 
 import httptools
+from uvicorn.protocols.http.flow_control import FlowControl
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 from ringpipe.core.chunked import BodyFraming
@@ -140,7 +141,14 @@ class RingpipeHttpProtocol(HttpToolsProtocol):
         self.pipeline = cast("deque[tuple[RequestResponseCycle, Any]]", Pipeline())
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
+        # uvicorn's own ``connection_made`` asks the socket for both addresses (two Python
+        # socket objects and four system calls per connection); the transport has them already.
+        self.connections.add(self)
+        self.transport = transport
+        self.flow = FlowControl(transport)
+        self.server = _address(transport.get_extra_info("sockname"))
+        self.client = _address(transport.get_extra_info("peername"))
+        self.scheme = "https" if transport.get_extra_info("sslcontext") else "http"
         self.flow._is_writable_event = cast("asyncio.Event", Flag(not self.flow.write_paused))
         tls = self._tls_pending
         self._tls_pending = False
@@ -583,6 +591,14 @@ def _problem(exc: httptools.HttpParserError) -> str:
         return "it could not be parsed"
     text = str(exc).strip().rstrip(".") or "it could not be parsed"
     return text[0].lower() + text[1:]
+
+
+def _address(info: object) -> tuple[str, int] | None:
+    """A TCP transport's ``sockname``/``peername`` as uvicorn's scope has it: (host, port);
+    an IPv6 address's flow info and scope id are left out."""
+    if isinstance(info, tuple | list) and len(info) >= 2:
+        return (str(info[0]), int(info[1]))
+    return None
 
 
 def _client(protocol: HttpToolsProtocol) -> str | None:
