@@ -44,7 +44,9 @@ from __future__ import annotations
 import logging
 import mmap
 import os
+import sys
 from collections.abc import Callable
+from typing import Final
 
 from ringpipe.core.arena import Budget, SlotTable
 from ringpipe.core.errors import RingMemoryFull
@@ -55,6 +57,12 @@ from ringpipe.shm.segment import RingSegment
 __all__ = ["Arena"]
 
 log = logging.getLogger("ringpipe.arena")
+
+#: Linux's ``MADV_POPULATE_WRITE`` (5.14+; Python's ``mmap`` module does not name it).
+MADV_POPULATE_WRITE: Final = 23
+#: Growths smaller than this fault their few pages in as they are written.
+POPULATE_MIN_BYTES: Final = 64 << 10
+_populate_works = sys.platform == "linux"
 
 
 def _no_change(delta: int) -> None:
@@ -175,7 +183,23 @@ class Arena:
             return False
         self._reserved[slot] = end
         self.on_change(size)
+        if size >= POPULATE_MIN_BYTES:
+            self._populate(self._rings[slot], start, size)
         return True
+
+    def _populate(self, ring: RingSegment, start: int, size: int) -> None:
+        """Map a growth's pages into this process now, in one call, instead of one page fault
+        per page as the producer first writes each (a bulk transfer's ring grows to its full
+        size within its first MiB: ~25 % of the pages' cost). The pages are reserved already,
+        so this never allocates one that nobody reserved; a kernel without it (before Linux
+        5.14) says EINVAL once and faults the pages as before."""
+        global _populate_works
+        if not _populate_works:
+            return
+        try:
+            ring.region.mm.madvise(MADV_POPULATE_WRITE, start, size)
+        except OSError:
+            _populate_works = False
 
     def free(self, ring: RingSegment) -> None:
         """Give a ring's pages back to the system and its slot to the next ring. Only when no
