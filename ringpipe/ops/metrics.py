@@ -47,6 +47,7 @@ No metric carries a path name: paths may be secrets (SPEC Part 4).
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import time
 from collections import Counter as _Tally
@@ -110,6 +111,7 @@ __all__ = [
     "framing_mix",
     "invalid_utf8",
     "mark_process_dead",
+    "open_process_files",
     "metrics_endpoint",
     "party_started",
     "pipes_changed",
@@ -141,6 +143,8 @@ SAMPLE_INTERVAL_NS: Final = 1_000_000_000
 CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
 #: How soon after a rendezvous change the pipes gauge is recounted (changes in between coalesce).
 PIPES_REFRESH_S: Final = 0.25
+
+log = logging.getLogger("ringpipe.metrics")
 
 # -- the metrics --
 
@@ -527,16 +531,40 @@ def _multiprocess_dir() -> str | None:
     return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
 
 
+def open_process_files() -> None:
+    """Create this process's value files now (a worker, before it says it is ready).
+
+    prometheus-client creates a process's files at its first update after a fork, and a
+    file is empty for an instant after it is created: a scrape by another worker that reads
+    it then fails. Done at start-up, that instant falls before any scrape can count on it.
+    """
+    if _multiprocess_dir() is not None:
+        WORKER_RESTARTS.inc(0)  # the first update after the fork opens every file of the process
+
+
+#: Scrape attempts before a failure is an error: a file another process is creating (a
+#: worker starting or restarting) can be caught empty for an instant.
+RENDER_ATTEMPTS: Final = 3
+
+
 def render(runtime_dir: Path | None = None) -> bytes:
     """The Prometheus text of every worker (merged) and, given the supervisor's runtime
     directory, the process metrics of the fleet; or of this process alone."""
     if _multiprocess_dir() is None:
         return generate_latest(REGISTRY)
-    registry = CollectorRegistry()
-    _multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-    if runtime_dir is not None:
-        registry.register(FleetProcessCollector(runtime_dir))
-    return generate_latest(registry)
+    for attempt in range(1, RENDER_ATTEMPTS + 1):
+        registry = CollectorRegistry()
+        _multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        if runtime_dir is not None:
+            registry.register(FleetProcessCollector(runtime_dir))
+        try:
+            return generate_latest(registry)
+        except Exception:
+            if attempt == RENDER_ATTEMPTS:
+                raise
+            log.warning("a metrics file could not be read (attempt %d); reading again", attempt, exc_info=True)
+            time.sleep(0.01 * attempt)  # in a worker thread (``metrics_endpoint``), off the event loop
+    raise AssertionError("unreachable")
 
 
 def mark_process_dead(pid: int) -> None:

@@ -44,6 +44,7 @@ from ringpipe.http.protocol import RingpipeHttpProtocol
 from ringpipe.http.websocket import HandshakeLogFilter, WebSocketProtocol
 from ringpipe.mesh.handoff import Handoff, HandoffChannel, handoff_target
 from ringpipe.mesh.worker_pipes import WorkerPipes
+from ringpipe.ops import metrics
 from ringpipe.ops.fleet import BOOT_ERROR
 from ringpipe.ops.logs import register_secrets, setup_logging
 
@@ -246,6 +247,7 @@ def run_worker(
                     while not server.started:
                         await anyio.sleep(0.005)
                     ready = True
+                    metrics.open_process_files()
                     # Everything built so far (modules, app, uvicorn) lives as long as the
                     # worker: keep it out of the cyclic collector, whose full passes would
                     # otherwise walk it again and again while requests churn objects.
