@@ -53,15 +53,23 @@ def process_tree(root: int) -> list[int]:
     return out
 
 
-def tree_cpu_seconds(root: int) -> tuple[float, int]:
-    """utime+stime (+ reaped children's cutime+cstime, so a dead worker's time is kept) of a tree."""
-    ticks = 0
+def tree_cpu_split(root: int) -> tuple[float, float, int]:
+    """(user, system) seconds of a tree, each with its reaped children's (cutime, cstime: a dead
+    worker's time is kept), and the tree's process count."""
+    user = system = 0
     pids = process_tree(root)
     for pid in pids:
         f = _stat_fields(pid)
-        if f is not None:  # fields 14..17 of stat(5) are f[11..14] here
-            ticks += int(f[11]) + int(f[12]) + int(f[13]) + int(f[14])
-    return ticks / CLK_TCK, len(pids)
+        if f is not None:  # fields 14..17 of stat(5) (utime, stime, cutime, cstime) are f[11..14] here
+            user += int(f[11]) + int(f[13])
+            system += int(f[12]) + int(f[14])
+    return user / CLK_TCK, system / CLK_TCK, len(pids)
+
+
+def tree_cpu_seconds(root: int) -> tuple[float, int]:
+    """utime+stime (+ reaped children's cutime+cstime, so a dead worker's time is kept) of a tree."""
+    user, system, npids = tree_cpu_split(root)
+    return user + system, npids
 
 
 def _kib_field(path: str, name: str) -> int | None:
@@ -108,20 +116,23 @@ def machine_cpu() -> tuple[float, float, float]:
 
 
 class Meter:
-    """Server CPU (whole process tree) and the rest of the machine over a window."""
+    """Server CPU (whole process tree; user and system apart) and the rest of the machine over a window."""
 
     def __init__(self, pid: int) -> None:
         self.pid = pid
-        self.srv0, _ = tree_cpu_seconds(pid)
+        self.user0, self.sys0, _ = tree_cpu_split(pid)
         self.box0 = machine_cpu()
 
     def stop(self, client_cpu: float) -> dict[str, Any]:
-        srv1, npids = tree_cpu_seconds(self.pid)
+        user1, sys1, npids = tree_cpu_split(self.pid)
         box1 = machine_cpu()
         window = max(1e-9, box1[2] - self.box0[2])
-        srv = srv1 - self.srv0
+        user, system = user1 - self.user0, sys1 - self.sys0
+        srv = user + system
         return {
             "server_cpu_s": srv,
+            "server_user_s": user,
+            "server_sys_s": system,
             "server_pids": npids,
             "window_s": window,
             # CPU used by anything that is neither the server nor the client, and time stolen
