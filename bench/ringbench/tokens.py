@@ -124,6 +124,7 @@ class _Party(asyncio.Protocol):
         self.pending = b""
         self.finished = False
         self.status = 0
+        self.t_done = 0  # when this party ended cleanly (monotonic ns); 0 until then
 
     def close(self) -> None:
         self.finished = True
@@ -132,6 +133,7 @@ class _Party(asyncio.Protocol):
 
     def finish(self) -> None:
         if not self.finished:
+            self.t_done = time.monotonic_ns()
             self.close()
             self.stream.party_done()
 
