@@ -1,5 +1,5 @@
 """ringpipe vs piping-server 1.12.9 on loopback: throughput, fan-out, latency, many pipes, idle
-memory, a stalled reader and a swarm of token streams; every byte checked.
+memory, a stalled reader, a swarm of token streams and a churn of short ones; every byte checked.
 
 The command line of ``bench/run.py``: parse the options, start the servers side by side, run
 every case against each of them, interleaved (the order flips every round), print each run as
@@ -66,6 +66,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--swarm-lead", type=float, default=0.2, help="swarm: readers connect this long before the producer")
     p.add_argument("--swarm-procs", type=int, default=None, help="swarm: client processes (2..4 by nproc)")
+    p.add_argument("--churn-streams", type=int, default=None, help="churn: short streams measured (3000)")
+    p.add_argument("--churn-concurrency", type=int, default=None, help="churn: streams in flight at most (50)")
+    p.add_argument("--churn-tokens", type=int, default=3, help="churn: records per stream (3)")
+    p.add_argument("--churn-warmup", type=int, default=None, help="churn: streams run first, not counted (100)")
+    p.add_argument("--churn-procs", type=int, default=None, help="churn: client processes (2..4 by nproc)")
     p.add_argument("--workers", type=int, default=None, help="ringpipe --workers (default: ringpipe's own)")
     p.add_argument(
         "--workers-sweep", default=None, help="ringpipe worker counts, e.g. 1,2,4: a scaling run (pairs,fanout)"
@@ -97,6 +102,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.ramp is None:  # 2 s, or as long as 250 new streams per second take: no connect storm
         args.ramp = 0.5 if q else max(2.0, args.streams / 250)
     args.swarm_procs = args.swarm_procs or default_procs()
+    args.churn_streams = args.churn_streams or (40 if q else 3000)
+    args.churn_concurrency = args.churn_concurrency or (10 if q else 50)
+    args.churn_warmup = args.churn_warmup if args.churn_warmup is not None else (10 if q else 100)
+    args.churn_procs = args.churn_procs or default_procs()
     args.chunk = parse_size(args.chunk)
     args.client_procs = args.client_procs or nproc
     args.pause = 0.2 if q else 1.0
@@ -114,6 +123,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error("--workers and --workers-sweep exclude each other")
     if args.readers < 1 or args.rate <= 0 or args.records < 1 or args.streams < 1:
         p.error("--streams, --readers, --records must be >= 1 and --rate > 0")
+    if (
+        min(args.churn_streams, args.churn_concurrency, args.churn_tokens, args.churn_procs) < 1
+        or args.churn_warmup < 0
+    ):
+        p.error("--churn-streams, --churn-concurrency, --churn-tokens, --churn-procs must be >= 1, --churn-warmup >= 0")
     if any(n < 1 for n in args.fanout_n + args.latency_n) or (args.workers_sweep and min(args.workers_sweep) < 1):
         p.error("receiver and worker counts must be >= 1")
     return args

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .base import Scenario
+from .churn import CHURN
 from .idle import IDLE
 from .latency import LATENCY
 from .pairs import PAIRS
@@ -10,5 +11,7 @@ from .slow_reader import SLOW_READER
 from .swarm import SWARM
 from .transfer import FANOUT, THROUGHPUT
 
-SCENARIOS: dict[str, Scenario] = {s.name: s for s in (THROUGHPUT, FANOUT, LATENCY, PAIRS, IDLE, SLOW_READER, SWARM)}
+SCENARIOS: dict[str, Scenario] = {
+    s.name: s for s in (THROUGHPUT, FANOUT, LATENCY, PAIRS, IDLE, SLOW_READER, SWARM, CHURN)
+}
 SWEEP_DEFAULT = ("pairs", "fanout")
