@@ -17,12 +17,13 @@ import sys
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.support.servers import ROOT, shm_segments
 
-SCENARIOS = ("throughput", "fanout", "latency", "pairs", "idle", "slow-reader", "swarm")
+SCENARIOS = ("throughput", "fanout", "latency", "pairs", "idle", "slow-reader", "swarm", "churn")
 SERVERS = ("ringpipe", "piping-server")
 MARKER = "BENCH_SMOKE_MARKER"  # not RINGPIPE_*: the benchmark strips those from ringpipe's environment
 
@@ -112,9 +113,31 @@ def test_quick_benchmark_runs_every_scenario_on_both_servers(tmp_path: Path) -> 
         elif r["scenario"] == "swarm":  # every token of every stream checked at its reader
             assert r["streams_failed"] == 0
             assert r["tokens_delivered"] == r["tokens_expected"] == r["streams"] * r["readers"] * r["records"]
+        elif r["scenario"] == "churn":
+            check_churn(r)
     summary = data["summary"]
     assert isinstance(summary, list)
     assert {s["scenario"] for s in summary} == set(SCENARIOS)
+
+
+def check_churn(r: dict[str, Any]) -> None:
+    """Every stream of a churn run served, every token checked at its reader, and measured."""
+    assert r["streams_failed"] == 0 and r["streams_served"] == r["streams"]
+    assert r["tokens_delivered"] == r["tokens_expected"] == r["streams"] * r["tokens"]
+    assert r["server_cpu_ms_per_stream"] is not None and r["p99_ms"] is not None
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_quick_churn(tmp_path: Path) -> None:
+    """A few dozen short streams after a warm-up, on both servers."""
+    data = run_bench(tmp_path, "--scenarios", "churn", "--churn-streams", "30", "--churn-warmup", "5")
+    check_runs(data, ("churn",), SERVERS)
+    runs = data["runs"]
+    assert isinstance(runs, list) and len(runs) == len(SERVERS)
+    for r in runs:
+        assert r["streams"] == 30 and r["warmup"] == 5
+        check_churn(r)
 
 
 @pytest.mark.slow
