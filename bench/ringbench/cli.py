@@ -70,7 +70,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--churn-concurrency", type=int, default=None, help="churn: streams in flight at most (50)")
     p.add_argument("--churn-tokens", type=int, default=3, help="churn: records per stream (3)")
     p.add_argument("--churn-warmup", type=int, default=None, help="churn: streams run first, not counted (100)")
-    p.add_argument("--churn-procs", type=int, default=None, help="churn: client processes (2..4 by nproc)")
+    p.add_argument("--churn-procs", type=int, default=None, help="churn: client processes (1)")
     p.add_argument("--workers", type=int, default=None, help="ringpipe --workers (default: ringpipe's own)")
     p.add_argument(
         "--workers-sweep", default=None, help="ringpipe worker counts, e.g. 1,2,4: a scaling run (pairs,fanout)"
@@ -105,7 +105,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.churn_streams = args.churn_streams or (40 if q else 3000)
     args.churn_concurrency = args.churn_concurrency or (10 if q else 50)
     args.churn_warmup = args.churn_warmup if args.churn_warmup is not None else (10 if q else 100)
-    args.churn_procs = args.churn_procs or default_procs()
+    args.churn_procs = args.churn_procs or 1
     args.chunk = parse_size(args.chunk)
     args.client_procs = args.client_procs or nproc
     args.pause = 0.2 if q else 1.0
