@@ -19,6 +19,7 @@ and traceback alike, so a handler cannot leak one by logging a scope or a URL.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import re
@@ -54,6 +55,10 @@ _SHAPE_WORDS: Final = (
     ("rp_sig=", "key=", "token=", "secret=", "password="),
 )
 _secrets: set[str] = set()
+#: ``_secrets``, longest first (a secret that contains another is replaced whole).
+_secrets_longest_first: tuple[str, ...] = ()
+#: Every word of ``_SHAPE_WORDS``: a line with none of them (the common line) needs no regex pass.
+_ALL_SHAPE_WORDS: Final = tuple(word for words in _SHAPE_WORDS for word in words)
 
 
 def register_secrets(secrets: Iterable[str]) -> None:
@@ -62,20 +67,28 @@ def register_secrets(secrets: Iterable[str]) -> None:
     Kept for the process's lifetime, also after a reload removes a token, so a line about an
     old token cannot leak it either.
     """
+    global _secrets_longest_first
     for secret in secrets:
         if len(secret) >= MIN_LITERAL_SECRET:
             _secrets.add(secret)
             escaped = json.dumps(secret)[1:-1]  # the form it takes inside a JSON string
             if escaped != secret:
                 _secrets.add(escaped)
+    _secrets_longest_first = tuple(sorted(_secrets, key=len, reverse=True))
 
 
 def redact(text: str) -> str:
     """``text`` with every known secret and every credential-shaped value replaced."""
-    for secret in sorted(_secrets, key=len, reverse=True):
+    for secret in _secrets_longest_first:
         if secret in text:
             text = text.replace(secret, REDACTED)
     lowered = text.lower() if text.isascii() else None
+    if lowered is not None:
+        for word in _ALL_SHAPE_WORDS:
+            if word in lowered:
+                break
+        else:
+            return text
     for shape, words in zip(_SHAPES, _SHAPE_WORDS, strict=True):
         if lowered is None or any(word in lowered for word in words):
             text = shape.sub(lambda match: match.group(1) + REDACTED, text)
@@ -83,8 +96,21 @@ def redact(text: str) -> str:
 
 
 _STANDARD: Final = frozenset(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "color_message"}
+#: How many attributes ``LogRecord.__init__`` sets, all of them in ``_STANDARD``: a record's
+#: ``__dict__`` holds them first (in insertion order), then the extras ``makeRecord`` adds and
+#: whatever a formatter sets later, so the extras are looked for only past them.
+_INIT_ATTRIBUTES: Final = len(logging.LogRecord("", 0, "", 0, "", (), None).__dict__)
 #: One encoder for every line (``json.dumps`` with an argument builds a new one per call).
 _ENCODER: Final = json.JSONEncoder(default=str)
+
+
+def _extras(record: logging.LogRecord) -> dict[str, Any]:
+    """The fields of ``record`` that are not a standard ``LogRecord`` attribute, in order."""
+    return {
+        key: value
+        for key, value in itertools.islice(record.__dict__.items(), _INIT_ATTRIBUTES, None)
+        if key not in _STANDARD and not key.startswith("_")
+    }
 
 
 class JsonFormatter(logging.Formatter):
@@ -113,7 +139,7 @@ class JsonFormatter(logging.Formatter):
             "pid": record.process,
             "msg": record.getMessage(),
         }
-        line.update({k: v for k, v in record.__dict__.items() if k not in _STANDARD and not k.startswith("_")})
+        line.update(_extras(record))
         if record.exc_info:
             line["exc"] = self.formatException(record.exc_info)
         return redact(_ENCODER.encode(line))
@@ -125,11 +151,7 @@ class TextFormatter(JsonFormatter):
     def format(self, record: logging.LogRecord) -> str:
         stamp = time.strftime("%H:%M:%S", time.localtime(record.created)) + f".{int(record.msecs):03d}"
         parts = [stamp, f"{record.levelname.lower():<7}", self.role, record.getMessage()]
-        parts += [
-            f"{key}={value}"
-            for key, value in record.__dict__.items()
-            if key not in _STANDARD and not key.startswith("_")
-        ]
+        parts += [f"{key}={value}" for key, value in _extras(record).items()]
         text = " ".join(str(part) for part in parts)
         if record.exc_info:
             text += "\n" + self.formatException(record.exc_info)
@@ -152,6 +174,11 @@ def setup_logging(level: str, role: str, log_format: str = "json") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # What no line shows, no record gathers (the logging HOWTO's "Optimization"): the caller's
+    # file and line (a walk up the stack per record), the thread and the multiprocessing name.
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logMultiprocessing = False
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         logger = logging.getLogger(name)
         logger.handlers[:] = []
