@@ -83,7 +83,7 @@ from ringpipe.core.rendezvous import (
 from ringpipe.mesh.control import Mesh
 from ringpipe.mesh.party import Hangup, InboxItem, LocalParty
 from ringpipe.mesh.relay import DirectSink, Slot
-from ringpipe.ops import metrics
+from ringpipe.ops import metrics, tally
 from ringpipe.shm import mapping, segment
 from ringpipe.shm.arena import Arena
 from ringpipe.shm.wakeup import WakeChannel
@@ -556,5 +556,6 @@ class WorkerPipes:
             self._free_timer = None
         self.wakes.close()
         self.arena.close()
+        tally.final_flush()
         self._owned.clear()
         self._retiring.clear()

@@ -13,7 +13,9 @@ Cost rule: nothing here may cost the byte hot path more than a few percent. The 
 hooks (``ProducerMeter.published``, ``ReaderMeter.sent``) do one clock read or one load
 from the ring header and a comparison; everything else (a histogram observation, a counter
 update: a few microseconds each in multiprocess mode) happens at most every
-``SAMPLE_INTERVAL_NS`` per producer and per reader, or once per party or transfer.
+``SAMPLE_INTERVAL_NS`` per producer and per reader, or once per party or transfer; and
+the counter increments and histogram observations among them are held back and summed per
+series for up to ``tally.FLUSH_INTERVAL_S`` (``tally.py``), gauges are written at once.
 
 Relay latency is sampled through the ring header (see ``shm.py``): about once a second the
 producer stamps "the bytes before ``seq`` were in the ring at ``t``" (CLOCK_MONOTONIC, which
@@ -72,6 +74,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from ringpipe.core.rendezvous import Waiting
+from ringpipe.ops import tally
 from ringpipe.shm.layout import STAMP_SEQ_WORD
 
 if TYPE_CHECKING:
@@ -268,12 +271,12 @@ def rejected(code: int) -> None:
 def party_started(role: Role, joined: float) -> None:
     """A party got its transfer's Start; ``joined`` is its ``time.monotonic()`` at arrival."""
     wait = _WAIT_BY_ROLE.get(role.value) or RENDEZVOUS_WAIT.labels(role=role.value)
-    wait.observe(max(0.0, time.monotonic() - joined))
+    tally.observe(wait, max(0.0, time.monotonic() - joined))
 
 
 def relay_established(n: int) -> None:
     """The owner created a ring for a transfer of ``n`` receivers."""
-    FANOUT.observe(n)
+    tally.observe(FANOUT, n)
 
 
 def ring_bytes_changed(delta: int) -> None:
@@ -288,9 +291,9 @@ def ring_refused(reason: str) -> None:
 
 def transfer_ended(ending: str, *, across_workers: bool = False) -> None:
     """Count a transfer's end; ``ending`` is one of ``ENDINGS``."""
-    _TRANSFERS_BY_ENDING[ending].inc()
+    tally.count(_TRANSFERS_BY_ENDING[ending])
     if across_workers:
-        TRANSFERS_ACROSS_WORKERS.inc()
+        tally.count(TRANSFERS_ACROSS_WORKERS)
 
 
 class _ReaderSlot(Protocol):
@@ -409,7 +412,7 @@ class ProducerMeter:
 
     def _flush(self, write_seq: int) -> None:
         if write_seq > self._metered:
-            BYTES_IN.inc(write_seq - self._metered)
+            tally.count(BYTES_IN, write_seq - self._metered)
             self._metered = write_seq
 
 
@@ -436,13 +439,13 @@ class ReaderMeter:
         ring = self._ring
         if self._first:
             self._first = False
-            FIRST_BYTE.observe(max(0, time.monotonic_ns() - ring.created_ns()) / 1e9)
+            tally.observe(FIRST_BYTE, max(0, time.monotonic_ns() - ring.created_ns()) / 1e9)
         stamp = self._words[STAMP_SEQ_WORD]  # ``ring.latency_stamp_seq()``, as a plain load
         if stamp <= self._observed or read_seq < stamp:
             return
         self._observed = stamp
-        RELAY_LATENCY.observe(max(0, time.monotonic_ns() - ring.latency_stamp_ns()) / 1e9)
-        READER_LAG.observe(max(0, ring.write_seq - read_seq))
+        tally.observe(RELAY_LATENCY, max(0, time.monotonic_ns() - ring.latency_stamp_ns()) / 1e9)
+        tally.observe(READER_LAG, max(0, ring.write_seq - read_seq))
         self._flush(read_seq)
 
     def close(self, read_seq: int) -> None:
@@ -451,7 +454,7 @@ class ReaderMeter:
 
     def _flush(self, read_seq: int) -> None:
         if read_seq > self._metered:
-            BYTES_OUT.inc(read_seq - self._metered)
+            tally.count(BYTES_OUT, read_seq - self._metered)
             self._metered = read_seq
 
 
@@ -575,5 +578,6 @@ def mark_process_dead(pid: int) -> None:
 
 async def metrics_endpoint(request: Request, runtime_dir: Path | None = None) -> Response:
     """``GET /metrics``: every worker's samples merged (the files are read off the event loop)."""
+    tally.flush()  # this worker's held updates; other workers write theirs within ``FLUSH_INTERVAL_S``
     body = await anyio.to_thread.run_sync(render, runtime_dir)
     return Response(body, headers={"content-type": CONTENT_TYPE})
