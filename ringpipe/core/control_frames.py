@@ -167,7 +167,7 @@ FRAME_TYPES: Final[tuple[type[Any], ...]] = (
 #: What ``json.dumps(..., separators=(",", ":"))`` uses, built once instead of per frame.
 _JSON: Final = json.JSONEncoder(separators=(",", ":"))
 _TYPE_CODE: Final = {cls: code for code, cls in enumerate(FRAME_TYPES)}
-_HINTS: Final = {cls: typing.get_type_hints(cls) for cls in (*FRAME_TYPES, PartyId, RelayInfo)}
+_HINTS: Final = {cls: typing.get_type_hints(cls) for cls in (*FRAME_TYPES, RelayInfo)}  # PartyId: a list of 3
 #: Fields a frame must carry; the others have defaults and may be left out.
 _REQUIRED: Final = {
     cls: {f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING} for cls in _HINTS

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from typing import NamedTuple
 
 __all__ = [
     "Accepted",
@@ -60,11 +61,12 @@ class Role(enum.StrEnum):
     WATCHER = "watcher"
 
 
-@dataclass(frozen=True, slots=True, order=True)
-class PartyId:
+class PartyId(NamedTuple):
     """One HTTP request taking part in a pipe: the worker slot, its pid, a per-process serial.
 
-    The pid tells a restarted worker's parties apart from its predecessor's.
+    The pid tells a restarted worker's parties apart from its predecessor's. A tuple: it
+    keys most of the rendezvous' indexes, and a tuple hashes and compares in C (a frozen
+    dataclass runs a Python ``__hash__`` for every lookup, dozens per pipe).
     """
 
     worker: int
