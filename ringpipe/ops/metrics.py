@@ -290,10 +290,11 @@ def ring_refused(reason: str) -> None:
 
 
 def transfer_ended(ending: str, *, across_workers: bool = False) -> None:
-    """Count a transfer's end; ``ending`` is one of ``ENDINGS``."""
-    tally.count(_TRANSFERS_BY_ENDING[ending])
+    """Count a transfer's end; ``ending`` is one of ``ENDINGS``. Written at once, not held
+    back: a transfer's log line and its count appear together."""
+    _TRANSFERS_BY_ENDING[ending].inc()
     if across_workers:
-        tally.count(TRANSFERS_ACROSS_WORKERS)
+        TRANSFERS_ACROSS_WORKERS.inc()
 
 
 class _ReaderSlot(Protocol):
