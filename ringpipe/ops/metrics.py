@@ -14,8 +14,9 @@ hooks (``ProducerMeter.published``, ``ReaderMeter.sent``) do one clock read or o
 from the ring header and a comparison; everything else (a histogram observation, a counter
 update: a few microseconds each in multiprocess mode) happens at most every
 ``SAMPLE_INTERVAL_NS`` per producer and per reader, or once per party or transfer; and
-the counter increments and histogram observations among them are held back and summed per
-series for up to ``tally.FLUSH_INTERVAL_S`` (``tally.py``), gauges are written at once.
+most of them are held back and summed per series for up to ``tally.FLUSH_INTERVAL_S``
+(``tally.py``): a scrape sees them that much later, a gauge's up and down within one batch
+not at all. The transfer counts are written at once, with the transfer's log line.
 
 Relay latency is sampled through the ring header (see ``shm.py``): about once a second the
 producer stamps "the bytes before ``seq`` were in the ring at ``t``" (CLOCK_MONOTONIC, which
@@ -281,7 +282,7 @@ def relay_established(n: int) -> None:
 
 def ring_bytes_changed(delta: int) -> None:
     """This worker's arena reserved (``delta`` > 0) or freed ring bytes (``arena.Arena``)."""
-    RING_BYTES.inc(delta)
+    tally.shift(RING_BYTES, delta)
 
 
 def ring_refused(reason: str) -> None:
@@ -309,21 +310,21 @@ class _ReaderSlot(Protocol):
 
 def reader_started(framing: str, reader: _ReaderSlot | None = None) -> None:
     """A receiver starts being served in ``framing``; ``reader`` records it for the transfer log."""
-    _RECEIVERS_BY_FRAMING[framing].inc()
+    tally.shift(_RECEIVERS_BY_FRAMING[framing], 1)
     if reader is not None:
         reader.ring.set_reader_framing(reader.slot, FRAMING_CODES[framing])
 
 
 def reader_ended(framing: str) -> None:
-    _RECEIVERS_BY_FRAMING[framing].dec()
+    tally.shift(_RECEIVERS_BY_FRAMING[framing], -1)
 
 
 def watcher_started() -> None:
-    WATCHERS.inc()
+    tally.shift(WATCHERS, 1)
 
 
 def watcher_ended() -> None:
-    WATCHERS.dec()
+    tally.shift(WATCHERS, -1)
 
 
 def evicted(reason: str) -> None:

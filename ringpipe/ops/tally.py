@@ -1,4 +1,5 @@
-"""Counter increments and histogram observations held back briefly and written in one batch.
+"""Metric updates held back briefly and written in one batch: counter increments, gauge
+deltas, histogram observations.
 
 Each update of a multiprocess metric takes a lock, checks the pid and writes the shared
 file (about a microsecond; a histogram observation two of them). A short transfer makes
@@ -7,11 +8,11 @@ repeat the same few series. Held back for at most ``FLUSH_INTERVAL_S`` and summe
 series, they cost one write per series and batch instead.
 
 Invariants: a series' total after a flush is exactly what the direct updates would have
-made it (counts add; a histogram's bucket counts and sum add), and nothing waits longer
-than ``FLUSH_INTERVAL_S`` while the event loop runs, so a scrape sees a finished transfer
-at once in this worker and within that interval from any other. Without a running event
-loop (unit tests, threads, a worker past ``final_flush``) an update is written at once.
-Gauges are never held back: their value is a current state a scrape must see as it is.
+made it (counts and deltas add, a net delta of zero is not written; a histogram's bucket
+counts and sum add), and nothing waits longer than ``FLUSH_INTERVAL_S`` while the event
+loop runs, so a scrape sees a change at once in this worker and within that interval from
+any other. Without a running event loop (unit tests, threads, a worker past
+``final_flush``) an update is written at once.
 """
 
 from __future__ import annotations
@@ -20,9 +21,9 @@ import asyncio
 import bisect
 from typing import Final
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
-__all__ = ["FLUSH_INTERVAL_S", "count", "final_flush", "flush", "observe"]
+__all__ = ["FLUSH_INTERVAL_S", "count", "final_flush", "flush", "observe", "shift"]
 
 #: The longest an update waits for its batch.
 FLUSH_INTERVAL_S: Final = 0.1
@@ -55,7 +56,8 @@ class _HeldHistogram:
 
 class _Batch:
     def __init__(self) -> None:
-        self.counters: dict[Counter, float] = {}
+        #: Counters' increments and gauges' deltas (both written with ``inc``).
+        self.amounts: dict[Counter | Gauge, float] = {}
         self.histograms: dict[Histogram, _HeldHistogram] = {}
         self.scheduled = False
         self.final = False
@@ -76,10 +78,11 @@ class _Batch:
 
     def flush(self) -> None:
         self.scheduled = False
-        counters, self.counters = self.counters, {}
+        amounts, self.amounts = self.amounts, {}
         histograms, self.histograms = self.histograms, {}
-        for counter, amount in counters.items():
-            counter.inc(amount)
+        for metric, amount in amounts.items():
+            if amount:
+                metric.inc(amount)
         for histogram, held in histograms.items():
             held.write(histogram)
 
@@ -90,8 +93,16 @@ _batch = _Batch()
 def count(counter: Counter, amount: float = 1) -> None:
     """``counter.inc(amount)``, written with the next batch (``counter``: an unlabelled
     counter or a labelled one's child)."""
-    counters = _batch.counters
-    counters[counter] = counters.get(counter, 0) + amount
+    amounts = _batch.amounts
+    amounts[counter] = amounts.get(counter, 0) + amount
+    _batch.schedule()
+
+
+def shift(gauge: Gauge, delta: float) -> None:
+    """``gauge.inc(delta)``, written with the next batch (a livesum gauge's share of this
+    process: an item that comes and goes within one batch writes nothing)."""
+    amounts = _batch.amounts
+    amounts[gauge] = amounts.get(gauge, 0) + delta
     _batch.schedule()
 
 

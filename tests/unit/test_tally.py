@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from ringpipe.ops import tally
 
@@ -68,3 +68,29 @@ def test_without_a_loop_updates_are_written_at_once() -> None:
     tally.observe(histogram, 2)
     assert registry.get_sample_value("things_total", {"kind": "c"}) == 1
     assert registry.get_sample_value("sizes_sum") == 2
+
+
+def test_gauge_deltas_add_and_a_net_zero_writes_nothing() -> None:
+    registry = CollectorRegistry()
+    gauge = Gauge("held", "Held.", ["framing"], registry=registry)
+    written: list[float] = []
+    child = gauge.labels(framing="raw")
+    real_inc = child.inc
+
+    def inc(amount: float = 1) -> None:
+        written.append(amount)
+        real_inc(amount)
+
+    child.inc = inc  # type: ignore[method-assign]
+
+    async def update() -> None:
+        tally.shift(child, 1)
+        tally.shift(child, -1)  # came and went within the batch
+        tally.flush()
+        tally.shift(child, 2)
+        tally.shift(child, 1)
+        tally.flush()
+
+    asyncio.run(update())
+    assert written == [3]
+    assert registry.get_sample_value("held", {"framing": "raw"}) == 3
