@@ -121,15 +121,20 @@ class _OwnedRelay:
     attached: set[PartyId] = field(default_factory=set)
 
 
+_DIGITS = "0123456789abcdefghijklmnopqrstuvwxyz"
+#: Every two-digit base-36 string, by value (two digits per step: half the steps).
+_DIGIT_PAIRS = tuple(high + low for high in _DIGITS for low in _DIGITS)
+
+
 def new_epoch() -> str:
     """A pipe instance's name: microseconds since 1970 in base 36 (short, sortable, and
     distinct for two pipes on one path, which cannot be established in the same µs)."""
     value = time.time_ns() // 1000
-    digits = []
+    pairs = []
     while value:
-        value, digit = divmod(value, 36)
-        digits.append("0123456789abcdefghijklmnopqrstuvwxyz"[digit])
-    return "".join(reversed(digits))
+        value, pair = divmod(value, 1296)
+        pairs.append(_DIGIT_PAIRS[pair])
+    return "".join(reversed(pairs)).lstrip("0")
 
 
 class WorkerPipes:

@@ -53,7 +53,6 @@ import asyncio
 import logging
 import os
 import time
-from collections import Counter as _Tally
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Final, Protocol
@@ -339,8 +338,11 @@ def invalid_utf8(framing: str, count: int = 1) -> None:
 def framing_mix(ring: RingSegment) -> dict[str, int]:
     """How many of a transfer's receivers were served in each framing (for its log line);
     a receiver that left before its response started counts as ``none``."""
-    tally = _Tally(_FRAMING_NAMES.get(ring.reader_framing(slot), "none") for slot in range(ring.n_readers))
-    return dict(sorted(tally.items()))
+    mix: dict[str, int] = {}
+    for slot in range(ring.n_readers):
+        name = _FRAMING_NAMES.get(ring.reader_framing(slot), "none")
+        mix[name] = mix.get(name, 0) + 1
+    return dict(sorted(mix.items())) if len(mix) > 1 else mix
 
 
 class _PipeCount:
