@@ -92,6 +92,22 @@ __all__ = ["Hangup", "InboxItem", "LocalParty", "WorkerPipes"]
 
 log = logging.getLogger("ringpipe.node")
 
+#: The frames an owner sends a party.
+PartyFrame = (
+    Reject
+    | Accepted
+    | ReceiverConnected
+    | ReceiverAborted
+    | ReceiverEvicted
+    | Finish
+    | Start
+    | Broken
+    | Answer
+    | Cancelled
+    | Evicted
+    | PipeStatus
+)
+
 #: First and longest wait before a released ring's users bytes are looked at again.
 FREE_RETRY_S = 0.02
 FREE_RETRY_MAX_S = 1.0
@@ -312,14 +328,25 @@ class WorkerPipes:
             self._apply(self.rendezvous.handle(frame, time.monotonic()))
             if isinstance(frame, Join) and frame.role is not Role.SENDER:
                 self._admit_if_waiting(frame)
-        elif isinstance(frame, Hello):
-            pass
+        elif not isinstance(frame, Hello):
+            self._deliver(frame)
+
+    def _deliver(self, frame: PartyFrame) -> None:
+        """An owner's answer to one of this worker's parties: into its inbox, if it is still here."""
+        party = self.parties.get(frame.party.serial)
+        if party is not None and party.id == frame.party:
+            if isinstance(frame, Start):
+                metrics.party_started(party.role, party.joined)
+            party.deliver(frame)
+
+    def _to_party(self, party: PartyId, frame: PartyFrame) -> None:
+        """Send the owner's ``frame`` to ``party``. One in this worker gets it in its inbox at
+        once (its handler reads it on a later turn; only the parties' inboxes are touched,
+        no handler runs), so frames to one party keep the order they are sent in."""
+        if party.worker == self.index:
+            self._deliver(frame)
         else:
-            party = self.parties.get(frame.party.serial)
-            if party is not None and party.id == frame.party:
-                if isinstance(frame, Start):
-                    metrics.party_started(party.role, party.joined)
-                party.deliver(frame)
+            self.mesh.send(party.worker, frame)
 
     def _admit_if_waiting(self, join: Join) -> None:
         """Tell a receiver or watcher that now waits in a pipe that it was admitted.
@@ -332,7 +359,7 @@ class WorkerPipes:
         """
         pipe = self.rendezvous.pipes.get(join.path)
         if isinstance(pipe, Waiting) and (join.party in pipe.receivers or join.party in pipe.watchers):
-            self.mesh.send(join.party.worker, Accepted(join.party, pipe.n, None))
+            self._to_party(join.party, Accepted(join.party, pipe.n, None))
 
     def on_peer_gone(self, worker: int, pid: int) -> None:
         for owned in (*self._owned.values(), *self._retiring.values()):
@@ -403,14 +430,14 @@ class WorkerPipes:
                     action.message,
                     extra={"event": "refused", "status": 503, "pipes": len(self.rendezvous.pipes)},
                 )
-            self.mesh.send(action.party.worker, action)
+            self._to_party(action.party, action)
         elif isinstance(action, Establish):
             self._establish(action)
         elif isinstance(action, (WatcherStart, Resume)):
             owned = self._owned.get(action.relay_id)
             slot = action.slot if isinstance(action, Resume) else Slot.WATCHER
             if owned is None:
-                self.mesh.send(action.party.worker, Reject(action.party, 410, "The pipe is gone."))
+                self._to_party(action.party, Reject(action.party, 410, "The pipe is gone."))
             else:
                 self._start(action.party, owned, slot)
         elif isinstance(action, TimedOut):
@@ -419,7 +446,7 @@ class WorkerPipes:
             owned = self._owned.get(action.relay_id) if action.relay_id is not None else None
             offset, epoch = (owned.ring.write_seq, owned.info.epoch) if owned is not None else (0, "")
             status = PipeStatus(action.party, action.state, action.connected, action.n, offset, epoch)
-            self.mesh.send(action.party.worker, status)
+            self._to_party(action.party, status)
         elif isinstance(action, CancelRelay):
             owned = self._owned.get(action.relay_id)
             if owned is not None:
@@ -427,7 +454,7 @@ class WorkerPipes:
                 self.wake(owned.info, Slot.WRITER)
                 self.wake_many(owned.info, list(range(owned.ring.n_readers)))
             for party in action.parties:
-                self.mesh.send(party.worker, Cancelled(party))
+                self._to_party(party, Cancelled(party))
         elif isinstance(action, Detach):
             owned = self._owned.get(action.relay_id)
             if owned is not None:
@@ -440,7 +467,7 @@ class WorkerPipes:
                 for slot in range(owned.ring.n_readers):
                     self.wake(owned.info, slot)
             for party in action.parties:
-                self.mesh.send(party.worker, Broken(party))
+                self._to_party(party, Broken(party))
         else:
             self._release(action)
 
@@ -459,7 +486,7 @@ class WorkerPipes:
         except RingMemoryFull as full:
             log.warning("transfer refused: %s", full.reason, extra={"event": "refused", "path": action.path})
             for party in (action.sender, *action.receivers, *action.watchers):
-                self.mesh.send(party.worker, Reject(party, full.http_status, full.message))
+                self._to_party(party, Reject(party, full.http_status, full.message))
             return  # their Leaves dissolve the relay in the rendezvous; it has no ring to release
         stall_ms = action.stall_ms if action.stall_ms >= 0 else round(settings.stall_timeout * 1000)
         info = RelayInfo(
@@ -482,7 +509,7 @@ class WorkerPipes:
 
     def _start(self, party: PartyId, owned: _OwnedRelay, slot: int) -> None:
         """Send ``party`` its ``Start``; from now on it may map the ring until it leaves."""
-        self.mesh.send(party.worker, Start(party, owned.info, slot, owned.receiver_headers))
+        self._to_party(party, Start(party, owned.info, slot, owned.receiver_headers))
         owned.attached.add(party)
         self._attached_to[party] = owned
 
