@@ -270,7 +270,7 @@ def rejected(code: int) -> None:
 
 def party_started(role: Role, joined: float) -> None:
     """A party got its transfer's Start; ``joined`` is its ``time.monotonic()`` at arrival."""
-    wait = _WAIT_BY_ROLE.get(role.value) or RENDEZVOUS_WAIT.labels(role=role.value)
+    wait = _WAIT_BY_ROLE.get(role) or RENDEZVOUS_WAIT.labels(role=role.value)
     tally.observe(wait, max(0.0, time.monotonic() - joined))
 
 
