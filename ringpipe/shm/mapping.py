@@ -13,8 +13,10 @@ byte offset in the arena and the bytes to map: header plus largest capacity). A 
 
 Regions. A process maps a ring once, however many handles it opens on it (an owner that is
 also the producer and a reader of its pipe maps it once): ``open_region`` and
-``close_region`` count the handles, and the last close unmaps. The handles share one set of
-views on the mapping (``Region.views``, made by the first, released with the mapping), so a
+``close_region`` count the handles, and the last close unmaps. The owner's rings are views
+into its arena's mapping of a chunk of slots (``adopt_region``, ``Region.base``; the arena
+unmaps the chunk); a party elsewhere maps just its ring's slot. The handles share one set
+of views on the ring (``Region.views``, made by the first, released by the last), so a
 ring costs its views once per process, not once per handle. ``Region.parties`` counts the
 handles of parties (not the owner's own), which is what the ring's *users* byte for this
 worker says to the owner (``segment.RingSegment``).
