@@ -24,9 +24,12 @@ the largest header and the largest ring (``--ring-bytes``); most of it is a hole
 
 - **Map**: the owner maps its file a *chunk* of slots at a time (``chunk_slots`` of them,
   the file extended to cover the chunk: a hole costs nothing), and a ring's region is a
-  view into its chunk's mapping: no mmap, munmap or file descriptor per ring. A chunk is
-  unmapped when its last ring is freed, so an idle worker maps nothing. Readers in other
-  workers map just the ring's slot, by name (``mapping.open_region``).
+  view into its chunk's mapping: no mmap, munmap or file descriptor per ring. A chunk that
+  holds no ring is unmapped (it holds no page either): at once, or, where the worker gives
+  its arena a timer (``call_later``), ``UNMAP_DELAY_S`` after it emptied, so that pipes
+  that come and go one at a time do not map and unmap it each. An idle worker maps
+  nothing. Readers in other workers map just the ring's slot, by name
+  (``mapping.open_region``).
 
 What ``reserved`` counts is what the file holds: headers and capacities, page-rounded,
 never a nominal ring size.
@@ -73,6 +76,11 @@ _populate_works = sys.platform == "linux"
 #: chunk of 1 GiB rings holds a few).
 CHUNK_SLOTS: Final = 64
 CHUNK_MAX_BYTES: Final = 4 << 30
+#: How long a chunk may stay mapped without a ring, where the arena has a timer.
+UNMAP_DELAY_S: Final = 1.0
+
+#: ``call_later(delay, callback)``: run ``callback`` in ``delay`` seconds (the event loop's).
+CallLater = Callable[[float, Callable[[], None]], object]
 
 
 class _Chunk:
@@ -115,10 +123,12 @@ class Arena:
         budget: int,
         on_change: Callable[[int], None] = _no_change,
         on_refusal: Callable[[str], None] = _no_refusal,
+        call_later: CallLater | None = None,
     ) -> None:
         """``ring_bytes``: the largest ring; ``budget``: bytes reserved at once at most;
         ``on_change(delta)`` after every reservation and free (the reserved-bytes gauge);
-        ``on_refusal(reason)`` when a reservation is refused ("memory_limit", "shm_full")."""
+        ``on_refusal(reason)`` when a reservation is refused ("memory_limit", "shm_full");
+        ``call_later``: a timer to unmap empty chunks with (none: unmap them at once)."""
         self.name = name
         self.ring_bytes = ring_bytes
         self.slots = SlotTable(MAX_HEADER_BYTES + ring_bytes)
@@ -131,6 +141,8 @@ class Arena:
         self.chunk_slots = max(1, min(CHUNK_SLOTS, CHUNK_MAX_BYTES // self.slots.slot_bytes))
         #: The mapped chunks, by index (slot // chunk_slots).
         self._chunks: dict[int, _Chunk] = {}
+        self.call_later = call_later
+        self._unmap_pending = False
         self._fd: int | None = None
         self._size = 0
 
@@ -269,9 +281,19 @@ class Arena:
         chunk = self._chunks[index]
         chunk.live -= 1
         if not chunk.live:
-            del self._chunks[index]
-            chunk.unmap()
+            if self.call_later is None:
+                del self._chunks[index]
+                chunk.unmap()
+            elif not self._unmap_pending:
+                self._unmap_pending = True
+                self.call_later(UNMAP_DELAY_S, self.unmap_empty)
         self.on_change(-size)
+
+    def unmap_empty(self) -> None:
+        """Unmap every chunk that holds no ring (the timer's callback; see "Map" above)."""
+        self._unmap_pending = False
+        for index in [index for index, chunk in self._chunks.items() if not chunk.live]:
+            self._chunks.pop(index).unmap()
 
     @property
     def reserved(self) -> int:

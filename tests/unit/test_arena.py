@@ -9,7 +9,7 @@ import random
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -268,6 +268,27 @@ def test_rings_share_a_mapping_per_chunk_and_its_last_free_unmaps_it(arena: Aren
     for ring in (*rings[:2], again):
         arena.free(ring)
     assert (arena.reserved, held(arena), arena_mappings(arena), mapping.mapped()) == (0, 0, 0, 0)
+
+
+def test_with_a_timer_an_empty_chunk_stays_mapped_until_it_fires(arena: Arena) -> None:
+    """Pipes one at a time reuse the chunk's mapping; the timer unmaps it once it is empty,
+    and a chunk that got a ring again meanwhile stays."""
+    timers: list[tuple[float, Callable[[], None]]] = []
+    arena.call_later = lambda delay, callback: timers.append((delay, callback))
+    arena.chunk_slots = 2
+    for relay_id in (1, 2, 3):
+        arena.free(arena.create_ring(relay_id, n_readers=1, capacity=PAGE, window=0))
+    assert [delay for delay, _ in timers] == [arena_module.UNMAP_DELAY_S]  # one timer at a time
+    assert (arena_mappings(arena), held(arena)) == (1, 0)  # mapped, holding nothing
+    rings = [arena.create_ring(relay_id, n_readers=1, capacity=PAGE, window=0) for relay_id in (4, 5, 6)]
+    arena.free(rings[2])  # chunk 1 is empty now, chunk 0 is not
+    timers.pop()[1]()
+    assert (arena_mappings(arena), held(arena)) == (1, 2 * (HEADER + PAGE))
+    arena.free(rings[0])
+    arena.free(rings[1])
+    assert len(timers) == 1 and arena_mappings(arena) == 1
+    timers.pop()[1]()
+    assert (arena_mappings(arena), held(arena), mapping.mapped()) == (0, 0, 0)
 
 
 _CHILD_WRITER = """
