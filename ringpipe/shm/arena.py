@@ -174,8 +174,7 @@ class Arena:
             raise RingMemoryFull("memory_limit")
         slot = self.slots.take()
         index, within = divmod(slot, self.chunk_slots)
-        slot_bytes = self.slots.slot_bytes
-        offset = slot * slot_bytes
+        offset = self.slots.offset(slot)
         chunk = self._chunks.get(index)
         try:
             fd = self._file()
@@ -192,9 +191,9 @@ class Arena:
             self.on_refusal("shm_full")
             raise RingMemoryFull("shm_full") from exc
         chunk.live += 1
-        base = within * slot_bytes
+        base = within * self.slots.slot_bytes
         region = mapping.adopt_region(
-            f"{self.name}:{relay_id}:{offset}:{header + ring_bytes}",
+            mapping.ring_name(self.name, relay_id, offset, header + ring_bytes),
             chunk.mm,
             file=self.name,
             relay_id=relay_id,
