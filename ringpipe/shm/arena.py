@@ -276,6 +276,7 @@ class Arena:
         ring.close()
         self.budget.give(size)
         self.slots.give(slot)
+        self.on_change(-size)
         index = slot // self.chunk_slots
         chunk = self._chunks[index]
         chunk.live -= 1
@@ -284,9 +285,8 @@ class Arena:
                 del self._chunks[index]
                 chunk.unmap()
             elif not self._unmap_pending:
-                self._unmap_pending = True
                 self.call_later(UNMAP_DELAY_S, self.unmap_empty)
-        self.on_change(-size)
+                self._unmap_pending = True
 
     def unmap_empty(self) -> None:
         """Unmap every chunk that holds no ring (the timer's callback; see "Map" above)."""
