@@ -168,6 +168,7 @@ class WorkerPipes:
             budget=settings.max_memory // settings.workers,
             on_change=metrics.ring_bytes_changed,
             on_refusal=metrics.ring_refused,
+            call_later=lambda delay, callback: asyncio.get_running_loop().call_later(delay, callback),
         )
         self.first_capacity = min(INITIAL_RING_BYTES, settings.ring_bytes)
         self.rendezvous = Rendezvous(

@@ -22,6 +22,15 @@ the largest header and the largest ring (``--ring-bytes``); most of it is a hole
   (``RingSegment._grow``). A producer in another worker cannot, so its ring is made at full
   size.
 
+- **Map**: the owner maps its file a *chunk* of slots at a time (``chunk_slots`` of them,
+  the file extended to cover the chunk: a hole costs nothing), and a ring's region is a
+  view into its chunk's mapping: no mmap, munmap or file descriptor per ring. A chunk that
+  holds no ring is unmapped (it holds no page either): at once, or, where the worker gives
+  its arena a timer (``call_later``), ``UNMAP_DELAY_S`` after it emptied, so that pipes
+  that come and go one at a time do not map and unmap it each. An idle worker maps
+  nothing. Readers in other workers map just the ring's slot, by name
+  (``mapping.open_region``).
+
 What ``reserved`` counts is what the file holds: headers and capacities, page-rounded,
 never a nominal ring size.
 
@@ -51,7 +60,7 @@ from typing import Final
 from ringpipe.core.arena import Budget, SlotTable
 from ringpipe.core.errors import RingMemoryFull
 from ringpipe.shm import mapping
-from ringpipe.shm.layout import MAX_HEADER_BYTES, data_offset, init_header
+from ringpipe.shm.layout import MAX_HEADER_BYTES, check_shape, data_offset, views_at, write_header
 from ringpipe.shm.segment import RingSegment
 
 __all__ = ["Arena"]
@@ -63,6 +72,36 @@ MADV_POPULATE_WRITE: Final = 23
 #: Growths smaller than this fault their few pages in as they are written.
 POPULATE_MIN_BYTES: Final = 64 << 10
 _populate_works = sys.platform == "linux"
+#: Slots per owner mapping ("Map" above), and the address space one may take at most (a
+#: chunk of 1 GiB rings holds a few).
+CHUNK_SLOTS: Final = 64
+CHUNK_MAX_BYTES: Final = 4 << 30
+#: How long a chunk may stay mapped without a ring, where the arena has a timer.
+UNMAP_DELAY_S: Final = 1.0
+
+#: ``call_later(delay, callback)``: run ``callback`` in ``delay`` seconds (the event loop's).
+CallLater = Callable[[float, Callable[[], None]], object]
+
+
+class _Chunk:
+    """The owner's mapping of ``chunk_slots`` consecutive slots, and its live rings."""
+
+    __slots__ = ("buf", "live", "mm")
+
+    def __init__(self, mm: mmap.mmap) -> None:
+        self.mm = mm
+        #: The view every region in the chunk slices its views from.
+        self.buf = memoryview(mm)
+        self.live = 0
+
+    def unmap(self) -> None:
+        """Release the view and unmap (or leave that to the garbage collector while a view
+        lent to the event loop is still alive: nothing touches it any more)."""
+        self.buf.release()
+        try:
+            self.mm.close()
+        except BufferError:
+            pass
 
 
 def _no_change(delta: int) -> None:
@@ -84,10 +123,12 @@ class Arena:
         budget: int,
         on_change: Callable[[int], None] = _no_change,
         on_refusal: Callable[[str], None] = _no_refusal,
+        call_later: CallLater | None = None,
     ) -> None:
         """``ring_bytes``: the largest ring; ``budget``: bytes reserved at once at most;
         ``on_change(delta)`` after every reservation and free (the reserved-bytes gauge);
-        ``on_refusal(reason)`` when a reservation is refused ("memory_limit", "shm_full")."""
+        ``on_refusal(reason)`` when a reservation is refused ("memory_limit", "shm_full");
+        ``call_later``: a timer to unmap empty chunks with (none: unmap them at once)."""
         self.name = name
         self.ring_bytes = ring_bytes
         self.slots = SlotTable(MAX_HEADER_BYTES + ring_bytes)
@@ -97,6 +138,11 @@ class Arena:
         #: The owner's handle on each live ring, by slot, and the bytes reserved from its start.
         self._rings: dict[int, RingSegment] = {}
         self._reserved: dict[int, int] = {}
+        self.chunk_slots = max(1, min(CHUNK_SLOTS, CHUNK_MAX_BYTES // self.slots.slot_bytes))
+        #: The mapped chunks, by index (slot // chunk_slots).
+        self._chunks: dict[int, _Chunk] = {}
+        self.call_later = call_later
+        self._unmap_pending = False
         self._fd: int | None = None
         self._size = 0
 
@@ -111,56 +157,73 @@ class Arena:
         return self._fd
 
     def create_ring(self, relay_id: int, *, n_readers: int, capacity: int, window: int) -> RingSegment:
-        """Reserve and map a ring of ``capacity`` bytes (it may grow to ``ring_bytes``);
-        the owner's handle on it.
+        """Reserve a ring of ``capacity`` bytes (it may grow to ``ring_bytes``) in its chunk's
+        mapping; the owner's handle on it.
 
         Raises:
             RingMemoryFull: the budget is spent or ``/dev/shm`` is full; nothing is reserved.
-            ValueError: a shape that breaks a ring invariant (a bug in the caller).
+            ValueError: a shape that breaks a ring invariant (a bug in the caller); nothing
+                is reserved.
         """
+        ring_bytes = self.ring_bytes
+        check_shape(capacity=capacity, max_capacity=ring_bytes, n_readers=n_readers, window=window)
         header = data_offset(n_readers)
         size = header + capacity
         if not self.budget.take(size):
             self.on_refusal("memory_limit")
             raise RingMemoryFull("memory_limit")
         slot = self.slots.take()
+        index, within = divmod(slot, self.chunk_slots)
         offset = self.slots.offset(slot)
-        length = header + self.ring_bytes
+        chunk = self._chunks.get(index)
         try:
             fd = self._file()
-            if self.slots.extent > self._size:  # a hole: no memory, and room for every slot
-                os.ftruncate(fd, self.slots.extent)
-                self._size = self.slots.extent
+            if chunk is None:
+                chunk = self._map_chunk(fd, index)
             os.posix_fallocate(fd, offset, size)
-            mm = mmap.mmap(fd, length, offset=offset)
         except OSError as exc:
             self.budget.give(size)
             self.slots.give(slot)
+            if chunk is not None and not chunk.live:
+                del self._chunks[index]
+                chunk.unmap()
             log.warning("cannot reserve a ring in %s: %s", self.name, exc)
             self.on_refusal("shm_full")
             raise RingMemoryFull("shm_full") from exc
-        region = mapping.adopt_region(mapping.ring_name(self.name, relay_id, offset, length), mm)
-        try:
-            with memoryview(mm) as buf:
-                init_header(
-                    buf,
-                    capacity=capacity,
-                    max_capacity=self.ring_bytes,
-                    n_readers=n_readers,
-                    window=window,
-                    relay_id=relay_id,
-                )
-        except ValueError:
-            mm.madvise(mmap.MADV_REMOVE, 0, size)
-            mapping.close_region(region)
-            self.budget.give(size)
-            self.slots.give(slot)
-            raise
+        chunk.live += 1
+        base = within * self.slots.slot_bytes
+        region = mapping.adopt_region(
+            mapping.ring_name(self.name, relay_id, offset, header + ring_bytes),
+            chunk.mm,
+            file=self.name,
+            relay_id=relay_id,
+            offset=offset,
+            base=base,
+            own_mapping=False,
+        )
+        views = region.views = views_at(chunk.buf, base, n_readers=n_readers, max_capacity=ring_bytes)
+        write_header(
+            views[0], capacity=capacity, max_capacity=ring_bytes, n_readers=n_readers, window=window, relay_id=relay_id
+        )
         ring = RingSegment(region, owned=True)
         self._rings[slot] = ring
         self._reserved[slot] = size
         self.on_change(size)
         return ring
+
+    def _map_chunk(self, fd: int, index: int) -> _Chunk:
+        """Map chunk ``index``, the file extended to cover it first (a hole: no memory).
+
+        Raises:
+            OSError: the kernel refuses the mapping.
+        """
+        length = self.chunk_slots * self.slots.slot_bytes
+        start = index * length
+        if start + length > self._size:
+            os.ftruncate(fd, start + length)
+            self._size = start + length
+        chunk = self._chunks[index] = _Chunk(mmap.mmap(fd, length, offset=start))
+        return chunk
 
     def grow(self, ring_offset: int, start: int, end: int) -> bool:
         """Reserve bytes ``[start, end)`` of the ring at ``ring_offset`` (a ``mapping.Grower``);
@@ -177,7 +240,7 @@ class Arena:
             os.posix_fallocate(self._file(), ring_offset + start, size)
         except OSError as exc:
             self.budget.give(size)
-            self._rings[slot].region.mm.madvise(mmap.MADV_REMOVE, start, size)  # what was allocated, if anything
+            self._rings[slot].region.madvise(mmap.MADV_REMOVE, start, size)  # what was allocated, if anything
             log.warning("cannot grow a ring in %s: %s", self.name, exc)
             self.on_refusal("shm_full")
             return False
@@ -197,7 +260,7 @@ class Arena:
         if not _populate_works:
             return
         try:
-            ring.region.mm.madvise(MADV_POPULATE_WRITE, start, size)
+            ring.region.madvise(MADV_POPULATE_WRITE, start, size)
         except OSError:
             _populate_works = False
 
@@ -209,11 +272,27 @@ class Arena:
             raise ValueError(f"{ring.name!r} is not a live ring of {self.name}")
         size = self._reserved.pop(slot)
         del self._rings[slot]
-        ring.region.mm.madvise(mmap.MADV_REMOVE, 0, size)
+        ring.region.madvise(mmap.MADV_REMOVE, 0, size)
         ring.close()
         self.budget.give(size)
         self.slots.give(slot)
         self.on_change(-size)
+        index = slot // self.chunk_slots
+        chunk = self._chunks[index]
+        chunk.live -= 1
+        if not chunk.live:
+            if self.call_later is None:
+                del self._chunks[index]
+                chunk.unmap()
+            elif not self._unmap_pending:
+                self.call_later(UNMAP_DELAY_S, self.unmap_empty)
+                self._unmap_pending = True
+
+    def unmap_empty(self) -> None:
+        """Unmap every chunk that holds no ring (the timer's callback; see "Map" above)."""
+        self._unmap_pending = False
+        for index in [index for index, chunk in self._chunks.items() if not chunk.live]:
+            self._chunks.pop(index).unmap()
 
     @property
     def reserved(self) -> int:
@@ -229,6 +308,9 @@ class Arena:
         for ring in self._rings.values():
             ring.close()
         self._rings.clear()
+        for chunk in self._chunks.values():
+            chunk.unmap()
+        self._chunks.clear()
         if self._fd is not None:
             mapping.unregister_grower(self.name)
             try:

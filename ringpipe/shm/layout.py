@@ -21,8 +21,8 @@ producer's latest latency sample, "the bytes before ``stamp_seq`` were in the ri
 pairs a new sequence with an old time); ``framing[i]`` is what reader *i* is served as (for
 the transfer's log line).
 
-Nothing here touches shared memory but ``init_header``, which writes a fresh header into
-pages its caller has reserved, and ``ring_views``, which reads one.
+Nothing here touches shared memory but ``write_header`` (``init_header``), which writes a
+fresh header into pages its caller has reserved, and ``ring_views``, which reads one.
 """
 
 from __future__ import annotations
@@ -47,10 +47,13 @@ __all__ = [
     "WATCHER_WORKERS",
     "ReaderStatus",
     "RingState",
+    "check_shape",
     "data_offset",
     "init_header",
     "ring_views",
     "segment_bytes",
+    "views_at",
+    "write_header",
 ]
 
 MAGIC: Final = int.from_bytes(b"RPRING02", "little")
@@ -96,9 +99,16 @@ def _round_up(value: int, multiple: int) -> int:
     return -(-value // multiple) * multiple
 
 
+def _header_bytes(n_readers: int) -> int:
+    return _round_up(64 * (2 + n_readers) + 2 * WATCHER_WORKERS, PAGE)
+
+
+_HEADER_BYTES: Final = tuple(_header_bytes(n) for n in range(257))
+
+
 def data_offset(n_readers: int) -> int:
     """Bytes of a ring's header (page-aligned) for ``n_readers`` reader slots."""
-    return _round_up(64 * (2 + n_readers) + 2 * WATCHER_WORKERS, PAGE)
+    return _HEADER_BYTES[n_readers] if 0 <= n_readers <= 256 else _header_bytes(n_readers)
 
 
 #: The largest header (256 readers): an arena slot fits it plus the largest ring.
@@ -110,29 +120,42 @@ def segment_bytes(capacity: int, n_readers: int) -> int:
     return data_offset(n_readers) + capacity
 
 
-def init_header(
-    buf: memoryview, *, capacity: int, max_capacity: int, n_readers: int, window: int, relay_id: int
-) -> None:
-    """Write a fresh ring's header into ``buf`` (reserved, zeroed pages).
-
-    Raises:
-        ValueError: a shape that breaks an invariant (capacities powers of two, capacity <=
-            max_capacity, 1 <= n_readers <= 256, window <= max_capacity / 2).
-    """
-    for value in (capacity, max_capacity):
-        if value <= 0 or value & (value - 1):
-            raise ValueError(f"ring capacity must be a power of two, got {value}")
+def check_shape(*, capacity: int, max_capacity: int, n_readers: int, window: int) -> None:
+    """Raise ``ValueError`` for a ring shape that breaks an invariant: capacities powers of
+    two, capacity <= max_capacity, 1 <= n_readers <= 256, window <= max_capacity / 2."""
+    if capacity <= 0 or capacity & (capacity - 1) or max_capacity <= 0 or max_capacity & (max_capacity - 1):
+        raise ValueError(f"ring capacity must be a power of two, got {capacity}/{max_capacity}")
     if capacity > max_capacity or not 1 <= n_readers <= 256 or not 0 <= window <= max_capacity // 2:
         raise ValueError(f"bad ring shape: capacity={capacity}/{max_capacity}, n_readers={n_readers}, window={window}")
-    with buf.cast("Q") as words:
-        words[W_CAPACITY] = capacity
-        words[W_MAX_CAPACITY] = max_capacity
-        words[W_READERS] = n_readers
-        words[W_DATA] = data_offset(n_readers)
-        words[W_WINDOW] = window
-        words[W_RELAY] = relay_id
-        words[W_CREATED_NS] = time.monotonic_ns()
-        words[W_MAGIC] = MAGIC  # last: a half-built header never looks valid
+
+
+def write_header(
+    words: memoryview, *, capacity: int, max_capacity: int, n_readers: int, window: int, relay_id: int
+) -> None:
+    """Write a fresh ring's header into ``words`` (its uint64 view, on reserved, zeroed pages)
+    for a shape ``check_shape`` passed."""
+    words[W_CAPACITY] = capacity
+    words[W_MAX_CAPACITY] = max_capacity
+    words[W_READERS] = n_readers
+    words[W_DATA] = data_offset(n_readers)
+    words[W_WINDOW] = window
+    words[W_RELAY] = relay_id
+    words[W_CREATED_NS] = time.monotonic_ns()
+    words[W_MAGIC] = MAGIC  # last: a half-built header never looks valid
+
+
+def init_header(
+    words: memoryview, *, capacity: int, max_capacity: int, n_readers: int, window: int, relay_id: int
+) -> None:
+    """``check_shape``, then ``write_header``.
+
+    Raises:
+        ValueError: a shape that breaks an invariant (``check_shape``).
+    """
+    check_shape(capacity=capacity, max_capacity=max_capacity, n_readers=n_readers, window=window)
+    write_header(
+        words, capacity=capacity, max_capacity=max_capacity, n_readers=n_readers, window=window, relay_id=relay_id
+    )
 
 
 #: What a closed ring handle's ``words`` becomes: any use raises ``ValueError``, as the
@@ -141,22 +164,28 @@ RELEASED_VIEW: Final = memoryview(b"")
 RELEASED_VIEW.release()
 
 
-def ring_views(mm: mmap.mmap) -> tuple[memoryview, ...]:
-    """``(buf, header words, data, watch flags, users)`` on a mapped ring: made once per
-    mapping and shared by its handles (each view costs ~0.2 KiB, and the owner's worker
-    holds up to three handles per pipe). A header without the magic gets ``(buf, words)``
-    of its first line only, for its caller to see that and give up."""
-    buf = memoryview(mm)
-    head = buf[:64].cast("Q")
-    if head[W_MAGIC] != MAGIC:
-        return buf, head
-    data_at, capacity, n_readers = int(head[W_DATA]), int(head[W_MAX_CAPACITY]), int(head[W_READERS])
-    head.release()
-    flags_at = 64 * (2 + n_readers)
+def views_at(buf: memoryview, base: int, *, n_readers: int, max_capacity: int) -> tuple[memoryview, ...]:
+    """``(header words, data, watch flags, users)`` of the ring of that shape at ``buf[base:]``:
+    made once per mapping and shared by its handles (each view costs ~0.2 KiB, and the
+    owner's worker holds up to three handles per pipe)."""
+    data_at = base + data_offset(n_readers)
+    flags_at = base + 64 * (2 + n_readers)
+    users_at = flags_at + WATCHER_WORKERS
     return (
-        buf,
-        buf[:data_at].cast("Q"),
-        buf[data_at : data_at + capacity],
-        buf[flags_at : flags_at + WATCHER_WORKERS],
-        buf[flags_at + WATCHER_WORKERS : flags_at + 2 * WATCHER_WORKERS],
+        buf[base:data_at].cast("Q"),
+        buf[data_at : data_at + max_capacity],
+        buf[flags_at:users_at],
+        buf[users_at : users_at + WATCHER_WORKERS],
     )
+
+
+def ring_views(mm: mmap.mmap) -> tuple[memoryview, ...]:
+    """``views_at`` a mapped ring, its shape read from its header. A header without the magic
+    gets ``(words,)`` of its first line only, for its caller to see that and give up."""
+    with memoryview(mm) as buf:
+        head = buf[:64].cast("Q")
+        if head[W_MAGIC] != MAGIC:
+            return (head,)
+        n_readers, capacity = int(head[W_READERS]), int(head[W_MAX_CAPACITY])
+        head.release()
+        return views_at(buf, 0, n_readers=n_readers, max_capacity=capacity)

@@ -13,8 +13,10 @@ byte offset in the arena and the bytes to map: header plus largest capacity). A 
 
 Regions. A process maps a ring once, however many handles it opens on it (an owner that is
 also the producer and a reader of its pipe maps it once): ``open_region`` and
-``close_region`` count the handles, and the last close unmaps. The handles share one set of
-views on the mapping (``Region.views``, made by the first, released with the mapping), so a
+``close_region`` count the handles, and the last close unmaps. The owner's rings are views
+into its arena's mapping of a chunk of slots (``adopt_region``, ``Region.base``; the arena
+unmaps the chunk); a party elsewhere maps just its ring's slot. The handles share one set
+of views on the ring (``Region.views``, made by the first, released by the last), so a
 ring costs its views once per process, not once per handle. ``Region.parties`` counts the
 handles of parties (not the owner's own), which is what the ring's *users* byte for this
 worker says to the owner (``segment.RingSegment``).
@@ -137,21 +139,32 @@ def sweep_orphans() -> list[str]:
 
 
 class Region:
-    """One ring's bytes mapped in this process."""
+    """One ring's bytes mapped in this process: ``mm[base:]`` (a mapping of its own at base 0,
+    or its owner's mapping of a chunk of slots, ``shm/arena.py``)."""
 
-    __slots__ = ("file", "handles", "mm", "name", "offset", "parties", "relay_id", "views")
+    __slots__ = ("base", "file", "handles", "mm", "name", "offset", "own_mapping", "parties", "relay_id", "views")
 
-    def __init__(self, name: str, mm: mmap.mmap) -> None:
+    def __init__(
+        self, name: str, mm: mmap.mmap, *, file: str, relay_id: int, offset: int, base: int, own_mapping: bool
+    ) -> None:
         self.name = name
-        self.file, self.relay_id, self.offset, _length = parse_ring_name(name)
+        self.file, self.relay_id, self.offset = file, relay_id, offset
         self.mm = mm
+        #: Where the ring starts in ``mm``; ``offset`` is where it starts in its file.
+        self.base = base
+        #: Whether the last ``close_region`` unmaps ``mm`` (else it is the arena's to unmap).
+        self.own_mapping = own_mapping
         #: Open handles on the ring in this process (the mapping goes with the last).
         self.handles = 0
         #: Of those, the handles of parties (producer, readers, watchers).
         self.parties = 0
-        #: Views on ``mm`` its handles share (``segment.RingSegment``); released by the last
-        #: ``close_region``, before the unmap.
+        #: Views on the ring its handles share (``layout.ring_views``: header words, data,
+        #: watch flags, users); released by the last ``close_region``.
         self.views: tuple[memoryview, ...] | None = None
+
+    def madvise(self, option: int, start: int, length: int) -> None:
+        """``madvise`` bytes ``[start, start + length)`` of the ring (page-aligned)."""
+        self.mm.madvise(option, self.base + start, length)
 
 
 _regions: dict[str, Region] = {}
@@ -166,7 +179,7 @@ def open_region(name: str) -> Region:
     """
     region = _regions.get(name)
     if region is None:
-        file, _relay_id, offset, length = parse_ring_name(name)
+        file, relay_id, offset, length = parse_ring_name(name)
         fd = os.open(os.path.join(SHM_DIR, file), os.O_RDWR | os.O_CLOEXEC)
         try:
             mm = mmap.mmap(fd, length or os.fstat(fd).st_size, offset=offset)
@@ -174,27 +187,36 @@ def open_region(name: str) -> Region:
             raise FileNotFoundError(f"no ring at {name!r}") from None
         finally:
             os.close(fd)
-        region = _regions[name] = Region(name, mm)
+        region = _regions[name] = Region(
+            name, mm, file=file, relay_id=relay_id, offset=offset, base=0, own_mapping=True
+        )
     region.handles += 1
     return region
 
 
-def adopt_region(name: str, mm: mmap.mmap) -> Region:
-    """Register a mapping the ring's owner made (``shm/arena.py``); its first handle.
+def adopt_region(
+    name: str, mm: mmap.mmap, *, file: str, relay_id: int = 0, offset: int = 0, base: int = 0, own_mapping: bool = True
+) -> Region:
+    """Register a ring its owner just made (``shm/arena.py``, ``RingSegment.create``): at
+    ``mm[base:]``, file offset ``offset``; its first handle. ``own_mapping``: the last
+    ``close_region`` unmaps ``mm`` (a ring file of its own), else ``mm`` is the caller's.
 
     Raises:
         ValueError: a ring of that name is mapped already (a bug: names are unique while live).
     """
     if name in _regions:
         raise ValueError(f"ring {name!r} is mapped already")
-    region = _regions[name] = Region(name, mm)
+    region = _regions[name] = Region(
+        name, mm, file=file, relay_id=relay_id, offset=offset, base=base, own_mapping=own_mapping
+    )
     region.handles = 1
     return region
 
 
 def close_region(region: Region) -> None:
-    """One handle fewer; the last one unmaps (or leaves it to the garbage collector while a
-    view lent to the event loop is still alive: nothing touches it any more)."""
+    """One handle fewer; the last one releases the views and unmaps a mapping of its own (or
+    leaves that to the garbage collector while a view lent to the event loop is still alive:
+    nothing touches it any more)."""
     region.handles -= 1
     if region.handles == 0:
         if _regions.get(region.name) is region:
@@ -202,10 +224,11 @@ def close_region(region: Region) -> None:
         views, region.views = region.views, None
         for view in views or ():
             view.release()
-        try:
-            region.mm.close()
-        except BufferError:
-            pass
+        if region.own_mapping:
+            try:
+                region.mm.close()
+            except BufferError:
+                pass
 
 
 def register_grower(file: str, grower: Grower) -> None:

@@ -84,10 +84,12 @@ from ringpipe.shm.layout import (
     WATCHER_WORKERS,
     ReaderStatus,
     RingState,
+    check_shape,
     data_offset,
-    init_header,
     ring_views,
     segment_bytes,
+    views_at,
+    write_header,
 )
 from ringpipe.shm.mapping import segment_name, segment_prefix, sweep, sweep_orphans
 
@@ -140,7 +142,7 @@ class RingSegment:
         views = region.views
         if views is None:  # the first handle in this process; later ones share its views
             views = region.views = ring_views(region.mm)
-        words = views[1]
+        words = views[0]
         if words[W_MAGIC] != MAGIC or (region.relay_id and words[W_RELAY] != region.relay_id):
             mapping.close_region(region)
             raise FileNotFoundError(f"{region.name!r} holds no ring (any more)")
@@ -151,9 +153,9 @@ class RingSegment:
         #: The header as uint64 words: a plain attribute, as the relay loads and stores a few of
         #: them per token. ``close`` swaps in a released view, so any use after that raises ``ValueError``.
         self.words: memoryview = words
-        self._data: memoryview | None = views[2]
-        self._watch_flags: memoryview | None = views[3]
-        self._users: memoryview | None = views[4]
+        self._data: memoryview | None = views[1]
+        self._watch_flags: memoryview | None = views[2]
+        self._users: memoryview | None = views[3]
         self._grower = mapping.grower_of(region)
         self._cached_slowest = 0
         if not owned:
@@ -166,7 +168,12 @@ class RingSegment:
     @classmethod
     def create(cls, name: str, capacity: int, n_readers: int, window: int = 0) -> RingSegment:
         """Create a ring in a file of its own (tests, tools; workers use ``arena.Arena``).
-        ``window``: replay bytes kept after every reader read them (<= capacity/2)."""
+        ``window``: replay bytes kept after every reader read them (<= capacity/2).
+
+        Raises:
+            ValueError: a shape that breaks a ring invariant (``layout.check_shape``).
+        """
+        check_shape(capacity=capacity, max_capacity=capacity, n_readers=n_readers, window=window)
         size = data_offset(n_readers) + capacity
         fd = os.open(os.path.join(mapping.SHM_DIR, name), os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
@@ -178,17 +185,12 @@ class RingSegment:
             raise
         finally:
             os.close(fd)
-        region = mapping.adopt_region(name, mm)
+        region = mapping.adopt_region(name, mm, file=name)
         with memoryview(mm) as buf:
-            try:
-                init_header(
-                    buf, capacity=capacity, max_capacity=capacity, n_readers=n_readers, window=window, relay_id=0
-                )
-            except ValueError:
-                buf.release()
-                mapping.close_region(region)
-                os.unlink(os.path.join(mapping.SHM_DIR, name))
-                raise
+            region.views = views_at(buf, 0, n_readers=n_readers, max_capacity=capacity)
+        write_header(
+            region.views[0], capacity=capacity, max_capacity=capacity, n_readers=n_readers, window=window, relay_id=0
+        )
         return cls(region, owned=True)
 
     @classmethod

@@ -6,8 +6,10 @@ from __future__ import annotations
 import errno
 import os
 import random
+import subprocess
+import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -230,6 +232,147 @@ def test_a_refused_growth_shrinks_a_window_the_ring_cannot_hold(arena: Arena) ->
     for handle in (writer, reader):
         handle.close()
     arena.free(ring)
+
+
+def arena_mappings(arena: Arena) -> int:
+    """Mappings of the arena's file in this process (``/proc/self/maps``)."""
+    with open("/proc/self/maps") as maps:
+        return sum(1 for line in maps if line.rstrip().endswith(arena.path))
+
+
+def test_rings_share_a_mapping_per_chunk_and_its_last_free_unmaps_it(arena: Arena) -> None:
+    """The owner maps a chunk of slots once; each ring is its own bytes in it, freeing one
+    gives its pages back, and freeing a chunk's last ring unmaps the chunk."""
+    arena.chunk_slots = 2
+    rings = [arena.create_ring(i + 1, n_readers=1, capacity=PAGE, window=0) for i in range(5)]
+    assert arena_mappings(arena) == 3 and held(arena) == 5 * (HEADER + PAGE)
+    assert [r.region.offset for r in rings] == [i * arena.slots.slot_bytes for i in range(5)]
+    assert [r.relay_id for r in rings] == [1, 2, 3, 4, 5]
+    writers = [segment.RingSegment.attach(r.name) for r in rings]
+    for i, writer in enumerate(writers):
+        assert writer.write_nowait(bytes([i + 1]) * 3000) == 3000
+    for i, writer in enumerate(writers):
+        assert read_nowait(writer, 0, PAGE) == bytes([i + 1]) * 3000
+        writer.close()
+    arena.free(rings[4])
+    assert (arena_mappings(arena), held(arena)) == (2, 4 * (HEADER + PAGE))
+    arena.free(rings[2])
+    assert (arena_mappings(arena), held(arena)) == (2, 3 * (HEADER + PAGE))  # ring 4 keeps chunk 1
+    arena.free(rings[3])
+    assert (arena_mappings(arena), held(arena)) == (1, 2 * (HEADER + PAGE))
+    again = arena.create_ring(9, n_readers=1, capacity=PAGE, window=0)
+    assert again.region.offset == 2 * arena.slots.slot_bytes and arena_mappings(arena) == 2
+    with pytest.raises(WouldBlock):
+        read_nowait(again, 0, PAGE)  # a fresh ring in a reused slot: nothing published
+    assert again.write_seq == 0 and again.state == 0 and again.relay_id == 9
+    for ring in (*rings[:2], again):
+        arena.free(ring)
+    assert (arena.reserved, held(arena), arena_mappings(arena), mapping.mapped()) == (0, 0, 0, 0)
+
+
+def test_with_a_timer_an_empty_chunk_stays_mapped_until_it_fires(arena: Arena) -> None:
+    """Pipes one at a time reuse the chunk's mapping; the timer unmaps it once it is empty,
+    and a chunk that got a ring again meanwhile stays."""
+    timers: list[tuple[float, Callable[[], None]]] = []
+    arena.call_later = lambda delay, callback: timers.append((delay, callback))
+    arena.chunk_slots = 2
+    for relay_id in (1, 2, 3):
+        arena.free(arena.create_ring(relay_id, n_readers=1, capacity=PAGE, window=0))
+    assert [delay for delay, _ in timers] == [arena_module.UNMAP_DELAY_S]  # one timer at a time
+    assert (arena_mappings(arena), held(arena)) == (1, 0)  # mapped, holding nothing
+    rings = [arena.create_ring(relay_id, n_readers=1, capacity=PAGE, window=0) for relay_id in (4, 5, 6)]
+    arena.free(rings[2])  # chunk 1 is empty now, chunk 0 is not
+    timers.pop()[1]()
+    assert (arena_mappings(arena), held(arena)) == (1, 2 * (HEADER + PAGE))
+    arena.free(rings[0])
+    arena.free(rings[1])
+    assert len(timers) == 1 and arena_mappings(arena) == 1
+    timers.pop()[1]()
+    assert (arena_mappings(arena), held(arena), mapping.mapped()) == (0, 0, 0)
+
+
+_CHILD_WRITER = """
+import sys
+from ringpipe.shm import segment
+ring = segment.RingSegment.attach(sys.argv[1])
+assert ring.region.own_mapping and ring.region.base == 0 and len(ring.region.mm) == int(sys.argv[2])
+assert ring.write_nowait(b"from another process") == 20
+ring.finish_writing()
+ring.close()
+"""
+
+
+def test_a_party_in_another_process_maps_just_its_ring_by_name(arena: Arena) -> None:
+    """A ring in a later chunk, written by a process that maps only that ring's slot."""
+    arena.chunk_slots = 2
+    rings = [arena.create_ring(i + 1, n_readers=1, capacity=PAGE, window=0) for i in range(3)]
+    length = HEADER + arena.ring_bytes
+    subprocess.run([sys.executable, "-c", _CHILD_WRITER, rings[2].name, str(length)], check=True, timeout=60)
+    assert read_nowait(rings[2], 0, PAGE) == b"from another process"
+    assert read_nowait(rings[2], 0, PAGE) == b""  # the end the child published
+    assert not rings[2].has_users()  # its users byte went with its handle
+    with pytest.raises(WouldBlock):
+        read_nowait(rings[1], 0, PAGE)  # its neighbour saw nothing of it
+    for ring in rings:
+        arena.free(ring)
+    assert held(arena) == 0 and arena_mappings(arena) == 0
+
+
+class ArenaChunksModel(RuleBasedStateMachine):
+    """Rings come and go in an arena of small chunks: the file holds exactly the live rings'
+    headers and capacities, each ring keeps its own header, and the process maps exactly
+    the chunks that hold a live ring."""
+
+    @initialize(chunk_slots=st.integers(1, 4))
+    def setup(self, chunk_slots: int) -> None:
+        self.arena = Arena(
+            f"ringpipe-test-{os.getpid()}-{uuid.uuid4().hex[:8]}-arena", ring_bytes=1 << 14, budget=1 << 20
+        )
+        self.arena.chunk_slots = chunk_slots
+        self.live: dict[int, tuple[segment.RingSegment, int]] = {}
+        self.next_relay = 1
+
+    def teardown(self) -> None:
+        arena = getattr(self, "arena", None)
+        if arena is None:
+            return
+        for ring, _size in self.live.values():
+            arena.free(ring)
+        if os.path.exists(arena.path):  # made at the first ring
+            assert os.stat(arena.path).st_blocks == 0
+        assert arena_mappings(arena) == 0 and mapping.mapped() == 0
+        arena.close()
+
+    @precondition(lambda self: len(self.live) < 12)
+    @rule(capacity=st.sampled_from([PAGE, 2 * PAGE, 1 << 14]), n_readers=st.integers(1, 3))
+    def create(self, capacity: int, n_readers: int) -> None:
+        ring = self.arena.create_ring(self.next_relay, n_readers=n_readers, capacity=capacity, window=0)
+        self.live[self.next_relay] = (ring, data_offset(n_readers) + capacity)
+        self.next_relay += 1
+
+    @precondition(lambda self: self.live)
+    @rule(pick=st.integers(0, 100))
+    def free(self, pick: int) -> None:
+        relay = sorted(self.live)[pick % len(self.live)]
+        ring, _size = self.live.pop(relay)
+        self.arena.free(ring)
+
+    @invariant()
+    def the_file_holds_the_live_rings_and_the_process_maps_their_chunks(self) -> None:
+        reserved = sum(size for _ring, size in self.live.values())
+        assert self.arena.reserved == reserved
+        if os.path.exists(self.arena.path):
+            assert os.stat(self.arena.path).st_blocks * 512 == reserved
+        slot_bytes, chunk_slots = self.arena.slots.slot_bytes, self.arena.chunk_slots
+        chunks = {ring.region.offset // slot_bytes // chunk_slots for ring, _size in self.live.values()}
+        assert arena_mappings(self.arena) == len(chunks)
+        assert all(ring.relay_id == relay for relay, (ring, _size) in self.live.items())
+
+
+TestArenaChunks = ArenaChunksModel.TestCase
+TestArenaChunks.settings = settings(
+    max_examples=40, stateful_step_count=40, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow]
+)
 
 
 # -- a growing ring against a model: bytes, capacity, reservation -------------------------------
