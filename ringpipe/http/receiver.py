@@ -194,8 +194,9 @@ class ReceiverEndpoint:
                 consumer.leave(segment.DETACHED)
             self.node.leave(party, completed=completed)
             consumer.close()
-            with anyio.CancelScope(shield=True), anyio.move_on_after(FINISH_TIMEOUT_S):
-                await reader.finish(completed, ending)  # a stalled client must not hold us
+            if reader.finish_needed(completed):
+                with anyio.CancelScope(shield=True), anyio.move_on_after(FINISH_TIMEOUT_S):
+                    await reader.finish(completed, ending)  # a stalled client must not hold us
 
 
 @dataclass(frozen=True, slots=True)

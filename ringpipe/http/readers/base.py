@@ -144,6 +144,12 @@ class Reader(abc.ABC):
         saying ``ending`` (``errors.ENDINGS``; None: unknown, told as aborted) where the
         framing can."""
 
+    def finish_needed(self, completed: bool) -> bool:
+        """Whether ``finish(completed)`` would do anything; when not, the receiver skips the
+        cancel scopes and the timer that bound it (two scopes and a timer per receiver)."""
+        del completed
+        return True
+
     async def cancelled_while_waiting(self, message: str) -> None:
         """The pipe was cancelled before its transfer started: the cancelled ending (the
         framings that only have their head to go, WebSocket; see the module docstring)."""

@@ -102,8 +102,11 @@ class HttpReader(Reader):
             await self.send({"type": "http.response.body", "body": b"", "more_body": False})
         return completed
 
+    def finish_needed(self, completed: bool) -> bool:
+        return not completed and not self.conn.lost.is_set()
+
     async def finish(self, completed: bool, ending: str | None = None) -> None:
-        if not completed and not self.conn.lost.is_set():
+        if HttpReader.finish_needed(self, completed):
             await self.conn.close()
 
 
