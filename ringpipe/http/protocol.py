@@ -238,7 +238,7 @@ class RingpipeHttpProtocol(HttpToolsProtocol):
         if self._running is not None and not self._running.response_complete:
             return False
         worker = handoff.target(data[:end])
-        if worker is None or not handoff.send(worker, conn.fileno(), data):
+        if worker is None or not handoff.send(worker, conn.fileno(), data, conn.family()):
             return False
         metrics.HANDOFFS.inc()
         self._cancel_head_timer()
