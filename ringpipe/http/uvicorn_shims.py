@@ -1,7 +1,8 @@
 """Stand-ins for pieces of uvicorn's httptools protocol: its queue of pipelined requests (a
 list, not a deque), the transport an HTTP/1.0 request's response cycle writes its head to (an
 ``HTTP/1.0`` status line), both swapped in by ``protocol.py``, a transport that gathers a
-few response messages into one write (``OneWrite``), and a connection's ``__dict__``
+few response messages into one write (``OneWrite``), or holds a response head back for the
+first body bytes (``HeldHead``), and a connection's ``__dict__``
 without what its class holds already (``share_worker_wide``, ``slim_dict``)."""
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from typing import Any, Final
 
 from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
 
-__all__ = ["WORKER_WIDE", "Http10StatusLine", "OneWrite", "Pipeline", "share_worker_wide", "slim_dict"]
+__all__ = ["WORKER_WIDE", "HeldHead", "Http10StatusLine", "OneWrite", "Pipeline", "share_worker_wide", "slim_dict"]
 
 
 #: uvicorn's per-connection attributes that hold the same object on every connection of a
@@ -164,3 +165,44 @@ class OneWrite:
         if cycle.transport is gathered:
             cycle.transport = real  # before the flush: the HTTP/1.0 shim hands over its own transport
         gathered.flush()
+
+
+class HeldHead:
+    """``with HeldHead(cycle):`` what ``cycle`` writes in the block (a response head) is held
+    back rather than written; ``take`` returns it, for the caller to write with the first
+    body bytes (one syscall and one wake-up of the client instead of two, the same bytes on
+    the wire) or alone. Invariant: the caller writes what it took before anything else
+    writes to the connection and before it next waits, so the head is never late. If the
+    block fails, what it held is written at its end, as it would have been. ``None``: no
+    cycle to hold for, writes go out as they come and ``take`` gives None.
+    """
+
+    __slots__ = ("_cycle", "_gathered", "_real")
+
+    def __init__(self, cycle: RequestResponseCycle | None) -> None:
+        self._cycle = cycle
+        self._real: asyncio.Transport | None = None
+        self._gathered: _Gathered | None = None
+
+    def __enter__(self) -> None:
+        cycle = self._cycle
+        if cycle is not None:
+            self._real = cycle.transport
+            self._gathered = cycle.transport = _Gathered(self._real)
+
+    def __exit__(self, exc_type: type[BaseException] | None, *exc_info: object) -> None:
+        cycle, gathered, real = self._cycle, self._gathered, self._real
+        if cycle is None or gathered is None or real is None:
+            return
+        if cycle.transport is gathered:
+            cycle.transport = real
+        if exc_type is not None:
+            gathered.flush()
+
+    def take(self) -> bytes | None:
+        """The bytes held (None: none); the caller now owes their write."""
+        gathered = self._gathered
+        if gathered is None or not gathered.parts:
+            return None
+        data, gathered.parts = b"".join(gathered.parts), []
+        return data
