@@ -28,6 +28,7 @@ from ringpipe.core.access import AccessPolicy, Deny
 from ringpipe.core.cors import CorsPolicy
 from ringpipe.core.paths import RESERVED_PATHS, normalize_path
 from ringpipe.http.endpoints import PipeEndpoints
+from ringpipe.http.request_params import raw_header
 from ringpipe.http.responses import reject
 from ringpipe.http.websocket import refuse_websocket
 from ringpipe.ops import metrics
@@ -44,13 +45,6 @@ ALLOWED_HEADERS: Final = "Content-Type, Content-Disposition, X-Piping, Authoriza
 WWW_AUTHENTICATE: Final = b'Bearer realm="ringpipe"'
 #: A closing WebSocket handshake that the server cannot answer with an HTTP status: policy violation.
 WS_POLICY_VIOLATION: Final = 1008
-
-
-def _header(scope: Scope, name: bytes) -> bytes | None:
-    for key, value in scope["headers"]:
-        if key == name:
-            return value  # type: ignore[no-any-return]
-    return None
 
 
 class RingpipeApp:
@@ -78,7 +72,7 @@ class RingpipeApp:
         path = normalize_path(scope.get("raw_path") or scope["path"].encode("latin-1"))
         method = scope["method"]
         if self.cors.origins is not None:
-            send = self._cors_send(send, _header(scope, b"origin"))
+            send = self._cors_send(send, raw_header(scope, b"origin"))
         if self.access.enabled and not await self._admitted(scope, send, method, path):
             return
         if path in RESERVED_PATHS and method in ("GET", "HEAD"):
@@ -103,7 +97,7 @@ class RingpipeApp:
     # -- the gate --
 
     def _verdict(self, scope: Scope, method: str, path: str) -> Deny | None:
-        authorization = _header(scope, b"authorization")
+        authorization = raw_header(scope, b"authorization")
         verdict = self.access.decide(
             method,
             path,
@@ -157,7 +151,7 @@ class RingpipeApp:
         """
         path = normalize_path(scope.get("raw_path") or scope["path"].encode("latin-1"))
         denial: Deny | None = None
-        origin = _header(scope, b"origin")
+        origin = raw_header(scope, b"origin")
         if origin is not None and self.cors.origins is not None and self.cors.allow_origin(origin) is None:
             denial = Deny(403, "Origin not allowed.")
         elif self.access.enabled:
@@ -197,7 +191,7 @@ class RingpipeApp:
         return send_with_cors
 
     async def _preflight(self, scope: Scope, send: Send) -> None:
-        origin = _header(scope, b"origin")
+        origin = raw_header(scope, b"origin")
         if origin is not None and self.cors.allow_origin(origin) is None:
             log.info("preflight from a disallowed origin", extra={"origin": origin.decode("latin-1")})
             await reject(send, 403, "Origin not allowed.")

@@ -89,7 +89,9 @@ class Connection:
         "unframed",
     )
 
-    def __init__(self, transport: asyncio.Transport, protocol: HttpProtocol, *, tls: bool = False) -> None:
+    def __init__(
+        self, transport: asyncio.Transport, protocol: HttpProtocol, *, tls: bool = False, fd: int | None = None
+    ) -> None:
         self.transport = transport
         #: Weak: the protocol holds this connection (and the request scope does), so a strong
         #: link back made every finished connection a reference cycle that only a full pass
@@ -107,8 +109,8 @@ class Connection:
         self.drained = Flag(True)
         self.sink: BodySink | None = None
         self._when_lost: list[Callable[[], None]] = []
-        #: The socket's descriptor, looked up once (see ``fileno``).
-        self._fd: int | None = None
+        #: The socket's descriptor, looked up once (see ``fileno``) unless the caller knows it.
+        self._fd = fd
 
     @property
     def protocol(self) -> HttpProtocol:
@@ -154,6 +156,11 @@ class Connection:
             sock = self.transport.get_extra_info("socket")
             fd = self._fd = -1 if sock is None else int(sock.fileno())
         return fd
+
+    def family(self) -> int:
+        """The socket's address family (``socket.AF_INET``...), 0 when it has none."""
+        sock = self.transport.get_extra_info("socket")
+        return 0 if sock is None else int(sock.family)
 
     def write_raw(self, data: bytes) -> None:
         """Write bytes outside the ASGI response (``HTTP/1.1 100 Continue``)."""

@@ -21,6 +21,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
+import httptools
+
 from ringpipe.core.cors import CorsPolicy
 
 if TYPE_CHECKING:
@@ -28,9 +30,11 @@ if TYPE_CHECKING:
 
     from ringpipe.core.config import Settings
 
-__all__ = ["EdgeLimits", "LingeringClose", "rejection"]
+__all__ = ["EdgeLimits", "LingeringClose", "head_too_large", "malformed_reason", "rejection"]
 
 log = logging.getLogger("ringpipe.limits")
+#: ``malformed_reason`` logs as the HTTP protocol (``protocol.py``) that calls it.
+_protocol_log = logging.getLogger("ringpipe.connection")
 
 #: Seconds a refused connection is drained before it is closed.
 LINGER_S: Final = 2.0
@@ -143,3 +147,27 @@ class LingeringClose(asyncio.Protocol):
             self._timer.cancel()
             self._timer = None
         self._on_lost(exc)
+
+
+def head_too_large(limits: EdgeLimits) -> str:
+    """The 431 message: the request head passed ``limits.max_header_bytes``."""
+    return f"The request head is larger than {limits.max_header_bytes} bytes."
+
+
+def malformed_reason(exc: httptools.HttpParserError) -> str:
+    """What is wrong with a request, as the tail of a sentence ("invalid header token").
+
+    llhttp's own reason, or, when a callback failed, what made it fail: uvicorn's
+    ``on_headers_complete`` cannot parse an authority-form or empty target. Any other
+    failure in a callback is a bug of ours: logged with its traceback, still a 400.
+    """
+    if isinstance(exc, httptools.HttpParserCallbackError):
+        cause = exc.__context__
+        if isinstance(cause, httptools.HttpParserInvalidURLError):
+            return "the request target is not a path"
+        if isinstance(cause, UnicodeError):
+            return "the request target is not ASCII"
+        _protocol_log.error("an HTTP parser callback failed", exc_info=cause)
+        return "it could not be parsed"
+    text = str(exc).strip().rstrip(".") or "it could not be parsed"
+    return text[0].lower() + text[1:]

@@ -23,7 +23,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResp
 
 from ringpipe.core.chunked import BodyFraming
 from ringpipe.http.connection import EXTENSION, Connection
-from ringpipe.http.limits import TLS_HANDSHAKE, EdgeLimits, LingeringClose, rejection
+from ringpipe.http.limits import TLS_HANDSHAKE, EdgeLimits, LingeringClose, head_too_large, malformed_reason, rejection
 from ringpipe.http.rawbody import RawBody, raw_body_framing
 from ringpipe.http.tls import start_server_tls
 from ringpipe.http.uvicorn_shims import Http10StatusLine, Pipeline, share_worker_wide, slim_dict
@@ -89,6 +89,8 @@ class RingpipeHttpProtocol(HttpToolsProtocol):
     handoff: ClassVar[Handoff | None] = None
     #: Bytes a peer worker read from this connection before handing it here (``adopting``).
     _replay: bytes | None = None
+    #: Its descriptor (``adopting``): then uvloop need not make a socket object to tell it.
+    _adopted_fd: int | None = None
     #: The current request was handed here: it is served here, whoever owns its path.
     _adopted = False
 
@@ -128,10 +130,12 @@ class RingpipeHttpProtocol(HttpToolsProtocol):
         """This protocol with ``limits`` and ``handoff`` (uvicorn builds protocols from a class)."""
         return type(cls.__name__, (cls,), {"limits": limits, "handoff": handoff, "__doc__": cls.__doc__})
 
-    def adopting(self, replay: bytes) -> RingpipeHttpProtocol:
-        """Make this fresh protocol serve a connection another worker handed over, starting
-        with the ``replay`` bytes that worker had read (fed before anything new is read)."""
+    def adopting(self, replay: bytes, fd: int) -> RingpipeHttpProtocol:
+        """Make this fresh protocol serve a connection another worker handed over (socket
+        ``fd``), starting with the ``replay`` bytes that worker had read (fed before anything
+        new is read)."""
         self._replay = replay
+        self._adopted_fd = fd
         return self
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -155,7 +159,7 @@ class RingpipeHttpProtocol(HttpToolsProtocol):
         # "Paused" must mean "anything buffered": (0, 0) on a socket transport, which pauses
         # above the high mark; (1, 0) on the TLS transport, which pauses at it.
         transport.set_write_buffer_limits(high=1 if tls else 0, low=0)
-        self._rp_connection = Connection(transport, self, tls=tls)
+        self._rp_connection = Connection(transport, self, tls=tls, fd=self._adopted_fd)
         if tls:
             return
         limits = self.limits
@@ -238,7 +242,7 @@ class RingpipeHttpProtocol(HttpToolsProtocol):
         if self._running is not None and not self._running.response_complete:
             return False
         worker = handoff.target(data[:end])
-        if worker is None or not handoff.send(worker, conn.fileno(), data):
+        if worker is None or not handoff.send(worker, conn.fileno(), data, conn.family()):
             return False
         metrics.HANDOFFS.inc()
         self._cancel_head_timer()
@@ -270,7 +274,7 @@ class RingpipeHttpProtocol(HttpToolsProtocol):
             if refusal is not None:
                 self._refuse(refusal.status, refusal.message)
             else:
-                self._refuse(400, f"The request is malformed: {_problem(exc)}.")
+                self._refuse(400, f"The request is malformed: {malformed_reason(exc)}.")
 
     def handle_websocket_upgrade(self, rest: bytes = b"") -> None:
         """Hand the connection to the WebSocket protocol, with ``rest``, the bytes read after
@@ -314,7 +318,7 @@ class RingpipeHttpProtocol(HttpToolsProtocol):
         super().on_header(name, value)
         self._header_sum += len(name) + len(value) + 4
         if self._header_sum > self.limits.max_header_bytes:
-            self._refusal = _Refused(431, _head_message(self.limits))
+            self._refusal = _Refused(431, head_too_large(self.limits))
             raise self._refusal
 
     def _head_too_large(self, within_limit: bytes) -> None:
@@ -322,7 +326,7 @@ class RingpipeHttpProtocol(HttpToolsProtocol):
         if within_limit:
             self._feed(within_limit)  # the target may prove too long on the way (on_url: 414)
         if not self._refused:
-            self._refuse(431, _head_message(self.limits))
+            self._refuse(431, head_too_large(self.limits))
 
     def _arm_head_timer(self) -> None:
         timeout = self.limits.header_timeout
@@ -568,29 +572,6 @@ class RingpipeHttpProtocol(HttpToolsProtocol):
         super().resume_writing()
         if self._rp_connection is not None:
             self._rp_connection.drained.set()
-
-
-def _head_message(limits: EdgeLimits) -> str:
-    return f"The request head is larger than {limits.max_header_bytes} bytes."
-
-
-def _problem(exc: httptools.HttpParserError) -> str:
-    """What is wrong with a request, as the tail of a sentence ("invalid header token").
-
-    llhttp's own reason, or, when a callback failed, what made it fail: uvicorn's
-    ``on_headers_complete`` cannot parse an authority-form or empty target. Any other
-    failure in a callback is a bug of ours: logged with its traceback, still a 400.
-    """
-    if isinstance(exc, httptools.HttpParserCallbackError):
-        cause = exc.__context__
-        if isinstance(cause, httptools.HttpParserInvalidURLError):
-            return "the request target is not a path"
-        if isinstance(cause, UnicodeError):
-            return "the request target is not ASCII"
-        log.error("an HTTP parser callback failed", exc_info=cause)
-        return "it could not be parsed"
-    text = str(exc).strip().rstrip(".") or "it could not be parsed"
-    return text[0].lower() + text[1:]
 
 
 def _address(info: object) -> tuple[str, int] | None:

@@ -25,7 +25,7 @@ from starlette.types import Receive, Scope, Send
 from ringpipe.core.control_frames import Broken, Start
 from ringpipe.core.paths import query_param
 from ringpipe.core.rendezvous import Accepted, Cancelled, Reject, Role
-from ringpipe.http.readers.base import Reader, ReadOptions, ReadStart, read_options
+from ringpipe.http.readers.base import FRESH_START, Reader, ReadOptions, ReadStart, read_options
 from ringpipe.http.readers.encoded import NdjsonReader, SseReader
 from ringpipe.http.readers.raw import HttpReader
 from ringpipe.http.request_params import ResumePoint, can_resume, header, parse_n, read_key, resume_point, stall_ms
@@ -38,6 +38,8 @@ from ringpipe.shm import segment
 
 __all__ = ["ReceiverEndpoint"]
 
+#: The options of a reader refused for its options (it is answered in the plain form).
+_PLAIN: Final = ReadOptions()
 #: Longest we try to tell a reader how its transfer ended (a stalled client may never read it).
 FINISH_TIMEOUT_S: Final = 10.0
 
@@ -51,7 +53,7 @@ class ReceiverEndpoint:
     async def __call__(self, scope: Scope, receive: Receive, send: Send, path: str) -> None:
         """A receiver, a watcher (``?watch=1``) or a resuming receiver (an offset)."""
         options = read_options(scope)
-        reader = self._reader(scope, receive, send, options if isinstance(options, ReadOptions) else ReadOptions())
+        reader = self._reader(scope, receive, send, options if isinstance(options, ReadOptions) else _PLAIN)
         if isinstance(options, str):
             await reader.reject(400, options)
             return
@@ -165,13 +167,15 @@ class ReceiverEndpoint:
             metrics.reader_started(framing, consumer)
         completed = False
         try:
-            begin = ReadStart(
-                watcher=watcher,
-                resumed=plan.point is not None,
-                by_range=plan.point is not None and plan.point.by_range,
-                lost=lost,
-                aligned=plan.point is not None and bool(plan.point.epoch) and lost is None,
-            )
+            begin = FRESH_START
+            if watcher or plan.point is not None:
+                begin = ReadStart(
+                    watcher=watcher,
+                    resumed=plan.point is not None,
+                    by_range=plan.point is not None and plan.point.by_range,
+                    lost=lost,
+                    aligned=plan.point is not None and bool(plan.point.epoch) and lost is None,
+                )
             # Anything in the inbox during the transfer (Broken, Cancelled, Evicted, Hangup)
             # ends it; the ring then says which ending (``Consumer.ending``).
             with anyio.CancelScope() as ends:
@@ -194,8 +198,9 @@ class ReceiverEndpoint:
                 consumer.leave(segment.DETACHED)
             self.node.leave(party, completed=completed)
             consumer.close()
-            with anyio.CancelScope(shield=True), anyio.move_on_after(FINISH_TIMEOUT_S):
-                await reader.finish(completed, ending)  # a stalled client must not hold us
+            if reader.finish_needed(completed):
+                with anyio.CancelScope(shield=True), anyio.move_on_after(FINISH_TIMEOUT_S):
+                    await reader.finish(completed, ending)  # a stalled client must not hold us
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass
+from typing import Final
 
 from starlette.types import Scope
 
@@ -24,6 +25,7 @@ __all__ = [
     "can_resume",
     "header",
     "parse_n",
+    "raw_header",
     "read_key",
     "receiver_headers",
     "resume_point",
@@ -34,14 +36,32 @@ _RANGE = re.compile(r"^\s*bytes\s*=\s*(\d+)\s*-\s*$")
 _EVENT_ID = re.compile(r"^([0-9a-z]*)-(\d+)$")
 
 
+#: The scope key of the request's first header values by name (``_first_values``).
+_FIRST_VALUES: Final = "ringpipe.first_header_values"
+
+
 def _header_values(scope: Scope, name: bytes) -> list[str]:
     return [v.decode("latin-1") for k, v in scope["headers"] if k == name]
 
 
+def _first_values(scope: Scope) -> dict[bytes, bytes]:
+    """Each request header's first value by (lower-case) name, built once per request and kept
+    in its scope: a pipe request asks for a dozen headers, each once a scan of the list."""
+    first: dict[bytes, bytes] | None = scope.get(_FIRST_VALUES)
+    if first is None:  # in reverse, so that the first value of a repeated header wins
+        first = scope[_FIRST_VALUES] = dict(reversed(scope["headers"]))
+    return first
+
+
+def raw_header(scope: Scope, name: bytes) -> bytes | None:
+    """The first value of request header ``name`` (lower-case bytes) as sent, or None."""
+    return _first_values(scope).get(name)
+
+
 def header(scope: Scope, name: bytes) -> str | None:
     """The first value of request header ``name`` (lower-case bytes), or None."""
-    values = _header_values(scope, name)
-    return values[0] if values else None
+    value = _first_values(scope).get(name)
+    return None if value is None else value.decode("latin-1")
 
 
 def parse_n(scope: Scope, role: Role, max_receivers: int) -> int | str:

@@ -9,9 +9,8 @@ because chunk sizes and flow control matter here.
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import functools
 import logging
-from collections.abc import Iterator
 from typing import Final
 
 import anyio
@@ -33,7 +32,7 @@ from ringpipe.http.connection import EXTENSION, Connection
 from ringpipe.http.hangup import HangupWatcher
 from ringpipe.http.request_params import header, parse_n, read_key, receiver_headers, stall_ms
 from ringpipe.http.responses import OWNER_LOST, STREAM_HEADERS, TEXT_HEADERS, reject, worker_header
-from ringpipe.http.uvicorn_shims import one_write
+from ringpipe.http.uvicorn_shims import OneWrite
 from ringpipe.mesh.ingest import Ingest
 from ringpipe.mesh.relay import Producer
 from ringpipe.mesh.worker_pipes import Hangup, LocalParty, WorkerPipes
@@ -45,6 +44,16 @@ __all__ = ["SenderEndpoint", "SenderLog"]
 log = logging.getLogger("ringpipe.edge")
 
 CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+@functools.cache
+def _log_headers(worker: int) -> tuple[tuple[bytes, bytes], ...]:
+    """The head of worker ``worker``'s sender logs (immutable: every log of the worker shares it).
+
+    nosniff: browsers would otherwise hold a text/plain response back to sniff its type,
+    and a page showing the live log would see nothing until the upload ended.
+    """
+    return (*TEXT_HEADERS, *STREAM_HEADERS, (b"x-content-type-options", b"nosniff"), worker_header(worker))
 
 
 class SenderLog:
@@ -74,9 +83,7 @@ class SenderLog:
         self._send = send
         self._conn = conn
         self._http10 = http10
-        # nosniff: browsers would otherwise hold a text/plain response back to sniff its
-        # type, and a page showing the live log would see nothing until the upload ended.
-        self._headers = [*TEXT_HEADERS, *STREAM_HEADERS, (b"x-content-type-options", b"nosniff"), worker_header(worker)]
+        self._headers = _log_headers(worker)
         self._held: list[bytes] = []
         #: Late mode, head not yet sent: lines go to ``_held``.
         self._holding = late and not http10
@@ -87,15 +94,16 @@ class SenderLog:
         self.started = False
         self.ended = False
 
-    @contextlib.contextmanager
-    def _one_write(self) -> Iterator[None]:
-        """The response messages sent in the block go out as one write (``one_write``)."""
-        cycle = None
-        if self._conn is not None and not self._conn.lost.is_set():
-            with contextlib.suppress(ConnectionResetError):
-                cycle = self._conn.protocol.cycle
-        with one_write(cycle if cycle is not None and not cycle.response_started else None):
-            yield
+    def _one_write(self) -> OneWrite:
+        """The response messages sent in the ``with`` block go out as one write (``OneWrite``)."""
+        conn = self._conn
+        if conn is None or conn.lost.is_set():
+            return OneWrite(None)
+        try:
+            cycle = conn.protocol.cycle
+        except ConnectionResetError:
+            return OneWrite(None)
+        return OneWrite(cycle if cycle is not None and not cycle.response_started else None)
 
     async def start(self, *lines: str, more_coming: bool = False) -> None:
         """Commit to the log, opening with ``lines``.

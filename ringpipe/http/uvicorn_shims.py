@@ -1,19 +1,18 @@
 """Stand-ins for pieces of uvicorn's httptools protocol: its queue of pipelined requests (a
 list, not a deque), the transport an HTTP/1.0 request's response cycle writes its head to (an
 ``HTTP/1.0`` status line), both swapped in by ``protocol.py``, a transport that gathers a
-few response messages into one write (``one_write``), and a connection's ``__dict__``
+few response messages into one write (``OneWrite``), or holds a response head back for the
+first body bytes (``HeldHead``), and a connection's ``__dict__``
 without what its class holds already (``share_worker_wide``, ``slim_dict``)."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import Iterator
 from typing import Any, Final
 
 from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
 
-__all__ = ["WORKER_WIDE", "Http10StatusLine", "Pipeline", "one_write", "share_worker_wide", "slim_dict"]
+__all__ = ["WORKER_WIDE", "HeldHead", "Http10StatusLine", "OneWrite", "Pipeline", "share_worker_wide", "slim_dict"]
 
 
 #: uvicorn's per-connection attributes that hold the same object on every connection of a
@@ -109,7 +108,7 @@ class Http10StatusLine(asyncio.Transport):
 
 
 class _Gathered(asyncio.Transport):
-    """The transport as a response cycle sees it inside ``one_write``: writes are kept, in
+    """The transport as a response cycle sees it inside ``OneWrite``: writes are kept, in
     order, until the block ends (or the cycle closes the connection after its last message)."""
 
     def __init__(self, transport: asyncio.BaseTransport) -> None:
@@ -136,24 +135,74 @@ class _Gathered(asyncio.Transport):
         return self.transport.get_extra_info(name, default)
 
 
-@contextlib.contextmanager
-def one_write(cycle: RequestResponseCycle | None) -> Iterator[None]:
-    """Within the block, what ``cycle`` writes (a response head and its first body chunks)
-    goes out as one write at its end: one syscall and one wake-up of the client instead of
-    one per message, the same bytes on the wire. The messages sent inside must not wait on
-    the client (uvicorn's send only waits while the real transport's buffer is full, and
-    nothing reaches that buffer before the block ends). ``None``: no cycle to gather for,
-    every write goes out as it comes.
+class OneWrite:
+    """Within the ``with`` block, what ``cycle`` writes (a response head and its first body
+    chunks) goes out as one write at its end: one syscall and one wake-up of the client
+    instead of one per message, the same bytes on the wire. The messages sent inside must
+    not wait on the client (uvicorn's send only waits while the real transport's buffer is
+    full, and nothing reaches that buffer before the block ends). ``None``: no cycle to
+    gather for, every write goes out as it comes. (A class, not a generator-based context
+    manager: it runs for every response head of a sender's log.)
     """
-    if cycle is None:
-        yield
-        return
-    real = cycle.transport
-    gathered = _Gathered(real)
-    cycle.transport = gathered
-    try:
-        yield
-    finally:
+
+    __slots__ = ("_cycle", "_gathered", "_real")
+
+    def __init__(self, cycle: RequestResponseCycle | None) -> None:
+        self._cycle = cycle
+        self._real: asyncio.Transport | None = None
+        self._gathered: _Gathered | None = None
+
+    def __enter__(self) -> None:
+        cycle = self._cycle
+        if cycle is not None:
+            self._real = cycle.transport
+            self._gathered = cycle.transport = _Gathered(self._real)
+
+    def __exit__(self, *exc_info: object) -> None:
+        cycle, gathered, real = self._cycle, self._gathered, self._real
+        if cycle is None or gathered is None or real is None:
+            return
         if cycle.transport is gathered:
             cycle.transport = real  # before the flush: the HTTP/1.0 shim hands over its own transport
         gathered.flush()
+
+
+class HeldHead:
+    """``with HeldHead(cycle):`` what ``cycle`` writes in the block (a response head) is held
+    back rather than written; ``take`` returns it, for the caller to write with the first
+    body bytes (one syscall and one wake-up of the client instead of two, the same bytes on
+    the wire) or alone. Invariant: the caller writes what it took before anything else
+    writes to the connection and before it next waits, so the head is never late. If the
+    block fails, what it held is written at its end, as it would have been. ``None``: no
+    cycle to hold for, writes go out as they come and ``take`` gives None.
+    """
+
+    __slots__ = ("_cycle", "_gathered", "_real")
+
+    def __init__(self, cycle: RequestResponseCycle | None) -> None:
+        self._cycle = cycle
+        self._real: asyncio.Transport | None = None
+        self._gathered: _Gathered | None = None
+
+    def __enter__(self) -> None:
+        cycle = self._cycle
+        if cycle is not None:
+            self._real = cycle.transport
+            self._gathered = cycle.transport = _Gathered(self._real)
+
+    def __exit__(self, exc_type: type[BaseException] | None, *exc_info: object) -> None:
+        cycle, gathered, real = self._cycle, self._gathered, self._real
+        if cycle is None or gathered is None or real is None:
+            return
+        if cycle.transport is gathered:
+            cycle.transport = real
+        if exc_type is not None:
+            gathered.flush()
+
+    def take(self) -> bytes | None:
+        """The bytes held (None: none); the caller now owes their write."""
+        gathered = self._gathered
+        if gathered is None or not gathered.parts:
+            return None
+        data, gathered.parts = b"".join(gathered.parts), []
+        return data

@@ -51,6 +51,9 @@ log = logging.getLogger("ringpipe.handoff")
 MAX_HANDOFF_BYTES: Final = 320 * 1024
 #: Hand-offs taken per wake-up of the channel, so one burst cannot starve the loop.
 _BATCH: Final = 64
+#: Each message's first byte: the connection's address family, so the adopter need not ask
+#: the descriptor for it (``_adopted_socket``); ``\0``: not one of these, ask.
+_FAMILY_BYTE: Final = {int(family): bytes([family]) for family in (socket.AF_INET, socket.AF_INET6)}
 
 
 def handoff_target(head: bytes, *, index: int, workers: int, max_n: int) -> int | None:
@@ -117,9 +120,10 @@ class HandoffChannel:
         self._loop = asyncio.get_running_loop()
         self._loop.add_reader(self._listener.fileno(), self._on_peer_connecting)
 
-    def send(self, worker: int, fd: int, data: bytes) -> bool:
-        """Pass connection ``fd`` and the ``data`` read from it to ``worker``; True if it
-        took them (the caller must then close its copy without a word to the client)."""
+    def send(self, worker: int, fd: int, data: bytes, family: int = 0) -> bool:
+        """Pass connection ``fd`` (of address ``family``; 0: unknown) and the ``data`` read
+        from it to ``worker``; True if it took them (the caller must then close its copy
+        without a word to the client)."""
         if not self.open or len(data) > MAX_HANDOFF_BYTES:
             return False
         peer = self._peers.get(worker)
@@ -132,7 +136,10 @@ class HandoffChannel:
                 return False
             self._peers[worker] = peer
         try:
-            peer.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]))])
+            peer.sendmsg(
+                [_FAMILY_BYTE.get(family, b"\0"), data],
+                [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]))],
+            )
         except BlockingIOError:  # its queue is full: serve it here
             return False
         except OSError:  # the peer went away (died, draining): reconnect next time
@@ -159,7 +166,7 @@ class HandoffChannel:
         for _ in range(_BATCH):
             fds = array.array("i")
             try:
-                data, ancillary, flags, _addr = sock.recvmsg(MAX_HANDOFF_BYTES + 1, socket.CMSG_SPACE(fds.itemsize))
+                data, ancillary, flags, _addr = sock.recvmsg(MAX_HANDOFF_BYTES + 2, socket.CMSG_SPACE(fds.itemsize))
             except (BlockingIOError, InterruptedError):
                 return
             except OSError:
@@ -170,14 +177,15 @@ class HandoffChannel:
             for level, kind, payload in ancillary:
                 if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
                     fds.frombytes(payload[: len(payload) - len(payload) % fds.itemsize])
-            if len(fds) != 1 or flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC) or not data:
+            if len(fds) != 1 or flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC) or len(data) < 2:
                 for fd in fds:
                     with contextlib.suppress(OSError):
                         os.close(fd)
                 log.warning("dropped a malformed hand-off", extra={"event": "handoff_dropped"})
                 continue
             try:
-                conn = socket.socket(fileno=fds[0])
+                conn = _adopted_socket(data[0], fds[0])
+                data = data[1:]
             except OSError:
                 with contextlib.suppress(OSError):
                     os.close(fds[0])
@@ -213,6 +221,15 @@ class HandoffChannel:
         self._peers.clear()
 
 
+def _adopted_socket(family: int, fd: int) -> socket.socket:
+    """A socket object for a handed-over TCP connection. Named by the sender, its family
+    spares three system calls (``socket.socket`` asks the descriptor for its family, type
+    and protocol when they are not given); an unknown family (0) is asked for."""
+    if family in _FAMILY_BYTE:
+        return socket.socket(family, socket.SOCK_STREAM, 0, fd)
+    return socket.socket(fileno=fd)
+
+
 def _packet_socket() -> socket.socket:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
@@ -225,5 +242,5 @@ class Handoff:
 
     #: ``handoff_target`` bound to this worker: request head -> worker index, or None.
     target: Callable[[bytes], int | None]
-    #: ``HandoffChannel.send``: (worker, fd, bytes read) -> whether it was taken.
-    send: Callable[[int, int, bytes], bool]
+    #: ``HandoffChannel.send``: (worker, fd, bytes read, address family) -> whether it was taken.
+    send: Callable[[int, int, bytes, int], bool]

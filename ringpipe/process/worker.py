@@ -173,7 +173,7 @@ def run_worker(
         def protocol() -> RingpipeHttpProtocol:
             server = serving[0]
             made = protocol_class(config=config, server_state=server.server_state, app_state=server.lifespan.state)
-            return made.adopting(data)
+            return made.adopting(data, sock.fileno())
 
         try:
             await asyncio.get_running_loop().connect_accepted_socket(protocol, sock)

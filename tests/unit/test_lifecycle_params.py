@@ -9,7 +9,7 @@ import pytest
 from starlette.types import Scope
 
 from ringpipe.http.readers.raw import _with_length
-from ringpipe.http.request_params import ResumePoint, can_resume, read_key, resume_point, stall_ms
+from ringpipe.http.request_params import ResumePoint, can_resume, header, raw_header, read_key, resume_point, stall_ms
 
 
 def scope(query: str = "", headers: list[tuple[str, str]] | None = None) -> Scope:
@@ -89,3 +89,14 @@ def test_content_length_of_a_body_that_starts_mid_pipe() -> None:
     assert _with_length(headers, 0) == headers
     assert _with_length(headers, 30) == [("content-length", "70"), ("content-type", "text/plain")]
     assert _with_length([("content-type", "x")], 30) == [("content-type", "x")]
+
+
+def test_header_is_the_first_value_of_a_repeated_header() -> None:
+    """A repeated header reads as its first value, whatever order lookups come in (the values
+    are indexed once per request), and a header that is absent reads as None."""
+    request = scope("", [("Range", "bytes=1-"), ("Accept", "text/plain"), ("Range", "bytes=2-")])
+    assert header(request, b"accept") == "text/plain"
+    assert header(request, b"range") == "bytes=1-"
+    assert raw_header(request, b"range") == b"bytes=1-"
+    assert header(request, b"last-event-id") is None
+    assert resume_point(request) == ResumePoint(1, "", True)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
@@ -37,7 +38,7 @@ from ringpipe.core.paths import query_param
 from ringpipe.mesh.ingest import HEADER_BLOCK, HEADER_MAGIC, parse_header_block
 from ringpipe.mesh.relay import Consumer
 
-__all__ = ["ReadOptions", "ReadStart", "Reader", "part_headers", "read_options"]
+__all__ = ["FRESH_START", "ReadOptions", "ReadStart", "Reader", "part_headers", "read_options"]
 
 HTTP_FORMATS: Final = ("raw", "sse", "ndjson")
 WEBSOCKET_FORMATS: Final = ("raw", "lines", "text")
@@ -81,6 +82,11 @@ class ReadStart:
     aligned: bool = False
 
 
+#: Where a fresh receiver joins (every field its default), shared: a frozen dataclass costs a
+#: ``__setattr__`` call per field to build.
+FRESH_START: Final = ReadStart()
+
+
 def read_options(scope: Scope) -> ReadOptions | str:
     """The reader's options, or the rejection message for a value we do not know.
 
@@ -112,7 +118,14 @@ def read_options(scope: Scope) -> ReadOptions | str:
         if value not in GRANULARITIES:
             return f"Unknown {name} granularity '{value}': use lines or chunks."
         granularity[name] = "lines" if value == "lines" else "chunks"
-    return ReadOptions(fmt, encoding == "base64", done == "openai", None if websocket else granularity.get(fmt))
+    return _options(fmt, encoding == "base64", done == "openai", None if websocket else granularity.get(fmt))
+
+
+@functools.cache
+def _options(fmt: str, base64: bool, done_openai: bool, granularity: Granularity | None) -> ReadOptions:
+    """One shared ``ReadOptions`` per combination (immutable; a handful of formats): a frozen
+    dataclass costs a ``__setattr__`` call per field to build, on every receiver."""
+    return ReadOptions(fmt, base64, done_openai, granularity)
 
 
 class Reader(abc.ABC):
@@ -143,6 +156,12 @@ class Reader(abc.ABC):
         """After the relay (or instead of it): make an incomplete end visible to the client,
         saying ``ending`` (``errors.ENDINGS``; None: unknown, told as aborted) where the
         framing can."""
+
+    def finish_needed(self, completed: bool) -> bool:
+        """Whether ``finish(completed)`` would do anything; when not, the receiver skips the
+        cancel scopes and the timer that bound it (two scopes and a timer per receiver)."""
+        del completed
+        return True
 
     async def cancelled_while_waiting(self, message: str) -> None:
         """The pipe was cancelled before its transfer started: the cancelled ending (the

@@ -166,6 +166,10 @@ class _EncodedReader(HttpReader):
         metrics.REJECTIONS.labels(code=str(status)).inc()
         await self._end("aborted", message)
 
+    def finish_needed(self, completed: bool) -> bool:
+        del completed  # an ending may be due, and the invalid UTF-8 count always is
+        return True
+
     async def finish(self, completed: bool, ending: str | None = None) -> None:
         try:
             await self._finish(completed, ending)

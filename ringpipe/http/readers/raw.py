@@ -8,16 +8,21 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from starlette.types import Scope, Send
 
 from ringpipe.core.control_frames import Start
-from ringpipe.core.errors import Gap, PeerGone
+from ringpipe.core.errors import Gap, PeerGone, WouldBlock
 from ringpipe.http.connection import EXTENSION, Connection
 from ringpipe.http.readers.base import Reader, ReadStart, part_headers
 from ringpipe.http.readers.wakeup_delivery import Delivering, RawWakeupDelivery, framed
 from ringpipe.http.responses import HEADERS_IN_RING, STREAM_HEADERS, content_headers, reject, worker_header
+from ringpipe.http.uvicorn_shims import HeldHead
 from ringpipe.mesh.relay import RAW_READ_LIMIT, Consumer
+
+if TYPE_CHECKING:
+    from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
 
 __all__ = ["HttpReader"]
 
@@ -95,15 +100,35 @@ class HttpReader(Reader):
         headers += [*STREAM_HEADERS, worker_header(self.worker)]
         if self.http10 and not any(k == b"content-length" for k, _ in headers):
             self.conn.unframed_response()  # HTTP/1.0 has no chunks: the body ends at close
-        await self.send({"type": "http.response.start", "status": status, "headers": headers})
+        held = HeldHead(self._cycle_to_hold())
+        with held:
+            await self.send({"type": "http.response.start", "status": status, "headers": headers})
         self.head_sent = True
-        completed = await _copy_out(consumer, self.conn)
+        completed = await _copy_out(consumer, self.conn, held.take())
         if completed:
             await self.send({"type": "http.response.body", "body": b"", "more_body": False})
         return completed
 
+    def finish_needed(self, completed: bool) -> bool:
+        return not completed and not self.conn.lost.is_set()
+
+    def _cycle_to_hold(self) -> RequestResponseCycle | None:
+        """The response cycle whose head ``relay`` holds back for the first body bytes: only
+        one that writes straight to this connection's socket transport (not TLS, not through
+        the HTTP/1.0 status-line shim) and has not started its response."""
+        conn = self.conn
+        if conn.tls or conn.lost.is_set():
+            return None
+        try:
+            cycle = conn.protocol.cycle
+        except ConnectionResetError:
+            return None
+        if cycle is None or cycle.response_started or cycle.transport is not conn.transport:
+            return None
+        return cycle
+
     async def finish(self, completed: bool, ending: str | None = None) -> None:
-        if not completed and not self.conn.lost.is_set():
+        if HttpReader.finish_needed(self, completed):
             await self.conn.close()
 
 
@@ -129,7 +154,7 @@ async def _headers_from_ring(consumer: Consumer, relayed: list[tuple[str, str]])
     return content + [h for h in relayed if h[0] != HEADERS_IN_RING]
 
 
-async def _copy_out(consumer: Consumer, conn: Connection) -> bool:
+async def _copy_out(consumer: Consumer, conn: Connection, head: bytes | None = None) -> bool:
     """Ring → socket for one receiver, zero-copy; True at the producer's clean end.
 
     Each round sends whatever is published (up to ``RAW_READ_LIMIT``) with one ``writev`` of
@@ -145,7 +170,39 @@ async def _copy_out(consumer: Consumer, conn: Connection) -> bool:
     delivery = None if conn.tls else RawWakeupDelivery(consumer, conn, chunked)
     # direct only without a Content-Length for the producer's callback to count
     with Delivering(consumer, delivery, direct=chunked or conn.unframed):
+        if head is not None and not await _head_out(consumer, conn, chunked, head):
+            return False
         return await _copy_rounds(consumer, conn, chunked)
+
+
+async def _head_out(consumer: Consumer, conn: Connection, chunked: bool, head: bytes) -> bool:
+    """Write the response ``head`` held back by ``HeldHead``: with the first round's bytes when
+    they are published already (one ``writev``: a syscall and a wake-up of the client less),
+    else alone at once, before the task can sleep (so it is never late, and nothing the
+    wake-up delivery writes can pass it). Only into an empty transport buffer: then the
+    ``writev`` goes out before ``write_parts`` can wait. False: the client is gone."""
+    views: list[memoryview] = []
+    next_seq = 0
+    if conn.can_write_now() and consumer.in_lockstep and not consumer.satisfied and (chunked or conn.body_left):
+        with contextlib.suppress(WouldBlock, PeerGone):  # ``views`` meets either again
+            views, next_seq = consumer.ring.peek(consumer.slot, RAW_READ_LIMIT)
+    if not views:
+        conn.write_raw(head)
+        return True
+    size = sum(map(len, views))
+    parts, total = framed(views, size, chunked)
+    try:
+        await conn.write_parts([head, *parts], len(head) + total)
+    except ConnectionError:
+        return False
+    finally:
+        del parts
+        for view in views:
+            view.release()
+    consumer.commit(next_seq, size)
+    if not chunked:
+        conn.account_body(size)
+    return True
 
 
 async def _copy_rounds(consumer: Consumer, conn: Connection, chunked: bool) -> bool:
