@@ -135,15 +135,11 @@ class _Gathered(asyncio.Transport):
         return self.transport.get_extra_info(name, default)
 
 
-class OneWrite:
-    """Within the ``with`` block, what ``cycle`` writes (a response head and its first body
-    chunks) goes out as one write at its end: one syscall and one wake-up of the client
-    instead of one per message, the same bytes on the wire. The messages sent inside must
-    not wait on the client (uvicorn's send only waits while the real transport's buffer is
-    full, and nothing reaches that buffer before the block ends). ``None``: no cycle to
-    gather for, every write goes out as it comes. (A class, not a generator-based context
-    manager: it runs for every response head of a sender's log.)
-    """
+class _Diverted:
+    """Within the ``with`` block, what ``cycle`` writes goes to a ``_Gathered`` transport;
+    the block's end gives the cycle its transport back (before any flush: the HTTP/1.0 shim
+    hands over its own transport). ``None``: no cycle, writes go out as they come. (A class,
+    not a generator-based context manager: it runs for every response head.)"""
 
     __slots__ = ("_cycle", "_gathered", "_real")
 
@@ -158,16 +154,33 @@ class OneWrite:
             self._real = cycle.transport
             self._gathered = cycle.transport = _Gathered(self._real)
 
-    def __exit__(self, *exc_info: object) -> None:
+    def _restore(self) -> _Gathered | None:
+        """Give the cycle its transport back; what was gathered (None: nothing was diverted)."""
         cycle, gathered, real = self._cycle, self._gathered, self._real
         if cycle is None or gathered is None or real is None:
-            return
+            return None
         if cycle.transport is gathered:
-            cycle.transport = real  # before the flush: the HTTP/1.0 shim hands over its own transport
-        gathered.flush()
+            cycle.transport = real
+        return gathered
 
 
-class HeldHead:
+class OneWrite(_Diverted):
+    """Within the ``with`` block, what ``cycle`` writes (a response head and its first body
+    chunks) goes out as one write at its end: one syscall and one wake-up of the client
+    instead of one per message, the same bytes on the wire. The messages sent inside must
+    not wait on the client (uvicorn's send only waits while the real transport's buffer is
+    full, and nothing reaches that buffer before the block ends).
+    """
+
+    __slots__ = ()
+
+    def __exit__(self, *exc_info: object) -> None:
+        gathered = self._restore()
+        if gathered is not None:
+            gathered.flush()
+
+
+class HeldHead(_Diverted):
     """``with HeldHead(cycle):`` what ``cycle`` writes in the block (a response head) is held
     back rather than written; ``take`` returns it, for the caller to write with the first
     body bytes (one syscall and one wake-up of the client instead of two, the same bytes on
@@ -177,26 +190,11 @@ class HeldHead:
     cycle to hold for, writes go out as they come and ``take`` gives None.
     """
 
-    __slots__ = ("_cycle", "_gathered", "_real")
-
-    def __init__(self, cycle: RequestResponseCycle | None) -> None:
-        self._cycle = cycle
-        self._real: asyncio.Transport | None = None
-        self._gathered: _Gathered | None = None
-
-    def __enter__(self) -> None:
-        cycle = self._cycle
-        if cycle is not None:
-            self._real = cycle.transport
-            self._gathered = cycle.transport = _Gathered(self._real)
+    __slots__ = ()
 
     def __exit__(self, exc_type: type[BaseException] | None, *exc_info: object) -> None:
-        cycle, gathered, real = self._cycle, self._gathered, self._real
-        if cycle is None or gathered is None or real is None:
-            return
-        if cycle.transport is gathered:
-            cycle.transport = real
-        if exc_type is not None:
+        gathered = self._restore()
+        if gathered is not None and exc_type is not None:
             gathered.flush()
 
     def take(self) -> bytes | None:

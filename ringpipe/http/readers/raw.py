@@ -189,20 +189,7 @@ async def _head_out(consumer: Consumer, conn: Connection, chunked: bool, head: b
     if not views:
         conn.write_raw(head)
         return True
-    size = sum(map(len, views))
-    parts, total = framed(views, size, chunked)
-    try:
-        await conn.write_parts([head, *parts], len(head) + total)
-    except ConnectionError:
-        return False
-    finally:
-        del parts
-        for view in views:
-            view.release()
-    consumer.commit(next_seq, size)
-    if not chunked:
-        conn.account_body(size)
-    return True
+    return await _send_round(consumer, conn, chunked, views, next_seq, head)
 
 
 async def _copy_rounds(consumer: Consumer, conn: Connection, chunked: bool) -> bool:
@@ -217,16 +204,26 @@ async def _copy_rounds(consumer: Consumer, conn: Connection, chunked: bool) -> b
             return False
         if not views:
             return True
-        size = sum(map(len, views))
-        parts, total = framed(views, size, chunked)
-        try:
-            await conn.write_parts(parts, total)
-        except ConnectionError:
+        if not await _send_round(consumer, conn, chunked, views, next_seq):
             return False
-        finally:
-            del parts
-            for view in views:
-                view.release()
-        consumer.commit(next_seq, size)
-        if not chunked:
-            conn.account_body(size)
+
+
+async def _send_round(
+    consumer: Consumer, conn: Connection, chunked: bool, views: list[memoryview], next_seq: int, head: bytes = b""
+) -> bool:
+    """One round: ``views`` (and ``head`` before them) in one ``writev``, then the read cursor
+    committed past them; the views are released either way. False: the client is gone."""
+    size = sum(map(len, views))
+    parts, total = framed(views, size, chunked)
+    try:
+        await conn.write_parts([head, *parts] if head else parts, len(head) + total)
+    except ConnectionError:
+        return False
+    finally:
+        del parts
+        for view in views:
+            view.release()
+    consumer.commit(next_seq, size)
+    if not chunked:
+        conn.account_body(size)
+    return True
