@@ -31,6 +31,7 @@ _JS_INT = re.compile("[\t\n\v\f\r \u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u2
 #: ASCII characters and every byte above 0x7F. Keys must match the reference's, so that
 #: ``/p/{x}`` and ``/p/%7Bx%7D`` are one pipe here as there.
 _PATH_ESCAPES: Final = {c: f"%{c:02X}" for c in [*b' "<>`{}', *range(0x80, 0x100)]}
+_NEEDS_ESCAPE: Final = re.compile(rb'[ "<>`{}\x80-\xff]')
 _SINGLE_DOT: Final = frozenset({".", "%2e"})
 _DOUBLE_DOT: Final = frozenset({"..", ".%2e", "%2e.", "%2e%2e"})
 
@@ -43,7 +44,9 @@ def normalize_path(raw_path: bytes) -> str:
     escapes (space, ``"<>`{}`` and non-ASCII bytes) are escaped. ``/a/./b/%2E%2e/c``
     becomes ``/a/c``.
     """
-    text = (raw_path.decode("latin-1") or "/").translate(_PATH_ESCAPES)
+    text = raw_path.decode("latin-1") or "/"
+    if _NEEDS_ESCAPE.search(raw_path):  # rare: one scan in C instead of a dict lookup per character
+        text = text.translate(_PATH_ESCAPES)
     if not text.startswith("/"):
         text = "/" + text
     if "." not in text and "%2" not in text:
