@@ -167,6 +167,15 @@ class Connection:
         if not self.transport.is_closing():
             self.transport.write(data)
 
+    def unstarted_cycle(self) -> RequestResponseCycle | None:
+        """The response cycle of the request being served, while the client is here and its
+        response has not started (what a caller may gather or hold the head of); else None."""
+        if self.lost.is_set():
+            return None
+        protocol = self._protocol()
+        cycle = None if protocol is None else protocol.cycle
+        return None if cycle is None or cycle.response_started else cycle
+
     def continue_sent(self) -> None:
         """We answered ``Expect: 100-continue`` ourselves: uvicorn must not do it again."""
         cycle = self.protocol.cycle

@@ -96,14 +96,7 @@ class SenderLog:
 
     def _one_write(self) -> OneWrite:
         """The response messages sent in the ``with`` block go out as one write (``OneWrite``)."""
-        conn = self._conn
-        if conn is None or conn.lost.is_set():
-            return OneWrite(None)
-        try:
-            cycle = conn.protocol.cycle
-        except ConnectionResetError:
-            return OneWrite(None)
-        return OneWrite(cycle if cycle is not None and not cycle.response_started else None)
+        return OneWrite(None if self._conn is None else self._conn.unstarted_cycle())
 
     async def start(self, *lines: str, more_coming: bool = False) -> None:
         """Commit to the log, opening with ``lines``.

@@ -117,15 +117,8 @@ class HttpReader(Reader):
         one that writes straight to this connection's socket transport (not TLS, not through
         the HTTP/1.0 status-line shim) and has not started its response."""
         conn = self.conn
-        if conn.tls or conn.lost.is_set():
-            return None
-        try:
-            cycle = conn.protocol.cycle
-        except ConnectionResetError:
-            return None
-        if cycle is None or cycle.response_started or cycle.transport is not conn.transport:
-            return None
-        return cycle
+        cycle = None if conn.tls else conn.unstarted_cycle()
+        return cycle if cycle is not None and cycle.transport is conn.transport else None
 
     async def finish(self, completed: bool, ending: str | None = None) -> None:
         if HttpReader.finish_needed(self, completed):
