@@ -83,7 +83,7 @@ from ringpipe.core.rendezvous import (
 from ringpipe.mesh.control import Mesh
 from ringpipe.mesh.party import Hangup, InboxItem, LocalParty
 from ringpipe.mesh.relay import DirectSink, Slot
-from ringpipe.ops import metrics, tally
+from ringpipe.ops import logs, metrics, tally
 from ringpipe.shm import mapping, segment
 from ringpipe.shm.arena import Arena
 from ringpipe.shm.wakeup import WakeChannel
@@ -560,9 +560,10 @@ class WorkerPipes:
             ending = "done"
         workers = {owned.info.producer, *owned.info.readers}
         metrics.transfer_ended(ending, across_workers=len(workers) > 1)
-        log.info(
+        logs.info_fields(
+            log,
             "transfer ended",
-            extra={
+            {
                 "event": "transfer",
                 "path": owned.path,
                 "n": len(owned.info.readers),

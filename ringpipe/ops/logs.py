@@ -8,6 +8,13 @@ Context travels as ``extra={...}``; every key that is not a standard ``LogRecord
 becomes a field of the line. uvicorn's own loggers are routed here too (its access log is
 off: ringpipe logs one line per transfer instead).
 
+``info_fields(logger, msg, fields)`` is ``logger.info(msg, extra=fields)`` for the lines that
+come once per pipe: where the line goes to the JSON handler ``setup_logging`` installed and
+nowhere else (no other handler, no filter on the way), it formats the very same line from
+``fields`` without building a ``LogRecord`` and writes and flushes it under the handler's
+lock, as the handler would; anywhere else (a test's capture handler, text lines, a filter)
+it is exactly ``logger.info``.
+
 No secret is ever written (SPEC Part 4): every finished line goes through ``redact``, which
 replaces the secrets this process knows (token secrets, the signing key: registered with
 ``register_secrets``) wherever they appear, and the *shapes* of secrets it cannot know:
@@ -19,16 +26,27 @@ and traceback alike, so a handler cannot leak one by logging a scope or a URL.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import logging
+import os
 import re
 import sys
 import time
 from collections.abc import Iterable
 from typing import Any, Final
 
-__all__ = ["REDACTED", "JsonFormatter", "TextFormatter", "redact", "register_secrets", "setup_logging", "wants_text"]
+__all__ = [
+    "REDACTED",
+    "JsonFormatter",
+    "TextFormatter",
+    "info_fields",
+    "redact",
+    "register_secrets",
+    "setup_logging",
+    "wants_text",
+]
 
 REDACTED: Final = "[REDACTED]"
 #: Shorter secrets are not replaced literally (they would blot out ordinary words); the
@@ -123,26 +141,50 @@ class JsonFormatter(logging.Formatter):
         self._second = -1
         self._second_text = ""
 
-    def _stamp(self, record: logging.LogRecord) -> str:
-        second = int(record.created)
+    def _stamp(self, created: float, msecs: float) -> str:
+        second = int(created)
         if second != self._second:
             self._second_text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
             self._second = second
-        return f"{self._second_text}.{int(record.msecs):03d}Z"
+        return f"{self._second_text}.{int(msecs):03d}Z"
+
+    def line(
+        self,
+        created: float,
+        msecs: float,
+        level: str,
+        logger: str,
+        pid: int | None,
+        msg: str,
+        extras: dict[str, Any],
+        exc: str | None = None,
+    ) -> str:
+        """The redacted JSON line of one record: ``format`` and ``info_fields`` both write this."""
+        line: dict[str, Any] = {
+            "ts": self._stamp(created, msecs),
+            "level": level,
+            "logger": logger,
+            "role": self.role,
+            "pid": pid,
+            "msg": msg,
+        }
+        line.update(extras)
+        if exc is not None:
+            line["exc"] = exc
+        return redact(_ENCODER.encode(line))
 
     def format(self, record: logging.LogRecord) -> str:
-        line: dict[str, Any] = {
-            "ts": self._stamp(record),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "role": self.role,
-            "pid": record.process,
-            "msg": record.getMessage(),
-        }
-        line.update(_extras(record))
-        if record.exc_info:
-            line["exc"] = self.formatException(record.exc_info)
-        return redact(_ENCODER.encode(line))
+        exc = self.formatException(record.exc_info) if record.exc_info else None
+        return self.line(
+            record.created,
+            record.msecs,
+            record.levelname.lower(),
+            record.name,
+            record.process,
+            record.getMessage(),
+            _extras(record),
+            exc,
+        )
 
 
 class TextFormatter(JsonFormatter):
@@ -158,6 +200,81 @@ class TextFormatter(JsonFormatter):
         return redact(text)
 
 
+#: The handler ``setup_logging`` installed on the root logger while it writes JSON lines, and
+#: its formatter: ``info_fields`` writes straight to it when it is a line's only handler.
+_direct: tuple[logging.StreamHandler[Any], JsonFormatter] | None = None
+
+
+#: Key tuples of ``fields`` that ``_plain`` found to be plain extras (a caller's few shapes).
+_plain_keys: set[tuple[str, ...]] = set()
+_PLAIN_KEYS_MAX: Final = 64
+
+
+def _plain(fields: dict[str, Any]) -> bool:
+    """Whether every key of ``fields`` becomes a field of the line as it is: none names a
+    ``LogRecord`` attribute (``makeRecord`` refuses those) or starts with ``_`` (``_extras``
+    drops those)."""
+    keys = tuple(fields)
+    if keys in _plain_keys:
+        return True
+    if not _STANDARD.isdisjoint(keys) or any(key.startswith("_") for key in keys):
+        return False
+    if len(_plain_keys) < _PLAIN_KEYS_MAX:
+        _plain_keys.add(keys)
+    return True
+
+
+def _only_handler(logger: logging.Logger, handler: logging.Handler) -> bool:
+    """Whether ``logger.info`` would hand a record to ``handler`` alone, unfiltered: the logger
+    is enabled and has no filter, and ``handler``, at the root or on the way up, is the one
+    handler on its chain (a parent's filters do not apply to a child's records)."""
+    if logger.disabled or logger.filters or handler.filters or handler.level > logging.INFO:
+        return False
+    found = False
+    node: logging.Logger | None = logger
+    while node is not None:
+        handlers = node.handlers
+        if handlers:
+            if found or len(handlers) != 1 or handlers[0] is not handler:
+                return False
+            found = True
+        if not node.propagate:
+            break
+        node = node.parent
+    return found
+
+
+def info_fields(logger: logging.Logger, msg: str, fields: dict[str, Any]) -> None:
+    """``logger.info(msg, extra=fields)``: the same line, written the same way, without a
+    ``LogRecord`` where ``setup_logging``'s JSON handler is the line's only handler (see the
+    module docstring). ``fields`` must not name a ``LogRecord`` attribute (as with ``extra``)."""
+    direct = _direct
+    if (
+        direct is None
+        or not logger.isEnabledFor(logging.INFO)
+        or not _only_handler(logger, direct[0])
+        or direct[0].formatter is not direct[1]
+        or logging.getLogRecordFactory() is not logging.LogRecord
+        or not _plain(fields)
+    ):
+        logger.info(msg, extra=fields)
+        return
+    handler, formatter = direct
+    created = time.time()
+    msecs = int((created - int(created)) * 1000) + 0.0  # as ``LogRecord`` takes them from ``created``
+    pid = os.getpid() if logging.logProcesses else None
+    with handler.lock or contextlib.nullcontext():  # ``Handler.handle``: emit under the lock
+        try:  # ``StreamHandler.emit``
+            line = formatter.line(created, msecs, "info", logger.name, pid, msg, fields)
+            stream = handler.stream
+            stream.write(line + handler.terminator)
+            stream.flush()
+        except RecursionError:
+            raise
+        except Exception:
+            handler.handleError(logger.makeRecord(logger.name, logging.INFO, "(unknown file)", 0, msg, (), None))
+
+
 def wants_text(log_format: str, stream: Any = None) -> bool:
     """Whether ``log_format`` (``auto``, ``json`` or ``text``) means text lines on ``stream``."""
     if log_format == "auto":
@@ -169,8 +286,11 @@ def wants_text(log_format: str, stream: Any = None) -> bool:
 
 def setup_logging(level: str, role: str, log_format: str = "json") -> None:
     """(Re)configure logging for this process; call first thing in every process."""
+    global _direct
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(TextFormatter(role) if wants_text(log_format) else JsonFormatter(role))
+    formatter = TextFormatter(role) if wants_text(log_format) else JsonFormatter(role)
+    handler.setFormatter(formatter)
+    _direct = (handler, formatter) if type(formatter) is JsonFormatter else None
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

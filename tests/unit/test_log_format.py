@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
+import os
+import re
+import sys
+from collections.abc import Iterator
 
 import pytest
 
 from ringpipe.core.config import ConfigError, Settings, options
-from ringpipe.ops.logs import JsonFormatter, TextFormatter, register_secrets, wants_text
+from ringpipe.ops import logs
+from ringpipe.ops.logs import JsonFormatter, TextFormatter, register_secrets, setup_logging, wants_text
 
 
 class _Tty(io.StringIO):
@@ -52,3 +58,114 @@ def test_a_text_line_is_redacted_like_a_json_line() -> None:
     line = TextFormatter("worker-0").format(_record("got Authorization: Bearer abc", token="s3cr3t-text-format"))
     assert "s3cr3t-text-format" not in line and "abc" not in line
     assert "[REDACTED]" in line
+
+
+@contextlib.contextmanager
+def _logging_to(stream: io.StringIO, log_format: str) -> Iterator[None]:
+    """``setup_logging`` writing to ``stream`` (in the test's body: it replaces the root's
+    handlers, pytest's capture too); the logging set-up is put back after."""
+    root = logging.getLogger()
+    access = logging.getLogger("uvicorn.access")
+    saved = (root.handlers[:], root.level, logs._direct, access.disabled, sys.stderr)
+    sys.stderr = stream
+    try:
+        setup_logging("info", "worker-7", log_format)
+        yield
+    finally:
+        logging.captureWarnings(False)
+        root.handlers[:], level, logs._direct, access.disabled, sys.stderr = saved
+        root.setLevel(level)
+
+
+_FIELDS = {"event": "transfer", "path": "/p\u00e9", "n": 2, "framings": {"raw": 1, "sse": 1}, "duration_s": 0.25}
+
+
+def _lines(stream: io.StringIO) -> list[dict[str, object]]:
+    return [json.loads(line) for line in stream.getvalue().splitlines()]
+
+
+def _no_record(*args: object, **kwargs: object) -> logging.LogRecord:
+    raise AssertionError("info_fields built a LogRecord")
+
+
+def test_info_fields_writes_the_line_logger_info_writes(monkeypatch: pytest.MonkeyPatch) -> None:
+    log, stream = logging.getLogger("ringpipe.node"), io.StringIO()
+    with _logging_to(stream, "json"):
+        with monkeypatch.context() as patch:
+            patch.setattr(log, "makeRecord", _no_record)  # the direct path: no record
+            logs.info_fields(log, "transfer ended", _FIELDS)
+        log.info("transfer ended", extra=_FIELDS)
+    direct, through_logging = _lines(stream)
+    assert stream.getvalue().endswith("\n") and len(stream.getvalue().splitlines()) == 2
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", str(direct.pop("ts")))
+    through_logging.pop("ts")
+    assert list(direct.items()) == list(through_logging.items())  # same fields, same order
+    assert direct["role"] == "worker-7" and direct["pid"] == os.getpid() and direct["path"] == "/p\u00e9"
+
+
+def test_info_fields_redacts_like_the_formatter(monkeypatch: pytest.MonkeyPatch) -> None:
+    register_secrets(["s3cr3t-info-fields"])
+    log, stream = logging.getLogger("ringpipe.node"), io.StringIO()
+    monkeypatch.setattr(log, "makeRecord", _no_record)
+    with _logging_to(stream, "json"):
+        logs.info_fields(log, "x", {"path": "/a?token=abc", "note": "s3cr3t-info-fields"})
+    (line,) = _lines(stream)
+    assert line["path"] == "/a?token=[REDACTED]" and line["note"] == "[REDACTED]"
+
+
+class _Keep(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+class _Drop(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return False
+
+
+def test_info_fields_goes_through_logging_where_anything_else_may_see_the_record() -> None:
+    """A second handler, a filter, a level: each sees what ``logger.info`` would give it,
+    and the JSON line is the same."""
+    log, stream, keep = logging.getLogger("ringpipe.node"), io.StringIO(), _Keep()
+    with _logging_to(stream, "json"):
+        log.addHandler(keep)
+        try:
+            logs.info_fields(log, "transfer ended", _FIELDS)
+        finally:
+            log.removeHandler(keep)
+        log.addFilter(drop := _Drop())
+        try:
+            logs.info_fields(log, "dropped", _FIELDS)
+        finally:
+            log.removeFilter(drop)
+        log.setLevel(logging.WARNING)
+        try:
+            logs.info_fields(log, "below the level", _FIELDS)
+        finally:
+            log.setLevel(logging.NOTSET)
+    (record,) = keep.records
+    assert record.getMessage() == "transfer ended" and record.__dict__["framings"] == {"raw": 1, "sse": 1}
+    (line,) = _lines(stream)
+    assert line["msg"] == "transfer ended" and line["n"] == 2
+
+
+def test_info_fields_keeps_the_extra_rules() -> None:
+    """A key starting with ``_`` is left out; one that names a record attribute is refused."""
+    log, stream = logging.getLogger("ringpipe.node"), io.StringIO()
+    with _logging_to(stream, "json"):
+        logs.info_fields(log, "x", {"_private": 1, "kept": 2})
+        with pytest.raises(KeyError, match="Attempt to overwrite 'msg'"):
+            logs.info_fields(log, "x", {"msg": "clash"})
+    (line,) = _lines(stream)
+    assert "_private" not in line and line["kept"] == 2
+
+
+def test_info_fields_writes_a_text_line_where_the_handler_writes_text() -> None:
+    stream = io.StringIO()
+    with _logging_to(stream, "text"):
+        logs.info_fields(logging.getLogger("ringpipe.node"), "transfer ended", {"path": "/a"})
+    assert " worker-7 transfer ended path=/a" in stream.getvalue()
