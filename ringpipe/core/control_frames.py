@@ -52,6 +52,7 @@ __all__ = [
     "Broken",
     "Frame",
     "Hello",
+    "PartyFrame",
     "PipeStatus",
     "RelayInfo",
     "Start",
@@ -141,6 +142,21 @@ Frame = (
     | Cancelled
     | Evicted
     | ReceiverEvicted
+    | PipeStatus
+)
+#: The frames an owner sends a party.
+PartyFrame = (
+    Reject
+    | Accepted
+    | ReceiverConnected
+    | ReceiverAborted
+    | ReceiverEvicted
+    | Finish
+    | Start
+    | Broken
+    | Answer
+    | Cancelled
+    | Evicted
     | PipeStatus
 )
 

@@ -31,16 +31,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import logging
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ringpipe.core.config import INITIAL_RING_BYTES, Settings
-from ringpipe.core.control_frames import Broken, Frame, Hello, PipeStatus, RelayInfo, Start
+from ringpipe.core.control_frames import Broken, Frame, Hello, PartyFrame, PipeStatus, RelayInfo, Start
 from ringpipe.core.errors import RingMemoryFull
 from ringpipe.core.paths import owner_of
 from ringpipe.core.rendezvous import (
@@ -60,7 +61,6 @@ from ringpipe.core.rendezvous import (
     Headers,
     Join,
     Leave,
-    Limits,
     PartyId,
     Query,
     ReceiverAborted,
@@ -81,6 +81,7 @@ from ringpipe.core.rendezvous import (
     WorkerGone,
 )
 from ringpipe.mesh.control import Mesh
+from ringpipe.mesh.owned import OwnedRelay, new_epoch, owner_limits
 from ringpipe.mesh.party import Hangup, InboxItem, LocalParty
 from ringpipe.mesh.relay import DirectSink, Slot
 from ringpipe.ops import logs, metrics, tally
@@ -92,65 +93,9 @@ __all__ = ["Hangup", "InboxItem", "LocalParty", "WorkerPipes"]
 
 log = logging.getLogger("ringpipe.node")
 
-#: The frames an owner sends a party.
-PartyFrame = (
-    Reject
-    | Accepted
-    | ReceiverConnected
-    | ReceiverAborted
-    | ReceiverEvicted
-    | Finish
-    | Start
-    | Broken
-    | Answer
-    | Cancelled
-    | Evicted
-    | PipeStatus
-)
-
 #: First and longest wait before a released ring's users bytes are looked at again.
 FREE_RETRY_S = 0.02
 FREE_RETRY_MAX_S = 1.0
-
-
-def owner_limits(settings: Settings) -> Limits:
-    """This owner's share of the server's limits (see the module docstring)."""
-    workers = settings.workers
-    return Limits(
-        wait_timeout=settings.wait_timeout,
-        reconnect_grace=settings.reconnect_grace,
-        max_pipes=settings.pipes_per_worker,
-        max_watchers=settings.max_watchers,
-        max_memory=settings.max_memory // workers,
-    )
-
-
-@dataclass(slots=True)
-class _OwnedRelay:
-    relay_id: int
-    ring: segment.RingSegment
-    info: RelayInfo
-    path: str
-    started: float
-    receiver_headers: Headers = ()
-    #: Parties sent a ``Start`` that have not left: they may map the ring.
-    attached: set[PartyId] = field(default_factory=set)
-
-
-_DIGITS = "0123456789abcdefghijklmnopqrstuvwxyz"
-#: Every two-digit base-36 string, by value (two digits per step: half the steps).
-_DIGIT_PAIRS = tuple(high + low for high in _DIGITS for low in _DIGITS)
-
-
-def new_epoch() -> str:
-    """A pipe instance's name: microseconds since 1970 in base 36 (short, sortable, and
-    distinct for two pipes on one path, which cannot be established in the same µs)."""
-    value = time.time_ns() // 1000
-    pairs = []
-    while value:
-        value, pair = divmod(value, 1296)
-        pairs.append(_DIGIT_PAIRS[pair])
-    return "".join(reversed(pairs)).lstrip("0")
 
 
 class WorkerPipes:
@@ -171,14 +116,19 @@ class WorkerPipes:
             call_later=lambda delay, callback: asyncio.get_running_loop().call_later(delay, callback),
         )
         self.first_capacity = min(INITIAL_RING_BYTES, settings.ring_bytes)
+        #: A new ring's replay window, and the stall timeout of a pipe that names none (in ms).
+        self._window = settings.replay_window
+        self._stall_ms = round(settings.stall_timeout * 1000)
         self.rendezvous = Rendezvous(
-            owner_limits(settings), self._ring_view, lambda n: segment.segment_bytes(self.first_capacity, n)
+            owner_limits(settings),
+            self._ring_view,
+            functools.cache(functools.partial(segment.segment_bytes, self.first_capacity)),
         )
         self.parties: dict[int, LocalParty] = {}
-        self._owned: dict[int, _OwnedRelay] = {}
+        self._owned: dict[int, OwnedRelay] = {}
         #: Released relays whose rings wait for their last users (see the module docstring).
-        self._retiring: dict[int, _OwnedRelay] = {}
-        self._attached_to: dict[PartyId, _OwnedRelay] = {}
+        self._retiring: dict[int, OwnedRelay] = {}
+        self._attached_to: dict[PartyId, OwnedRelay] = {}
         self._free_timer: asyncio.TimerHandle | None = None
         self._free_wait = FREE_RETRY_S
         self._wakers: dict[tuple[str, int], Callable[[], None]] = {}
@@ -323,14 +273,25 @@ class WorkerPipes:
     # -- frames in --
 
     def on_frame(self, sender: int, frame: Frame) -> None:
-        if isinstance(frame, (Join, Leave, Cancel, Query, Stalled)):
-            if isinstance(frame, Leave):
-                self._detached(frame.party)
-            self._apply(self.rendezvous.handle(frame, time.monotonic()))
-            if isinstance(frame, Join) and frame.role is not Role.SENDER:
-                self._admit_if_waiting(frame)
-        elif not isinstance(frame, Hello):
-            self._deliver(frame)
+        """A frame from ``sender``: an event for a path this worker owns, else an owner's
+        answer to one of its parties (one table lookup per frame)."""
+        handler = _FRAME_HANDLERS.get(type(frame))
+        if handler is None:
+            self._deliver(frame)  # type: ignore[arg-type]  # every other frame is a PartyFrame
+        else:
+            handler(self, frame)
+
+    def _on_join(self, join: Join) -> None:
+        self._apply(self.rendezvous.handle(join, time.monotonic()))
+        if join.role is not Role.SENDER:
+            self._admit_if_waiting(join)
+
+    def _on_leave(self, leave: Leave) -> None:
+        self._detached(leave.party)
+        self._apply(self.rendezvous.handle(leave, time.monotonic()))
+
+    def _on_event(self, event: Cancel | Query | Stalled) -> None:
+        self._apply(self.rendezvous.handle(event, time.monotonic()))
 
     def _deliver(self, frame: PartyFrame) -> None:
         """An owner's answer to one of this worker's parties: into its inbox, if it is still here."""
@@ -386,7 +347,7 @@ class WorkerPipes:
     def _apply(self, actions: list[Action]) -> None:
         for action in actions:
             try:
-                self._carry_out(action)
+                _ACTION_HANDLERS[type(action)](self, action)
             except Exception:
                 log.exception("failed to carry out %r", action)
         self._arm_timer()
@@ -419,61 +380,61 @@ class WorkerPipes:
             return None
         return RingView(owned.ring.oldest_held(), owned.ring.write_seq, owned.info.epoch)
 
-    def _carry_out(self, action: Action) -> None:
-        if isinstance(
-            action,
-            (Reject, Accepted, ReceiverConnected, ReceiverAborted, ReceiverEvicted, Finish, Answer, Cancelled, Evicted),
-        ):
-            if isinstance(action, Reject) and action.status == 503 and action.message != SHUTTING_DOWN:
-                # A limit binds (pipes, watchers, memory): the operator's concern, so one warning each.
-                log.warning(
-                    "refused 503: %s",
-                    action.message,
-                    extra={"event": "refused", "status": 503, "pipes": len(self.rendezvous.pipes)},
-                )
-            self._to_party(action.party, action)
-        elif isinstance(action, Establish):
-            self._establish(action)
-        elif isinstance(action, (WatcherStart, Resume)):
-            owned = self._owned.get(action.relay_id)
-            slot = action.slot if isinstance(action, Resume) else Slot.WATCHER
-            if owned is None:
-                self._to_party(action.party, Reject(action.party, 410, "The pipe is gone."))
-            else:
-                self._start(action.party, owned, slot)
-        elif isinstance(action, TimedOut):
-            metrics.transfer_ended("timeout")
-        elif isinstance(action, StatusReply):
-            owned = self._owned.get(action.relay_id) if action.relay_id is not None else None
-            offset, epoch = (owned.ring.write_seq, owned.info.epoch) if owned is not None else (0, "")
-            status = PipeStatus(action.party, action.state, action.connected, action.n, offset, epoch)
-            self._to_party(action.party, status)
-        elif isinstance(action, CancelRelay):
-            owned = self._owned.get(action.relay_id)
-            if owned is not None:
-                owned.ring.cancel()
-                self.wake(owned.info, Slot.WRITER)
-                self.wake_many(owned.info, list(range(owned.ring.n_readers)))
-            for party in action.parties:
-                self._to_party(party, Cancelled(party))
-        elif isinstance(action, Detach):
-            owned = self._owned.get(action.relay_id)
-            if owned is not None:
-                owned.ring.set_reader_status(action.slot, segment.DETACHED)
-                self.wake(owned.info, Slot.WRITER)
-        elif isinstance(action, Break):
-            owned = self._owned.get(action.relay_id)
-            if owned is not None:
-                owned.ring.break_ring()
-                for slot in range(owned.ring.n_readers):
-                    self.wake(owned.info, slot)
-            for party in action.parties:
-                self._to_party(party, Broken(party))
+    def _tell(self, action: Accepted | ReceiverConnected | ReceiverAborted | ReceiverEvicted | Finish) -> None:
+        self._to_party(action.party, action)
+
+    def _answer(self, action: Reject | Answer | Cancelled | Evicted) -> None:
+        if isinstance(action, Reject) and action.status == 503 and action.message != SHUTTING_DOWN:
+            # A limit binds (pipes, watchers, memory): the operator's concern, so one warning each.
+            log.warning(
+                "refused 503: %s",
+                action.message,
+                extra={"event": "refused", "status": 503, "pipes": len(self.rendezvous.pipes)},
+            )
+        self._to_party(action.party, action)
+
+    def _start_late(self, action: WatcherStart | Resume) -> None:
+        owned = self._owned.get(action.relay_id)
+        slot = action.slot if isinstance(action, Resume) else Slot.WATCHER
+        if owned is None:
+            self._to_party(action.party, Reject(action.party, 410, "The pipe is gone."))
         else:
-            self._release(action)
+            self._start(action.party, owned, slot)
+
+    def _timed_out(self, action: TimedOut) -> None:
+        metrics.transfer_ended("timeout")
+
+    def _status(self, action: StatusReply) -> None:
+        owned = self._owned.get(action.relay_id) if action.relay_id is not None else None
+        offset, epoch = (owned.ring.write_seq, owned.info.epoch) if owned is not None else (0, "")
+        status = PipeStatus(action.party, action.state, action.connected, action.n, offset, epoch)
+        self._to_party(action.party, status)
+
+    def _cancel_relay(self, action: CancelRelay) -> None:
+        owned = self._owned.get(action.relay_id)
+        if owned is not None:
+            owned.ring.cancel()
+            self.wake(owned.info, Slot.WRITER)
+            self.wake_many(owned.info, list(range(owned.ring.n_readers)))
+        for party in action.parties:
+            self._to_party(party, Cancelled(party))
+
+    def _detach(self, action: Detach) -> None:
+        owned = self._owned.get(action.relay_id)
+        if owned is not None:
+            owned.ring.set_reader_status(action.slot, segment.DETACHED)
+            self.wake(owned.info, Slot.WRITER)
+
+    def _break(self, action: Break) -> None:
+        owned = self._owned.get(action.relay_id)
+        if owned is not None:
+            owned.ring.break_ring()
+            for slot in range(owned.ring.n_readers):
+                self.wake(owned.info, slot)
+        for party in action.parties:
+            self._to_party(party, Broken(party))
 
     def _establish(self, action: Establish) -> None:
-        settings = self.settings
         # A producer in this worker grows its ring as it needs; one elsewhere cannot reserve
         # in this arena, so its ring starts whole.
         local = action.sender.worker == self.index
@@ -481,15 +442,15 @@ class WorkerPipes:
             ring = self.arena.create_ring(
                 action.relay_id,
                 n_readers=len(action.receivers),
-                capacity=self.first_capacity if local else settings.ring_bytes,
-                window=settings.replay_window,
+                capacity=self.first_capacity if local else self.settings.ring_bytes,
+                window=self._window,
             )
         except RingMemoryFull as full:
             log.warning("transfer refused: %s", full.reason, extra={"event": "refused", "path": action.path})
             for party in (action.sender, *action.receivers, *action.watchers):
                 self._to_party(party, Reject(party, full.http_status, full.message))
             return  # their Leaves dissolve the relay in the rendezvous; it has no ring to release
-        stall_ms = action.stall_ms if action.stall_ms >= 0 else round(settings.stall_timeout * 1000)
+        stall_ms = action.stall_ms if action.stall_ms >= 0 else self._stall_ms
         info = RelayInfo(
             segment=ring.name,
             capacity=ring.capacity,
@@ -499,7 +460,7 @@ class WorkerPipes:
             epoch=new_epoch(),
             stall_ms=stall_ms,
         )
-        owned = _OwnedRelay(action.relay_id, ring, info, action.path, time.monotonic(), action.receiver_headers)
+        owned = OwnedRelay(action.relay_id, ring, info, action.path, time.monotonic(), action.receiver_headers)
         self._owned[action.relay_id] = owned
         metrics.relay_established(len(action.receivers))
         self._start(action.sender, owned, Slot.WRITER)
@@ -508,7 +469,7 @@ class WorkerPipes:
         for party in action.watchers:
             self._start(party, owned, Slot.WATCHER)
 
-    def _start(self, party: PartyId, owned: _OwnedRelay, slot: int) -> None:
+    def _start(self, party: PartyId, owned: OwnedRelay, slot: int) -> None:
         """Send ``party`` its ``Start``; from now on it may map the ring until it leaves."""
         self._to_party(party, Start(party, owned.info, slot, owned.receiver_headers))
         owned.attached.add(party)
@@ -522,7 +483,7 @@ class WorkerPipes:
             if owned.relay_id in self._retiring:
                 self._free_if_unused(owned)
 
-    def _free_if_unused(self, owned: _OwnedRelay) -> None:
+    def _free_if_unused(self, owned: OwnedRelay) -> None:
         """Free a released ring's slot if nobody may touch it any more, else look again later."""
         if owned.attached:
             return  # a Leave (or the worker's death) brings us back
@@ -558,8 +519,8 @@ class WorkerPipes:
             ending = "aborted"
         else:
             ending = "done"
-        workers = {owned.info.producer, *owned.info.readers}
-        metrics.transfer_ended(ending, across_workers=len(workers) > 1)
+        producer, readers = owned.info.producer, owned.info.readers
+        metrics.transfer_ended(ending, across_workers=any(worker != producer for worker in readers))
         logs.info_fields(
             log,
             "transfer ended",
@@ -575,8 +536,8 @@ class WorkerPipes:
                 "receivers_aborted": action.aborted,
                 "receivers_evicted": action.evicted,
                 "owner_worker": self.index,
-                "sender_worker": owned.info.producer,
-                "receiver_workers": list(owned.info.readers),
+                "sender_worker": producer,
+                "receiver_workers": list(readers),
                 "epoch": owned.info.epoch,
             },
         )
@@ -593,3 +554,35 @@ class WorkerPipes:
         tally.final_flush()
         self._owned.clear()
         self._retiring.clear()
+
+
+#: What the owner does with each frame that is not an answer to a party (``on_frame``).
+_FRAME_HANDLERS: dict[type[Frame], Callable[[WorkerPipes, Any], None]] = {
+    Join: WorkerPipes._on_join,
+    Leave: WorkerPipes._on_leave,
+    Cancel: WorkerPipes._on_event,
+    Query: WorkerPipes._on_event,
+    Stalled: WorkerPipes._on_event,
+    Hello: lambda pipes, hello: None,
+}
+#: How the owner carries out each of the rendezvous' actions (``_apply``; every ``Action``).
+_ACTION_HANDLERS: dict[type[Action], Callable[[WorkerPipes, Any], None]] = {
+    Reject: WorkerPipes._answer,
+    Answer: WorkerPipes._answer,
+    Cancelled: WorkerPipes._answer,
+    Evicted: WorkerPipes._answer,
+    Accepted: WorkerPipes._tell,
+    ReceiverConnected: WorkerPipes._tell,
+    ReceiverAborted: WorkerPipes._tell,
+    ReceiverEvicted: WorkerPipes._tell,
+    Finish: WorkerPipes._tell,
+    Establish: WorkerPipes._establish,
+    WatcherStart: WorkerPipes._start_late,
+    Resume: WorkerPipes._start_late,
+    TimedOut: WorkerPipes._timed_out,
+    StatusReply: WorkerPipes._status,
+    CancelRelay: WorkerPipes._cancel_relay,
+    Detach: WorkerPipes._detach,
+    Break: WorkerPipes._break,
+    Release: WorkerPipes._release,
+}
