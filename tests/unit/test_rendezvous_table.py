@@ -34,7 +34,7 @@ from ringpipe.core.rendezvous import (
     WorkerGone,
 )
 from ringpipe.core.rendezvous.events import GraceOver, ParkOver, Vanished, WaitOver
-from ringpipe.core.rendezvous.machine import TRANSITIONS, Addressed, Ignored, Rendezvous
+from ringpipe.core.rendezvous.machine import _ROUTES, TRANSITIONS, Addressed, Ignored, Rendezvous
 from ringpipe.core.rendezvous.timers import TimerKind
 
 FREE, WAITING, ESTABLISHED, ENDING = PipeState.FREE, PipeState.WAITING, PipeState.ESTABLISHED, PipeState.ENDING
@@ -172,6 +172,15 @@ def test_every_event_is_dispatched_or_fanned_out() -> None:
     """Only Tick and WorkerGone reach no table row directly: they become WaitOver/GraceOver/
     ParkOver and Vanished events, one per timer due or party lost."""
     assert set(typing.get_args(Event)) - set(ADDRESSED) == {Tick, WorkerGone}
+
+
+def test_every_event_has_a_route_and_an_ignored_pair_answers_nothing() -> None:
+    """``handle`` finds each event's pipe by its type: every public and inner event has a
+    route; an ``Ignored`` entry, called as the dispatch calls it, yields no action."""
+    assert set(_ROUTES) == set(typing.get_args(Event)) | set(ADDRESSED)
+    for entry in TRANSITIONS.values():
+        if isinstance(entry, Ignored):
+            assert entry(_rendezvous(), None, Leave(S, True)) == []
 
 
 def test_tick_and_worker_gone_fan_out(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -153,9 +153,13 @@ Addressed = Join | Leave | Cancel | Query | Stalled | Drain | InnerEvent
 
 @dataclass(frozen=True, slots=True)
 class Ignored:
-    """A (state, event) pair that changes nothing and yields no action; ``why`` says why."""
+    """A (state, event) pair that changes nothing and yields no action; ``why`` says why.
+    Called like a handler, it returns no action (so ``_fire`` needs no type check)."""
 
     why: str
+
+    def __call__(self, rendezvous: Rendezvous, pipe: object, event: object) -> list[Action]:
+        return []
 
 
 class Rendezvous(Ledger):
@@ -168,43 +172,47 @@ class Rendezvous(Ledger):
         event yields no action); the hypothesis tests in tests/unit drive it at random."""
         if now is not None:
             self.now = now
-        if isinstance(event, Join):
-            if self._knows(event.party):
-                return []
-            if self.draining:
-                return [Reject(event.party, 503, SHUTTING_DOWN)]
-            return self._fire(self.pipes.get(event.path), event)
-        if isinstance(event, Tick):
-            self.now = event.now
-            return self._expire()
-        if isinstance(event, WorkerGone):
-            lost = sorted(
-                p
-                for p in (*self._waiting_of, *self._relay_of, *self._watching, *self._parked)
-                if (p.worker, p.pid) == (event.worker, event.pid)
-            )
-            return [action for party in lost for action in self._dispatch(Vanished(party))]
-        if isinstance(event, Drain):
-            self.draining = True
-            return [action for pipe in list(self.pipes.values()) for action in self._fire(pipe, event)]
-        return self._dispatch(event)
+        return _ROUTES[type(event)](self, event)
+
+    def _join(self, join: Join) -> list[Action]:
+        """The two checks of every state (see the module docstring), then the transition."""
+        if self._knows(join.party):
+            return []
+        if self.draining:
+            return [Reject(join.party, 503, SHUTTING_DOWN)]
+        return self._fire(self.pipes.get(join.path), join)
+
+    def _tick(self, tick: Tick) -> list[Action]:
+        self.now = tick.now
+        return self._expire()
+
+    def _worker_gone(self, event: WorkerGone) -> list[Action]:
+        lost = sorted(
+            p
+            for p in (*self._waiting_of, *self._relay_of, *self._watching, *self._parked)
+            if (p.worker, p.pid) == (event.worker, event.pid)
+        )
+        return [action for party in lost for action in self._dispatch(Vanished(party))]
+
+    def _drain(self, drain: Drain) -> list[Action]:
+        self.draining = True
+        return [action for pipe in list(self.pipes.values()) for action in self._fire(pipe, drain)]
 
     def _dispatch(self, event: Join | Leave | Cancel | Query | Stalled | InnerEvent) -> list[Action]:
         """Run ``event`` on the pipe it is addressed to (see the module docstring)."""
-        pipe: Waiting | Relay | None
-        if isinstance(event, (Join, Cancel, Query)):
-            pipe = self.pipes.get(event.path)
-        elif isinstance(event, GraceOver):
-            pipe = self.relays.get(event.relay_id)
-        else:
-            pipe = self._pipe_of(event.party)
-        return self._fire(pipe, event)
+        return _ROUTES[type(event)](self, event)
+
+    def _on_path(self, event: Cancel | Query) -> list[Action]:
+        return self._fire(self.pipes.get(event.path), event)
+
+    def _on_party(self, event: Leave | Stalled | WaitOver | ParkOver | Vanished) -> list[Action]:
+        return self._fire(self._pipe_of(event.party), event)
+
+    def _on_relay(self, event: GraceOver) -> list[Action]:
+        return self._fire(self.relays.get(event.relay_id), event)
 
     def _fire(self, pipe: Waiting | Relay | None, event: Addressed) -> list[Action]:
-        transition = TRANSITIONS[PipeState.FREE if pipe is None else pipe.state, type(event)]
-        if isinstance(transition, Ignored):
-            return []
-        return transition(self, pipe, event)
+        return TRANSITIONS[FREE if pipe is None else pipe.state, type(event)](self, pipe, event)
 
     # -- timers --
 
@@ -532,4 +540,21 @@ TRANSITIONS: dict[tuple[PipeState, type[Addressed]], Handler | Ignored] = {
     (WAITING, GraceOver): Ignored("unreachable: a relay id never names a waiting pipe"),
     (ESTABLISHED, GraceOver): Rendezvous._grace_over,
     (ENDING, GraceOver): Rendezvous._grace_over,
+}
+
+#: How ``handle`` finds the pipe an event is addressed to, by the event's type (``Tick``,
+#: ``WorkerGone`` and ``Drain`` fan out first; see the module docstring).
+_ROUTES: dict[type, Callable[[Rendezvous, Any], list[Action]]] = {
+    Join: Rendezvous._join,
+    Leave: Rendezvous._on_party,
+    Stalled: Rendezvous._on_party,
+    Cancel: Rendezvous._on_path,
+    Query: Rendezvous._on_path,
+    Tick: Rendezvous._tick,
+    WorkerGone: Rendezvous._worker_gone,
+    Drain: Rendezvous._drain,
+    WaitOver: Rendezvous._on_party,
+    ParkOver: Rendezvous._on_party,
+    Vanished: Rendezvous._on_party,
+    GraceOver: Rendezvous._on_relay,
 }

@@ -88,5 +88,8 @@ class Relay:
 
 
 def keys_match(expected: str, given: str) -> bool:
-    """Constant-time comparison of two key digests (``""``: no key)."""
+    """Constant-time comparison of two key digests (``""``: no key). Two empty ones (most
+    pipes) match at once: that time tells nothing about a key, there is none."""
+    if not expected and not given:
+        return True
     return hmac.compare_digest(expected.encode(), given.encode())
