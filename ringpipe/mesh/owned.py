@@ -4,12 +4,12 @@ it gives each pipe instance (``worker_pipes.WorkerPipes`` is the owner)."""
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Final
 
 from ringpipe.core.config import Settings
 from ringpipe.core.control_frames import RelayInfo
-from ringpipe.core.rendezvous import Headers, Limits, PartyId
+from ringpipe.core.rendezvous import Headers, Limits
 from ringpipe.shm.segment import RingSegment
 
 __all__ = ["OwnedRelay", "new_epoch", "owner_limits"]
@@ -37,8 +37,9 @@ class OwnedRelay:
     path: str
     started: float
     receiver_headers: Headers = ()
-    #: Parties sent a ``Start`` that have not left: they may map the ring.
-    attached: set[PartyId] = field(default_factory=set)
+    #: How many parties were sent a ``Start`` and have not left: they may map the ring
+    #: (``WorkerPipes._attached_to`` names them; a count here spares a set per live pipe).
+    attached: int = 0
 
 
 _DIGITS: Final = "0123456789abcdefghijklmnopqrstuvwxyz"

@@ -103,6 +103,11 @@ class WakeRouter(Protocol):
 
 
 class _Endpoint:
+    """A producer's or a reader's side of a ring in this worker (slotted, as the subclasses:
+    a held stream keeps one of each for its life)."""
+
+    __slots__ = ("info", "ring", "router", "sleeper", "slot")
+
     def __init__(
         self, router: WakeRouter, ring: RingSegment, info: RelayInfo, slot: int, *, patient: bool = False
     ) -> None:
@@ -130,6 +135,8 @@ class Producer(_Endpoint):
     writer (``RingSegment.evict``) and ``on_stall(slot)`` tells the owner, which ends that
     reader with the ``lagged`` ending. ``stall_s`` 0 never evicts.
     """
+
+    __slots__ = ("_progress", "bytes_written", "meter", "on_stall", "sinks", "stall_s")
 
     def __init__(
         self,
@@ -288,6 +295,18 @@ class Consumer(_Endpoint):
     raises ``Gap`` and continues from the oldest held byte; otherwise it is ``PeerGone``
     with the ``lagged`` ending.
     """
+
+    __slots__ = (
+        "_pos",
+        "bytes_read",
+        "continue_gaps",
+        "express",
+        "in_lockstep",
+        "meter",
+        "moved",
+        "satisfied",
+        "worker",
+    )
 
     def __init__(
         self,

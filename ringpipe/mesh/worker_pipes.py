@@ -128,6 +128,7 @@ class WorkerPipes:
         self._owned: dict[int, OwnedRelay] = {}
         #: Released relays whose rings wait for their last users (see the module docstring).
         self._retiring: dict[int, OwnedRelay] = {}
+        #: Each party sent a ``Start`` that has not left, and its ring (``OwnedRelay.attached`` counts them).
         self._attached_to: dict[PartyId, OwnedRelay] = {}
         self._free_timer: asyncio.TimerHandle | None = None
         self._free_wait = FREE_RETRY_S
@@ -326,8 +327,8 @@ class WorkerPipes:
     def on_peer_gone(self, worker: int, pid: int) -> None:
         for owned in (*self._owned.values(), *self._retiring.values()):
             owned.ring.clear_user(worker)  # a dead process touches nothing
-            for party in [p for p in owned.attached if p.worker == worker and p.pid == pid]:
-                self._detached(party)
+        for party in [p for p in self._attached_to if p.worker == worker and p.pid == pid]:
+            self._detached(party)
         self._apply(self.rendezvous.handle(WorkerGone(worker, pid), time.monotonic()))
         self.on_peer_unreachable(worker)
         self._retry_frees()
@@ -472,14 +473,15 @@ class WorkerPipes:
     def _start(self, party: PartyId, owned: OwnedRelay, slot: int) -> None:
         """Send ``party`` its ``Start``; from now on it may map the ring until it leaves."""
         self._to_party(party, Start(party, owned.info, slot, owned.receiver_headers))
-        owned.attached.add(party)
-        self._attached_to[party] = owned
+        if self._attached_to.get(party) is not owned:
+            owned.attached += 1
+            self._attached_to[party] = owned
 
     def _detached(self, party: PartyId) -> None:
         """``party`` left (or died): it no longer keeps its ring's slot."""
         owned = self._attached_to.pop(party, None)
         if owned is not None:
-            owned.attached.discard(party)
+            owned.attached -= 1
             if owned.relay_id in self._retiring:
                 self._free_if_unused(owned)
 

@@ -128,7 +128,12 @@ def set_worker_slot(index: int) -> None:
 
 
 class RingSegment:
-    """One pipe's ring in shared memory, seen through one handle (writer, reader or owner)."""
+    """One pipe's ring in shared memory, seen through one handle (writer, reader or owner; slotted: 3 per pipe)."""
+
+    __slots__ = tuple(
+        "_cached_slowest _data _data_offset _grower _region _users _watch_flags _words"
+        " max_capacity n_readers name owned words".split()
+    )
 
     def __init__(self, region: mapping.Region, *, owned: bool) -> None:
         """A handle on a mapped ring (``region`` counts it already).

@@ -142,7 +142,7 @@ class Ledger:
         relay.slots[party] = slot
         self._relay_of[party] = relay.relay_id
         if join.resumable:
-            relay.resumable.add(party)
+            relay.resumable[party] = None
         return [Resume(party, relay.relay_id, slot)]
 
     def _unpark(self, relay: Relay) -> list[Action]:

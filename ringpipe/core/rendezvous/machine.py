@@ -342,8 +342,8 @@ class Rendezvous(Ledger):
             waiting.sender,
             {p: i for i, p in enumerate(waiting.receivers)},
             key=waiting.key,
-            resumable=set(waiting.resumable),
-            watchers=set(waiting.watchers),
+            resumable=dict.fromkeys(waiting.resumable),
+            watchers=dict.fromkeys(waiting.watchers),
         )
         self.pipes[waiting.path] = self.relays[relay_id] = relay
         self.memory += cost
@@ -373,7 +373,7 @@ class Rendezvous(Ledger):
         if join.role is Role.WATCHER:
             if len(relay.watchers) >= self.limits.max_watchers:
                 return [Reject(party, 503, f"'{path}' has its limit of watchers.")]
-            relay.watchers.add(party)
+            relay.watchers[party] = None
             self._watching[party] = relay.relay_id
             return [WatcherStart(party, relay.relay_id)]
         established = Reject(party, 400, f"Connection on '{path}' has been established already.")
@@ -383,7 +383,7 @@ class Rendezvous(Ledger):
         if view is None or (join.epoch and join.epoch != view.epoch and not join.gaps):
             return [gone(party, path, join.offset)]
         if not relay.reserved:
-            if self.limits.reconnect_grace > 0 and relay.resumable & set(relay.slots):
+            if self.limits.reconnect_grace > 0 and relay.resumable.keys() & relay.slots.keys():
                 # A reload can arrive before its old connection's drop: wait for that slot.
                 relay.parked[party] = join
                 self._parked[party] = relay.relay_id
@@ -406,7 +406,7 @@ class Rendezvous(Ledger):
                 del relay.parked[party]
             else:
                 del self._watching[party]
-                relay.watchers.discard(party)
+                relay.watchers.pop(party, None)
             return []
         completed = isinstance(leave, Leave) and leave.completed
         actions: list[Action] = []
@@ -428,7 +428,7 @@ class Rendezvous(Ledger):
                 and self.limits.reconnect_grace > 0
                 and not relay.path_freed
             )
-            relay.resumable.discard(party)
+            relay.resumable.pop(party, None)
             if keep:
                 deadline = self.now + self.limits.reconnect_grace
                 relay.reserved[slot] = deadline
@@ -483,7 +483,7 @@ class Rendezvous(Ledger):
             return []
         del relay.slots[reader]
         del self._relay_of[reader]
-        relay.resumable.discard(reader)
+        relay.resumable.pop(reader, None)
         return [Evicted(reader), *self._slot_gone(relay, stalled.slot, completed=False, evicted=True)]
 
     def _drain_waiting(self, waiting: Waiting, drain: Drain) -> list[Action]:

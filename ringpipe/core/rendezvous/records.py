@@ -77,8 +77,10 @@ class Relay:
     key: str = ""
     #: Reader slots kept for a dropped resumable receiver: slot -> grace deadline.
     reserved: dict[int, float] = field(default_factory=dict)
-    resumable: set[PartyId] = field(default_factory=set)
-    watchers: set[PartyId] = field(default_factory=set)
+    #: The receivers that can resume, and the watchers: sets kept as dicts (keys, in the
+    #: order they came; an empty set is 216 bytes, an empty dict 64, held by every relay).
+    resumable: dict[PartyId, None] = field(default_factory=dict)
+    watchers: dict[PartyId, None] = field(default_factory=dict)
     #: Resumes that came before the old connection's drop was seen: they wait for a slot.
     parked: dict[PartyId, Join] = field(default_factory=dict)
 
