@@ -93,27 +93,33 @@ _batch = _Batch()
 def count(counter: Counter, amount: float = 1) -> None:
     """``counter.inc(amount)``, written with the next batch (``counter``: an unlabelled
     counter or a labelled one's child)."""
-    amounts = _batch.amounts
+    batch = _batch
+    amounts = batch.amounts
     amounts[counter] = amounts.get(counter, 0) + amount
-    _batch.schedule()
+    if not batch.scheduled:  # ``schedule``'s own first check, without the call (a batch is rarely new)
+        batch.schedule()
 
 
 def shift(gauge: Gauge, delta: float) -> None:
     """``gauge.inc(delta)``, written with the next batch (a livesum gauge's share of this
     process: an item that comes and goes within one batch writes nothing)."""
-    amounts = _batch.amounts
+    batch = _batch
+    amounts = batch.amounts
     amounts[gauge] = amounts.get(gauge, 0) + delta
-    _batch.schedule()
+    if not batch.scheduled:
+        batch.schedule()
 
 
 def observe(histogram: Histogram, amount: float) -> None:
     """``histogram.observe(amount)``, written with the next batch (an unlabelled histogram
     or a labelled one's child)."""
-    held = _batch.histograms.get(histogram)
+    batch = _batch
+    held = batch.histograms.get(histogram)
     if held is None:
-        held = _batch.histograms[histogram] = _HeldHistogram(histogram)
+        held = batch.histograms[histogram] = _HeldHistogram(histogram)
     held.add(amount)
-    _batch.schedule()
+    if not batch.scheduled:
+        batch.schedule()
 
 
 def flush() -> None:
