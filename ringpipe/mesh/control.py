@@ -207,8 +207,12 @@ class Mesh:
         if self._local_loop is None:  # ``run`` ended: the frames wait (the worker is exiting)
             return
         frames, self._local = self._local, []
+        on_frame, index = self._on_frame, self.index
         for frame in frames:
-            self._dispatch(self.index, frame)
+            try:  # ``_dispatch``, inlined: every frame of a pipe whose parties are all here
+                on_frame(index, frame)
+            except Exception:  # a bug in a handler must not take the mesh down
+                log.exception("control frame handler failed on %r", frame)
 
     def _dispatch(self, worker: int, frame: Frame) -> None:
         try:

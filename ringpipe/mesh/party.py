@@ -46,7 +46,9 @@ class Inbox:
     def put(self, item: InboxItem) -> None:
         if not self._closed:
             self._items.append(item)
-            self._wake()
+            waiter = self._waiter  # ``_wake``, inlined: a few items per party, thousands of parties
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
             if self._on_item is not None:
                 self._on_item()
 
