@@ -177,7 +177,7 @@ class Arena:
         offset = self.slots.offset(slot)
         chunk = self._chunks.get(index)
         try:
-            fd = self._file()
+            fd = self._fd if self._fd is not None else self._file()
             if chunk is None:
                 chunk = self._map_chunk(fd, index)
             os.posix_fallocate(fd, offset, size)
@@ -267,12 +267,13 @@ class Arena:
     def free(self, ring: RingSegment) -> None:
         """Give a ring's pages back to the system and its slot to the next ring. Only when no
         process touches it any more (see "Users" above); the owner's handle closes."""
-        slot = ring.region.offset // self.slots.slot_bytes
+        region = ring.region
+        slot = region.offset // self.slots.slot_bytes
         if self._rings.get(slot) is not ring:
             raise ValueError(f"{ring.name!r} is not a live ring of {self.name}")
         size = self._reserved.pop(slot)
         del self._rings[slot]
-        ring.region.madvise(mmap.MADV_REMOVE, 0, size)
+        region.mm.madvise(mmap.MADV_REMOVE, region.base, size)  # ``region.madvise(REMOVE, 0, size)``
         ring.close()
         self.budget.give(size)
         self.slots.give(slot)
