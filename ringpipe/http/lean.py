@@ -10,13 +10,16 @@ thousands of times a second. ``LeanHttpToolsProtocol`` keeps:
 
 - the worker-wide attributes on the class (set by the first connection, ``_share``), the
   rest in slots, at the values uvicorn gives them;
-- the addresses read from the transport with the first request (a connection handed to
-  another worker before one never converts them);
+- the parser made with the first bytes fed, and the addresses read from the transport
+  with the first request (a connection handed to another worker before one makes
+  neither);
 - one ``Flow`` and one ``Cycle`` per connection and request: uvicorn's classes with slots
   and a ``Flag`` for their event;
 - the keep-alive deadline in the worker's ``limits.Deadlines`` (one loop timer per tick);
 - uvicorn's request start (``_start_request``) and response end (``on_response_complete``),
-  done the same way, in one frame each.
+  done the same way, in one frame each;
+- a lost connection marks the request that runs, not only the last one parsed (with a
+  pipelined request queued, uvicorn's left the running app to "forget" its answer).
 
 The parser callbacks that ringpipe extends are left to ``protocol.RingpipeHttpProtocol``.
 """
@@ -154,6 +157,7 @@ class LeanHttpToolsProtocol(HttpToolsProtocol):
 
     __slots__ = (
         "_keep_alive_in",
+        "_running",
         "client",
         "cycle",
         "expect_100_continue",
@@ -192,9 +196,8 @@ class LeanHttpToolsProtocol(HttpToolsProtocol):
             and worker[3] is loop
         ):
             self._share(config, server_state, app_state, loop)
-        self.parser = httptools.HttpRequestParser(self)
-        if _LENIENT:  # answer the first of pipelined requests that follow a ``Connection: close``
-            self.parser.set_dangerous_leniencies(lenient_data_after_close=True)
+        #: Made when the first bytes are fed (``_new_parser``).
+        self.parser = cast("httptools.HttpRequestParser", None)
         self.transport = cast("asyncio.Transport", None)
         self.flow = cast("Flow", None)
         self.server = self.client = self.scheme = None
@@ -207,6 +210,8 @@ class LeanHttpToolsProtocol(HttpToolsProtocol):
         self.timeout_keep_alive_task = None  # uvicorn's; the deadline is ``_keep_alive_in``
         #: The ``Deadlines`` bucket of this idle connection's keep-alive deadline; None: none.
         self._keep_alive_in: set[Callable[[], None]] | None = None
+        #: The request whose app runs now (uvicorn runs a connection's requests one at a time).
+        self._running: RequestResponseCycle | None = None
 
     def _share(
         self, config: Config, server_state: ServerState, app_state: dict[str, Any], loop: asyncio.AbstractEventLoop
@@ -238,6 +243,13 @@ class LeanHttpToolsProtocol(HttpToolsProtocol):
         for name in _WORKER_WIDE:
             setattr(target, name, values[name])
         setattr(target, "_worker", (config, server_state, app_state, loop))  # noqa: B010 - a ClassVar, or this one's
+
+    def _new_parser(self) -> httptools.HttpRequestParser:
+        """A parser for this connection, at the start of a request, as uvicorn makes it."""
+        parser = self.parser = httptools.HttpRequestParser(self)
+        if _LENIENT:  # answer the first of pipelined requests that follow a ``Connection: close``
+            parser.set_dangerous_leniencies(lenient_data_after_close=True)
+        return parser
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         # uvicorn's asks the socket for both addresses (a Python socket object and system
@@ -282,6 +294,13 @@ class LeanHttpToolsProtocol(HttpToolsProtocol):
             self.transport.abort()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        running = self._running
+        if running is not None and not running.response_complete:
+            # uvicorn marks only the last request parsed, which is not the one running when
+            # a pipelined request is queued: the running app would then "forget" to answer
+            # and uvicorn would try a 500 on the closed transport.
+            running.disconnected = True
+            running.message_event.set()
         self.connections.discard(self)
         if self.logger.isEnabledFor(TRACE_LOG_LEVEL):
             self.logger.log(TRACE_LOG_LEVEL, "%s - HTTP connection lost", self._peer())
@@ -376,6 +395,7 @@ class LeanHttpToolsProtocol(HttpToolsProtocol):
             self.pipeline.appendleft((cycle, app))
 
     def _start_asgi_task(self, cycle: RequestResponseCycle, app: Any) -> None:
+        self._running = cycle
         if self.config.reset_contextvars:  # uvicorn's opt-in: each request in a fresh context
             task = self.loop.create_task(cycle.run_asgi(app), context=contextvars.Context())
         else:

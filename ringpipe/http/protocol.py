@@ -13,7 +13,6 @@ limit, TLS on the same port, and the HTTP/1.0 status line; see the class.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from typing import TYPE_CHECKING, Any, ClassVar, Final, cast
 
@@ -89,6 +88,7 @@ class RingpipeHttpProtocol(LeanHttpToolsProtocol):
         "_adopted",
         "_adopted_fd",
         "_at_head",
+        "_between",
         "_deferred",
         "_framing",
         "_head_bytes",
@@ -99,7 +99,6 @@ class RingpipeHttpProtocol(LeanHttpToolsProtocol):
         "_refused",
         "_replay",
         "_rp_connection",
-        "_running",
         "_sniffing",
         "_splitting",
         "_tail",
@@ -139,6 +138,8 @@ class RingpipeHttpProtocol(LeanHttpToolsProtocol):
         self.holding: bytearray | None = None
         self._framing: BodyFraming | None = None
         self._at_head, self._splitting, self._tail = True, False, b""
+        #: The parser is between two requests of a keep-alive connection (``_feed`` drops it).
+        self._between = False
         #: Bytes of the current request head read so far (counted while ``_at_head``).
         self._head_bytes = 0
         #: Header bytes the parser reported for the current request (a backstop for heads that
@@ -154,8 +155,6 @@ class RingpipeHttpProtocol(LeanHttpToolsProtocol):
         self._refusal: Refusal | None = None
         #: A refusal waiting for the responses owed before it (``_refuse``).
         self._deferred: Refusal | None = None
-        #: The request whose app runs now (uvicorn runs a connection's requests one at a time).
-        self._running: RequestResponseCycle | None = None
 
     def adopting(self, replay: bytes, fd: int) -> RingpipeHttpProtocol:
         """Serve a connection (socket ``fd``) a peer worker handed over, starting with the
@@ -274,13 +273,21 @@ class RingpipeHttpProtocol(LeanHttpToolsProtocol):
         ``rest``: bytes read after ``data`` and not fed yet; after a WebSocket upgrade they,
         and whatever of ``data`` follows the upgrade's head, belong to the WebSocket.
         """
+        parser = self.parser
+        if parser is None:
+            parser = self._new_parser()
         try:
-            self.parser.feed_data(data)
-            if self._line_open and data.endswith(b"\n") and self.url and self.parser.get_http_version() == "0.0":
+            parser.feed_data(data)
+            if self._line_open and data.endswith(b"\n") and self.url and parser.get_http_version() == "0.0":
                 # A request line ended with no version (llhttp waits for headers): an HTTP/0.9
                 # client, which waits for an answer, not a 1.x one still sending its line.
                 self._line_open = False
                 self._refuse(400, NO_VERSION)
+            elif self._between and self.parser is parser:
+                # Between two requests of a keep-alive connection, a parser holds no state a
+                # fresh one lacks: the next bytes fed make one, and a connection waiting
+                # (for its pipe's peer, its app) meanwhile holds none (~1 KiB).
+                self.parser = cast("httptools.HttpRequestParser", None)
         except httptools.HttpParserUpgrade as upgrade:
             if self._should_upgrade():
                 at = upgrade.args[0] if upgrade.args and isinstance(upgrade.args[0], int) else len(data)
@@ -479,10 +486,6 @@ class RingpipeHttpProtocol(LeanHttpToolsProtocol):
                 sink, conn.sink = conn.sink, None
                 sink.lost()
 
-    def _start_asgi_task(self, cycle: RequestResponseCycle, app: Any) -> None:
-        self._running = cycle
-        super()._start_asgi_task(cycle, app)
-
     # -- hold-back, raw body --
 
     def on_headers_complete(self) -> None:
@@ -503,6 +506,9 @@ class RingpipeHttpProtocol(LeanHttpToolsProtocol):
         held, framing = self.holding, self._framing
         assert held is not None and framing is not None
         self.holding = self._framing = None
+        # The parser stopped at the body, which it will never see: the next request, after
+        # the body, gets a fresh one (``end_raw_body``). Meanwhile the upload holds none.
+        self.parser = cast("httptools.HttpRequestParser", None)
         raw = RawBody(self, ingest, framing)
         if raw.take(bytes(held)):
             return  # the whole body had already arrived
@@ -515,12 +521,10 @@ class RingpipeHttpProtocol(LeanHttpToolsProtocol):
             self.flow.resume_reading()
 
     def end_raw_body(self, raw: RawBody, leftover: bytes) -> None:
-        """The raw body ended: take the transport back, with a parser at a message boundary."""
+        """The raw body ended: take the transport back; the next bytes fed make a parser
+        (at a message boundary)."""
         if self.transport.get_protocol() is raw:
             self.transport.set_protocol(self)
-        self.parser = httptools.HttpRequestParser(self)
-        with contextlib.suppress(AttributeError):  # httptools < 0.6.2
-            self.parser.set_dangerous_leniencies(lenient_data_after_close=True)
         self._at_head, self._tail, self._head_bytes = True, b"", 0
         if self.cycle is not None:
             self.cycle.more_body = False
@@ -544,18 +548,12 @@ class RingpipeHttpProtocol(LeanHttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_head_timer()
-        running = self._running
-        if running is not None and not running.response_complete:
-            # uvicorn marks only the last request parsed, which is not the one running when
-            # a pipelined request is queued: the running app would then "forget" to answer
-            # and uvicorn would try a 500 on the closed transport.
-            running.disconnected = True
-            running.message_event.set()
         super().connection_lost(exc)
         self._connection_gone()
 
     def on_message_begin(self) -> None:
         """A request begins: uvicorn's scope, with our ``Connection`` in its extensions."""
+        self._between = False
         self._header_sum = 0
         self._line_open = True
         super().on_message_begin()
@@ -573,6 +571,8 @@ class RingpipeHttpProtocol(LeanHttpToolsProtocol):
 
     def on_message_complete(self) -> None:
         self._at_head, self._tail, self._head_bytes = True, b"", 0
+        # After ``Connection: close`` the parser drops whatever follows: it is kept for that.
+        self._between = self.parser.should_keep_alive()
         conn = self._rp_connection
         if conn is not None and conn.sink is not None:
             sink, conn.sink = conn.sink, None
@@ -589,11 +589,3 @@ class RingpipeHttpProtocol(LeanHttpToolsProtocol):
         super().resume_writing()
         if self._rp_connection is not None:
             self._rp_connection.drained.set()
-
-
-def _address(info: object) -> tuple[str, int] | None:
-    """A TCP transport's ``sockname``/``peername`` as uvicorn's scope has it: (host, port);
-    an IPv6 address's flow info and scope id are left out."""
-    if isinstance(info, tuple | list) and len(info) >= 2:
-        return (str(info[0]), int(info[1]))
-    return None
