@@ -37,7 +37,7 @@ from ringpipe.http.rawbody import RawBody, raw_body_framing
 from ringpipe.http.tls import start_server_tls
 from ringpipe.http.uvicorn_shims import Http10StatusLine
 from ringpipe.mesh.handoff import Handoff
-from ringpipe.ops import metrics
+from ringpipe.ops import metrics, tally
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -261,7 +261,7 @@ class RingpipeHttpProtocol(LeanHttpToolsProtocol):
         sock = self.transport.get_extra_info("socket")  # (a ``Connection`` is not made for this)
         if sock is None or not handoff.send(worker, sock.fileno(), data, self._family()):
             return False
-        metrics.HANDOFFS.inc()
+        tally.count(metrics.HANDOFFS)
         self._cancel_head_timer()
         self.transport.pause_reading()
         self.transport.abort()  # closes our copy only: the peer's keeps the connection open

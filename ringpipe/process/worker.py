@@ -160,26 +160,28 @@ def run_worker(
         app.access = app.access.with_tokens(tokens)
         log.info("tokens reloaded", extra={"event": "tokens_reloaded", "worker": index, "tokens": len(tokens)})
 
-    adopted: set[asyncio.Task[None]] = set()
+    adopted: set[asyncio.Task[object]] = set()
     serving: list[_WorkerServer] = []  # the server, once ``main`` made it
 
     def adopt(sock: socket.socket, data: bytes) -> None:
-        """A peer handed us a connection (``handoff.py``): serve it as if we had accepted it."""
-        task = asyncio.get_running_loop().create_task(serve_adopted(sock, data))
+        """A peer handed us a connection (``handoff.py``): serve it as if we had accepted it.
+
+        The loop's own coroutine is the task (no coroutine of ours around it), its protocol
+        made here, before it: the factory only hands it over."""
+        server = serving[0]
+        made = protocol_class(config=config, server_state=server.server_state, app_state=server.lifespan.state)
+        made.adopting(data, sock.fileno())
+        loop = asyncio.get_running_loop()
+        task: asyncio.Task[object] = loop.create_task(loop.connect_accepted_socket(lambda: made, sock))
         adopted.add(task)
-        task.add_done_callback(adopted.discard)
 
-    async def serve_adopted(sock: socket.socket, data: bytes) -> None:
-        def protocol() -> RingpipeHttpProtocol:
-            server = serving[0]
-            made = protocol_class(config=config, server_state=server.server_state, app_state=server.lifespan.state)
-            return made.adopting(data, sock.fileno())
+        def settled(task: asyncio.Task[object]) -> None:
+            adopted.discard(task)
+            if not task.cancelled() and (exc := task.exception()) is not None:
+                log.error("could not serve a handed-off connection", exc_info=exc)
+                sock.close()
 
-        try:
-            await asyncio.get_running_loop().connect_accepted_socket(protocol, sock)
-        except Exception:
-            log.exception("could not serve a handed-off connection")
-            sock.close()
+        task.add_done_callback(settled)
 
     handoffs: HandoffChannel | None = None
     handoff: Handoff | None = None
