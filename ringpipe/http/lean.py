@@ -61,6 +61,7 @@ _NONE_QUEUED: Final = cast("deque[tuple[RequestResponseCycle, Any]]", ())
 #: uvicorn's attributes that hold the same object on every connection of a worker: kept on
 #: the protocol class (``_share``), not per connection.
 _WORKER_WIDE: Final = (
+    "_forget_task",
     "access_log",
     "access_logger",
     "app",
@@ -80,7 +81,8 @@ _WORKER_WIDE: Final = (
 
 
 class Flow(FlowControl):
-    """uvicorn's ``FlowControl`` in slots, its writable event a ``Flag``."""
+    """uvicorn's ``FlowControl`` in slots, its writable event a ``Flag`` made the first time
+    writing pauses (most connections never fill their socket: until then nothing waits)."""
 
     __slots__ = ("_is_writable_event", "_transport", "read_paused", "write_paused")
 
@@ -88,7 +90,24 @@ class Flow(FlowControl):
         self._transport = transport
         self.read_paused = False
         self.write_paused = False
-        self._is_writable_event = cast("asyncio.Event", Flag(True))
+        self._is_writable_event = cast("asyncio.Event", None)
+
+    async def drain(self) -> None:
+        if self._is_writable_event is not None:
+            await self._is_writable_event.wait()
+
+    def pause_writing(self) -> None:
+        if not self.write_paused:
+            self.write_paused = True
+            if self._is_writable_event is None:
+                self._is_writable_event = cast("asyncio.Event", Flag())
+            else:
+                self._is_writable_event.clear()
+
+    def resume_writing(self) -> None:
+        if self.write_paused:
+            self.write_paused = False
+            self._is_writable_event.set()
 
 
 class Cycle(RequestResponseCycle):
@@ -176,6 +195,11 @@ class LeanHttpToolsProtocol(HttpToolsProtocol):
     #: What the ``_WORKER_WIDE`` attributes the class holds were made from: (config, server
     #: state, app state, loop); () until its first connection.
     _worker: ClassVar[tuple[object, ...]] = ()
+    #: ``tasks.discard``, one bound method for all the request tasks of the worker.
+    _forget_task: Callable[[asyncio.Task[None]], None]
+    #: The last server address and client host seen (``_addresses``).
+    _last_server: ClassVar[tuple[str, int] | None] = None
+    _last_host: ClassVar[str | None] = None
     #: The keep-alive (and subclasses' other) deadlines of this class's connections, per event loop.
     _deadlines: ClassVar[Deadlines | None] = None
 
@@ -236,6 +260,7 @@ class LeanHttpToolsProtocol(HttpToolsProtocol):
             "root_path": config.root_path,
             "server_state": server_state,
             "tasks": server_state.tasks,
+            "_forget_task": server_state.tasks.discard,
             "timeout_keep_alive": config.timeout_keep_alive,
             "ws_protocol_class": config.ws_protocol_class,
         }
@@ -260,10 +285,27 @@ class LeanHttpToolsProtocol(HttpToolsProtocol):
         self.server = self.client = self.scheme = None
 
     def _addresses(self) -> None:
-        """Fill ``server``, ``client`` and ``scheme`` from the transport."""
+        """Fill ``server``, ``client`` and ``scheme`` from the transport.
+
+        Every connection of a listening address has the same server address, and most
+        clients share a host: the first such tuple and host string are kept for the class
+        and given to the next connections that have equal ones (a request scope holds both
+        for as long as the request runs)."""
         transport = self.transport
-        self.server = _address(transport.get_extra_info("sockname"))
-        self.client = _address(transport.get_extra_info("peername"))
+        server = _address(transport.get_extra_info("sockname"))
+        if server is not None:
+            if server == self._last_server:
+                server = self._last_server
+            else:
+                type(self)._last_server = server
+        self.server = server
+        client = _address(transport.get_extra_info("peername"))
+        if client is not None:
+            if client[0] == self._last_host:
+                client = (self._last_host, client[1])
+            else:
+                type(self)._last_host = client[0]
+        self.client = client
         self.scheme = "https" if transport.get_extra_info("sslcontext") else "http"
 
     def _peer(self) -> str | None:
@@ -400,9 +442,8 @@ class LeanHttpToolsProtocol(HttpToolsProtocol):
             task = self.loop.create_task(cycle.run_asgi(app), context=contextvars.Context())
         else:
             task = self.loop.create_task(cycle.run_asgi(app))
-        tasks = self.tasks
-        task.add_done_callback(tasks.discard)
-        tasks.add(task)
+        task.add_done_callback(self._forget_task)
+        self.tasks.add(task)
 
     def on_response_complete(self) -> None:
         """The response is sent: start the next pipelined request, or wait for one (closed
