@@ -58,6 +58,8 @@ log = logging.getLogger("ringpipe.connection")
 _LENIENT: Final = hasattr(httptools.HttpRequestParser, "set_dangerous_leniencies")
 #: A connection's queue of pipelined requests until it has one (``Pipeline`` is made then).
 _NONE_QUEUED: Final = cast("deque[tuple[RequestResponseCycle, Any]]", ())
+#: The usual methods' names, one string each for all requests.
+_METHODS: Final = {name.encode(): name for name in ("GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH")}
 #: uvicorn's attributes that hold the same object on every connection of a worker: kept on
 #: the protocol class (``_share``), not per connection.
 _WORKER_WIDE: Final = (
@@ -377,17 +379,27 @@ class LeanHttpToolsProtocol(HttpToolsProtocol):
         if self.scheme is None:
             self._addresses()
         self.headers = headers = cast("list[tuple[bytes, bytes]]", [])
-        self.scope = {
-            "type": "http",
-            "asgi": {"version": self.asgi_version, "spec_version": "2.3"},
-            "http_version": "1.1",
-            "server": self.server,
-            "client": self.client,
-            "scheme": self.scheme,  # type: ignore[typeddict-item]
-            "root_path": self.root_path,
-            "headers": headers,
-            "state": self.app_state.copy(),
-        }
+        # Made whole at once (the keys the head's end fills in are there already, and
+        # ``extensions`` for a subclass to fill): one table, not a resize per request.
+        self.scope = cast(
+            "HTTPScope",
+            {
+                "type": "http",
+                "asgi": {"version": self.asgi_version, "spec_version": "2.3"},
+                "http_version": "1.1",
+                "server": self.server,
+                "client": self.client,
+                "scheme": self.scheme,
+                "root_path": self.root_path,
+                "headers": headers,
+                "state": self.app_state.copy(),
+                "extensions": {},
+                "method": None,
+                "path": None,
+                "raw_path": None,
+                "query_string": None,
+            },
+        )
 
     def _start_request(self) -> None:
         """uvicorn's end of a request head: the scope's method, version, path and query, a
@@ -396,7 +408,8 @@ class LeanHttpToolsProtocol(HttpToolsProtocol):
         parser = self.parser
         scope = cast("dict[str, Any]", self.scope)
         http_version = parser.get_http_version()
-        scope["method"] = parser.get_method().decode("ascii")
+        method = parser.get_method()
+        scope["method"] = _METHODS.get(method) or method.decode("ascii")
         if http_version != "1.1":
             scope["http_version"] = http_version
         if parser.should_upgrade() and self._should_upgrade():

@@ -255,7 +255,7 @@ class RingpipeHttpProtocol(LeanHttpToolsProtocol):
             return False
         if self._running is not None and not self._running.response_complete:
             return False
-        worker = handoff.target(data[:end])
+        worker = handoff.target(data)  # (it reads the request line only)
         if worker is None:
             return False
         sock = self.transport.get_extra_info("socket")  # (a ``Connection`` is not made for this)
@@ -560,7 +560,7 @@ class RingpipeHttpProtocol(LeanHttpToolsProtocol):
         conn = self._rp_connection
         if conn is None:  # the first request: a connection handed off before one never makes it
             conn = self._rp_connection = Connection(self.transport, self, tls=self._tls, fd=self._adopted_fd)
-        cast("dict[str, Any]", self.scope)["extensions"] = {EXTENSION: conn}
+        cast("dict[str, Any]", self.scope)["extensions"][EXTENSION] = conn
 
     def on_body(self, body: bytes) -> None:
         conn = self._rp_connection

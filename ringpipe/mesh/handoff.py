@@ -64,7 +64,8 @@ _ONE_FD_SPACE: Final = socket.CMSG_SPACE(array.array("i").itemsize)
 def handoff_target(head: bytes, *, index: int, workers: int, max_n: int) -> int | None:
     """The worker to hand a connection to, given its request ``head``; None: serve it here.
 
-    ``head`` is one whole request head (request line through the blank line). Only
+    ``head`` begins with one whole request head (request line through the blank line;
+    what follows it is not read). Only
     origin-form targets on pipe paths (not ``RESERVED_PATHS``) whose ``?n`` (default 1,
     parsed as the app parses it) is 1..``max_n`` qualify, and only when another worker
     owns the path. Anything unexpected means "here": the app then answers it as usual.

@@ -26,7 +26,6 @@ import socket
 import ssl
 import time
 from collections.abc import Callable, Generator
-from functools import partial
 from pathlib import Path
 from typing import Final
 
@@ -187,7 +186,11 @@ def run_worker(
     handoff: Handoff | None = None
     if settings.workers > 1 and settings.colocate_max_n > 0:
         handoffs = HandoffChannel(runtime_dir, index, adopt)
-        target = partial(handoff_target, index=index, workers=settings.workers, max_n=settings.colocate_max_n)
+        workers, max_n = settings.workers, settings.colocate_max_n
+
+        def target(head: bytes) -> int | None:  # not a partial: that copies its keywords into a dict per call
+            return handoff_target(head, index=index, workers=workers, max_n=max_n)
+
         handoff = Handoff(target=target, send=handoffs.send)
 
     protocol_class = RingpipeHttpProtocol.configured(EdgeLimits.from_settings(settings, tls), handoff)
