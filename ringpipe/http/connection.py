@@ -161,11 +161,6 @@ class Connection:
             fd = self._fd = -1 if sock is None else int(sock.fileno())
         return fd
 
-    def family(self) -> int:
-        """The socket's address family (``socket.AF_INET``...), 0 when it has none."""
-        sock = self.transport.get_extra_info("socket")
-        return 0 if sock is None else int(sock.family)
-
     def write_raw(self, data: bytes) -> None:
         """Write bytes outside the ASGI response (``HTTP/1.1 100 Continue``)."""
         if not self.transport.is_closing():

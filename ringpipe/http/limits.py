@@ -170,7 +170,8 @@ class Deadlines:
     every idle keep-alive connection under another; almost all of them are cancelled, and
     a ``TimerHandle`` each cost a timer set and cancelled in the loop per connection. Here a
     deadline joins the bucket of its tick (rounded up: it fires at most ``tick`` seconds
-    late, never early), one loop timer fires a bucket, and cancelling is a set removal.
+    late, and never earlier than a ``call_later`` would), one loop timer fires a bucket,
+    and cancelling is a set removal.
 
     ``add`` returns the bucket: ``bucket.discard(callback)`` cancels (callbacks are
     compared by equality, so a fresh bound method of the same object cancels). A callback
