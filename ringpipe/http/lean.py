@@ -63,6 +63,7 @@ _METHODS: Final = {name.encode(): name for name in ("GET", "HEAD", "POST", "PUT"
 #: uvicorn's attributes that hold the same object on every connection of a worker: kept on
 #: the protocol class (``_share``), not per connection.
 _WORKER_WIDE: Final = (
+    "_asgi",
     "_forget_task",
     "access_log",
     "access_logger",
@@ -197,6 +198,9 @@ class LeanHttpToolsProtocol(HttpToolsProtocol):
     #: What the ``_WORKER_WIDE`` attributes the class holds were made from: (config, server
     #: state, app state, loop); () until its first connection.
     _worker: ClassVar[tuple[object, ...]] = ()
+    #: A scope's ``asgi`` entry (the ASGI version): the same on every request of a worker,
+    #: so one dict serves them all (apps read it; none of ours writes it).
+    _asgi: dict[str, str]
     #: ``tasks.discard``, one bound method for all the request tasks of the worker.
     _forget_task: Callable[[asyncio.Task[None]], None]
     #: The last server address and client host seen (``_addresses``).
@@ -263,6 +267,7 @@ class LeanHttpToolsProtocol(HttpToolsProtocol):
             "server_state": server_state,
             "tasks": server_state.tasks,
             "_forget_task": server_state.tasks.discard,
+            "_asgi": {"version": config.asgi_version, "spec_version": "2.3"},
             "timeout_keep_alive": config.timeout_keep_alive,
             "ws_protocol_class": config.ws_protocol_class,
         }
@@ -385,7 +390,7 @@ class LeanHttpToolsProtocol(HttpToolsProtocol):
             "HTTPScope",
             {
                 "type": "http",
-                "asgi": {"version": self.asgi_version, "spec_version": "2.3"},
+                "asgi": self._asgi,
                 "http_version": "1.1",
                 "server": self.server,
                 "client": self.client,
