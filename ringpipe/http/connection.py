@@ -108,7 +108,8 @@ class Connection:
         #: Set while the transport's write buffer is empty (write limits are 0/0).
         self.drained = Flag(True)
         self.sink: BodySink | None = None
-        self._when_lost: list[Callable[[], None]] = []
+        #: Called once the connection is gone (a list only once somebody asks: most never do).
+        self._when_lost: list[Callable[[], None]] | None = None
         #: The socket's descriptor, looked up once (see ``fileno``) unless the caller knows it.
         self._fd = fd
 
@@ -128,20 +129,23 @@ class Connection:
         """Call ``callback`` once the connection is gone (at once if it already is)."""
         if self.lost.is_set():
             asyncio.get_running_loop().call_soon(callback)
+        elif self._when_lost is None:
+            self._when_lost = [callback]
         else:
             self._when_lost.append(callback)
 
     def forget_when_lost(self, callback: Callable[[], None]) -> None:
-        with contextlib.suppress(ValueError):
-            self._when_lost.remove(callback)
+        if self._when_lost is not None:
+            with contextlib.suppress(ValueError):
+                self._when_lost.remove(callback)
 
     def set_lost(self) -> None:
         """The HTTP protocol saw the connection go: wake everything waiting on it."""
         self.lost.set()
         self._via_transport = True
         self.drained.set()
-        callbacks, self._when_lost = self._when_lost, []
-        for callback in callbacks:
+        callbacks, self._when_lost = self._when_lost, None
+        for callback in callbacks or ():
             callback()
 
     def fileno(self) -> int:
@@ -156,11 +160,6 @@ class Connection:
             sock = self.transport.get_extra_info("socket")
             fd = self._fd = -1 if sock is None else int(sock.fileno())
         return fd
-
-    def family(self) -> int:
-        """The socket's address family (``socket.AF_INET``...), 0 when it has none."""
-        sock = self.transport.get_extra_info("socket")
-        return 0 if sock is None else int(sock.family)
 
     def write_raw(self, data: bytes) -> None:
         """Write bytes outside the ASGI response (``HTTP/1.1 100 Continue``)."""

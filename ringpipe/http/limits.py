@@ -30,7 +30,17 @@ if TYPE_CHECKING:
 
     from ringpipe.core.config import Settings
 
-__all__ = ["EdgeLimits", "LingeringClose", "head_too_large", "malformed_reason", "rejection"]
+__all__ = [
+    "BLANK_LINE",
+    "Deadlines",
+    "EdgeLimits",
+    "LingeringClose",
+    "Refusal",
+    "head_end",
+    "head_too_large",
+    "malformed_reason",
+    "rejection",
+]
 
 log = logging.getLogger("ringpipe.limits")
 #: ``malformed_reason`` logs as the HTTP protocol (``protocol.py``) that calls it.
@@ -43,6 +53,10 @@ LINGER_BYTES: Final = 4 << 20
 
 #: The first byte of a TLS connection (a handshake record).
 TLS_HANDSHAKE: Final = 0x16
+#: The end of a request head.
+BLANK_LINE: Final = b"\r\n\r\n"
+#: Seconds between the moments ``Deadlines`` can fire: a deadline is met up to this late, never early.
+DEADLINE_TICK_S: Final = 0.1
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +161,65 @@ class LingeringClose(asyncio.Protocol):
             self._timer.cancel()
             self._timer = None
         self._on_lost(exc)
+
+
+class Deadlines:
+    """One event-loop timer per tick for the deadlines of all connections of a worker.
+
+    Every connection waits for its request head under a deadline (``header_timeout``) and
+    every idle keep-alive connection under another; almost all of them are cancelled, and
+    a ``TimerHandle`` each cost a timer set and cancelled in the loop per connection. Here a
+    deadline joins the bucket of its tick (rounded up: it fires at most ``tick`` seconds
+    late, and never earlier than a ``call_later`` would), one loop timer fires a bucket,
+    and cancelling is a set removal.
+
+    ``add`` returns the bucket: ``bucket.discard(callback)`` cancels (callbacks are
+    compared by equality, so a fresh bound method of the same object cancels). A callback
+    that raises is logged; the others in its bucket still run.
+    """
+
+    __slots__ = ("_buckets", "_tick", "loop")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, tick: float = DEADLINE_TICK_S) -> None:
+        self.loop = loop
+        self._tick = tick
+        self._buckets: dict[int, set[Callable[[], None]]] = {}
+
+    def add(self, delay: float, callback: Callable[[], None]) -> set[Callable[[], None]]:
+        """Call ``callback`` once, ``delay`` seconds from now (to the next tick)."""
+        key = -int(-(self.loop.time() + delay) // self._tick)  # rounded up
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            bucket = self._buckets[key] = set()
+            self.loop.call_at(key * self._tick, self._fire, key)
+        bucket.add(callback)
+        return bucket
+
+    def _fire(self, key: int) -> None:
+        for callback in self._buckets.pop(key, ()):
+            try:
+                callback()
+            except Exception:
+                log.exception("a connection deadline failed")
+
+
+class Refusal(Exception):
+    """A request the edge will not serve, and its answer. Raised from a parser callback,
+    it stops the parse of that request's head."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def head_end(tail: bytes, data: bytes) -> int:
+    """Where in ``data`` the first blank line ends (CRLF CRLF, possibly begun in ``tail``)."""
+    for k in (3, 2, 1):
+        if tail.endswith(BLANK_LINE[:k]) and data.startswith(BLANK_LINE[k:]):
+            return 4 - k
+    found = data.find(BLANK_LINE)
+    return -1 if found < 0 else found + 4
 
 
 def head_too_large(limits: EdgeLimits) -> str:

@@ -13,26 +13,37 @@ limit, TLS on the same port, and the HTTP/1.0 status line; see the class.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from typing import TYPE_CHECKING, Any, ClassVar, Final, cast
 
 import httptools
-from uvicorn.protocols.http.flow_control import FlowControl
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
+from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
 
 from ringpipe.core.chunked import BodyFraming
 from ringpipe.http.connection import EXTENSION, Connection
-from ringpipe.http.limits import TLS_HANDSHAKE, EdgeLimits, LingeringClose, head_too_large, malformed_reason, rejection
+from ringpipe.http.lean import LeanHttpToolsProtocol
+from ringpipe.http.limits import (
+    BLANK_LINE,
+    TLS_HANDSHAKE,
+    EdgeLimits,
+    LingeringClose,
+    Refusal,
+    head_end,
+    head_too_large,
+    malformed_reason,
+    rejection,
+)
 from ringpipe.http.rawbody import RawBody, raw_body_framing
 from ringpipe.http.tls import start_server_tls
-from ringpipe.http.uvicorn_shims import Http10StatusLine, Pipeline, share_worker_wide, slim_dict
+from ringpipe.http.uvicorn_shims import Http10StatusLine
 from ringpipe.mesh.handoff import Handoff
-from ringpipe.ops import metrics
-from ringpipe.shm.flag import Flag
+from ringpipe.ops import metrics, tally
 
 if TYPE_CHECKING:
-    from collections import deque
+    from collections.abc import Callable
+
+    from uvicorn.config import Config
+    from uvicorn.server import ServerState
 
     from ringpipe.mesh.ingest import Ingest
 
@@ -42,19 +53,9 @@ log = logging.getLogger("ringpipe.connection")
 
 AT_CONNECTION_LIMIT: Final = "The server is at its connection limit."
 NO_VERSION: Final = "The request line has no HTTP version (HTTP/0.9 is not served)."
-_BLANK: Final = b"\r\n\r\n"
 
 
-class _Refused(Exception):
-    """Raised from a parser callback: stop parsing a request head we will not serve."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-
-
-class RingpipeHttpProtocol(HttpToolsProtocol):
+class RingpipeHttpProtocol(LeanHttpToolsProtocol):
     """uvicorn's httptools protocol with a ``Connection`` in the scope and the hot-path hooks.
 
     Body hold-back: while a request head is expected, each read is split at the first
@@ -70,8 +71,8 @@ class RingpipeHttpProtocol(HttpToolsProtocol):
     body never pays for them: the head's bytes are counted as they come (over
     ``max_header_bytes``: 431; the parser is fed only up to the limit, so a huge head is
     never buffered), the target's length in ``on_url`` (over ``max_path_bytes``: 414), a
-    parser error is a 400, and one timer per head closes a connection whose head is not
-    complete within ``header_timeout``. Each refusal is answered here in the SPEC's form
+    parser error is a 400, and a deadline per head (``limits.Deadlines``) closes a
+    connection whose head is not complete within ``header_timeout``. Each refusal is answered here in the SPEC's form
     and the connection is closed the lingering way (``limits.LingeringClose``).
 
     TLS: with a TLS context the first byte decides (``tls.py``); after the handshake
@@ -83,83 +84,94 @@ class RingpipeHttpProtocol(HttpToolsProtocol):
     (status lines, logs) are small and unaffected.
     """
 
+    __slots__ = (
+        "_adopted",
+        "_adopted_fd",
+        "_at_head",
+        "_between",
+        "_deferred",
+        "_framing",
+        "_head_bytes",
+        "_head_timer",
+        "_header_sum",
+        "_line_open",
+        "_refusal",
+        "_refused",
+        "_replay",
+        "_rp_connection",
+        "_sniffing",
+        "_splitting",
+        "_tail",
+        "_tls",
+        "_tls_pending",
+        "_upgraded",
+        "holding",
+    )
+
     #: This worker's limits; ``configured`` makes the subclass a worker serves with.
     limits: ClassVar[EdgeLimits] = EdgeLimits()
     #: How to pass a connection to its pipe's owner worker (``handoff.py``); None: never.
     handoff: ClassVar[Handoff | None] = None
-    #: Bytes a peer worker read from this connection before handing it here (``adopting``).
-    _replay: bytes | None = None
-    #: Its descriptor (``adopting``): then uvloop need not make a socket object to tell it.
-    _adopted_fd: int | None = None
-    #: The current request was handed here: it is served here, whoever owns its path.
-    _adopted = False
-
-    _rp_connection: Connection | None = None
-    #: Body bytes read past a held-back head; None when nothing is held.
-    holding: bytearray | None = None
-    _framing: BodyFraming | None = None
-    _at_head = True
-    _splitting = False
-    _tail = b""
-    #: Bytes of the current request head read so far (counted while ``_at_head``).
-    _head_bytes = 0
-    #: Header bytes the parser reported for the current request (a backstop for heads that
-    #: arrive in the same read as the previous request's body, which are not counted above).
-    _header_sum = 0
-    _head_timer: asyncio.TimerHandle | None = None
-    #: TLS is configured and the client's first byte has not come yet.
-    _sniffing = False
-    #: TLS was started; the next ``connection_made`` brings the TLS transport.
-    _tls_pending = False
-    _refusal: _Refused | None = None
-    #: The connection became a WebSocket: no byte of it is for the HTTP parser any more.
-    _upgraded = False
-    #: A request began and its version has not been checked yet (``_check_version``).
-    _line_open = False
-    _refused = False
-    #: A refusal waiting for the responses owed before it (``_refuse``).
-    _deferred: _Refused | None = None
-    #: The request whose app runs now (uvicorn runs a connection's requests one at a time).
-    _running: RequestResponseCycle | None = None
-    url = b""
-    expect_100_continue = False  # uvicorn's defaults, here too so that ``slim_dict`` leaves them out
-    timeout_keep_alive_task: asyncio.TimerHandle | None = None
 
     @classmethod
     def configured(cls, limits: EdgeLimits, handoff: Handoff | None = None) -> type[RingpipeHttpProtocol]:
         """This protocol with ``limits`` and ``handoff`` (uvicorn builds protocols from a class)."""
         return type(cls.__name__, (cls,), {"limits": limits, "handoff": handoff, "__doc__": cls.__doc__})
 
+    def __init__(
+        self,
+        config: Config,
+        server_state: ServerState,
+        app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        super().__init__(config, server_state, app_state, _loop)
+        # Per connection: what a peer worker read from it before handing it here, and its
+        # descriptor (``adopting``); whether its current request was handed here (it is
+        # then served here, whoever owns its path); our ``Connection``, made with the first
+        # request (a connection handed off before one never needs it); TLS is on.
+        self._replay: bytes | None = None
+        self._adopted_fd: int | None = None
+        self._adopted = self._tls = False
+        self._rp_connection: Connection | None = None
+        #: Body bytes read past a held-back head; None when nothing is held.
+        self.holding: bytearray | None = None
+        self._framing: BodyFraming | None = None
+        self._at_head, self._splitting, self._tail = True, False, b""
+        #: The parser is between two requests of a keep-alive connection (``_feed`` drops it).
+        self._between = False
+        #: Bytes of the current request head read so far (counted while ``_at_head``).
+        self._head_bytes = 0
+        #: Header bytes the parser reported for the current request (a backstop for heads that
+        #: arrive in the same read as the previous request's body, which are not counted above).
+        self._header_sum = 0
+        #: The ``Deadlines`` bucket of the head deadline; None: not armed.
+        self._head_timer: set[Callable[[], None]] | None = None
+        # TLS is configured and the client's first byte has not come yet; TLS was started
+        # (the next ``connection_made`` brings the TLS transport); the connection became a
+        # WebSocket (no byte of it is for the HTTP parser any more); a request began and its
+        # version has not been checked yet (``_check_version``); it was refused.
+        self._sniffing = self._tls_pending = self._upgraded = self._line_open = self._refused = False
+        self._refusal: Refusal | None = None
+        #: A refusal waiting for the responses owed before it (``_refuse``).
+        self._deferred: Refusal | None = None
+
     def adopting(self, replay: bytes, fd: int) -> RingpipeHttpProtocol:
-        """Make this fresh protocol serve a connection another worker handed over (socket
-        ``fd``), starting with the ``replay`` bytes that worker had read (fed before anything
-        new is read)."""
+        """Serve a connection (socket ``fd``) a peer worker handed over, starting with the
+        ``replay`` bytes it had read (fed before anything new is read)."""
         self._replay = replay
         self._adopted_fd = fd
         return self
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        share_worker_wide(self)  # so that ``slim_dict`` leaves them out
-        # uvicorn's deque allocates ~760 bytes up front; a list holds the (rare) pipelined requests.
-        self.pipeline = cast("deque[tuple[RequestResponseCycle, Any]]", Pipeline())
-
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        # uvicorn's own ``connection_made`` asks the socket for both addresses (two Python
-        # socket objects and four system calls per connection); the transport has them already.
-        self.connections.add(self)
-        self.transport = transport
-        self.flow = FlowControl(transport)
-        self.server = _address(transport.get_extra_info("sockname"))
-        self.client = _address(transport.get_extra_info("peername"))
-        self.scheme = "https" if transport.get_extra_info("sslcontext") else "http"
-        self.flow._is_writable_event = cast("asyncio.Event", Flag(not self.flow.write_paused))
+        super().connection_made(transport)
         tls = self._tls_pending
         self._tls_pending = False
+        self._tls = tls
+        self._rp_connection = None  # after a TLS handshake: made again for the TLS transport
         # "Paused" must mean "anything buffered": (0, 0) on a socket transport, which pauses
         # above the high mark; (1, 0) on the TLS transport, which pauses at it.
         transport.set_write_buffer_limits(high=1 if tls else 0, low=0)
-        self._rp_connection = Connection(transport, self, tls=tls, fd=self._adopted_fd)
         if tls:
             return
         limits = self.limits
@@ -187,7 +199,8 @@ class RingpipeHttpProtocol(HttpToolsProtocol):
             # ``flow`` can believe reading is paused while it is not.
             self.transport.pause_reading()
             return
-        self._unset_keepalive_if_required()
+        if self._keep_alive_in is not None:
+            self._unset_keepalive_if_required()
         if self._sniffing:
             self._sniffing = False
             if self._sniff(data):
@@ -195,7 +208,13 @@ class RingpipeHttpProtocol(HttpToolsProtocol):
         if self._at_head:
             if self._head_timer is None:
                 self._arm_head_timer()
-            end = _head_end(self._tail, data)
+            tail = self._tail
+            if tail:
+                end = head_end(tail, data)
+            else:
+                end = data.find(BLANK_LINE)
+                if end >= 0:
+                    end += 4
             size = len(data) if end < 0 else end
             self._head_bytes += size
             over = self._head_bytes - self.limits.max_header_bytes
@@ -224,10 +243,6 @@ class RingpipeHttpProtocol(HttpToolsProtocol):
                     return
         self._feed(data)
 
-    def _keep_paused(self) -> None:
-        if self.flow.read_paused and not self.transport.is_closing():
-            self.transport.pause_reading()
-
     def _hand_off(self, data: bytes, end: int) -> bool:
         """Pass this connection to the owner of its request's pipe (``handoff.py``); True if
         it is gone there. ``data`` is this read, a whole request head first (``end`` bytes).
@@ -236,15 +251,17 @@ class RingpipeHttpProtocol(HttpToolsProtocol):
         TLS (the session lives here), and not for a request handed here already.
         """
         handoff = self.handoff
-        conn = self._rp_connection
-        if handoff is None or conn is None or conn.tls or self._adopted or self.pipeline:
+        if handoff is None or self._tls or self._adopted or self.pipeline:
             return False
         if self._running is not None and not self._running.response_complete:
             return False
-        worker = handoff.target(data[:end])
-        if worker is None or not handoff.send(worker, conn.fileno(), data, conn.family()):
+        worker = handoff.target(data)  # (it reads the request line only)
+        if worker is None:
             return False
-        metrics.HANDOFFS.inc()
+        sock = self.transport.get_extra_info("socket")  # (a ``Connection`` is not made for this)
+        if sock is None or not handoff.send(worker, sock.fileno(), data, self._family()):
+            return False
+        tally.count(metrics.HANDOFFS)
         self._cancel_head_timer()
         self.transport.pause_reading()
         self.transport.abort()  # closes our copy only: the peer's keeps the connection open
@@ -256,19 +273,27 @@ class RingpipeHttpProtocol(HttpToolsProtocol):
         ``rest``: bytes read after ``data`` and not fed yet; after a WebSocket upgrade they,
         and whatever of ``data`` follows the upgrade's head, belong to the WebSocket.
         """
+        parser = self.parser
+        if parser is None:
+            parser = self._new_parser()
         try:
-            self.parser.feed_data(data)
-            if self._line_open and data.endswith(b"\n") and self.url and self.parser.get_http_version() == "0.0":
+            parser.feed_data(data)
+            if self._line_open and data.endswith(b"\n") and self.url and parser.get_http_version() == "0.0":
                 # A request line ended with no version (llhttp waits for headers): an HTTP/0.9
                 # client, which waits for an answer, not a 1.x one still sending its line.
                 self._line_open = False
                 self._refuse(400, NO_VERSION)
+            elif self._between and self.parser is parser:
+                # Between two requests of a keep-alive connection, a parser holds no state a
+                # fresh one lacks: the next bytes fed make one, and a connection waiting
+                # (for its pipe's peer, its app) meanwhile holds none (~1 KiB).
+                self.parser = cast("httptools.HttpRequestParser", None)
         except httptools.HttpParserUpgrade as upgrade:
             if self._should_upgrade():
                 at = upgrade.args[0] if upgrade.args and isinstance(upgrade.args[0], int) else len(data)
                 self.handle_websocket_upgrade(data[at:] + rest)
             else:  # served as a plain request; uvicorn's two warnings per read would let clients flood the log
-                log.debug("ignored an Upgrade header", extra={"client": _client(self)})
+                log.debug("ignored an Upgrade header", extra={"client": self._peer()})
         except httptools.HttpParserError as exc:
             refusal, self._refusal = self._refusal, None
             if refusal is not None:
@@ -287,21 +312,12 @@ class RingpipeHttpProtocol(HttpToolsProtocol):
         if rest and isinstance(protocol, asyncio.Protocol) and protocol is not self and not self.transport.is_closing():
             protocol.data_received(rest)
 
-    def shutdown(self) -> None:
-        """Drain (uvicorn calls it on each connection at SIGTERM): never raises, so one broken
-        connection cannot stop the drain of the others; it is cut instead."""
-        try:
-            super().shutdown()
-        except Exception:
-            log.exception("a connection failed to shut down; cut it", extra={"client": _client(self)})
-            self.transport.abort()
-
     # -- limits --
 
     def on_url(self, url: bytes) -> None:
-        super().on_url(url)
+        self.url += url
         if len(self.url) > self.limits.max_path_bytes:
-            self._refusal = _Refused(414, f"The request target is longer than {self.limits.max_path_bytes} bytes.")
+            self._refusal = Refusal(414, f"The request target is longer than {self.limits.max_path_bytes} bytes.")
             raise self._refusal
 
     def _check_version(self) -> None:
@@ -309,16 +325,22 @@ class RingpipeHttpProtocol(HttpToolsProtocol):
         sees it: SPEC Part 4, request-line garbage is a 400."""
         self._line_open = False
         if self.parser.get_http_version() == "0.9":
-            self._refusal = _Refused(400, NO_VERSION)
+            self._refusal = Refusal(400, NO_VERSION)
             raise self._refusal
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        """uvicorn's (a lower-case name, a value without trailing blanks, ``Expect:
+        100-continue`` noted), counted against ``max_header_bytes`` as received."""
         if self._line_open:
             self._check_version()
-        super().on_header(name, value)
         self._header_sum += len(name) + len(value) + 4
+        name = name.lower()
+        value = value.rstrip(b" \t")  # RFC 9110 5.5: trailing whitespace is not part of the value
+        if name == b"expect" and value.lower() == b"100-continue":
+            self.expect_100_continue = True
+        self.headers.append((name, value))
         if self._header_sum > self.limits.max_header_bytes:
-            self._refusal = _Refused(431, head_too_large(self.limits))
+            self._refusal = Refusal(431, head_too_large(self.limits))
             raise self._refusal
 
     def _head_too_large(self, within_limit: bytes) -> None:
@@ -331,11 +353,11 @@ class RingpipeHttpProtocol(HttpToolsProtocol):
     def _arm_head_timer(self) -> None:
         timeout = self.limits.header_timeout
         if timeout and not self._refused:
-            self._head_timer = self.loop.call_later(timeout, self._head_timed_out)
+            self._head_timer = self._deadline(timeout, self._head_timed_out)
 
     def _cancel_head_timer(self) -> None:
         if self._head_timer is not None:
-            self._head_timer.cancel()
+            self._head_timer.discard(self._head_timed_out)
             self._head_timer = None
 
     def _head_timed_out(self) -> None:
@@ -360,7 +382,7 @@ class RingpipeHttpProtocol(HttpToolsProtocol):
             if full:  # no handshake (the costly part) for a connection we will not serve
                 log.warning(
                     "refused a TLS connection: at the connection limit",
-                    extra={"event": "refused", "status": 503, "client": _client(self)},
+                    extra={"event": "refused", "status": 503, "client": self._peer()},
                 )
                 metrics.REJECTIONS.labels(code="503").inc()
                 self.transport.abort()
@@ -408,7 +430,7 @@ class RingpipeHttpProtocol(HttpToolsProtocol):
             "refused %d: %s",
             status,
             message,
-            extra={"event": "refused", "status": status, "client": _client(self)},
+            extra={"event": "refused", "status": status, "client": self._peer()},
         )
         metrics.REJECTIONS.labels(code=str(status)).inc()
         if self.transport.is_closing():
@@ -420,7 +442,7 @@ class RingpipeHttpProtocol(HttpToolsProtocol):
                 return
             self._detach_request(current)
         if self._owed():  # input is dropped meanwhile, but still read: a client leaving is seen
-            self._deferred = _Refused(status, message)
+            self._deferred = Refusal(status, message)
             self.holding = None
             self.flow.resume_reading()
             return
@@ -464,10 +486,6 @@ class RingpipeHttpProtocol(HttpToolsProtocol):
                 sink, conn.sink = conn.sink, None
                 sink.lost()
 
-    def _start_asgi_task(self, cycle: RequestResponseCycle, app: Any) -> None:
-        self._running = cycle
-        super()._start_asgi_task(cycle, app)
-
     # -- hold-back, raw body --
 
     def on_headers_complete(self) -> None:
@@ -475,28 +493,22 @@ class RingpipeHttpProtocol(HttpToolsProtocol):
             self._check_version()
         self._cancel_head_timer()
         self._head_bytes = 0
-        super().on_headers_complete()
+        self._start_request()
         self._at_head = False
         cycle = self.cycle
-        if cycle is not None and cycle.scope is self.scope:
-            # Just created (an upgrade leaves the previous cycle here); its task has not run
-            # yet, so nothing waits on the event: a Flag costs a tenth of an asyncio.Event.
-            cycle.message_event = cast("asyncio.Event", Flag())
         if cycle is not None and self.scope.get("http_version") == "1.0" and not cycle.response_started:
             cycle.transport = Http10StatusLine(cycle, self.transport)
         if self._splitting and not self.pipeline and cycle is not None and not cycle.response_complete:
             self._framing = raw_body_framing(self.scope["method"], self.headers)
-        # This instance's attributes (uvicorn's ~32 and ours) outgrew the class's shared-key
-        # table, and the dict that grows out of it is sized for 3x its entries (a 1.5 KiB
-        # block). A waiting receiver keeps this protocol for as long as it waits: a dict of
-        # what the class does not hold already is ~0.4 KiB. No attribute's value changes.
-        self.__dict__ = slim_dict(self)
 
     def start_raw_body(self, ingest: Ingest) -> None:
         """Read the held-back body straight into the ring (see ``rawbody.py``)."""
         held, framing = self.holding, self._framing
         assert held is not None and framing is not None
         self.holding = self._framing = None
+        # The parser stopped at the body, which it will never see: the next request, after
+        # the body, gets a fresh one (``end_raw_body``). Meanwhile the upload holds none.
+        self.parser = cast("httptools.HttpRequestParser", None)
         raw = RawBody(self, ingest, framing)
         if raw.take(bytes(held)):
             return  # the whole body had already arrived
@@ -509,12 +521,10 @@ class RingpipeHttpProtocol(HttpToolsProtocol):
             self.flow.resume_reading()
 
     def end_raw_body(self, raw: RawBody, leftover: bytes) -> None:
-        """The raw body ended: take the transport back, with a parser at a message boundary."""
+        """The raw body ended: take the transport back; the next bytes fed make a parser
+        (at a message boundary)."""
         if self.transport.get_protocol() is raw:
             self.transport.set_protocol(self)
-        self.parser = httptools.HttpRequestParser(self)
-        with contextlib.suppress(AttributeError):  # httptools < 0.6.2
-            self.parser.set_dangerous_leniencies(lenient_data_after_close=True)
         self._at_head, self._tail, self._head_bytes = True, b"", 0
         if self.cycle is not None:
             self.cycle.more_body = False
@@ -523,6 +533,8 @@ class RingpipeHttpProtocol(HttpToolsProtocol):
             self.data_received(leftover)
 
     def on_response_complete(self) -> None:
+        """After uvicorn's (the next request starts, or the keep-alive wait), a refusal or a
+        held body comes now."""
         self._adopted = False
         held, self.holding, self._framing = self.holding, None, None
         super().on_response_complete()
@@ -536,22 +548,19 @@ class RingpipeHttpProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_head_timer()
-        running = self._running
-        if running is not None and not running.response_complete:
-            # uvicorn marks only the last request parsed, which is not the one running when
-            # a pipelined request is queued: the running app would then "forget" to answer
-            # and uvicorn would try a 500 on the closed transport.
-            running.disconnected = True
-            running.message_event.set()
         super().connection_lost(exc)
         self._connection_gone()
 
     def on_message_begin(self) -> None:
-        super().on_message_begin()
+        """A request begins: uvicorn's scope, with our ``Connection`` in its extensions."""
+        self._between = False
         self._header_sum = 0
         self._line_open = True
-        scope = cast("dict[str, Any]", self.scope)
-        scope["extensions"] = {EXTENSION: self._rp_connection}
+        super().on_message_begin()
+        conn = self._rp_connection
+        if conn is None:  # the first request: a connection handed off before one never makes it
+            conn = self._rp_connection = Connection(self.transport, self, tls=self._tls, fd=self._adopted_fd)
+        cast("dict[str, Any]", self.scope)["extensions"][EXTENSION] = conn
 
     def on_body(self, body: bytes) -> None:
         conn = self._rp_connection
@@ -562,35 +571,21 @@ class RingpipeHttpProtocol(HttpToolsProtocol):
 
     def on_message_complete(self) -> None:
         self._at_head, self._tail, self._head_bytes = True, b"", 0
+        # After ``Connection: close`` the parser drops whatever follows: it is kept for that.
+        self._between = self.parser.should_keep_alive()
         conn = self._rp_connection
         if conn is not None and conn.sink is not None:
             sink, conn.sink = conn.sink, None
             sink.end()
-        super().on_message_complete()
+        if self.parser.should_upgrade() and self._should_upgrade():
+            return  # the WebSocket's (there may be no cycle)
+        cycle = self.cycle
+        if cycle.response_complete:
+            return
+        cycle.more_body = False
+        cycle.message_event.set()
 
     def resume_writing(self) -> None:
         super().resume_writing()
         if self._rp_connection is not None:
             self._rp_connection.drained.set()
-
-
-def _address(info: object) -> tuple[str, int] | None:
-    """A TCP transport's ``sockname``/``peername`` as uvicorn's scope has it: (host, port);
-    an IPv6 address's flow info and scope id are left out."""
-    if isinstance(info, tuple | list) and len(info) >= 2:
-        return (str(info[0]), int(info[1]))
-    return None
-
-
-def _client(protocol: HttpToolsProtocol) -> str | None:
-    client = protocol.client
-    return None if client is None else f"{client[0]}:{client[1]}"
-
-
-def _head_end(tail: bytes, data: bytes) -> int:
-    """Where in ``data`` the first blank line ends (CRLF CRLF, possibly begun in ``tail``)."""
-    for k in (3, 2, 1):
-        if tail.endswith(_BLANK[:k]) and data.startswith(_BLANK[k:]):
-            return 4 - k
-    found = data.find(_BLANK)
-    return -1 if found < 0 else found + 4

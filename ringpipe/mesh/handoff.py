@@ -27,6 +27,7 @@ like the control and wake-up sockets: only the server's own user can hand it a d
 
 from __future__ import annotations
 
+import _socket
 import array
 import asyncio
 import contextlib
@@ -54,12 +55,17 @@ _BATCH: Final = 64
 #: Each message's first byte: the connection's address family, so the adopter need not ask
 #: the descriptor for it (``_adopted_socket``); ``\0``: not one of these, ask.
 _FAMILY_BYTE: Final = {int(family): bytes([family]) for family in (socket.AF_INET, socket.AF_INET6)}
+#: ``recvmsg`` flags of a message cut short (as a plain int: an ``enum.IntFlag`` operation is a
+#: Python call), and the ancillary space for one descriptor.
+_TRUNCATED: Final = int(socket.MSG_TRUNC) | int(socket.MSG_CTRUNC)
+_ONE_FD_SPACE: Final = socket.CMSG_SPACE(array.array("i").itemsize)
 
 
 def handoff_target(head: bytes, *, index: int, workers: int, max_n: int) -> int | None:
     """The worker to hand a connection to, given its request ``head``; None: serve it here.
 
-    ``head`` is one whole request head (request line through the blank line). Only
+    ``head`` begins with one whole request head (request line through the blank line;
+    what follows it is not read). Only
     origin-form targets on pipe paths (not ``RESERVED_PATHS``) whose ``?n`` (default 1,
     parsed as the app parses it) is 1..``max_n`` qualify, and only when another worker
     owns the path. Anything unexpected means "here": the app then answers it as usual.
@@ -166,7 +172,7 @@ class HandoffChannel:
         for _ in range(_BATCH):
             fds = array.array("i")
             try:
-                data, ancillary, flags, _addr = sock.recvmsg(MAX_HANDOFF_BYTES + 2, socket.CMSG_SPACE(fds.itemsize))
+                data, ancillary, flags, _addr = sock.recvmsg(MAX_HANDOFF_BYTES + 2, _ONE_FD_SPACE)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError:
@@ -177,7 +183,7 @@ class HandoffChannel:
             for level, kind, payload in ancillary:
                 if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
                     fds.frombytes(payload[: len(payload) - len(payload) % fds.itemsize])
-            if len(fds) != 1 or flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC) or len(data) < 2:
+            if len(fds) != 1 or flags & _TRUNCATED or len(data) < 2:
                 for fd in fds:
                     with contextlib.suppress(OSError):
                         os.close(fd)
@@ -221,13 +227,27 @@ class HandoffChannel:
         self._peers.clear()
 
 
+class _HandedSocket(socket.socket):
+    """A handed-over connection's socket, whose ``family`` and ``type`` are plain ints.
+
+    The event loop reads both when it adopts the socket (``connect_accepted_socket``), and
+    ``socket.socket`` turns each into an enum member by a Python call every time; the
+    integers compare the same.
+    """
+
+    __slots__ = ()
+
+    family = _socket.socket.family  # type: ignore[assignment]
+    type = _socket.socket.type  # type: ignore[assignment]
+
+
 def _adopted_socket(family: int, fd: int) -> socket.socket:
     """A socket object for a handed-over TCP connection. Named by the sender, its family
     spares three system calls (``socket.socket`` asks the descriptor for its family, type
     and protocol when they are not given); an unknown family (0) is asked for."""
     if family in _FAMILY_BYTE:
-        return socket.socket(family, socket.SOCK_STREAM, 0, fd)
-    return socket.socket(fileno=fd)
+        return _HandedSocket(family, socket.SOCK_STREAM, 0, fd)
+    return _HandedSocket(fileno=fd)
 
 
 def _packet_socket() -> socket.socket:

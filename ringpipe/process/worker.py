@@ -26,7 +26,6 @@ import socket
 import ssl
 import time
 from collections.abc import Callable, Generator
-from functools import partial
 from pathlib import Path
 from typing import Final
 
@@ -160,32 +159,38 @@ def run_worker(
         app.access = app.access.with_tokens(tokens)
         log.info("tokens reloaded", extra={"event": "tokens_reloaded", "worker": index, "tokens": len(tokens)})
 
-    adopted: set[asyncio.Task[None]] = set()
+    adopted: set[asyncio.Task[object]] = set()
     serving: list[_WorkerServer] = []  # the server, once ``main`` made it
 
     def adopt(sock: socket.socket, data: bytes) -> None:
-        """A peer handed us a connection (``handoff.py``): serve it as if we had accepted it."""
-        task = asyncio.get_running_loop().create_task(serve_adopted(sock, data))
+        """A peer handed us a connection (``handoff.py``): serve it as if we had accepted it.
+
+        The loop's own coroutine is the task (no coroutine of ours around it), its protocol
+        made here, before it: the factory only hands it over."""
+        server = serving[0]
+        made = protocol_class(config=config, server_state=server.server_state, app_state=server.lifespan.state)
+        made.adopting(data, sock.fileno())
+        loop = asyncio.get_running_loop()
+        task: asyncio.Task[object] = loop.create_task(loop.connect_accepted_socket(lambda: made, sock))
         adopted.add(task)
-        task.add_done_callback(adopted.discard)
 
-    async def serve_adopted(sock: socket.socket, data: bytes) -> None:
-        def protocol() -> RingpipeHttpProtocol:
-            server = serving[0]
-            made = protocol_class(config=config, server_state=server.server_state, app_state=server.lifespan.state)
-            return made.adopting(data, sock.fileno())
+        def settled(task: asyncio.Task[object]) -> None:
+            adopted.discard(task)
+            if not task.cancelled() and (exc := task.exception()) is not None:
+                log.error("could not serve a handed-off connection", exc_info=exc)
+                sock.close()
 
-        try:
-            await asyncio.get_running_loop().connect_accepted_socket(protocol, sock)
-        except Exception:
-            log.exception("could not serve a handed-off connection")
-            sock.close()
+        task.add_done_callback(settled)
 
     handoffs: HandoffChannel | None = None
     handoff: Handoff | None = None
     if settings.workers > 1 and settings.colocate_max_n > 0:
         handoffs = HandoffChannel(runtime_dir, index, adopt)
-        target = partial(handoff_target, index=index, workers=settings.workers, max_n=settings.colocate_max_n)
+        workers, max_n = settings.workers, settings.colocate_max_n
+
+        def target(head: bytes) -> int | None:  # not a partial: that copies its keywords into a dict per call
+            return handoff_target(head, index=index, workers=workers, max_n=max_n)
+
         handoff = Handoff(target=target, send=handoffs.send)
 
     protocol_class = RingpipeHttpProtocol.configured(EdgeLimits.from_settings(settings, tls), handoff)
