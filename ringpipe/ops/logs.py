@@ -224,6 +224,19 @@ def _plain(fields: dict[str, Any]) -> bool:
     return True
 
 
+#: This process's pid for the direct line (``LogRecord`` asks ``os.getpid()``, a system call,
+#: per record); it changes only in a fork's child, which ``os.register_at_fork`` tells.
+_pid = os.getpid()
+
+
+def _forked() -> None:
+    global _pid
+    _pid = os.getpid()
+
+
+os.register_at_fork(after_in_child=_forked)
+
+
 def _only_handler(logger: logging.Logger, handler: logging.Handler) -> bool:
     """Whether ``logger.info`` would hand a record to ``handler`` alone, unfiltered: the logger
     is enabled and has no filter, and ``handler``, at the root or on the way up, is the one
@@ -262,7 +275,7 @@ def info_fields(logger: logging.Logger, msg: str, fields: dict[str, Any]) -> Non
     handler, formatter = direct
     created = time.time()
     msecs = int((created - int(created)) * 1000) + 0.0  # as ``LogRecord`` takes them from ``created``
-    pid = os.getpid() if logging.logProcesses else None
+    pid = _pid if logging.logProcesses else None
     with handler.lock or contextlib.nullcontext():  # ``Handler.handle``: emit under the lock
         try:  # ``StreamHandler.emit``
             line = formatter.line(created, msecs, "info", logger.name, pid, msg, fields)
