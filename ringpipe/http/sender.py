@@ -299,8 +299,8 @@ class SenderEndpoint:
             stall_s=start.relay.stall_ms / 1000,
             on_stall=lambda slot: self.node.report_stall(party, slot),
         )
-        uploaded = Flag()  # an anyio.Event's deque is ~0.7 KiB a held upload keeps
         eof = False
+        uploaded = False  # the pump logged the upload's end
         vanished = False
         cancelled = False
 
@@ -308,74 +308,76 @@ class SenderEndpoint:
         ingest = Ingest(producer, conn, first_part=FirstPart(boundary) if boundary else None)
         conn.divert_body(ingest)  # from here on the body flows into the ring
 
-        # The pump and the inbox loop below stop each other as a task group's members would
-        # (``stop``; a failing pump stops the loop too), and the loop waits for the pump at the
-        # end; but the pump is a bare task in its own cancel scope: an anyio task group costs
-        # each held upload ~2 KiB more.
-        host, pumping = anyio.CancelScope(), anyio.CancelScope()
+        # The pump and the inbox loop below stop each other as a task group's members would,
+        # and the loop waits for the pump at the end; but the pump is a bare task, stopped
+        # with plain asyncio cancellation (an anyio task group costs each held upload ~2 KiB
+        # more, a cancel scope ~0.7 KiB), and the pump ends the loop by leaving the pipe
+        # or closing the inbox, which ends its iteration.
+        pumped = Flag()  # set as the pump's last step, whatever its end (an anyio.Event's deque is ~0.7 KiB)
+        failing = False  # the pump is logging why the upload failed: it is not cancelled
 
         def stop() -> None:
-            host.cancel()
-            pumping.cancel()
+            if not failing:
+                task.cancel()
 
         async def pump() -> None:
-            nonlocal eof, vanished
+            nonlocal eof, vanished, failing, uploaded
             try:
-                with pumping:
-                    if not await ingest.run():
-                        vanished = True
-                        producer.finish(broken=True)
-                        self.node.leave(party, completed=False)
-                        if ingest.error is not None and not conn.lost.is_set():  # malformed, not gone
-                            with anyio.CancelScope(shield=True):
-                                await self._fail_log(out, conn, ingest.error, 400)
-                        stop()
-                        return
-                    producer.finish()
-                    eof = True
-                    await out.line("[INFO] Sent successfully!")
-                    await out.body_read()
-                    uploaded.set()
+                if not await ingest.run():
+                    vanished = failing = True
+                    producer.finish(broken=True)
+                    self.node.leave(party, completed=False)  # closes the inbox: the loop ends
+                    if ingest.error is not None and not conn.lost.is_set():  # malformed, not gone
+                        await self._fail_log(out, conn, ingest.error, 400)
+                    return
+                producer.finish()
+                eof = True
+                await out.line("[INFO] Sent successfully!")
+                await out.body_read()
+                uploaded = True
             except BaseException:
-                host.cancel()
+                party.inbox.close()  # the loop stops too
                 raise
+            finally:
+                pumped.set()
 
         task = asyncio.get_running_loop().create_task(pump())
         try:
             try:
-                with host:
-                    async for item in party.inbox:
-                        if isinstance(item, ReceiverAborted):
-                            await out.line("[INFO] A receiver aborted.")
-                        elif isinstance(item, ReceiverEvicted):
-                            stalled = f"{start.relay.stall_ms / 1000:g}"
-                            await out.line(f"[INFO] A receiver was evicted: it read nothing for {stalled} s.")
-                        elif isinstance(item, Cancelled):
-                            cancelled = True
+                async for item in party.inbox:
+                    if isinstance(item, ReceiverAborted):
+                        await out.line("[INFO] A receiver aborted.")
+                    elif isinstance(item, ReceiverEvicted):
+                        stalled = f"{start.relay.stall_ms / 1000:g}"
+                        await out.line(f"[INFO] A receiver was evicted: it read nothing for {stalled} s.")
+                    elif isinstance(item, Cancelled):
+                        cancelled = True
+                        stop()
+                        break
+                    elif isinstance(item, Finish):
+                        if item.all_aborted:
                             stop()
-                            break
-                        elif isinstance(item, Finish):
-                            if item.all_aborted:
-                                stop()
+                            with _stopping():
                                 await out.end("[INFO] All receiver(s) was/were aborted halfway.")
                                 if not eof:  # stop the upload, as the reference does
                                     await conn.close()
-                            else:  # the pump has set ``uploaded`` as its last step: nothing left to cancel
-                                await uploaded.wait()  # (anyio's cancel formats the task's repr: ~50 us)
+                        else:  # the pump's last step logs the upload's end: nothing left to cancel
+                            await pumped.wait()
+                            if uploaded:
                                 await out.end("[INFO] All receiver(s) was/were received successfully.")
-                            break
-                        elif isinstance(item, Broken):
-                            producer.finish(broken=True)
-                            stop()
+                        break
+                    elif isinstance(item, Broken):
+                        producer.finish(broken=True)
+                        stop()
+                        with _stopping():
                             await self._fail_log(out, conn, OWNER_LOST)
-                            break
+                        break
             except BaseException:
-                pumping.cancel()  # the inbox loop failed or was cancelled: so is the pump
+                stop()  # the inbox loop failed or was cancelled: so is the pump
                 raise
             finally:
                 if not task.done():
-                    with anyio.CancelScope(shield=True):
-                        await asyncio.wait([task])
+                    await asyncio.wait([task])
             error = None if task.cancelled() else task.exception()
             if error is not None:
                 raise error
@@ -392,3 +394,12 @@ class SenderEndpoint:
     @staticmethod
     async def _no_send(message: Message) -> None:
         """A ``send`` for a response already started (never called: the log has started)."""
+
+
+def _stopping() -> anyio.CancelScope:
+    """A scope cancelled from the start, for a sender's ending after ``stop``: its writes go
+    out while they need no wait, and a wait (a full transport, the close's wait for the
+    client to go) is cut at once, so the request ends without waiting on the client."""
+    scope = anyio.CancelScope()
+    scope.cancel()
+    return scope
