@@ -212,8 +212,9 @@ class SenderEndpoint:
         )
         try:
             start = await self._wait(scope, send, conn, party, out)
-            if start is not None:
-                await self._run(scope, conn, party, out, start)
+            upload = None if start is None else await self._begin(scope, conn, party, out, start)
+            if upload is not None:  # (run outside ``_begin``: one coroutine frame less per held upload)
+                await upload.run()
         finally:
             if not party.left:
                 self.node.leave(party, completed=False)
@@ -246,13 +247,13 @@ class SenderEndpoint:
                     await out.line("[INFO] A receiver was connected.", more_coming=party.inbox.ready())
                 elif isinstance(item, Cancelled):
                     self.node.leave(party, completed=False)
-                    await self._cancelled_log(send, conn, out, party.path)
+                    await _cancelled_log(send, conn, out, party.path)
                     return None
                 elif isinstance(item, (Reject, Broken)):
                     status, message = (item.status, item.message) if isinstance(item, Reject) else (503, OWNER_LOST)
                     self.node.leave(party, completed=False)
                     if out.started:
-                        await self._fail_log(out, conn, message)
+                        await _fail_log(out, conn, message)
                     else:
                         await reject(send, status, message, close=True)
                     return None
@@ -268,112 +269,145 @@ class SenderEndpoint:
             if watching:
                 self.hangups.unwatch(fd)
 
-    async def _cancelled_log(self, send: Send, conn: Connection, out: SenderLog, path: str) -> None:
-        """DELETE ended the sender's pipe: ``[INFO] Cancelled.``, then close without the final
-        chunk, so the uploading client (``curl -T -``) fails and stops its producer."""
-        log.info("sender cancelled", extra={"path": path})
-        if not out.started:
-            await reject(send, 410, f"The transfer on '{path}' was cancelled.", close=True)
-            return
-        if not out.ended:
-            await out.line("[INFO] Cancelled.")
-        await conn.close()
-
-    async def _fail_log(self, out: SenderLog, conn: Connection, message: str, status: int = 503) -> None:
-        """End the sender's response with an error (``status`` if it is still unanswered) and close."""
-        await out.fail(status, message)
-        await conn.close()
-
-    async def _run(self, scope: Scope, conn: Connection, party: LocalParty, out: SenderLog, start: Start) -> None:
+    async def _begin(
+        self, scope: Scope, conn: Connection, party: LocalParty, out: SenderLog, start: Start
+    ) -> _Upload | None:
+        """Start the transfer; the upload to run, or None if it failed to start (logged)."""
         n = len(start.relay.readers)
         await out.line(f"[INFO] Start sending to {n} receiver(s)!")
         try:
             ring = segment.RingSegment.attach(start.relay.segment)
         except FileNotFoundError:  # every receiver left before we could start
-            await self._fail_log(out, conn, "All receivers left before the transfer started.")
-            return
-        producer = Producer(
-            self.node,
-            ring,
-            start.relay,
-            stall_s=start.relay.stall_ms / 1000,
-            on_stall=lambda slot: self.node.report_stall(party, slot),
-        )
-        eof = False
-        uploaded = False  # the pump logged the upload's end
-        vanished = False
-        cancelled = False
-
+            await _fail_log(out, conn, "All receivers left before the transfer started.")
+            return None
         boundary = boundary_of(header(scope, b"content-type"))
-        ingest = Ingest(producer, conn, first_part=FirstPart(boundary) if boundary else None)
-        conn.divert_body(ingest)  # from here on the body flows into the ring
+        return _Upload(self.node, conn, party, out, ring, start, boundary)
 
-        # The pump and the inbox loop below stop each other as a task group's members would,
-        # and the loop waits for the pump at the end; but the pump is a bare task, stopped
-        # with plain asyncio cancellation (an anyio task group costs each held upload ~2 KiB
-        # more, a cancel scope ~0.7 KiB), and the pump ends the loop by leaving the pipe
-        # or closing the inbox, which ends its iteration.
-        pumped = Flag()  # set as the pump's last step, whatever its end (an anyio.Event's deque is ~0.7 KiB)
-        failing = False  # the pump is logging why the upload failed: it is not cancelled
 
-        def stop() -> None:
-            if not failing:
-                task.cancel()
+class _Upload:
+    """A running upload: the body pumped into the ring while the owner's notes become log lines.
 
-        async def pump() -> None:
-            nonlocal eof, vanished, failing, uploaded
-            try:
-                if not await ingest.run():
-                    vanished = failing = True
-                    producer.finish(broken=True)
-                    self.node.leave(party, completed=False)  # closes the inbox: the loop ends
-                    if ingest.error is not None and not conn.lost.is_set():  # malformed, not gone
-                        await self._fail_log(out, conn, ingest.error, 400)
-                    return
-                producer.finish()
-                eof = True
-                await out.line("[INFO] Sent successfully!")
-                await out.body_read()
-                uploaded = True
-            except BaseException:
-                party.inbox.close()  # the loop stops too
-                raise
-            finally:
-                pumped.set()
+    The pump (``pump``, a bare task) and the inbox loop (``run``, the request's task) stop
+    each other as a task group's members would, and the loop waits for the pump at the
+    end; but the pump is stopped with plain asyncio cancellation (an anyio task group costs
+    each held upload ~2 KiB more, a cancel scope ~0.7 KiB), and it ends the loop by leaving
+    the pipe or closing the inbox, which ends its iteration. One slotted object holds what
+    both share, where closures over the request's locals cost each held upload a cell per
+    variable and a function object per closure.
+    """
 
-        task = asyncio.get_running_loop().create_task(pump())
+    __slots__ = (
+        "conn",
+        "eof",
+        "failing",
+        "ingest",
+        "node",
+        "out",
+        "party",
+        "producer",
+        "pumped",
+        "stall_ms",
+        "task",
+        "uploaded",
+        "vanished",
+    )
+
+    def __init__(
+        self,
+        node: WorkerPipes,
+        conn: Connection,
+        party: LocalParty,
+        out: SenderLog,
+        ring: segment.RingSegment,
+        start: Start,
+        boundary: bytes | None,
+    ) -> None:
+        self.node = node
+        self.conn = conn
+        self.party = party
+        self.out = out
+        self.stall_ms = start.relay.stall_ms
+        self.producer = Producer(self.node, ring, start.relay, stall_s=self.stall_ms / 1000, on_stall=self._stalled)
+        #: The producer's clean end is in the ring.
+        self.eof = False
+        #: The sender's client vanished (or sent a malformed body) before its end.
+        self.vanished = False
+        #: The pump is logging why the upload failed: it is not cancelled.
+        self.failing = False
+        #: The pump logged the upload's end.
+        self.uploaded = False
+        #: Set as the pump's last step, whatever its end (an anyio.Event's deque is ~0.7 KiB).
+        self.pumped = Flag()
+        self.ingest = Ingest(self.producer, conn, first_part=FirstPart(boundary) if boundary else None)
+        conn.divert_body(self.ingest)  # from here on the body flows into the ring
+        self.task: asyncio.Task[None] | None = None
+
+    def _stalled(self, slot: int) -> None:
+        self.node.report_stall(self.party, slot)
+
+    def stop(self) -> None:
+        if self.task is not None and not self.failing:
+            self.task.cancel()
+
+    async def pump(self) -> None:
+        out = self.out
+        try:
+            if not await self.ingest.run():
+                self.vanished = self.failing = True
+                self.producer.finish(broken=True)
+                self.node.leave(self.party, completed=False)  # closes the inbox: the loop ends
+                error = self.ingest.error
+                if error is not None and not self.conn.lost.is_set():  # malformed, not gone
+                    await _fail_log(out, self.conn, error, 400)
+                return
+            self.producer.finish()
+            self.eof = True
+            await out.line("[INFO] Sent successfully!")
+            await out.body_read()
+            self.uploaded = True
+        except BaseException:
+            self.party.inbox.close()  # the loop stops too
+            raise
+        finally:
+            self.pumped.set()
+
+    async def run(self) -> None:
+        """The inbox loop, with the pump beside it; returns once both have ended."""
+        out, conn, party, producer = self.out, self.conn, self.party, self.producer
+        task = self.task = asyncio.get_running_loop().create_task(self.pump())
+        cancelled = False
         try:
             try:
                 async for item in party.inbox:
                     if isinstance(item, ReceiverAborted):
                         await out.line("[INFO] A receiver aborted.")
                     elif isinstance(item, ReceiverEvicted):
-                        stalled = f"{start.relay.stall_ms / 1000:g}"
+                        stalled = f"{self.stall_ms / 1000:g}"
                         await out.line(f"[INFO] A receiver was evicted: it read nothing for {stalled} s.")
                     elif isinstance(item, Cancelled):
                         cancelled = True
-                        stop()
+                        self.stop()
                         break
                     elif isinstance(item, Finish):
                         if item.all_aborted:
-                            stop()
+                            self.stop()
                             with _stopping():
                                 await out.end("[INFO] All receiver(s) was/were aborted halfway.")
-                                if not eof:  # stop the upload, as the reference does
+                                if not self.eof:  # stop the upload, as the reference does
                                     await conn.close()
                         else:  # the pump's last step logs the upload's end: nothing left to cancel
-                            await pumped.wait()
-                            if uploaded:
+                            await self.pumped.wait()
+                            if self.uploaded:
                                 await out.end("[INFO] All receiver(s) was/were received successfully.")
                         break
                     elif isinstance(item, Broken):
                         producer.finish(broken=True)
-                        stop()
+                        self.stop()
                         with _stopping():
-                            await self._fail_log(out, conn, OWNER_LOST)
+                            await _fail_log(out, conn, OWNER_LOST)
                         break
             except BaseException:
-                stop()  # the inbox loop failed or was cancelled: so is the pump
+                self.stop()  # the inbox loop failed or was cancelled: so is the pump
                 raise
             finally:
                 if not task.done():
@@ -382,18 +416,15 @@ class SenderEndpoint:
             if error is not None:
                 raise error
             if cancelled:
-                await self._cancelled_log(self._no_send, conn, out, party.path)
+                await _cancelled_log(_no_send, conn, out, party.path)
         finally:
-            if conn.sink is ingest:
+            if conn.sink is self.ingest:
                 conn.sink = None  # later body bytes, if any, are uvicorn's again
-            if not vanished and not eof:
+            if not self.vanished and not self.eof:
                 producer.finish(broken=True)
-            self.node.leave(party, completed=eof)
+            self.node.leave(party, completed=self.eof)
             producer.close()
-
-    @staticmethod
-    async def _no_send(message: Message) -> None:
-        """A ``send`` for a response already started (never called: the log has started)."""
+            self.task = None  # no cycle through the finished task
 
 
 def _stopping() -> anyio.CancelScope:
@@ -403,3 +434,25 @@ def _stopping() -> anyio.CancelScope:
     scope = anyio.CancelScope()
     scope.cancel()
     return scope
+
+
+async def _cancelled_log(send: Send, conn: Connection, out: SenderLog, path: str) -> None:
+    """DELETE ended the sender's pipe: ``[INFO] Cancelled.``, then close without the final
+    chunk, so the uploading client (``curl -T -``) fails and stops its producer."""
+    log.info("sender cancelled", extra={"path": path})
+    if not out.started:
+        await reject(send, 410, f"The transfer on '{path}' was cancelled.", close=True)
+        return
+    if not out.ended:
+        await out.line("[INFO] Cancelled.")
+    await conn.close()
+
+
+async def _fail_log(out: SenderLog, conn: Connection, message: str, status: int = 503) -> None:
+    """End the sender's response with an error (``status`` if it is still unanswered) and close."""
+    await out.fail(status, message)
+    await conn.close()
+
+
+async def _no_send(message: Message) -> None:
+    """A ``send`` for a response already started (never called: the log has started)."""
