@@ -104,7 +104,9 @@ class HttpReader(Reader):
         with held:
             await self.send({"type": "http.response.start", "status": status, "headers": headers})
         self.head_sent = True
-        completed = await _copy_out(consumer, self.conn, held.take())
+        head = held.take()
+        del headers, relayed, held  # what built the head is not held for the whole transfer
+        completed = await _copy_out(consumer, self.conn, head)
         if completed:
             await self.send({"type": "http.response.body", "body": b"", "more_body": False})
         return completed
@@ -165,7 +167,19 @@ async def _copy_out(consumer: Consumer, conn: Connection, head: bytes | None = N
     with Delivering(consumer, delivery, direct=chunked or conn.unframed):
         if head is not None and not await _head_out(consumer, conn, chunked, head):
             return False
-        return await _copy_rounds(consumer, conn, chunked)
+        while True:  # the rounds (here, not in a coroutine of their own: a frame less per held reader)
+            if not chunked and conn.body_left == 0:
+                # The client has the whole Content-Length (perhaps sent from the wake-up callback)
+                # and may hang up before the producer's EOF reaches us: this receiver is complete now.
+                return True
+            try:
+                views, next_seq = await consumer.views(RAW_READ_LIMIT)
+            except (PeerGone, Gap):
+                return False
+            if not views:
+                return True
+            if not await _send_round(consumer, conn, chunked, views, next_seq):
+                return False
 
 
 async def _head_out(consumer: Consumer, conn: Connection, chunked: bool, head: bytes) -> bool:
@@ -183,22 +197,6 @@ async def _head_out(consumer: Consumer, conn: Connection, chunked: bool, head: b
         conn.write_raw(head)
         return True
     return await _send_round(consumer, conn, chunked, views, next_seq, head)
-
-
-async def _copy_rounds(consumer: Consumer, conn: Connection, chunked: bool) -> bool:
-    while True:
-        if not chunked and conn.body_left == 0:
-            # The client has the whole Content-Length (perhaps sent from the wake-up callback)
-            # and may hang up before the producer's EOF reaches us: this receiver is complete now.
-            return True
-        try:
-            views, next_seq = await consumer.views(RAW_READ_LIMIT)
-        except (PeerGone, Gap):
-            return False
-        if not views:
-            return True
-        if not await _send_round(consumer, conn, chunked, views, next_seq):
-            return False
 
 
 async def _send_round(
