@@ -29,7 +29,16 @@ from ringpipe.core.rendezvous import Accepted, Cancelled, Reject, Role
 from ringpipe.http.readers.base import FRESH_START, Reader, ReadOptions, ReadStart, read_options
 from ringpipe.http.readers.encoded import NdjsonReader, SseReader
 from ringpipe.http.readers.raw import HttpReader
-from ringpipe.http.request_params import ResumePoint, can_resume, header, parse_n, read_key, resume_point, stall_ms
+from ringpipe.http.request_params import (
+    ResumePoint,
+    can_resume,
+    forget_headers,
+    header,
+    parse_n,
+    read_key,
+    resume_point,
+    stall_ms,
+)
 from ringpipe.http.responses import OWNER_LOST
 from ringpipe.http.websocket import WebSocketReader
 from ringpipe.mesh.relay import Consumer, Slot
@@ -84,6 +93,7 @@ class ReceiverEndpoint:
             stall_ms=stall,
             gaps=options.takes_gaps,
         )
+        forget_headers(scope)
 
         plan = _ReadPlan(
             point=point,

@@ -23,6 +23,7 @@ from ringpipe.http.responses import HEADERS_IN_RING, content_headers
 __all__ = [
     "ResumePoint",
     "can_resume",
+    "forget_headers",
     "header",
     "parse_n",
     "raw_header",
@@ -51,6 +52,13 @@ def _first_values(scope: Scope) -> dict[bytes, bytes]:
     if first is None:  # in reverse, so that the first value of a repeated header wins
         first = scope[_FIRST_VALUES] = dict(reversed(scope["headers"]))
     return first
+
+
+def forget_headers(scope: Scope) -> None:
+    """Drop the request's header lookup table (``_first_values``) once the endpoint has read
+    what it needs: a held request would keep it (~0.2 KiB) for its whole life. A later
+    lookup builds it again."""
+    scope.pop(_FIRST_VALUES, None)
 
 
 def raw_header(scope: Scope, name: bytes) -> bytes | None:

@@ -30,7 +30,7 @@ from ringpipe.core.rendezvous import (
 )
 from ringpipe.http.connection import EXTENSION, Connection
 from ringpipe.http.hangup import HangupWatcher
-from ringpipe.http.request_params import header, parse_n, read_key, receiver_headers, stall_ms
+from ringpipe.http.request_params import forget_headers, header, parse_n, read_key, receiver_headers, stall_ms
 from ringpipe.http.responses import OWNER_LOST, STREAM_HEADERS, TEXT_HEADERS, reject, worker_header
 from ringpipe.http.uvicorn_shims import OneWrite
 from ringpipe.mesh.ingest import Ingest
@@ -203,6 +203,9 @@ class SenderEndpoint:
             return
         conn: Connection = scope["extensions"][EXTENSION]
         party = self.node.open_party(path, Role.SENDER, n, receiver_headers(scope), key=read_key(scope), stall_ms=stall)
+        expects_continue = (header(scope, b"expect") or "").lower() == "100-continue"
+        boundary = boundary_of(header(scope, b"content-type"))
+        forget_headers(scope)
         out = SenderLog(
             send,
             http10=scope.get("http_version") == "1.0",
@@ -211,8 +214,8 @@ class SenderEndpoint:
             conn=conn,
         )
         try:
-            start = await self._wait(scope, send, conn, party, out)
-            upload = None if start is None else await self._begin(scope, conn, party, out, start)
+            start = await self._wait(send, conn, party, out, expects_continue=expects_continue)
+            upload = None if start is None else await self._begin(conn, party, out, start, boundary)
             if upload is not None:  # (run outside ``_begin``: one coroutine frame less per held upload)
                 await upload.run()
         finally:
@@ -220,7 +223,7 @@ class SenderEndpoint:
                 self.node.leave(party, completed=False)
 
     async def _wait(
-        self, scope: Scope, send: Send, conn: Connection, party: LocalParty, out: SenderLog
+        self, send: Send, conn: Connection, party: LocalParty, out: SenderLog, *, expects_continue: bool
     ) -> Start | None:
         fd = conn.fileno()
         # The hang-up is watched from the first wait for receivers on: until the owner's
@@ -228,7 +231,6 @@ class SenderEndpoint:
         # client that left, and a sender that starts at once never needs the two epoll
         # calls. The watch is level-triggered: a hang-up before it is reported at once.
         watching = False
-        expects_continue = (header(scope, b"expect") or "").lower() == "100-continue"
         try:
             async for item in party.inbox:
                 if isinstance(item, Start):
@@ -270,7 +272,7 @@ class SenderEndpoint:
                 self.hangups.unwatch(fd)
 
     async def _begin(
-        self, scope: Scope, conn: Connection, party: LocalParty, out: SenderLog, start: Start
+        self, conn: Connection, party: LocalParty, out: SenderLog, start: Start, boundary: bytes | None
     ) -> _Upload | None:
         """Start the transfer; the upload to run, or None if it failed to start (logged)."""
         n = len(start.relay.readers)
@@ -280,7 +282,6 @@ class SenderEndpoint:
         except FileNotFoundError:  # every receiver left before we could start
             await _fail_log(out, conn, "All receivers left before the transfer started.")
             return None
-        boundary = boundary_of(header(scope, b"content-type"))
         return _Upload(self.node, conn, party, out, ring, start, boundary)
 
 
