@@ -286,18 +286,28 @@ class SenderEndpoint:
 
 
 class _Upload:
-    """A running upload: the body pumped into the ring while the owner's notes become log lines.
+    """A running upload: the body flows into the ring while the owner's notes become log lines.
 
-    The pump (``pump``, a bare task) and the inbox loop (``run``, the request's task) stop
-    each other as a task group's members would, and the loop waits for the pump at the
-    end; but the pump is stopped with plain asyncio cancellation (an anyio task group costs
-    each held upload ~2 KiB more, a cancel scope ~0.7 KiB), and it ends the loop by leaving
-    the pipe or closing the inbox, which ends its iteration. One slotted object holds what
-    both share, where closures over the request's locals cost each held upload a cell per
-    variable and a function object per closure.
+    One loop (``run``, in the request's task) serves both sides: the inbox, and the end of
+    the body. A token stream's body never waits for ring room: the parser's callbacks put
+    it in the ring (``Ingest.feed``), and the loop only hears that it ended or vanished,
+    and logs that itself. Only a body that has to wait for room (``Ingest.pending``: a
+    bulk upload, a slow reader) gets a pump (``pump``, a bare task running ``Ingest.run``),
+    from then on to its end, and the loop goes on serving the inbox meanwhile
+    (``_UploadIngest`` wakes the loop for these changes of the body). So a task, and its
+    coroutines (~1 KiB a held upload keeps), is only spent where the body really waits.
+
+    The pump and the loop stop each other as a task group's members would, and the loop
+    waits for the pump at the end; but the pump is stopped with plain asyncio cancellation
+    (an anyio task group costs each held upload ~2 KiB more, a cancel scope ~0.7 KiB), and
+    the end of the body (either way) ends the loop by leaving the pipe or by ``broken``.
+    One slotted object holds what both share, where closures over the request's locals
+    cost each held upload a cell per variable and a function object per closure.
     """
 
     __slots__ = (
+        "body_done",
+        "broken",
         "conn",
         "eof",
         "failing",
@@ -306,11 +316,11 @@ class _Upload:
         "out",
         "party",
         "producer",
-        "pumped",
         "stall_ms",
         "task",
         "uploaded",
         "vanished",
+        "wake",
     )
 
     def __init__(
@@ -328,20 +338,24 @@ class _Upload:
         self.party = party
         self.out = out
         self.stall_ms = start.relay.stall_ms
-        self.producer = Producer(self.node, ring, start.relay, stall_s=self.stall_ms / 1000, on_stall=self._stalled)
+        self.producer = Producer(node, ring, start.relay, stall_s=self.stall_ms / 1000, on_stall=self._stalled)
         #: The producer's clean end is in the ring.
         self.eof = False
         #: The sender's client vanished (or sent a malformed body) before its end.
         self.vanished = False
         #: The pump is logging why the upload failed: it is not cancelled.
         self.failing = False
-        #: The pump logged the upload's end.
+        #: The end of the body was logged (``uploaded``: as a success), whatever its end.
+        self.body_done = False
         self.uploaded = False
-        #: Set as the pump's last step, whatever its end (an anyio.Event's deque is ~0.7 KiB).
-        self.pumped = Flag()
-        self.ingest = Ingest(self.producer, conn, first_part=FirstPart(boundary) if boundary else None)
-        conn.divert_body(self.ingest)  # from here on the body flows into the ring
+        #: The pump failed: the loop stops too.
+        self.broken = False
+        #: Set by an inbox item, a change of the body, the pump's end (the loop's one wait).
+        self.wake = Flag()  # (an anyio.Event's deque is ~0.7 KiB)
         self.task: asyncio.Task[None] | None = None
+        first_part = FirstPart(boundary) if boundary else None
+        self.ingest = _UploadIngest(self.producer, conn, self.wake, first_part=first_part)
+        conn.divert_body(self.ingest)  # from here on the body flows into the ring
 
     def _stalled(self, slot: int) -> None:
         self.node.report_stall(self.party, slot)
@@ -350,13 +364,14 @@ class _Upload:
         if self.task is not None and not self.failing:
             self.task.cancel()
 
-    async def pump(self) -> None:
+    async def _body_end(self, moved: bool) -> None:
+        """The body's end: ``moved`` all into the ring (log it), or vanished first."""
         out = self.out
         try:
-            if not await self.ingest.run():
+            if not moved:
                 self.vanished = self.failing = True
                 self.producer.finish(broken=True)
-                self.node.leave(self.party, completed=False)  # closes the inbox: the loop ends
+                self.node.leave(self.party, completed=False)  # the loop ends
                 error = self.ingest.error
                 if error is not None and not self.conn.lost.is_set():  # malformed, not gone
                     await _fail_log(out, self.conn, error, 400)
@@ -366,20 +381,40 @@ class _Upload:
             await out.line("[INFO] Sent successfully!")
             await out.body_read()
             self.uploaded = True
+        finally:
+            self.body_done = True
+
+    async def pump(self) -> None:
+        try:
+            await self._body_end(await self.ingest.run())
         except BaseException:
-            self.party.inbox.close()  # the loop stops too
+            self.broken = True  # the loop stops too
             raise
         finally:
-            self.pumped.set()
+            self.wake.set()
 
     async def run(self) -> None:
-        """The inbox loop, with the pump beside it; returns once both have ended."""
-        out, conn, party, producer = self.out, self.conn, self.party, self.producer
-        task = self.task = asyncio.get_running_loop().create_task(self.pump())
+        """The loop (see the class), with the pump beside it if one starts; returns once both
+        have ended."""
+        out, conn, party, producer, ingest = self.out, self.conn, self.party, self.producer, self.ingest
+        wake, inbox = self.wake, party.inbox
+        inbox.on_item(wake.set)
         cancelled = False
         try:
             try:
-                async for item in party.inbox:
+                while True:
+                    wake.clear()
+                    if self.task is None and not self.body_done:
+                        if ingest.pending:  # it waits for ring room: a pump moves it, to the end
+                            self.task = asyncio.get_running_loop().create_task(self.pump())
+                        elif ingest.vanished or ingest.ended:
+                            await self._body_end(not ingest.vanished)
+                    if party.left or self.broken:
+                        break
+                    if not inbox.ready():
+                        await wake.wait()
+                        continue
+                    item = await inbox.__anext__()  # at once: an item is waiting
                     if isinstance(item, ReceiverAborted):
                         await out.line("[INFO] A receiver aborted.")
                     elif isinstance(item, ReceiverEvicted):
@@ -396,8 +431,10 @@ class _Upload:
                                 await out.end("[INFO] All receiver(s) was/were aborted halfway.")
                                 if not self.eof:  # stop the upload, as the reference does
                                     await conn.close()
-                        else:  # the pump's last step logs the upload's end: nothing left to cancel
-                            await self.pumped.wait()
+                        else:  # the end of the body is logged first: nothing left to cancel
+                            while self.task is not None and not self.body_done and not self.broken:
+                                wake.clear()
+                                await wake.wait()
                             if self.uploaded:
                                 await out.end("[INFO] All receiver(s) was/were received successfully.")
                         break
@@ -408,24 +445,64 @@ class _Upload:
                             await _fail_log(out, conn, OWNER_LOST)
                         break
             except BaseException:
-                self.stop()  # the inbox loop failed or was cancelled: so is the pump
+                self.stop()  # the loop failed or was cancelled: so is the pump
                 raise
             finally:
-                if not task.done():
+                inbox.on_item(None)
+                task = self.task
+                if task is not None and not task.done():
                     await asyncio.wait([task])
-            error = None if task.cancelled() else task.exception()
+            error = None if task is None or task.cancelled() else task.exception()
             if error is not None:
                 raise error
             if cancelled:
                 await _cancelled_log(_no_send, conn, out, party.path)
         finally:
-            if conn.sink is self.ingest:
+            if conn.sink is ingest:
                 conn.sink = None  # later body bytes, if any, are uvicorn's again
             if not self.vanished and not self.eof:
                 producer.finish(broken=True)
             self.node.leave(party, completed=self.eof)
             producer.close()
             self.task = None  # no cycle through the finished task
+
+
+class _UploadIngest(Ingest):
+    """An upload's ``Ingest`` that also wakes the upload's loop (``wake``) when the body ends
+    or vanishes, or first has to wait for ring room (it pauses reading then). It holds the
+    loop's flag, not the upload: no reference cycle for the collector."""
+
+    def __init__(self, producer: Producer, conn: Connection, wake: Flag, *, first_part: FirstPart | None) -> None:
+        super().__init__(producer, _FirstPauseTold(conn, wake), first_part=first_part)
+        self._wake = wake
+
+    def end(self) -> None:
+        super().end()
+        self._wake.set()
+
+    def lost(self) -> None:
+        super().lost()
+        self._wake.set()
+
+
+class _FirstPauseTold:
+    """``Ingest.reading``: the connection's, and the first pause (a body that waits for ring
+    room, which a pump then moves to its end) also sets ``wake``."""
+
+    __slots__ = ("_conn", "_wake")
+
+    def __init__(self, conn: Connection, wake: Flag) -> None:
+        self._conn = conn
+        self._wake: Flag | None = wake
+
+    def pause_reading(self) -> None:
+        self._conn.pause_reading()
+        wake, self._wake = self._wake, None
+        if wake is not None:
+            wake.set()
+
+    def resume_reading(self) -> None:
+        self._conn.resume_reading()
 
 
 def _stopping() -> anyio.CancelScope:
