@@ -103,7 +103,38 @@ class ReceiverEndpoint:
         )
         try:
             async with reader.session(party.hang_up):  # hang-ups are a callback: waiting receivers stay cheap
-                await self._life(reader, party, plan)
+                start = await self._wait_for_start(reader, party)
+                if start is None:
+                    return
+                await reader.admitted()
+                began = self._begin(reader, plan, start)
+                if began is None:  # the sender vanished before we attached
+                    with anyio.CancelScope(shield=True):
+                        await reader.finish(False)
+                    return
+                # The transfer runs here, not in a coroutine of its own: a frame less per
+                # streaming receiver.
+                consumer, begin = began
+                completed = False
+                try:
+                    # Anything in the inbox during the transfer (Broken, Cancelled, Evicted,
+                    # Hangup) ends it; the ring then says which ending (``Consumer.ending``).
+                    ends = _EndOnItem()
+                    party.inbox.on_item(ends)
+                    try:
+                        completed = await reader.relay(consumer, start, begin)
+                    except asyncio.CancelledError:
+                        if not ends.taken_back():
+                            raise  # cancelled from outside (too)
+                    finally:
+                        party.inbox.on_item(None)
+                        if ends.pending:
+                            await ends.absorb()
+                finally:
+                    ending = self._end(reader, party, plan, start, consumer, completed)
+                    if reader.finish_needed(completed):
+                        with anyio.CancelScope(shield=True), anyio.move_on_after(FINISH_TIMEOUT_S):
+                            await reader.finish(completed, ending)  # a stalled client must not hold us
         finally:
             if not party.left:
                 self.node.leave(party, completed=False)
@@ -119,38 +150,38 @@ class ReceiverEndpoint:
             return NdjsonReader(scope, send, options, worker=worker, heartbeat=heartbeat)
         return HttpReader(scope, send, worker=worker, heartbeat=heartbeat)
 
-    async def _life(self, reader: Reader, party: LocalParty, plan: _ReadPlan) -> None:
-        start: Start | None = None
+    async def _wait_for_start(self, reader: Reader, party: LocalParty) -> Start | None:
+        """The owner's answers until the transfer starts: its ``Start``, or None (the reader
+        was refused or cancelled, and answered so, or it hung up)."""
         async for item in party.inbox:
             if isinstance(item, Start):
-                start = item
-                break
+                return item
             if isinstance(item, Accepted):
                 await reader.admitted()
                 continue
             if isinstance(item, Reject):
                 self.node.leave(party, completed=False)
                 await reader.reject(item.status, item.message)
-                return
+                return None
             if isinstance(item, Cancelled):
                 self.node.leave(party, completed=False)
                 await reader.cancelled_while_waiting(f"The transfer on '{party.path}' was cancelled.")
-                return
+                return None
             if isinstance(item, Broken):
                 self.node.leave(party, completed=False)
                 await reader.reject(503, OWNER_LOST)
-                return
+                return None
             if isinstance(item, Hangup):
-                return
-        if start is None:
-            return
-        await reader.admitted()
+                return None
+        return None
+
+    def _begin(self, reader: Reader, plan: _ReadPlan, start: Start) -> tuple[Consumer, ReadStart] | None:
+        """The reader's consumer of the ring, and where it starts; None if the ring is gone
+        (the sender vanished before we attached)."""
         try:
             ring = segment.RingSegment.attach(start.relay.segment)
-        except FileNotFoundError:  # the sender vanished before we attached
-            with anyio.CancelScope(shield=True):
-                await reader.finish(False)
-            return
+        except FileNotFoundError:
+            return None
         watcher = start.slot == Slot.WATCHER
         first: int | None = None
         lost: tuple[int, int] | None = None
@@ -171,52 +202,41 @@ class ReceiverEndpoint:
             continue_gaps=plan.gaps,
             worker=self.node.index,
         )
-        framing = _framing_of(reader)
         if watcher:
             metrics.watcher_started()
         else:
-            metrics.reader_started(framing, consumer)
-        completed = False
-        try:
-            begin = FRESH_START
-            if watcher or plan.point is not None:
-                begin = ReadStart(
-                    watcher=watcher,
-                    resumed=plan.point is not None,
-                    by_range=plan.point is not None and plan.point.by_range,
-                    lost=lost,
-                    aligned=plan.point is not None and bool(plan.point.epoch) and lost is None,
-                )
-            # Anything in the inbox during the transfer (Broken, Cancelled, Evicted, Hangup)
-            # ends it; the ring then says which ending (``Consumer.ending``).
-            ends = _EndOnItem()
-            party.inbox.on_item(ends)
-            try:
-                completed = await reader.relay(consumer, start, begin)
-            except asyncio.CancelledError:
-                if not ends.taken_back():
-                    raise  # cancelled from outside (too)
-            finally:
-                party.inbox.on_item(None)
-                if ends.pending:
-                    await ends.absorb()
-        finally:
-            ending = None if completed else consumer.ending()
-            if watcher:
-                metrics.watcher_ended()
-            else:
-                metrics.reader_ended(framing)
-            if ending == "lagged":
-                metrics.evicted("window" if watcher else "stall")
-            if completed:
-                consumer.leave(segment.DONE)
-            elif not (plan.resumable and ending is None):  # a resumable drop keeps gating (grace)
-                consumer.leave(segment.DETACHED)
-            self.node.leave(party, completed=completed)
-            consumer.close()
-            if reader.finish_needed(completed):
-                with anyio.CancelScope(shield=True), anyio.move_on_after(FINISH_TIMEOUT_S):
-                    await reader.finish(completed, ending)  # a stalled client must not hold us
+            metrics.reader_started(_framing_of(reader), consumer)
+        begin = FRESH_START
+        if watcher or plan.point is not None:
+            begin = ReadStart(
+                watcher=watcher,
+                resumed=plan.point is not None,
+                by_range=plan.point is not None and plan.point.by_range,
+                lost=lost,
+                aligned=plan.point is not None and bool(plan.point.epoch) and lost is None,
+            )
+        return consumer, begin
+
+    def _end(
+        self, reader: Reader, party: LocalParty, plan: _ReadPlan, start: Start, consumer: Consumer, completed: bool
+    ) -> str | None:
+        """Leave the ring and the pipe after the relay; how the transfer ended (None: done,
+        or unknown)."""
+        watcher = start.slot == Slot.WATCHER
+        ending = None if completed else consumer.ending()
+        if watcher:
+            metrics.watcher_ended()
+        else:
+            metrics.reader_ended(_framing_of(reader))
+        if ending == "lagged":
+            metrics.evicted("window" if watcher else "stall")
+        if completed:
+            consumer.leave(segment.DONE)
+        elif not (plan.resumable and ending is None):  # a resumable drop keeps gating (grace)
+            consumer.leave(segment.DETACHED)
+        self.node.leave(party, completed=completed)
+        consumer.close()
+        return ending
 
 
 class _EndOnItem:
