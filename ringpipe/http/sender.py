@@ -77,6 +77,19 @@ class SenderLog:
     the caller next waits, so nothing is held back in time.
     """
 
+    __slots__ = (
+        "_conn",
+        "_head_due",
+        "_headers",
+        "_held",
+        "_holding",
+        "_http10",
+        "_pending",
+        "_send",
+        "ended",
+        "started",
+    )
+
     def __init__(
         self, send: Send, *, http10: bool, worker: int, late: bool = False, conn: Connection | None = None
     ) -> None:

@@ -40,6 +40,8 @@ _REASONS: Final = {
 class _EncodedReader(HttpReader):
     """SSE and NDJSON: decode the ring's chunks and write them re-encoded, then the ending."""
 
+    __slots__ = ("_last_write", "encoder", "ended", "options")
+
     content_type: bytes = b""
     encoder: SseEncoder | NdjsonEncoder
 
@@ -192,6 +194,8 @@ class SseReader(_EncodedReader):
     """``text/event-stream``: head and ``retry`` once admitted, pings while idle, events per chunk
     or per line (``ReadOptions.granularity``), a passed-through event stream's events with ids."""
 
+    __slots__ = ("_beat", "_epoch")
+
     content_type = b"text/event-stream"
     encoder: SseEncoder
 
@@ -259,6 +263,8 @@ class SseReader(_EncodedReader):
 class NdjsonReader(_EncodedReader):
     """``application/x-ndjson``: the head when the transfer starts (as raw), a JSON line per
     chunk or per producer line (``ReadOptions.granularity``)."""
+
+    __slots__ = ()
 
     content_type = b"application/x-ndjson"
     encoder: NdjsonEncoder

@@ -51,6 +51,8 @@ class _WhenLost:
 class HttpReader(Reader):
     """A plain GET receiver: the producer's bytes, with the sender's headers (SPEC 1.1, 4)."""
 
+    __slots__ = ("conn", "head_sent", "heartbeat", "http10", "scope", "send", "worker")
+
     def __init__(self, scope: Scope, send: Send, *, worker: int, heartbeat: float) -> None:
         self.scope = scope
         self.send = send
