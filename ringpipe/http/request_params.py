@@ -63,12 +63,14 @@ def forget_headers(scope: Scope) -> None:
 
 def raw_header(scope: Scope, name: bytes) -> bytes | None:
     """The first value of request header ``name`` (lower-case bytes) as sent, or None."""
-    return _first_values(scope).get(name)
+    first = scope.get(_FIRST_VALUES)  # (a call less per lookup once the table is built)
+    return (_first_values(scope) if first is None else first).get(name)
 
 
 def header(scope: Scope, name: bytes) -> str | None:
     """The first value of request header ``name`` (lower-case bytes), or None."""
-    value = _first_values(scope).get(name)
+    first = scope.get(_FIRST_VALUES)
+    value = (_first_values(scope) if first is None else first).get(name)
     return None if value is None else value.decode("latin-1")
 
 
