@@ -73,6 +73,50 @@ class HttpReader(Reader):
         await self.reject(410, message)
 
     async def relay(self, consumer: Consumer, start: Start, begin: ReadStart) -> bool:
+        """The head, then ring → socket, zero-copy; True at the producer's clean end.
+
+        Each round sends whatever is published (up to ``RAW_READ_LIMIT``) with one ``writev``
+        of views into the ring (plus the chunk-size line when the response is chunked) and
+        only then commits the read cursor, so the ring space stays reserved while the kernel
+        copies. (``Consumer.commit`` also feeds the reader's metrics: bytes out, relay
+        latency, lag.) While the task sleeps caught up, ``RawWakeupDelivery`` runs the same
+        rounds from the wake-up callback (not over TLS, whose bytes the transport must
+        encrypt). A raw reader cannot say how a transfer broke: every ending but done (and a
+        watcher's gap) cuts the response. The rounds run here, not in a coroutine of their
+        own: a frame less per streaming reader.
+        """
+        head = await self._respond(consumer, start, begin)
+        if isinstance(head, bool):  # answered already (416), or the sender vanished first
+            return head
+        conn = self.conn
+        chunked = conn.chunked_response
+        delivery = None if conn.tls else RawWakeupDelivery(consumer, conn, chunked)
+        # direct only without a Content-Length for the producer's callback to count
+        with Delivering(consumer, delivery, direct=chunked or conn.unframed):
+            if head is not None and not await _head_out(consumer, conn, chunked, head):
+                return False
+            del head
+            while True:
+                if not chunked and conn.body_left == 0:
+                    # The client has the whole Content-Length (perhaps sent from the wake-up callback)
+                    # and may hang up before the producer's EOF reaches us: this receiver is complete now.
+                    break
+                try:
+                    views, next_seq = await consumer.views(RAW_READ_LIMIT)
+                except (PeerGone, Gap):
+                    return False
+                if not views:
+                    break
+                if not await _send_round(consumer, conn, chunked, views, next_seq):
+                    return False
+        await self.send({"type": "http.response.body", "body": b"", "more_body": False})
+        return True
+
+    async def _respond(self, consumer: Consumer, start: Start, begin: ReadStart) -> bytes | bool | None:
+        """Send the response head: the bytes ``HeldHead`` held back for the first round (None:
+        it went out as it came), or the relay's result if it is over already (True: nothing
+        is left of the range, answered 416; False: the sender vanished before its multipart
+        headers)."""
         offset = consumer.offset
         relayed: list[tuple[str, str]] | None = list(start.receiver_headers)
         if (HEADERS_IN_RING, "1") in start.receiver_headers:
@@ -106,12 +150,7 @@ class HttpReader(Reader):
         with held:
             await self.send({"type": "http.response.start", "status": status, "headers": headers})
         self.head_sent = True
-        head = held.take()
-        del headers, relayed, held  # what built the head is not held for the whole transfer
-        completed = await _copy_out(consumer, self.conn, head)
-        if completed:
-            await self.send({"type": "http.response.body", "body": b"", "more_body": False})
-        return completed
+        return held.take()
 
     def finish_needed(self, completed: bool) -> bool:
         return not completed and not self.conn.lost.is_set()
@@ -149,39 +188,6 @@ async def _headers_from_ring(consumer: Consumer, relayed: list[tuple[str, str]])
         return None
     content = content_headers(None, part.get("content-type"), part.get("content-disposition"))
     return content + [h for h in relayed if h[0] != HEADERS_IN_RING]
-
-
-async def _copy_out(consumer: Consumer, conn: Connection, head: bytes | None = None) -> bool:
-    """Ring → socket for one receiver, zero-copy; True at the producer's clean end.
-
-    Each round sends whatever is published (up to ``RAW_READ_LIMIT``) with one ``writev`` of
-    views into the ring (plus the chunk-size line when the response is chunked) and only
-    then commits the read cursor, so the ring space stays reserved while the kernel copies.
-    (``Consumer.commit`` also feeds the reader's metrics: bytes out, relay latency, lag.)
-    While the task sleeps caught up, ``RawWakeupDelivery`` runs the same rounds from the
-    wake-up callback (not over TLS, whose bytes the transport must encrypt).
-    A raw reader cannot say how a transfer broke: every ending but done (and a watcher's
-    gap) cuts the response.
-    """
-    chunked = conn.chunked_response
-    delivery = None if conn.tls else RawWakeupDelivery(consumer, conn, chunked)
-    # direct only without a Content-Length for the producer's callback to count
-    with Delivering(consumer, delivery, direct=chunked or conn.unframed):
-        if head is not None and not await _head_out(consumer, conn, chunked, head):
-            return False
-        while True:  # the rounds (here, not in a coroutine of their own: a frame less per held reader)
-            if not chunked and conn.body_left == 0:
-                # The client has the whole Content-Length (perhaps sent from the wake-up callback)
-                # and may hang up before the producer's EOF reaches us: this receiver is complete now.
-                return True
-            try:
-                views, next_seq = await consumer.views(RAW_READ_LIMIT)
-            except (PeerGone, Gap):
-                return False
-            if not views:
-                return True
-            if not await _send_round(consumer, conn, chunked, views, next_seq):
-                return False
 
 
 async def _head_out(consumer: Consumer, conn: Connection, chunked: bool, head: bytes) -> bool:
