@@ -37,7 +37,6 @@ from ringpipe.mesh.ingest import Ingest
 from ringpipe.mesh.relay import Producer
 from ringpipe.mesh.worker_pipes import Hangup, LocalParty, WorkerPipes
 from ringpipe.shm import segment
-from ringpipe.shm.flag import Flag
 
 __all__ = ["SenderEndpoint", "SenderLog"]
 
@@ -364,7 +363,7 @@ class _Upload:
         #: The pump failed: the loop stops too.
         self.broken = False
         #: Set by an inbox item, a change of the body, the pump's end (the loop's one wait).
-        self.wake = Flag()  # (an anyio.Event's deque is ~0.7 KiB)
+        self.wake = _Wake()
         self.task: asyncio.Task[None] | None = None
         first_part = FirstPart(boundary) if boundary else None
         self.ingest = _UploadIngest(self.producer, conn, self.wake, first_part=first_part)
@@ -425,7 +424,8 @@ class _Upload:
                     if party.left or self.broken:
                         break
                     if not inbox.ready():
-                        await wake.wait()
+                        if not wake.is_set:
+                            await wake.future()
                         continue
                     item = await inbox.__anext__()  # at once: an item is waiting
                     if isinstance(item, ReceiverAborted):
@@ -447,7 +447,7 @@ class _Upload:
                         else:  # the end of the body is logged first: nothing left to cancel
                             while self.task is not None and not self.body_done and not self.broken:
                                 wake.clear()
-                                await wake.wait()
+                                await wake.future()
                             if self.uploaded:
                                 await out.end("[INFO] All receiver(s) was/were received successfully.")
                         break
@@ -480,12 +480,38 @@ class _Upload:
             self.task = None  # no cycle through the finished task
 
 
+class _Wake:
+    """The upload loop's one wait (``Flag``'s ``set``/``clear``): set by an inbox item, a change
+    of the body, the pump's end. The loop awaits ``future()`` itself, a bare future: a
+    ``Flag.wait`` would keep a coroutine more and a list of waiters under every held upload."""
+
+    __slots__ = ("_future", "is_set")
+
+    def __init__(self) -> None:
+        self.is_set = False
+        self._future: asyncio.Future[None] | None = None
+
+    def set(self) -> None:
+        self.is_set = True
+        future, self._future = self._future, None
+        if future is not None and not future.done():
+            future.set_result(None)
+
+    def clear(self) -> None:
+        self.is_set = False
+
+    def future(self) -> asyncio.Future[None]:
+        """What to await until the next ``set`` (ask only while not set; one waiter at a time)."""
+        future = self._future = asyncio.get_running_loop().create_future()
+        return future
+
+
 class _UploadIngest(Ingest):
     """An upload's ``Ingest`` that also wakes the upload's loop (``wake``) when the body ends
     or vanishes, or first has to wait for ring room (it pauses reading then). It holds the
     loop's flag, not the upload: no reference cycle for the collector."""
 
-    def __init__(self, producer: Producer, conn: Connection, wake: Flag, *, first_part: FirstPart | None) -> None:
+    def __init__(self, producer: Producer, conn: Connection, wake: _Wake, *, first_part: FirstPart | None) -> None:
         super().__init__(producer, _FirstPauseTold(conn, wake), first_part=first_part)
         self._wake = wake
 
@@ -504,9 +530,9 @@ class _FirstPauseTold:
 
     __slots__ = ("_conn", "_wake")
 
-    def __init__(self, conn: Connection, wake: Flag) -> None:
+    def __init__(self, conn: Connection, wake: _Wake) -> None:
         self._conn = conn
-        self._wake: Flag | None = wake
+        self._wake: _Wake | None = wake
 
     def pause_reading(self) -> None:
         self._conn.pause_reading()
