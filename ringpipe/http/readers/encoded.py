@@ -95,6 +95,7 @@ class _EncodedReader(HttpReader):
         await self._body(tail, more=False)
 
     async def relay(self, consumer: Consumer, start: Start, begin: ReadStart) -> bool:
+        self._transfer_started(start)
         content_type = dict(start.receiver_headers).get("content-type")
         if (HEADERS_IN_RING, "1") in start.receiver_headers and consumer.offset == 0:
             part = await part_headers(consumer)
@@ -113,6 +114,10 @@ class _EncodedReader(HttpReader):
         if lost:
             await self._write(lost)
         return await self._pump(consumer)
+
+    def _transfer_started(self, start: Start) -> None:
+        """The framing's hook at the transfer's start (a hook rather than an override of
+        ``relay``: that would be a coroutine more under every streaming reader)."""
 
     def _begin(self, content_type: str | None, offset: int, begin: ReadStart) -> bytes:
         """A new encoder for the producer's ``content_type`` from pipe ``offset``; returns the
@@ -218,9 +223,8 @@ class SseReader(_EncodedReader):
         self.encoder.begin(content_type)
         return self.encoder.gap(*begin.lost) if begin.lost else b""
 
-    async def relay(self, consumer: Consumer, start: Start, begin: ReadStart) -> bool:
+    def _transfer_started(self, start: Start) -> None:
         self._epoch = start.relay.epoch
-        return await super().relay(consumer, start, begin)
 
     async def admitted(self) -> None:
         if not self.head_sent:
