@@ -95,6 +95,39 @@ class _EncodedReader(HttpReader):
         await self._body(tail, more=False)
 
     async def relay(self, consumer: Consumer, start: Start, begin: ReadStart) -> bool:
+        """The head (if not out yet), then chunks → encoded writes until the ending
+        (``Consumer.commit`` meters the bytes). The rounds run here, not in a coroutine of
+        their own: a frame less per streaming reader."""
+        if not await self._open(consumer, start, begin):
+            return False
+        conn = self.conn
+        framed_here = not conn.tls and (conn.chunked_response or conn.unframed)
+        delivery = EncodedWakeupDelivery(consumer, self) if framed_here else None
+        encoder = self.encoder
+        with Delivering(consumer, delivery, direct=True):
+            while True:
+                try:
+                    views, next_seq = await consumer.views()
+                except Gap as gap:
+                    await self._write(encoder.gap(gap.lost_from, gap.lost_to))
+                    continue
+                except PeerGone as gone:
+                    await self._end(gone.ending, str(gone))
+                    return False
+                if not views:
+                    await self._end("done")
+                    return True
+                data = b"".join(views)
+                for view in views:
+                    view.release()
+                out = encoder.feed(data)
+                if out:
+                    await self._write(out)
+                consumer.commit(next_seq, len(data))
+
+    async def _open(self, consumer: Consumer, start: Start, begin: ReadStart) -> bool:
+        """The encoder for the transfer, the head if it is not out yet, and the gap to report
+        first; False if the producer vanished before its multipart headers (ended so)."""
         self._transfer_started(start)
         content_type = dict(start.receiver_headers).get("content-type")
         if (HEADERS_IN_RING, "1") in start.receiver_headers and consumer.offset == 0:
@@ -113,7 +146,7 @@ class _EncodedReader(HttpReader):
             await self._start()
         if lost:
             await self._write(lost)
-        return await self._pump(consumer)
+        return True
 
     def _transfer_started(self, start: Start) -> None:
         """The framing's hook at the transfer's start (a hook rather than an override of
@@ -135,36 +168,6 @@ class _EncodedReader(HttpReader):
             if not self.head_sent:
                 await self._start()
             await self._end("cancelled", _REASONS["cancelled"])
-
-    async def _pump(self, consumer: Consumer) -> bool:
-        """Chunks → encoded writes until the ending (``Consumer.commit`` meters the bytes)."""
-        conn = self.conn
-        framed_here = not conn.tls and (conn.chunked_response or conn.unframed)
-        delivery = EncodedWakeupDelivery(consumer, self) if framed_here else None
-        with Delivering(consumer, delivery, direct=True):
-            return await self._pump_rounds(consumer)
-
-    async def _pump_rounds(self, consumer: Consumer) -> bool:
-        encoder = self.encoder
-        while True:
-            try:
-                views, next_seq = await consumer.views()
-            except Gap as gap:
-                await self._write(encoder.gap(gap.lost_from, gap.lost_to))
-                continue
-            except PeerGone as gone:
-                await self._end(gone.ending, str(gone))
-                return False
-            if not views:
-                await self._end("done")
-                return True
-            data = b"".join(views)
-            for view in views:
-                view.release()
-            out = encoder.feed(data)
-            if out:
-                await self._write(out)
-            consumer.commit(next_seq, len(data))
 
     async def reject(self, status: int, message: str) -> None:
         if not self.head_sent:
