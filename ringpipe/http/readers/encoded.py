@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Final
 
 from starlette.types import Scope, Send
@@ -21,7 +21,7 @@ from ringpipe.core.control_frames import Start
 from ringpipe.core.errors import Gap, PeerGone
 from ringpipe.core.framing import RETRY, NdjsonEncoder, SseEncoder, is_event_stream
 from ringpipe.http.readers.base import ReadOptions, ReadStart, part_headers
-from ringpipe.http.readers.raw import HttpReader
+from ringpipe.http.readers.raw import HttpReader, WhenLost
 from ringpipe.http.readers.wakeup_delivery import Delivering, EncodedWakeupDelivery
 from ringpipe.http.responses import HEADERS_IN_RING, STREAM_HEADERS, worker_header
 from ringpipe.mesh.relay import Consumer
@@ -202,7 +202,7 @@ class SseReader(_EncodedReader):
     """``text/event-stream``: head and ``retry`` once admitted, pings while idle, events per chunk
     or per line (``ReadOptions.granularity``), a passed-through event stream's events with ids."""
 
-    __slots__ = ("_beat", "_epoch")
+    __slots__ = ("_beat", "_beating", "_epoch")
 
     content_type = b"text/event-stream"
     encoder: SseEncoder
@@ -211,7 +211,10 @@ class SseReader(_EncodedReader):
         super().__init__(scope, send, options, worker=worker, heartbeat=heartbeat)
         self.encoder = SseEncoder(epoch="", base64=options.base64, done_openai=options.done_openai)
         self._epoch = ""
-        self._beat: asyncio.Task[None] | None = None
+        #: The heartbeat's timer, or the task writing a ping (only while one is written).
+        self._beat: asyncio.TimerHandle | asyncio.Task[None] | None = None
+        #: The heartbeat runs: from the head until the session's end.
+        self._beating = False
 
     def _begin(self, content_type: str | None, offset: int, begin: ReadStart) -> bytes:
         options = self.options
@@ -235,36 +238,71 @@ class SseReader(_EncodedReader):
 
     async def _start(self, preamble: bytes = RETRY) -> None:
         await super()._start(preamble)
-        if self.heartbeat > 0 and self._beat is None:
-            self._beat = asyncio.create_task(self._heartbeat())
+        if self.heartbeat > 0 and not self._beating:
+            self._beating = True
+            self._arm(self.heartbeat)
 
-    @contextlib.asynccontextmanager
-    async def session(self, on_hangup: Callable[[], None]) -> AsyncIterator[None]:
-        async with super().session(on_hangup):
-            try:
-                yield
-            finally:
-                beat, self._beat = self._beat, None
-                if beat is not None:
-                    beat.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await beat
+    def session(self, on_hangup: Callable[[], None]) -> contextlib.AbstractAsyncContextManager[None]:
+        return _BeatingSession(self, on_hangup)
 
-    async def _heartbeat(self) -> None:
-        """``: ping`` after ``heartbeat`` seconds without a write (proxies drop silent streams)."""
-        while not self.ended and not self.conn.lost.is_set():
-            idle = time.monotonic() - self._last_write
-            if idle < self.heartbeat:
-                await asyncio.sleep(self.heartbeat - idle)
-                continue
-            ping = self.encoder.ping()
-            if ping is None:  # passthrough, mid-line: try again a beat later
-                self._last_write = time.monotonic()
-                continue
-            try:
-                await self._write(ping)
-            except OSError:
-                return
+    # The heartbeat: ``: ping`` after ``heartbeat`` seconds without a write (proxies drop
+    # silent streams). A timer, and a task only while a ping is written: a task sleeping
+    # beside every SSE reader (with its coroutine and its sleep's future) is ~1 KiB it holds.
+
+    def _arm(self, delay: float) -> None:
+        self._beat = asyncio.get_running_loop().call_later(delay, self._beat_due)
+
+    def _beat_due(self) -> None:
+        self._beat = None
+        if not self._beating or self.ended or self.conn.lost.is_set():
+            return
+        idle = time.monotonic() - self._last_write
+        if idle < self.heartbeat:
+            self._arm(self.heartbeat - idle)
+            return
+        ping = self.encoder.ping()
+        if ping is None:  # passthrough, mid-line: try again a beat later
+            self._last_write = time.monotonic()
+            self._arm(self.heartbeat)
+            return
+        self._beat = asyncio.get_running_loop().create_task(self._ping(ping))
+
+    async def _ping(self, ping: bytes) -> None:
+        try:
+            await self._write(ping)
+        except OSError:
+            self._beat = None
+            return
+        self._beat = None
+        if self._beating and not self.ended:
+            self._arm(self.heartbeat)
+
+    async def stop_heartbeat(self) -> None:
+        """The session ends: no more pings (a ping being written is cancelled and awaited)."""
+        self._beating = False
+        beat, self._beat = self._beat, None
+        if isinstance(beat, asyncio.Task):
+            beat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await beat
+        elif beat is not None:
+            beat.cancel()
+
+
+class _BeatingSession(WhenLost):
+    """``SseReader.session``: ``WhenLost``, and the heartbeat stops at its end."""
+
+    __slots__ = ("_reader",)
+
+    def __init__(self, reader: SseReader, on_hangup: Callable[[], None]) -> None:
+        super().__init__(reader.conn, on_hangup)
+        self._reader = reader
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        try:
+            await self._reader.stop_heartbeat()
+        finally:
+            await super().__aexit__(*exc_info)
 
 
 class NdjsonReader(_EncodedReader):

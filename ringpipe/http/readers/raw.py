@@ -24,10 +24,10 @@ from ringpipe.mesh.relay import RAW_READ_LIMIT, Consumer
 if TYPE_CHECKING:
     from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
 
-__all__ = ["HttpReader"]
+__all__ = ["HttpReader", "WhenLost"]
 
 
-class _WhenLost:
+class WhenLost:
     """``HttpReader.session``: ``on_hangup`` is the connection's lost-callback inside the block.
 
     A slotted object rather than an ``asynccontextmanager``: every waiting receiver holds its
@@ -63,7 +63,7 @@ class HttpReader(Reader):
         self.head_sent = False
 
     def session(self, on_hangup: Callable[[], None]) -> contextlib.AbstractAsyncContextManager[None]:
-        return _WhenLost(self.conn, on_hangup)  # a callback, not a task: waiting receivers stay cheap
+        return WhenLost(self.conn, on_hangup)  # a callback, not a task: waiting receivers stay cheap
 
     async def reject(self, status: int, message: str) -> None:
         await reject(self.send, status, message)
