@@ -41,6 +41,7 @@ from ringpipe.http.request_params import (
 )
 from ringpipe.http.responses import OWNER_LOST
 from ringpipe.http.websocket import WebSocketReader
+from ringpipe.mesh.party import InboxItem
 from ringpipe.mesh.relay import Consumer, Slot
 from ringpipe.mesh.worker_pipes import Hangup, LocalParty, WorkerPipes
 from ringpipe.ops import metrics
@@ -103,7 +104,15 @@ class ReceiverEndpoint:
         )
         try:
             async with reader.session(party.hang_up):  # hang-ups are a callback: waiting receivers stay cheap
-                start = await self._wait_for_start(reader, party)
+                # The owner's answers until the transfer starts (waited for here, not in a
+                # coroutine of their own: a frame less per waiting receiver).
+                start: Start | None = None
+                async for item in party.inbox:
+                    if isinstance(item, Start):
+                        start = item
+                        break
+                    if not await self._answer_while_waiting(reader, party, item):
+                        return
                 if start is None:
                     return
                 await reader.admitted()
@@ -150,30 +159,25 @@ class ReceiverEndpoint:
             return NdjsonReader(scope, send, options, worker=worker, heartbeat=heartbeat)
         return HttpReader(scope, send, worker=worker, heartbeat=heartbeat)
 
-    async def _wait_for_start(self, reader: Reader, party: LocalParty) -> Start | None:
-        """The owner's answers until the transfer starts: its ``Start``, or None (the reader
-        was refused or cancelled, and answered so, or it hung up)."""
-        async for item in party.inbox:
-            if isinstance(item, Start):
-                return item
-            if isinstance(item, Accepted):
-                await reader.admitted()
-                continue
-            if isinstance(item, Reject):
-                self.node.leave(party, completed=False)
-                await reader.reject(item.status, item.message)
-                return None
-            if isinstance(item, Cancelled):
-                self.node.leave(party, completed=False)
-                await reader.cancelled_while_waiting(f"The transfer on '{party.path}' was cancelled.")
-                return None
-            if isinstance(item, Broken):
-                self.node.leave(party, completed=False)
-                await reader.reject(503, OWNER_LOST)
-                return None
-            if isinstance(item, Hangup):
-                return None
-        return None
+    async def _answer_while_waiting(self, reader: Reader, party: LocalParty, item: InboxItem) -> bool:
+        """Answer an inbox item that came before the transfer's start; False: the receiver's
+        life is over (refused or cancelled, and answered so, or it hung up)."""
+        if isinstance(item, Accepted):
+            await reader.admitted()
+            return True
+        if isinstance(item, Reject):
+            self.node.leave(party, completed=False)
+            await reader.reject(item.status, item.message)
+            return False
+        if isinstance(item, Cancelled):
+            self.node.leave(party, completed=False)
+            await reader.cancelled_while_waiting(f"The transfer on '{party.path}' was cancelled.")
+            return False
+        if isinstance(item, Broken):
+            self.node.leave(party, completed=False)
+            await reader.reject(503, OWNER_LOST)
+            return False
+        return not isinstance(item, Hangup)
 
     def _begin(self, reader: Reader, plan: _ReadPlan, start: Start) -> tuple[Consumer, ReadStart] | None:
         """The reader's consumer of the ring, and where it starts; None if the ring is gone
