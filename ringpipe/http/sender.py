@@ -34,6 +34,7 @@ from ringpipe.http.request_params import forget_headers, header, parse_n, read_k
 from ringpipe.http.responses import OWNER_LOST, STREAM_HEADERS, TEXT_HEADERS, reject, worker_header
 from ringpipe.http.uvicorn_shims import OneWrite
 from ringpipe.mesh.ingest import Ingest
+from ringpipe.mesh.party import InboxItem
 from ringpipe.mesh.relay import Producer
 from ringpipe.mesh.worker_pipes import Hangup, LocalParty, WorkerPipes
 from ringpipe.shm import segment
@@ -225,8 +226,29 @@ class SenderEndpoint:
             late=self.node.settings.sender_response == "late",
             conn=conn,
         )
+        fd = conn.fileno()
+        # The owner's answers until the transfer starts, waited for here (not in a coroutine
+        # of their own: a frame less per waiting sender). The hang-up is watched from the
+        # first wait for receivers on: until the owner's first answer (a loop turn, or a
+        # control frame's round trip) nothing is owed to a client that left, and a sender
+        # that starts at once never needs the two epoll calls. The watch is level-triggered:
+        # a hang-up before it is reported at once.
+        start: Start | None = None
+        watching = False
         try:
-            start = await self._wait(send, conn, party, out, expects_continue=expects_continue)
+            try:
+                async for item in party.inbox:
+                    if isinstance(item, Start):
+                        start = item
+                        break
+                    if not await self._answer_while_waiting(send, conn, party, out, item, expects_continue):
+                        break
+                    if not watching and not party.inbox.ready():
+                        self.hangups.watch(fd, party.hang_up)
+                        watching = True
+            finally:
+                if watching:
+                    self.hangups.unwatch(fd)
             upload = None if start is None else await self._begin(conn, party, out, start, boundary)
             if upload is not None:  # (run outside ``_begin``: one coroutine frame less per held upload)
                 await upload.run()
@@ -234,54 +256,40 @@ class SenderEndpoint:
             if not party.left:
                 self.node.leave(party, completed=False)
 
-    async def _wait(
-        self, send: Send, conn: Connection, party: LocalParty, out: SenderLog, *, expects_continue: bool
-    ) -> Start | None:
-        fd = conn.fileno()
-        # The hang-up is watched from the first wait for receivers on: until the owner's
-        # first answer (a loop turn, or a control frame's round trip) nothing is owed to a
-        # client that left, and a sender that starts at once never needs the two epoll
-        # calls. The watch is level-triggered: a hang-up before it is reported at once.
-        watching = False
-        try:
-            async for item in party.inbox:
-                if isinstance(item, Start):
-                    return item
-                if isinstance(item, Accepted):
-                    if expects_continue:
-                        conn.write_raw(CONTINUE)
-                        conn.continue_sent()
-                    opening = [f"[INFO] Waiting for {item.n} receiver(s)..."]
-                    if item.connected is not None:
-                        opening.append(f"[INFO] {item.connected} receiver(s) has/have been connected.")
-                    # A Start (or refusal) already here is answered before we next wait:
-                    # the head and opening lines go out with its line.
-                    await out.start(*opening, more_coming=party.inbox.ready())
-                elif isinstance(item, ReceiverConnected):
-                    await out.line("[INFO] A receiver was connected.", more_coming=party.inbox.ready())
-                elif isinstance(item, Cancelled):
-                    self.node.leave(party, completed=False)
-                    await _cancelled_log(send, conn, out, party.path)
-                    return None
-                elif isinstance(item, (Reject, Broken)):
-                    status, message = (item.status, item.message) if isinstance(item, Reject) else (503, OWNER_LOST)
-                    self.node.leave(party, completed=False)
-                    if out.started:
-                        await _fail_log(out, conn, message)
-                    else:
-                        await reject(send, status, message, close=True)
-                    return None
-                elif isinstance(item, Hangup):
-                    log.info("waiting sender left", extra={"path": party.path})
-                    await conn.abort()
-                    return None
-                if not watching and not party.inbox.ready():
-                    self.hangups.watch(fd, party.hang_up)
-                    watching = True
-            return None
-        finally:
-            if watching:
-                self.hangups.unwatch(fd)
+    async def _answer_while_waiting(
+        self, send: Send, conn: Connection, party: LocalParty, out: SenderLog, item: InboxItem, expects_continue: bool
+    ) -> bool:
+        """Answer an inbox item that came before the transfer's start; False: the sender's life
+        is over (refused or cancelled, and answered so, or it hung up)."""
+        if isinstance(item, Accepted):
+            if expects_continue:
+                conn.write_raw(CONTINUE)
+                conn.continue_sent()
+            opening = [f"[INFO] Waiting for {item.n} receiver(s)..."]
+            if item.connected is not None:
+                opening.append(f"[INFO] {item.connected} receiver(s) has/have been connected.")
+            # A Start (or refusal) already here is answered before we next wait:
+            # the head and opening lines go out with its line.
+            await out.start(*opening, more_coming=party.inbox.ready())
+        elif isinstance(item, ReceiverConnected):
+            await out.line("[INFO] A receiver was connected.", more_coming=party.inbox.ready())
+        elif isinstance(item, Cancelled):
+            self.node.leave(party, completed=False)
+            await _cancelled_log(send, conn, out, party.path)
+            return False
+        elif isinstance(item, (Reject, Broken)):
+            status, message = (item.status, item.message) if isinstance(item, Reject) else (503, OWNER_LOST)
+            self.node.leave(party, completed=False)
+            if out.started:
+                await _fail_log(out, conn, message)
+            else:
+                await reject(send, status, message, close=True)
+            return False
+        elif isinstance(item, Hangup):
+            log.info("waiting sender left", extra={"path": party.path})
+            await conn.abort()
+            return False
+        return True
 
     async def _begin(
         self, conn: Connection, party: LocalParty, out: SenderLog, start: Start, boundary: bytes | None
