@@ -16,6 +16,7 @@ what it lost (``_resume_from``); a raw one gets 410.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from typing import Final
 
@@ -28,9 +29,19 @@ from ringpipe.core.rendezvous import Accepted, Cancelled, Reject, Role
 from ringpipe.http.readers.base import FRESH_START, Reader, ReadOptions, ReadStart, read_options
 from ringpipe.http.readers.encoded import NdjsonReader, SseReader
 from ringpipe.http.readers.raw import HttpReader
-from ringpipe.http.request_params import ResumePoint, can_resume, header, parse_n, read_key, resume_point, stall_ms
+from ringpipe.http.request_params import (
+    ResumePoint,
+    can_resume,
+    forget_headers,
+    header,
+    parse_n,
+    read_key,
+    resume_point,
+    stall_ms,
+)
 from ringpipe.http.responses import OWNER_LOST
 from ringpipe.http.websocket import WebSocketReader
+from ringpipe.mesh.party import InboxItem
 from ringpipe.mesh.relay import Consumer, Slot
 from ringpipe.mesh.worker_pipes import Hangup, LocalParty, WorkerPipes
 from ringpipe.ops import metrics
@@ -83,6 +94,7 @@ class ReceiverEndpoint:
             stall_ms=stall,
             gaps=options.takes_gaps,
         )
+        forget_headers(scope)
 
         plan = _ReadPlan(
             point=point,
@@ -92,7 +104,46 @@ class ReceiverEndpoint:
         )
         try:
             async with reader.session(party.hang_up):  # hang-ups are a callback: waiting receivers stay cheap
-                await self._life(reader, party, plan)
+                # The owner's answers until the transfer starts (waited for here, not in a
+                # coroutine of their own: a frame less per waiting receiver).
+                start: Start | None = None
+                async for item in party.inbox:
+                    if isinstance(item, Start):
+                        start = item
+                        break
+                    if not await self._answer_while_waiting(reader, party, item):
+                        return
+                if start is None:
+                    return
+                await reader.admitted()
+                began = self._begin(reader, plan, start)
+                if began is None:  # the sender vanished before we attached
+                    with anyio.CancelScope(shield=True):
+                        await reader.finish(False)
+                    return
+                # The transfer runs here, not in a coroutine of its own: a frame less per
+                # streaming receiver.
+                consumer, begin = began
+                completed = False
+                try:
+                    # Anything in the inbox during the transfer (Broken, Cancelled, Evicted,
+                    # Hangup) ends it; the ring then says which ending (``Consumer.ending``).
+                    ends = _EndOnItem()
+                    party.inbox.on_item(ends)
+                    try:
+                        completed = await reader.relay(consumer, start, begin)
+                    except asyncio.CancelledError:
+                        if not ends.taken_back():
+                            raise  # cancelled from outside (too)
+                    finally:
+                        party.inbox.on_item(None)
+                        if ends.pending:
+                            await ends.absorb()
+                finally:
+                    ending = self._end(reader, party, plan, start, consumer, completed)
+                    if reader.finish_needed(completed):
+                        with anyio.CancelScope(shield=True), anyio.move_on_after(FINISH_TIMEOUT_S):
+                            await reader.finish(completed, ending)  # a stalled client must not hold us
         finally:
             if not party.left:
                 self.node.leave(party, completed=False)
@@ -108,38 +159,33 @@ class ReceiverEndpoint:
             return NdjsonReader(scope, send, options, worker=worker, heartbeat=heartbeat)
         return HttpReader(scope, send, worker=worker, heartbeat=heartbeat)
 
-    async def _life(self, reader: Reader, party: LocalParty, plan: _ReadPlan) -> None:
-        start: Start | None = None
-        async for item in party.inbox:
-            if isinstance(item, Start):
-                start = item
-                break
-            if isinstance(item, Accepted):
-                await reader.admitted()
-                continue
-            if isinstance(item, Reject):
-                self.node.leave(party, completed=False)
-                await reader.reject(item.status, item.message)
-                return
-            if isinstance(item, Cancelled):
-                self.node.leave(party, completed=False)
-                await reader.cancelled_while_waiting(f"The transfer on '{party.path}' was cancelled.")
-                return
-            if isinstance(item, Broken):
-                self.node.leave(party, completed=False)
-                await reader.reject(503, OWNER_LOST)
-                return
-            if isinstance(item, Hangup):
-                return
-        if start is None:
-            return
-        await reader.admitted()
+    async def _answer_while_waiting(self, reader: Reader, party: LocalParty, item: InboxItem) -> bool:
+        """Answer an inbox item that came before the transfer's start; False: the receiver's
+        life is over (refused or cancelled, and answered so, or it hung up)."""
+        if isinstance(item, Accepted):
+            await reader.admitted()
+            return True
+        if isinstance(item, Reject):
+            self.node.leave(party, completed=False)
+            await reader.reject(item.status, item.message)
+            return False
+        if isinstance(item, Cancelled):
+            self.node.leave(party, completed=False)
+            await reader.cancelled_while_waiting(f"The transfer on '{party.path}' was cancelled.")
+            return False
+        if isinstance(item, Broken):
+            self.node.leave(party, completed=False)
+            await reader.reject(503, OWNER_LOST)
+            return False
+        return not isinstance(item, Hangup)
+
+    def _begin(self, reader: Reader, plan: _ReadPlan, start: Start) -> tuple[Consumer, ReadStart] | None:
+        """The reader's consumer of the ring, and where it starts; None if the ring is gone
+        (the sender vanished before we attached)."""
         try:
             ring = segment.RingSegment.attach(start.relay.segment)
-        except FileNotFoundError:  # the sender vanished before we attached
-            with anyio.CancelScope(shield=True):
-                await reader.finish(False)
-            return
+        except FileNotFoundError:
+            return None
         watcher = start.slot == Slot.WATCHER
         first: int | None = None
         lost: tuple[int, int] | None = None
@@ -160,47 +206,86 @@ class ReceiverEndpoint:
             continue_gaps=plan.gaps,
             worker=self.node.index,
         )
-        framing = _framing_of(reader)
         if watcher:
             metrics.watcher_started()
         else:
-            metrics.reader_started(framing, consumer)
-        completed = False
+            metrics.reader_started(_framing_of(reader), consumer)
+        begin = FRESH_START
+        if watcher or plan.point is not None:
+            begin = ReadStart(
+                watcher=watcher,
+                resumed=plan.point is not None,
+                by_range=plan.point is not None and plan.point.by_range,
+                lost=lost,
+                aligned=plan.point is not None and bool(plan.point.epoch) and lost is None,
+            )
+        return consumer, begin
+
+    def _end(
+        self, reader: Reader, party: LocalParty, plan: _ReadPlan, start: Start, consumer: Consumer, completed: bool
+    ) -> str | None:
+        """Leave the ring and the pipe after the relay; how the transfer ended (None: done,
+        or unknown)."""
+        watcher = start.slot == Slot.WATCHER
+        ending = None if completed else consumer.ending()
+        if watcher:
+            metrics.watcher_ended()
+        else:
+            metrics.reader_ended(_framing_of(reader))
+        if ending == "lagged":
+            metrics.evicted("window" if watcher else "stall")
+        if completed:
+            consumer.leave(segment.DONE)
+        elif not (plan.resumable and ending is None):  # a resumable drop keeps gating (grace)
+            consumer.leave(segment.DETACHED)
+        self.node.leave(party, completed=completed)
+        consumer.close()
+        return ending
+
+
+class _EndOnItem:
+    """The inbox callback that ends a receiver's transfer: it cancels the receiver's task,
+    once, with plain asyncio cancellation (an anyio ``CancelScope`` costs each streaming
+    receiver ~0.7 KiB and a few calls to enter and leave).
+
+    One ``cancel`` is enough: the readers' relays never swallow a ``CancelledError``, so it
+    ends the relay at the await it is suspended at. The receiver takes its own cancellation
+    back (``taken_back``), exactly as a cancel scope swallows its own, and passes any other
+    on. ``pending``: it fired but the relay ended before the cancellation reached it (it
+    never suspended after that), so ``absorb`` must take it at the next await.
+    """
+
+    __slots__ = ("_task", "fired", "pending")
+
+    def __init__(self) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._task = task
+        self.fired = False
+        self.pending = False
+
+    def __call__(self) -> None:
+        if not self.fired:
+            self.fired = self.pending = True
+            self._task.cancel()
+
+    def taken_back(self) -> bool:
+        """A ``CancelledError`` reached the relay: True if it was only ours (swallow it)."""
+        if not self.pending:
+            return False
+        self.pending = False
+        return self._task.uncancel() == 0
+
+    async def absorb(self) -> None:
+        """Take back a cancellation of ours that is still on its way (see the class)."""
+        self.pending = False
         try:
-            begin = FRESH_START
-            if watcher or plan.point is not None:
-                begin = ReadStart(
-                    watcher=watcher,
-                    resumed=plan.point is not None,
-                    by_range=plan.point is not None and plan.point.by_range,
-                    lost=lost,
-                    aligned=plan.point is not None and bool(plan.point.epoch) and lost is None,
-                )
-            # Anything in the inbox during the transfer (Broken, Cancelled, Evicted, Hangup)
-            # ends it; the ring then says which ending (``Consumer.ending``).
-            with anyio.CancelScope() as ends:
-                party.inbox.on_item(ends.cancel)
-                try:
-                    completed = await reader.relay(consumer, start, begin)
-                finally:
-                    party.inbox.on_item(None)
-        finally:
-            ending = None if completed else consumer.ending()
-            if watcher:
-                metrics.watcher_ended()
-            else:
-                metrics.reader_ended(framing)
-            if ending == "lagged":
-                metrics.evicted("window" if watcher else "stall")
-            if completed:
-                consumer.leave(segment.DONE)
-            elif not (plan.resumable and ending is None):  # a resumable drop keeps gating (grace)
-                consumer.leave(segment.DETACHED)
-            self.node.leave(party, completed=completed)
-            consumer.close()
-            if reader.finish_needed(completed):
-                with anyio.CancelScope(shield=True), anyio.move_on_after(FINISH_TIMEOUT_S):
-                    await reader.finish(completed, ending)  # a stalled client must not hold us
+            await asyncio.sleep(0)
+        except asyncio.CancelledError:
+            if self._task.uncancel():
+                raise
+        else:  # it was delivered elsewhere meanwhile: only the count is left to undo
+            self._task.uncancel()
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,6 +23,7 @@ from ringpipe.http.responses import HEADERS_IN_RING, content_headers
 __all__ = [
     "ResumePoint",
     "can_resume",
+    "forget_headers",
     "header",
     "parse_n",
     "raw_header",
@@ -53,14 +54,23 @@ def _first_values(scope: Scope) -> dict[bytes, bytes]:
     return first
 
 
+def forget_headers(scope: Scope) -> None:
+    """Drop the request's header lookup table (``_first_values``) once the endpoint has read
+    what it needs: a held request would keep it (~0.2 KiB) for its whole life. A later
+    lookup builds it again."""
+    scope.pop(_FIRST_VALUES, None)
+
+
 def raw_header(scope: Scope, name: bytes) -> bytes | None:
     """The first value of request header ``name`` (lower-case bytes) as sent, or None."""
-    return _first_values(scope).get(name)
+    first = scope.get(_FIRST_VALUES)  # (a call less per lookup once the table is built)
+    return (_first_values(scope) if first is None else first).get(name)
 
 
 def header(scope: Scope, name: bytes) -> str | None:
     """The first value of request header ``name`` (lower-case bytes), or None."""
-    value = _first_values(scope).get(name)
+    first = scope.get(_FIRST_VALUES)
+    value = (_first_values(scope) if first is None else first).get(name)
     return None if value is None else value.decode("latin-1")
 
 

@@ -34,7 +34,6 @@ WORKER_WIDE: Final = (
     "timeout_keep_alive",
     "ws_protocol_class",
 )
-_MISSING: Final = object()
 #: By class: the attributes its MRO holds, as ``slim_dict`` first found them (it checks a
 #: match against the class again, so a class attribute changed since then is never lost).
 _held: dict[type, dict[str, Any]] = {}
@@ -58,10 +57,10 @@ def slim_dict(obj: object) -> dict[str, Any]:
     held = _held.get(cls)
     if held is None:  # what the class and its bases hold, found without an AttributeError per miss
         held = _held[cls] = {name: value for klass in reversed(cls.__mro__) for name, value in vars(klass).items()}
-    return {
+    return {  # (``in`` and ``[]`` rather than ``held.get``: no call per attribute)
         name: value
         for name, value in vars(obj).items()
-        if held.get(name, _MISSING) is not value or getattr(cls, name) is not value
+        if name not in held or held[name] is not value or getattr(cls, name) is not value
     }
 
 

@@ -131,6 +131,8 @@ def _options(fmt: str, base64: bool, done_openai: bool, granularity: Granularity
 class Reader(abc.ABC):
     """What differs between framings in a receiver's life (see the module docstring)."""
 
+    __slots__ = ()  # a reader lives as long as its receiver: its framings' state is in slots
+
     @abc.abstractmethod
     def session(self, on_hangup: Callable[[], None]) -> contextlib.AbstractAsyncContextManager[None]:
         """The reader's connection from its join to its leave; ``on_hangup`` once the client is gone."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Final
 
 from starlette.types import Scope, Send
@@ -21,7 +21,7 @@ from ringpipe.core.control_frames import Start
 from ringpipe.core.errors import Gap, PeerGone
 from ringpipe.core.framing import RETRY, NdjsonEncoder, SseEncoder, is_event_stream
 from ringpipe.http.readers.base import ReadOptions, ReadStart, part_headers
-from ringpipe.http.readers.raw import HttpReader
+from ringpipe.http.readers.raw import HttpReader, WhenLost
 from ringpipe.http.readers.wakeup_delivery import Delivering, EncodedWakeupDelivery
 from ringpipe.http.responses import HEADERS_IN_RING, STREAM_HEADERS, worker_header
 from ringpipe.mesh.relay import Consumer
@@ -39,6 +39,8 @@ _REASONS: Final = {
 
 class _EncodedReader(HttpReader):
     """SSE and NDJSON: decode the ring's chunks and write them re-encoded, then the ending."""
+
+    __slots__ = ("_last_write", "encoder", "ended", "options")
 
     content_type: bytes = b""
     encoder: SseEncoder | NdjsonEncoder
@@ -93,6 +95,40 @@ class _EncodedReader(HttpReader):
         await self._body(tail, more=False)
 
     async def relay(self, consumer: Consumer, start: Start, begin: ReadStart) -> bool:
+        """The head (if not out yet), then chunks → encoded writes until the ending
+        (``Consumer.commit`` meters the bytes). The rounds run here, not in a coroutine of
+        their own: a frame less per streaming reader."""
+        if not await self._open(consumer, start, begin):
+            return False
+        conn = self.conn
+        framed_here = not conn.tls and (conn.chunked_response or conn.unframed)
+        delivery = EncodedWakeupDelivery(consumer, self) if framed_here else None
+        encoder = self.encoder
+        with Delivering(consumer, delivery, direct=True):
+            while True:
+                try:
+                    views, next_seq = await consumer.views()
+                except Gap as gap:
+                    await self._write(encoder.gap(gap.lost_from, gap.lost_to))
+                    continue
+                except PeerGone as gone:
+                    await self._end(gone.ending, str(gone))
+                    return False
+                if not views:
+                    await self._end("done")
+                    return True
+                data = b"".join(views)
+                for view in views:
+                    view.release()
+                out = encoder.feed(data)
+                if out:
+                    await self._write(out)
+                consumer.commit(next_seq, len(data))
+
+    async def _open(self, consumer: Consumer, start: Start, begin: ReadStart) -> bool:
+        """The encoder for the transfer, the head if it is not out yet, and the gap to report
+        first; False if the producer vanished before its multipart headers (ended so)."""
+        self._transfer_started(start)
         content_type = dict(start.receiver_headers).get("content-type")
         if (HEADERS_IN_RING, "1") in start.receiver_headers and consumer.offset == 0:
             part = await part_headers(consumer)
@@ -110,7 +146,11 @@ class _EncodedReader(HttpReader):
             await self._start()
         if lost:
             await self._write(lost)
-        return await self._pump(consumer)
+        return True
+
+    def _transfer_started(self, start: Start) -> None:
+        """The framing's hook at the transfer's start (a hook rather than an override of
+        ``relay``: that would be a coroutine more under every streaming reader)."""
 
     def _begin(self, content_type: str | None, offset: int, begin: ReadStart) -> bytes:
         """A new encoder for the producer's ``content_type`` from pipe ``offset``; returns the
@@ -128,36 +168,6 @@ class _EncodedReader(HttpReader):
             if not self.head_sent:
                 await self._start()
             await self._end("cancelled", _REASONS["cancelled"])
-
-    async def _pump(self, consumer: Consumer) -> bool:
-        """Chunks → encoded writes until the ending (``Consumer.commit`` meters the bytes)."""
-        conn = self.conn
-        framed_here = not conn.tls and (conn.chunked_response or conn.unframed)
-        delivery = EncodedWakeupDelivery(consumer, self) if framed_here else None
-        with Delivering(consumer, delivery, direct=True):
-            return await self._pump_rounds(consumer)
-
-    async def _pump_rounds(self, consumer: Consumer) -> bool:
-        encoder = self.encoder
-        while True:
-            try:
-                views, next_seq = await consumer.views()
-            except Gap as gap:
-                await self._write(encoder.gap(gap.lost_from, gap.lost_to))
-                continue
-            except PeerGone as gone:
-                await self._end(gone.ending, str(gone))
-                return False
-            if not views:
-                await self._end("done")
-                return True
-            data = b"".join(views)
-            for view in views:
-                view.release()
-            out = encoder.feed(data)
-            if out:
-                await self._write(out)
-            consumer.commit(next_seq, len(data))
 
     async def reject(self, status: int, message: str) -> None:
         if not self.head_sent:
@@ -192,6 +202,8 @@ class SseReader(_EncodedReader):
     """``text/event-stream``: head and ``retry`` once admitted, pings while idle, events per chunk
     or per line (``ReadOptions.granularity``), a passed-through event stream's events with ids."""
 
+    __slots__ = ("_beat", "_beating", "_epoch")
+
     content_type = b"text/event-stream"
     encoder: SseEncoder
 
@@ -199,7 +211,10 @@ class SseReader(_EncodedReader):
         super().__init__(scope, send, options, worker=worker, heartbeat=heartbeat)
         self.encoder = SseEncoder(epoch="", base64=options.base64, done_openai=options.done_openai)
         self._epoch = ""
-        self._beat: asyncio.Task[None] | None = None
+        #: The heartbeat's timer, or the task writing a ping (only while one is written).
+        self._beat: asyncio.TimerHandle | asyncio.Task[None] | None = None
+        #: The heartbeat runs: from the head until the session's end.
+        self._beating = False
 
     def _begin(self, content_type: str | None, offset: int, begin: ReadStart) -> bytes:
         options = self.options
@@ -214,9 +229,8 @@ class SseReader(_EncodedReader):
         self.encoder.begin(content_type)
         return self.encoder.gap(*begin.lost) if begin.lost else b""
 
-    async def relay(self, consumer: Consumer, start: Start, begin: ReadStart) -> bool:
+    def _transfer_started(self, start: Start) -> None:
         self._epoch = start.relay.epoch
-        return await super().relay(consumer, start, begin)
 
     async def admitted(self) -> None:
         if not self.head_sent:
@@ -224,41 +238,78 @@ class SseReader(_EncodedReader):
 
     async def _start(self, preamble: bytes = RETRY) -> None:
         await super()._start(preamble)
-        if self.heartbeat > 0 and self._beat is None:
-            self._beat = asyncio.create_task(self._heartbeat())
+        if self.heartbeat > 0 and not self._beating:
+            self._beating = True
+            self._arm(self.heartbeat)
 
-    @contextlib.asynccontextmanager
-    async def session(self, on_hangup: Callable[[], None]) -> AsyncIterator[None]:
-        async with super().session(on_hangup):
-            try:
-                yield
-            finally:
-                beat, self._beat = self._beat, None
-                if beat is not None:
-                    beat.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await beat
+    def session(self, on_hangup: Callable[[], None]) -> contextlib.AbstractAsyncContextManager[None]:
+        return _BeatingSession(self, on_hangup)
 
-    async def _heartbeat(self) -> None:
-        """``: ping`` after ``heartbeat`` seconds without a write (proxies drop silent streams)."""
-        while not self.ended and not self.conn.lost.is_set():
-            idle = time.monotonic() - self._last_write
-            if idle < self.heartbeat:
-                await asyncio.sleep(self.heartbeat - idle)
-                continue
-            ping = self.encoder.ping()
-            if ping is None:  # passthrough, mid-line: try again a beat later
-                self._last_write = time.monotonic()
-                continue
-            try:
-                await self._write(ping)
-            except OSError:
-                return
+    # The heartbeat: ``: ping`` after ``heartbeat`` seconds without a write (proxies drop
+    # silent streams). A timer, and a task only while a ping is written: a task sleeping
+    # beside every SSE reader (with its coroutine and its sleep's future) is ~1 KiB it holds.
+
+    def _arm(self, delay: float) -> None:
+        self._beat = asyncio.get_running_loop().call_later(delay, self._beat_due)
+
+    def _beat_due(self) -> None:
+        self._beat = None
+        if not self._beating or self.ended or self.conn.lost.is_set():
+            return
+        idle = time.monotonic() - self._last_write
+        if idle < self.heartbeat:
+            self._arm(self.heartbeat - idle)
+            return
+        ping = self.encoder.ping()
+        if ping is None:  # passthrough, mid-line: try again a beat later
+            self._last_write = time.monotonic()
+            self._arm(self.heartbeat)
+            return
+        self._beat = asyncio.get_running_loop().create_task(self._ping(ping))
+
+    async def _ping(self, ping: bytes) -> None:
+        try:
+            await self._write(ping)
+        except OSError:
+            self._beat = None
+            return
+        self._beat = None
+        if self._beating and not self.ended:
+            self._arm(self.heartbeat)
+
+    async def stop_heartbeat(self) -> None:
+        """The session ends: no more pings (a ping being written is cancelled and awaited)."""
+        self._beating = False
+        beat, self._beat = self._beat, None
+        if isinstance(beat, asyncio.Task):
+            beat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await beat
+        elif beat is not None:
+            beat.cancel()
+
+
+class _BeatingSession(WhenLost):
+    """``SseReader.session``: ``WhenLost``, and the heartbeat stops at its end."""
+
+    __slots__ = ("_reader",)
+
+    def __init__(self, reader: SseReader, on_hangup: Callable[[], None]) -> None:
+        super().__init__(reader.conn, on_hangup)
+        self._reader = reader
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        try:
+            await self._reader.stop_heartbeat()
+        finally:
+            await super().__aexit__(*exc_info)
 
 
 class NdjsonReader(_EncodedReader):
     """``application/x-ndjson``: the head when the transfer starts (as raw), a JSON line per
     chunk or per producer line (``ReadOptions.granularity``)."""
+
+    __slots__ = ()
 
     content_type = b"application/x-ndjson"
     encoder: NdjsonEncoder

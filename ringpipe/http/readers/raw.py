@@ -24,10 +24,10 @@ from ringpipe.mesh.relay import RAW_READ_LIMIT, Consumer
 if TYPE_CHECKING:
     from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
 
-__all__ = ["HttpReader"]
+__all__ = ["HttpReader", "WhenLost"]
 
 
-class _WhenLost:
+class WhenLost:
     """``HttpReader.session``: ``on_hangup`` is the connection's lost-callback inside the block.
 
     A slotted object rather than an ``asynccontextmanager``: every waiting receiver holds its
@@ -51,6 +51,8 @@ class _WhenLost:
 class HttpReader(Reader):
     """A plain GET receiver: the producer's bytes, with the sender's headers (SPEC 1.1, 4)."""
 
+    __slots__ = ("conn", "head_sent", "heartbeat", "http10", "scope", "send", "worker")
+
     def __init__(self, scope: Scope, send: Send, *, worker: int, heartbeat: float) -> None:
         self.scope = scope
         self.send = send
@@ -61,7 +63,7 @@ class HttpReader(Reader):
         self.head_sent = False
 
     def session(self, on_hangup: Callable[[], None]) -> contextlib.AbstractAsyncContextManager[None]:
-        return _WhenLost(self.conn, on_hangup)  # a callback, not a task: waiting receivers stay cheap
+        return WhenLost(self.conn, on_hangup)  # a callback, not a task: waiting receivers stay cheap
 
     async def reject(self, status: int, message: str) -> None:
         await reject(self.send, status, message)
@@ -71,6 +73,50 @@ class HttpReader(Reader):
         await self.reject(410, message)
 
     async def relay(self, consumer: Consumer, start: Start, begin: ReadStart) -> bool:
+        """The head, then ring → socket, zero-copy; True at the producer's clean end.
+
+        Each round sends whatever is published (up to ``RAW_READ_LIMIT``) with one ``writev``
+        of views into the ring (plus the chunk-size line when the response is chunked) and
+        only then commits the read cursor, so the ring space stays reserved while the kernel
+        copies. (``Consumer.commit`` also feeds the reader's metrics: bytes out, relay
+        latency, lag.) While the task sleeps caught up, ``RawWakeupDelivery`` runs the same
+        rounds from the wake-up callback (not over TLS, whose bytes the transport must
+        encrypt). A raw reader cannot say how a transfer broke: every ending but done (and a
+        watcher's gap) cuts the response. The rounds run here, not in a coroutine of their
+        own: a frame less per streaming reader.
+        """
+        head = await self._respond(consumer, start, begin)
+        if isinstance(head, bool):  # answered already (416), or the sender vanished first
+            return head
+        conn = self.conn
+        chunked = conn.chunked_response
+        delivery = None if conn.tls else RawWakeupDelivery(consumer, conn, chunked)
+        # direct only without a Content-Length for the producer's callback to count
+        with Delivering(consumer, delivery, direct=chunked or conn.unframed):
+            if head is not None and not await _head_out(consumer, conn, chunked, head):
+                return False
+            del head
+            while True:
+                if not chunked and conn.body_left == 0:
+                    # The client has the whole Content-Length (perhaps sent from the wake-up callback)
+                    # and may hang up before the producer's EOF reaches us: this receiver is complete now.
+                    break
+                try:
+                    views, next_seq = await consumer.views(RAW_READ_LIMIT)
+                except (PeerGone, Gap):
+                    return False
+                if not views:
+                    break
+                if not await _send_round(consumer, conn, chunked, views, next_seq):
+                    return False
+        await self.send({"type": "http.response.body", "body": b"", "more_body": False})
+        return True
+
+    async def _respond(self, consumer: Consumer, start: Start, begin: ReadStart) -> bytes | bool | None:
+        """Send the response head: the bytes ``HeldHead`` held back for the first round (None:
+        it went out as it came), or the relay's result if it is over already (True: nothing
+        is left of the range, answered 416; False: the sender vanished before its multipart
+        headers)."""
         offset = consumer.offset
         relayed: list[tuple[str, str]] | None = list(start.receiver_headers)
         if (HEADERS_IN_RING, "1") in start.receiver_headers:
@@ -104,10 +150,7 @@ class HttpReader(Reader):
         with held:
             await self.send({"type": "http.response.start", "status": status, "headers": headers})
         self.head_sent = True
-        completed = await _copy_out(consumer, self.conn, held.take())
-        if completed:
-            await self.send({"type": "http.response.body", "body": b"", "more_body": False})
-        return completed
+        return held.take()
 
     def finish_needed(self, completed: bool) -> bool:
         return not completed and not self.conn.lost.is_set()
@@ -147,27 +190,6 @@ async def _headers_from_ring(consumer: Consumer, relayed: list[tuple[str, str]])
     return content + [h for h in relayed if h[0] != HEADERS_IN_RING]
 
 
-async def _copy_out(consumer: Consumer, conn: Connection, head: bytes | None = None) -> bool:
-    """Ring → socket for one receiver, zero-copy; True at the producer's clean end.
-
-    Each round sends whatever is published (up to ``RAW_READ_LIMIT``) with one ``writev`` of
-    views into the ring (plus the chunk-size line when the response is chunked) and only
-    then commits the read cursor, so the ring space stays reserved while the kernel copies.
-    (``Consumer.commit`` also feeds the reader's metrics: bytes out, relay latency, lag.)
-    While the task sleeps caught up, ``RawWakeupDelivery`` runs the same rounds from the
-    wake-up callback (not over TLS, whose bytes the transport must encrypt).
-    A raw reader cannot say how a transfer broke: every ending but done (and a watcher's
-    gap) cuts the response.
-    """
-    chunked = conn.chunked_response
-    delivery = None if conn.tls else RawWakeupDelivery(consumer, conn, chunked)
-    # direct only without a Content-Length for the producer's callback to count
-    with Delivering(consumer, delivery, direct=chunked or conn.unframed):
-        if head is not None and not await _head_out(consumer, conn, chunked, head):
-            return False
-        return await _copy_rounds(consumer, conn, chunked)
-
-
 async def _head_out(consumer: Consumer, conn: Connection, chunked: bool, head: bytes) -> bool:
     """Write the response ``head`` held back by ``HeldHead``: with the first round's bytes when
     they are published already (one ``writev``: a syscall and a wake-up of the client less),
@@ -183,22 +205,6 @@ async def _head_out(consumer: Consumer, conn: Connection, chunked: bool, head: b
         conn.write_raw(head)
         return True
     return await _send_round(consumer, conn, chunked, views, next_seq, head)
-
-
-async def _copy_rounds(consumer: Consumer, conn: Connection, chunked: bool) -> bool:
-    while True:
-        if not chunked and conn.body_left == 0:
-            # The client has the whole Content-Length (perhaps sent from the wake-up callback)
-            # and may hang up before the producer's EOF reaches us: this receiver is complete now.
-            return True
-        try:
-            views, next_seq = await consumer.views(RAW_READ_LIMIT)
-        except (PeerGone, Gap):
-            return False
-        if not views:
-            return True
-        if not await _send_round(consumer, conn, chunked, views, next_seq):
-            return False
 
 
 async def _send_round(
