@@ -2,66 +2,16 @@
 list, not a deque), the transport an HTTP/1.0 request's response cycle writes its head to (an
 ``HTTP/1.0`` status line), both swapped in by ``protocol.py``, a transport that gathers a
 few response messages into one write (``OneWrite``), or holds a response head back for the
-first body bytes (``HeldHead``), and a connection's ``__dict__``
-without what its class holds already (``share_worker_wide``, ``slim_dict``)."""
+first body bytes (``HeldHead``)."""
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Final
+from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
 
-__all__ = ["WORKER_WIDE", "HeldHead", "Http10StatusLine", "OneWrite", "Pipeline", "share_worker_wide", "slim_dict"]
-
-
-#: uvicorn's per-connection attributes that hold the same object on every connection of a
-#: worker: its config, app, loop, loggers and server state.
-WORKER_WIDE: Final = (
-    "access_log",
-    "access_logger",
-    "app",
-    "app_state",
-    "asgi_version",
-    "config",
-    "connections",
-    "limit_concurrency",
-    "logger",
-    "loop",
-    "root_path",
-    "server_state",
-    "tasks",
-    "timeout_keep_alive",
-    "ws_protocol_class",
-)
-#: By class: the attributes its MRO holds, as ``slim_dict`` first found them (it checks a
-#: match against the class again, so a class attribute changed since then is never lost).
-_held: dict[type, dict[str, Any]] = {}
-
-
-def share_worker_wide(protocol: object) -> None:
-    """Put the ``WORKER_WIDE`` attributes of a worker's first connection on its protocol
-    class (once), so that ``slim_dict`` drops them from every connection that has the same."""
-    cls = type(protocol)
-    if "config" not in cls.__dict__:
-        for name in WORKER_WIDE:
-            setattr(cls, name, getattr(protocol, name))
-
-
-def slim_dict(obj: object) -> dict[str, Any]:
-    """``obj.__dict__`` without the entries its class holds already (the very same object: a
-    worker-wide attribute, or a default such as False, None, 0), so every lookup is unchanged.
-    Built by insertion, it is sized for what it holds: a connection's ~40 attributes take a
-    64-slot table (~0.8 KiB), the ~20 left a 32-slot one (~0.4 KiB)."""
-    cls = type(obj)
-    held = _held.get(cls)
-    if held is None:  # what the class and its bases hold, found without an AttributeError per miss
-        held = _held[cls] = {name: value for klass in reversed(cls.__mro__) for name, value in vars(klass).items()}
-    return {  # (``in`` and ``[]`` rather than ``held.get``: no call per attribute)
-        name: value
-        for name, value in vars(obj).items()
-        if name not in held or held[name] is not value or getattr(cls, name) is not value
-    }
+__all__ = ["HeldHead", "Http10StatusLine", "OneWrite", "Pipeline"]
 
 
 class Pipeline(list[tuple[RequestResponseCycle, Any]]):
