@@ -358,7 +358,12 @@ class _Upload:
         self.party = party
         self.out = out
         self.stall_ms = start.relay.stall_ms
-        self.producer = Producer(node, ring, start.relay, stall_s=self.stall_ms / 1000, on_stall=self._stalled)
+        # The stall callback names the node and the party, not this upload: the producer is
+        # this upload's, and a callback back to it would make every finished upload a cycle
+        # that only a full collection frees (with its connection and transport).
+        self.producer = Producer(
+            node, ring, start.relay, stall_s=self.stall_ms / 1000, on_stall=functools.partial(node.report_stall, party)
+        )
         #: The producer's clean end is in the ring.
         self.eof = False
         #: The sender's client vanished (or sent a malformed body) before its end.
@@ -376,9 +381,6 @@ class _Upload:
         first_part = FirstPart(boundary) if boundary else None
         self.ingest = _UploadIngest(self.producer, conn, self.wake, first_part=first_part)
         conn.divert_body(self.ingest)  # from here on the body flows into the ring
-
-    def _stalled(self, slot: int) -> None:
-        self.node.report_stall(self.party, slot)
 
     def stop(self) -> None:
         if self.task is not None and not self.failing:
