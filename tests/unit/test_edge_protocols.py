@@ -13,6 +13,7 @@ from uvicorn.server import ServerState
 
 from ringpipe.http.hangup import HangupWatcher
 from ringpipe.http.websocket import WebSocketProtocol
+from tests.support.fakes import RecordingTransport
 
 UPGRADE = (
     b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
@@ -22,45 +23,11 @@ UPGRADE = (
 UNMASKED = b"\x81\x05hello"
 
 
-class FakeTransport(asyncio.Transport):
-    """Records writes; ``broken`` makes every write fail as after ``write_eof``."""
-
-    def __init__(self, *, broken: bool = False) -> None:
-        super().__init__()
-        self.written = b""
-        self.closing = False
-        self.aborted = False
-        self.broken = broken
-
-    def write(self, data: Any) -> None:
-        if self.broken:
-            raise RuntimeError("Cannot call write() after write_eof()")
-        self.written += bytes(data)
-
-    def is_closing(self) -> bool:
-        return self.closing
-
-    def close(self) -> None:
-        self.closing = True
-
-    def abort(self) -> None:
-        self.closing = self.aborted = True
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return ("127.0.0.1", 1234) if name in ("peername", "sockname") else default
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
-        pass
-
-
 async def _app(scope: Any, receive: Any, send: Any) -> None:
     await receive()
 
 
-def _protocol(transport: FakeTransport) -> WebSocketProtocol:
+def _protocol(transport: RecordingTransport) -> WebSocketProtocol:
     config = uvicorn.Config(_app, ws=WebSocketProtocol, lifespan="off", log_config=None)
     config.load()
     protocol = WebSocketProtocol(config=config, server_state=ServerState(), app_state={})
@@ -70,7 +37,7 @@ def _protocol(transport: FakeTransport) -> WebSocketProtocol:
 
 def test_websocket_bytes_before_the_handshake_drop_the_client() -> None:
     async def main() -> None:
-        transport = FakeTransport()
+        transport = RecordingTransport()
         protocol = _protocol(transport)
         protocol.data_received(UPGRADE)
         protocol.data_received(UNMASKED)  # uvicorn's own handler fails an assertion here
@@ -87,7 +54,7 @@ def test_websocket_bytes_before_the_handshake_drop_the_client() -> None:
 
 def test_websocket_shutdown_never_raises() -> None:
     async def main() -> None:
-        transport = FakeTransport()
+        transport = RecordingTransport()
         protocol = _protocol(transport)
         protocol.data_received(UPGRADE)
         transport.broken = True  # the handshake was never answered: uvicorn writes a 500

@@ -17,37 +17,7 @@ from uvicorn.server import ServerState
 from ringpipe.http.connection import EXTENSION, Connection
 from ringpipe.http.limits import EdgeLimits
 from ringpipe.http.protocol import RingpipeHttpProtocol
-
-
-class _Transport(asyncio.Transport):
-    def __init__(self) -> None:
-        super().__init__()
-        self.written = b""
-        self.closing = False
-
-    def write(self, data: Any) -> None:
-        self.written += bytes(data)
-
-    def is_closing(self) -> bool:
-        return self.closing
-
-    def close(self) -> None:
-        self.closing = True
-
-    def abort(self) -> None:
-        self.closing = True
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return ("127.0.0.1", 8080 if name == "sockname" else 5555) if name in ("peername", "sockname") else default
-
-    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
-        pass
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
-        pass
+from tests.support.fakes import RecordingTransport
 
 
 class _App:
@@ -66,12 +36,12 @@ class _App:
         await send({"type": "http.response.body", "body": body})
 
 
-def _serve(app: _App, state: ServerState) -> tuple[RingpipeHttpProtocol, _Transport]:
+def _serve(app: _App, state: ServerState) -> tuple[RingpipeHttpProtocol, RecordingTransport]:
     config = uvicorn.Config(app, lifespan="off", log_config=None, timeout_keep_alive=30)
     config.load()
     cls = RingpipeHttpProtocol.configured(EdgeLimits(header_timeout=0))
     protocol = cls(config=config, server_state=state, app_state={})
-    transport = _Transport()
+    transport = RecordingTransport(sockname=("127.0.0.1", 8080), peername=("127.0.0.1", 5555))
     protocol.connection_made(transport)
     return protocol, transport
 
