@@ -308,6 +308,10 @@ class RingpipeHttpProtocol(LeanHttpToolsProtocol):
         self._upgraded = True
         self._cancel_head_timer()
         super().handle_websocket_upgrade()
+        # This protocol is done with the connection, but the parser holds its callbacks, bound
+        # to it: a cycle (protocol → parser → protocol) that would keep it, the transport and the
+        # connection's state alive until a full collection, long after the WebSocket closed.
+        self.parser = cast("httptools.HttpRequestParser", None)
         protocol = self.transport.get_protocol()
         if rest and isinstance(protocol, asyncio.Protocol) and protocol is not self and not self.transport.is_closing():
             protocol.data_received(rest)

@@ -1,0 +1,203 @@
+"""A finished stream leaves no cyclic garbage in the workers.
+
+Reference counting frees a stream's objects (its connection, transport, ring handle, sender
+and reader state) the moment the stream ends, unless something in them forms a reference
+cycle: then they wait for a full collection of the cyclic GC, which the workers' raised
+thresholds (``process/worker.py``) make rare. One such cycle (the upload handing its own
+bound method to its producer) made every worker grow ~1 MiB a minute in the 20-minute soak,
+and ``tracemalloc`` after ``gc.collect()`` could not see it. This test would have.
+
+The workers run with ``tests/support/gcprobe`` on their ``PYTHONPATH``: one ``SIGUSR2``
+collects whatever garbage exists, a second one counts what a collection under
+``gc.DEBUG_SAVEALL`` finds, i.e. the objects that only cycles created in between kept
+alive. Each scenario runs a few times between the two signals, over paths that land on both
+workers, after a warm-up that creates every lazily built worker-wide object.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import pytest
+
+from tests.integration.test_framings import CHUNKS, TEXT, HttpReader, WsReader, _delete, paced, wait_registered
+from tests.integration.test_resume import Attempt
+from tests.support.pipes import get, pattern, put, run
+from tests.support.servers import Server, ServerFactory
+
+PROBE = Path(__file__).resolve().parents[1] / "support" / "gcprobe"
+ROUNDS = 6
+
+
+async def receiver_first(port: int, path: str) -> None:
+    reader = asyncio.create_task(get(port, path))
+    await asyncio.sleep(0.2)
+    log = await put(port, path, paced(CHUNKS, pause=0.01), [("Content-Type", "text/plain")])
+    resp = await reader
+    assert log.complete and resp.complete and resp.body == TEXT.encode()
+
+
+async def sender_first(port: int, path: str) -> None:
+    body = b"x" * 70_000
+    sender = asyncio.create_task(put(port, path, body))
+    await asyncio.sleep(0.2)
+    resp = await get(port, path)
+    log = await sender
+    assert log.complete and resp.complete and resp.body == body
+
+
+async def every_framing(port: int, path: str) -> None:
+    target = path + "?n=4"
+    readers = [
+        HttpReader(port, target),
+        HttpReader(port, target, [("Accept", "text/event-stream")]),
+        HttpReader(port, target + "&format=ndjson"),
+    ]
+    ws = WsReader(f"ws://127.0.0.1:{port}{target}")
+    tasks = [asyncio.create_task(r.run()) for r in readers] + [asyncio.create_task(ws.run())]
+    await asyncio.wait_for(ws.opened.wait(), 10)
+    await wait_registered()
+    log = await put(port, target, paced(CHUNKS, pause=0.01), [("Content-Type", "text/plain")])
+    results = await asyncio.gather(*tasks)
+    assert log.complete and all(r.complete for r in results[:3])
+    assert ws.code == 1000
+
+
+async def producer_vanishes(port: int, path: str) -> None:
+    async def vanish() -> None:
+        raise ConnectionAbortedError("the producer vanishes")
+
+    target = path + "?n=2"
+    readers = [HttpReader(port, target), HttpReader(port, target + "&format=sse")]
+    tasks = [asyncio.create_task(r.run()) for r in readers]
+    await asyncio.wait_for(readers[1].head_seen.wait(), 10)
+    await wait_registered()
+    log = await put(port, target, paced([b"partial ", b"output"], pause=0.01, then=vanish))
+    raw, sse = await asyncio.gather(*tasks)
+    assert not log.complete and not raw.complete and b"aborted" in sse.body
+
+
+async def reader_leaves(port: int, path: str) -> None:
+    target = path + "?n=2"
+    stays, leaves = HttpReader(port, target), HttpReader(port, target)
+    stay_task = asyncio.create_task(stays.run())
+    leave_task = asyncio.create_task(leaves.run())
+    await asyncio.sleep(0.3)
+    hold = asyncio.Event()
+
+    async def until_told() -> None:
+        await hold.wait()
+
+    sender = asyncio.create_task(put(port, target, paced([b"a" * 100] * 3, pause=0.01, then=until_told)))
+    while not leaves.chunks:
+        await asyncio.sleep(0.01)
+    leave_task.cancel()  # closes its socket mid-body
+    await asyncio.gather(leave_task, return_exceptions=True)
+    await asyncio.sleep(0.2)
+    hold.set()
+    log = await sender
+    resp = await stay_task
+    assert log.complete and resp.complete and resp.body == b"a" * 300
+
+
+async def cancelled(port: int, path: str) -> None:
+    target = path + "?n=2"
+    readers = [HttpReader(port, target), HttpReader(port, target + "&format=sse")]
+    tasks = [asyncio.create_task(r.run()) for r in readers]
+    await asyncio.wait_for(readers[1].head_seen.wait(), 10)
+    await wait_registered()
+    hold = asyncio.Event()
+
+    async def until_told() -> None:
+        await hold.wait()
+
+    sender = asyncio.create_task(put(port, target, paced([b"some"], pause=0.01, then=until_told)))
+    await asyncio.sleep(0.3)
+    try:
+        assert await _delete(port, path) == 204
+        raw, sse = await asyncio.wait_for(asyncio.gather(*tasks), 10)
+    finally:
+        hold.set()
+        await asyncio.gather(sender, return_exceptions=True)
+    assert not raw.complete and b"cancelled" in sse.body
+
+
+async def resumed(port: int, path: str) -> None:
+    data = pattern(60_000, seed=3)
+
+    async def slowly() -> AsyncIterator[bytes]:
+        for i in range(0, len(data), 3000):
+            yield data[i : i + 3000]
+            await asyncio.sleep(0.01)
+
+    sender = asyncio.create_task(put(port, path, slowly()))
+    first = Attempt(port, path + "?resume=1", [])
+    await first.run(5000)  # drops abruptly
+    second = Attempt(port, f"{path}?offset={len(first.body)}", [])
+    await second.run(None)
+    log = await sender
+    assert log.complete and second.complete and bytes(first.body + second.body) == data
+
+
+async def refused(port: int, path: str) -> None:
+    resp = await get(port, path + "?format=xml")
+    assert resp.status == 400
+
+
+SCENARIOS: dict[str, Callable[[int, str], Awaitable[None]]] = {
+    "receiver_first": receiver_first,
+    "sender_first": sender_first,
+    "every_framing": every_framing,
+    "producer_vanishes": producer_vanishes,
+    "reader_leaves": reader_leaves,
+    "cancelled": cancelled,
+    "resumed": resumed,
+    "refused": refused,
+}
+
+
+def _signal_and_wait(server: Server, out: Path, name: str) -> dict[int, Path]:
+    pids = server.workers()
+    assert len(pids) == 2, pids
+    files = {pid: out / name.format(pid=pid) for pid in pids}
+    for path in files.values():
+        path.unlink(missing_ok=True)
+    for pid in pids:
+        os.kill(pid, signal.SIGUSR2)
+    deadline = time.monotonic() + 30
+    while not all(p.exists() for p in files.values()):
+        assert time.monotonic() < deadline, f"the gc probe did not answer: {files}"
+        time.sleep(0.05)
+    return files
+
+
+@pytest.mark.parametrize("scenario", list(SCENARIOS))
+def test_finished_streams_leave_no_cyclic_garbage(server_factory: ServerFactory, tmp_path: Path, scenario: str) -> None:
+    env = {
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(PROBE), os.environ.get("PYTHONPATH")])),
+        "TEST_GC_PROBE_DIR": str(tmp_path),
+    }
+    server = server_factory("--workers", "2", env=env)
+    play = SCENARIOS[scenario]
+
+    async def rounds(tag: str) -> None:
+        for i in range(ROUNDS):  # paths hash to both workers
+            await play(server.port, f"/gc-{tag}-{scenario}-{i}")
+
+    run(rounds("warm"))  # worker-wide objects built on first use are not garbage of a stream
+    time.sleep(0.5)
+    _signal_and_wait(server, tmp_path, "base.{pid}")
+    run(rounds("test"))
+    time.sleep(0.5)  # endings (transfer logs, ring frees) settle
+    files = _signal_and_wait(server, tmp_path, "garbage.{pid}.json")
+    garbage: Counter[str] = Counter()
+    for path in files.values():
+        garbage.update(json.loads(path.read_text()))
+    assert not garbage, f"{scenario} left objects only a cyclic collection frees: {garbage.most_common(25)}"
