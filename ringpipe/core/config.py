@@ -49,10 +49,11 @@ SCOPES: Final = ("send", "recv", "watch", "cancel", "status", "metrics")
 
 #: Smallest ring: one 4 KiB page; below that the header would dominate the segment.
 MIN_RING_BYTES: Final = 4096
-#: A ring's first capacity when its producer runs in its owner's worker: one page holds a
-#: token stream of a few KiB; a stream that needs more room doubles it (``ring.grown``), up
-#: to ``ring_bytes``, so bulk transfers still get the whole ring within their first MiB.
-INITIAL_RING_BYTES: Final = 4096
+#: A ring's first capacity when its producer runs in its owner's worker: with the header
+#: (704 bytes for one reader, ``shm/layout.py``) it fills one page, which holds a token stream
+#: of a few KiB; a stream that needs more room doubles it (``ring.grown``), up to
+#: ``ring_bytes``, so bulk transfers still get the whole ring within their first MiB.
+INITIAL_RING_BYTES: Final = 2048
 #: Largest ring: 1 GiB per pipe; tmpfs pages are only touched as bytes flow, but a
 #: larger ring buys no throughput (the benchmark in bench/ plateaus well below it).
 MAX_RING_BYTES: Final = 1 << 30

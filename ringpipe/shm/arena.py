@@ -60,7 +60,15 @@ from typing import Final
 from ringpipe.core.arena import Budget, SlotTable
 from ringpipe.core.errors import RingMemoryFull
 from ringpipe.shm import mapping
-from ringpipe.shm.layout import MAX_HEADER_BYTES, check_shape, data_offset, views_at, write_header
+from ringpipe.shm.layout import (
+    MAX_HEADER_BYTES,
+    check_shape,
+    data_offset,
+    page_round,
+    segment_bytes,
+    views_at,
+    write_header,
+)
 from ringpipe.shm.segment import RingSegment
 
 __all__ = ["Arena"]
@@ -131,7 +139,7 @@ class Arena:
         ``call_later``: a timer to unmap empty chunks with (none: unmap them at once)."""
         self.name = name
         self.ring_bytes = ring_bytes
-        self.slots = SlotTable(MAX_HEADER_BYTES + ring_bytes)
+        self.slots = SlotTable(page_round(MAX_HEADER_BYTES + ring_bytes))  # slots start on a page
         self.budget = Budget(budget)
         self.on_change = on_change
         self.on_refusal = on_refusal
@@ -168,7 +176,7 @@ class Arena:
         ring_bytes = self.ring_bytes
         check_shape(capacity=capacity, max_capacity=ring_bytes, n_readers=n_readers, window=window)
         header = data_offset(n_readers)
-        size = header + capacity
+        size = segment_bytes(capacity, n_readers)
         if not self.budget.take(size):
             self.on_refusal("memory_limit")
             raise RingMemoryFull("memory_limit")
@@ -226,12 +234,16 @@ class Arena:
         return chunk
 
     def grow(self, ring_offset: int, start: int, end: int) -> bool:
-        """Reserve bytes ``[start, end)`` of the ring at ``ring_offset`` (a ``mapping.Grower``);
-        False, with nothing reserved, if the budget or ``/dev/shm`` refuses."""
+        """Reserve bytes ``[start, end)`` of the ring at ``ring_offset`` (a ``mapping.Grower``;
+        ``start`` is where its reservation ends now, within the page it ends in): the pages up
+        to ``end``, rounded up. False, with nothing reserved, if the budget or ``/dev/shm``
+        refuses."""
         slot = ring_offset // self.slots.slot_bytes
         reserved = self._reserved.get(slot)
-        if reserved is None or start != reserved or end <= start:
+        end = page_round(end)
+        if reserved is None or page_round(start) != reserved or end <= reserved:
             return reserved is not None and end <= reserved
+        start = reserved
         size = end - start
         if not self.budget.take(size):
             self.on_refusal("memory_limit")

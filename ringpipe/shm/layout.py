@@ -3,15 +3,21 @@
 Layout (every header field is one aligned little-endian uint64; 64-byte lines so the writer
 and each reader write to their own cache line)::
 
-    line 0       magic "RPRING02" | capacity | n_readers | data_offset | created_ns
+    line 0       magic "RPRING03" | capacity | n_readers | data_offset | created_ns
                  | max_capacity | relay_id
     line 1       write_seq | state (``RingState``) | writer_waiting | replay_window
                  | watchers_waiting | stamp_seq | stamp_ns
     line 2+i     read_seq[i] | status[i] (``ReaderStatus``) | reader_waiting[i] | framing[i]
     line 2+n..   256 bytes: watcher_waiting[w], one byte per worker slot w
                  256 bytes: users[w], one byte per worker slot w
-    data_offset  max_capacity bytes of data (data_offset is page-aligned); only the first
-                 ``capacity`` are reserved, and only those are ever touched
+    data_offset  max_capacity bytes of data, right after the header (64-byte aligned, so the
+                 data starts in the header's last page); only the first ``capacity`` are
+                 reserved, and only those are ever touched
+
+Reserved pages (``segment_bytes``): the header and the first ``capacity`` data bytes,
+rounded up to whole pages. The data shares the header's last page: for one reader the header
+is 704 bytes, so a first ring of 2 KiB and its header fit one page, and a token stream's
+first 3.3 KiB live in the header's page instead of a page of their own.
 
 The metrics words (``metrics.py`` reads and writes them; no relay decision depends on them):
 ``created_ns`` is the owner's CLOCK_MONOTONIC when the pipe was established (system-wide on
@@ -50,13 +56,14 @@ __all__ = [
     "check_shape",
     "data_offset",
     "init_header",
+    "page_round",
     "ring_views",
     "segment_bytes",
     "views_at",
     "write_header",
 ]
 
-MAGIC: Final = int.from_bytes(b"RPRING02", "little")
+MAGIC: Final = int.from_bytes(b"RPRING03", "little")
 
 
 class RingState(enum.IntEnum):
@@ -100,14 +107,15 @@ def _round_up(value: int, multiple: int) -> int:
 
 
 def _header_bytes(n_readers: int) -> int:
-    return _round_up(64 * (2 + n_readers) + 2 * WATCHER_WORKERS, PAGE)
+    return _round_up(64 * (2 + n_readers) + 2 * WATCHER_WORKERS, 64)
 
 
 _HEADER_BYTES: Final = tuple(_header_bytes(n) for n in range(257))
 
 
 def data_offset(n_readers: int) -> int:
-    """Bytes of a ring's header (page-aligned) for ``n_readers`` reader slots."""
+    """Bytes of a ring's header (64-byte aligned, not page-aligned) for ``n_readers`` reader
+    slots: where its data starts."""
     return _HEADER_BYTES[n_readers] if 0 <= n_readers <= 256 else _header_bytes(n_readers)
 
 
@@ -115,9 +123,16 @@ def data_offset(n_readers: int) -> int:
 MAX_HEADER_BYTES: Final = data_offset(256)
 
 
+def page_round(size: int) -> int:
+    """``size`` rounded up to whole pages: what reserving (or mapping) ``size`` bytes holds."""
+    return _round_up(size, PAGE)
+
+
 def segment_bytes(capacity: int, n_readers: int) -> int:
-    """The bytes a ring reserves: its header pages plus ``capacity`` bytes of data."""
-    return data_offset(n_readers) + capacity
+    """The bytes a ring of ``capacity`` reserves, and what it costs against ``--max-memory``:
+    the pages under its header and its first ``capacity`` data bytes (the header's last page
+    holds the start of the data)."""
+    return _round_up(data_offset(n_readers) + capacity, PAGE)
 
 
 def check_shape(*, capacity: int, max_capacity: int, n_readers: int, window: int) -> None:

@@ -179,7 +179,7 @@ class RingSegment:
             ValueError: a shape that breaks a ring invariant (``layout.check_shape``).
         """
         check_shape(capacity=capacity, max_capacity=capacity, n_readers=n_readers, window=window)
-        size = data_offset(n_readers) + capacity
+        size = segment_bytes(capacity, n_readers)
         fd = os.open(os.path.join(mapping.SHM_DIR, name), os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
             os.ftruncate(fd, size)

@@ -22,11 +22,17 @@ from ringpipe.core.ring import gate, grown
 from ringpipe.shm import arena as arena_module
 from ringpipe.shm import mapping, segment
 from ringpipe.shm.arena import Arena
-from ringpipe.shm.layout import data_offset
+from ringpipe.shm.layout import data_offset, segment_bytes
 from tests.support.rings import read_nowait
 
 PAGE = 4096
-HEADER = data_offset(1)  # one page for up to 54 readers
+HEADER = data_offset(1)  # 704 bytes: the data starts in the header's page
+
+
+def cost(capacity: int, n_readers: int = 1) -> int:
+    """What a ring of ``capacity`` reserves: its header and data, in whole pages."""
+    return segment_bytes(capacity, n_readers)
+
 
 # -- SlotTable and Budget against plain models -----------------------------------------------
 
@@ -138,12 +144,12 @@ def held(arena: Arena) -> int:
 
 def test_a_ring_reserves_its_header_and_capacity_and_gives_them_back(arena: Arena) -> None:
     ring = arena.create_ring(7, n_readers=1, capacity=PAGE, window=0)
-    assert (arena.reserved, held(arena)) == (HEADER + PAGE, HEADER + PAGE)
+    assert (arena.reserved, held(arena)) == (cost(PAGE), cost(PAGE)) == (2 * PAGE, 2 * PAGE)
     assert ring.capacity == PAGE and ring.max_capacity == 1 << 16 and ring.relay_id == 7
     second = arena.create_ring(8, n_readers=1, capacity=1 << 16, window=0)  # a remote producer's: whole
-    assert held(arena) == 2 * HEADER + PAGE + (1 << 16)
+    assert held(arena) == cost(PAGE) + cost(1 << 16)
     arena.free(ring)
-    assert (arena.reserved, held(arena)) == (HEADER + (1 << 16), HEADER + (1 << 16))
+    assert (arena.reserved, held(arena)) == (cost(1 << 16), cost(1 << 16))
     third = arena.create_ring(9, n_readers=1, capacity=PAGE, window=0)
     assert third.region.offset == 0  # the lowest slot is reused
     arena.free(second)
@@ -154,7 +160,7 @@ def test_a_ring_reserves_its_header_and_capacity_and_gives_them_back(arena: Aren
 def test_the_budget_refuses_a_ring_and_reserves_nothing(arena: Arena) -> None:
     refusals: list[str] = []
     arena.on_refusal = refusals.append
-    arena.budget.limit = 2 * (HEADER + (1 << 16))
+    arena.budget.limit = 2 * cost(1 << 16)
     rings = [arena.create_ring(i, n_readers=1, capacity=1 << 16, window=0) for i in (1, 2)]
     with pytest.raises(RingMemoryFull) as refused:
         arena.create_ring(3, n_readers=1, capacity=PAGE, window=0)
@@ -178,7 +184,7 @@ def test_a_full_dev_shm_is_a_refusal_not_a_sigbus(arena: Arena, monkeypatch: pyt
         arena.create_ring(2, n_readers=1, capacity=PAGE, window=0)
     assert "/dev/shm" in refused.value.message and arena.live == 1
     assert writer.write_nowait(b"x" * 10_000) == PAGE  # no growth: the ring stays one page
-    assert ring.capacity == PAGE and arena.reserved == HEADER + PAGE
+    assert ring.capacity == PAGE and arena.reserved == cost(PAGE)
     writer.close()
     arena.free(ring)
 
@@ -245,7 +251,7 @@ def test_rings_share_a_mapping_per_chunk_and_its_last_free_unmaps_it(arena: Aren
     gives its pages back, and freeing a chunk's last ring unmaps the chunk."""
     arena.chunk_slots = 2
     rings = [arena.create_ring(i + 1, n_readers=1, capacity=PAGE, window=0) for i in range(5)]
-    assert arena_mappings(arena) == 3 and held(arena) == 5 * (HEADER + PAGE)
+    assert arena_mappings(arena) == 3 and held(arena) == 5 * (cost(PAGE))
     assert [r.region.offset for r in rings] == [i * arena.slots.slot_bytes for i in range(5)]
     assert [r.relay_id for r in rings] == [1, 2, 3, 4, 5]
     writers = [segment.RingSegment.attach(r.name) for r in rings]
@@ -255,11 +261,11 @@ def test_rings_share_a_mapping_per_chunk_and_its_last_free_unmaps_it(arena: Aren
         assert read_nowait(writer, 0, PAGE) == bytes([i + 1]) * 3000
         writer.close()
     arena.free(rings[4])
-    assert (arena_mappings(arena), held(arena)) == (2, 4 * (HEADER + PAGE))
+    assert (arena_mappings(arena), held(arena)) == (2, 4 * (cost(PAGE)))
     arena.free(rings[2])
-    assert (arena_mappings(arena), held(arena)) == (2, 3 * (HEADER + PAGE))  # ring 4 keeps chunk 1
+    assert (arena_mappings(arena), held(arena)) == (2, 3 * (cost(PAGE)))  # ring 4 keeps chunk 1
     arena.free(rings[3])
-    assert (arena_mappings(arena), held(arena)) == (1, 2 * (HEADER + PAGE))
+    assert (arena_mappings(arena), held(arena)) == (1, 2 * (cost(PAGE)))
     again = arena.create_ring(9, n_readers=1, capacity=PAGE, window=0)
     assert again.region.offset == 2 * arena.slots.slot_bytes and arena_mappings(arena) == 2
     with pytest.raises(WouldBlock):
@@ -283,7 +289,7 @@ def test_with_a_timer_an_empty_chunk_stays_mapped_until_it_fires(arena: Arena) -
     rings = [arena.create_ring(relay_id, n_readers=1, capacity=PAGE, window=0) for relay_id in (4, 5, 6)]
     arena.free(rings[2])  # chunk 1 is empty now, chunk 0 is not
     timers.pop()[1]()
-    assert (arena_mappings(arena), held(arena)) == (1, 2 * (HEADER + PAGE))
+    assert (arena_mappings(arena), held(arena)) == (1, 2 * (cost(PAGE)))
     arena.free(rings[0])
     arena.free(rings[1])
     assert len(timers) == 1 and arena_mappings(arena) == 1
@@ -347,7 +353,7 @@ class ArenaChunksModel(RuleBasedStateMachine):
     @rule(capacity=st.sampled_from([PAGE, 2 * PAGE, 1 << 14]), n_readers=st.integers(1, 3))
     def create(self, capacity: int, n_readers: int) -> None:
         ring = self.arena.create_ring(self.next_relay, n_readers=n_readers, capacity=capacity, window=0)
-        self.live[self.next_relay] = (ring, data_offset(n_readers) + capacity)
+        self.live[self.next_relay] = (ring, cost(capacity, n_readers))
         self.next_relay += 1
 
     @precondition(lambda self: self.live)
@@ -384,18 +390,24 @@ class GrowingRingModel(RuleBasedStateMachine):
     exact stream, the capacity only grows and never after a wrap, and the arena holds exactly
     the header and the capacity."""
 
-    @initialize(n_readers=st.integers(1, 3), window=st.sampled_from([0, 1024, 8192]), budget_pages=st.integers(2, 40))
-    def setup(self, n_readers: int, window: int, budget_pages: int) -> None:
+    @initialize(
+        n_readers=st.integers(1, 3),
+        window=st.sampled_from([0, 1024, 8192]),
+        budget_pages=st.integers(2, 40),
+        first=st.sampled_from([2048, PAGE]),
+    )
+    def setup(self, n_readers: int, window: int, budget_pages: int, first: int) -> None:
         self.arena = Arena(
             f"ringpipe-test-{os.getpid()}-{uuid.uuid4().hex[:8]}-arena", ring_bytes=1 << 16, budget=1 << 20
         )
-        self.owner = self.arena.create_ring(1, n_readers=n_readers, capacity=PAGE, window=window)
-        self.arena.budget.limit = HEADER + budget_pages * PAGE
+        self.owner = self.arena.create_ring(1, n_readers=n_readers, capacity=first, window=window)
+        self.arena.budget.limit = cost(budget_pages * PAGE, n_readers)  # the header page and budget_pages more
+        self.n_readers = n_readers
         self.writer = segment.RingSegment.attach(self.owner.name)
         self.reader = segment.RingSegment.attach(self.owner.name)
         self.history = bytearray()
         self.read_seqs = [0] * n_readers
-        self.capacity = PAGE
+        self.capacity = first
         self.wrapped = False
 
     def teardown(self) -> None:
@@ -418,7 +430,8 @@ class GrowingRingModel(RuleBasedStateMachine):
         except WouldBlock:
             # full, and it could not grow: wrapped already, at its largest, or the budget
             # cannot pay for a doubling
-            grow_blocked = self.wrapped or ring.capacity == ring.max_capacity or self._budget_left() < ring.capacity
+            doubling = cost(2 * ring.capacity, self.n_readers) - cost(ring.capacity, self.n_readers)
+            grow_blocked = self.wrapped or ring.capacity == ring.max_capacity or self._budget_left() < doubling
             assert room == 0 and grow_blocked
             return
         assert written == min(size, ring.capacity - (len(self.history) - self._gate_now()))
@@ -453,8 +466,9 @@ class GrowingRingModel(RuleBasedStateMachine):
 
     @invariant()
     def the_arena_holds_the_header_and_the_capacity(self) -> None:
-        assert self.arena.reserved == HEADER + self.owner.capacity <= self.arena.budget.limit
-        assert os.stat(self.arena.path).st_blocks * 512 == HEADER + self.owner.capacity
+        reserved = cost(self.owner.capacity, self.n_readers)
+        assert self.arena.reserved == reserved <= self.arena.budget.limit
+        assert os.stat(self.arena.path).st_blocks * 512 == reserved
 
     @invariant()
     def readers_stay_within_one_lap(self) -> None:
@@ -466,3 +480,19 @@ TestGrowingRing = GrowingRingModel.TestCase
 TestGrowingRing.settings = settings(
     max_examples=60, stateful_step_count=40, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow]
 )
+
+
+def test_a_token_streams_first_ring_and_header_share_one_page(arena: Arena) -> None:
+    """A first ring of 2 KiB and a one-reader header fit one page; doubling within reserved
+    pages reserves nothing, a doubling past them reserves only the pages it adds."""
+    ring = arena.create_ring(1, n_readers=1, capacity=1024, window=8192)
+    writer = segment.RingSegment.attach(ring.name)
+    assert arena.reserved == held(arena) == PAGE
+    assert writer.write_nowait(b"t" * 1500) == 1500  # 1 KiB -> 2 KiB: still in the header's page
+    assert (ring.capacity, arena.reserved, held(arena)) == (2048, PAGE, PAGE)
+    assert writer.write_nowait(b"t" * 1500) == 1500  # 2 KiB -> 4 KiB: one more page
+    assert (ring.capacity, arena.reserved, held(arena)) == (4096, 2 * PAGE, 2 * PAGE)
+    assert read_nowait(ring, 0, 10_000) == b"t" * 3000
+    writer.close()
+    arena.free(ring)
+    assert (arena.reserved, held(arena)) == (0, 0)
