@@ -227,11 +227,12 @@ def test_read_keys(server: Server) -> None:
 
 def test_max_pipes_and_max_memory(server_factory: ServerFactory) -> None:
     """3 pipes at most, and rings counted as reserved: two pipes that have moved 700 kB grow
-    their rings to 1 MiB (a 512 KiB replay window needs twice that) and, with their header
-    pages, fill the budget, so a third transfer is refused with 503 while they run."""
+    their rings to 1 MiB (a 512 KiB replay window needs twice that) and, with their headers
+    (a page each, shared with the data's first bytes), fill the budget but for less than the
+    one page a third ring needs, so a third transfer is refused with 503 while they run."""
     two_rings = 2 * (4096 + (1 << 20))
     server = server_factory(
-        "--workers", "1", "--max-pipes", "3", "--max-memory", str(two_rings + 4096),
+        "--workers", "1", "--max-pipes", "3", "--max-memory", str(two_rings + 2048),
         "--ring-bytes", "1M", "--replay-bytes", "512K",
     )  # fmt: skip
     head = pattern(700_000)
