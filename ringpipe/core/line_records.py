@@ -76,11 +76,13 @@ class LineRecords:
         """
         start = self.offset - len(self._held)
         self.offset += len(data)
-        if self._after_cr and data[:1] == b"\n":
-            data = data[1:]
-            start += 1
-        if data:
+        if self._after_cr and data:
+            # Only the first byte after a chunk-ending CR can be its LF: that LF alone is
+            # consumed, even when it is the whole chunk (a LF after it is a blank line).
             self._after_cr = False
+            if data[0] == 0x0A:
+                data = data[1:]
+                start += 1
         if self._skip:
             match = _LINE_END.search(data)
             if match is None:

@@ -10,7 +10,7 @@ import json
 import re
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from ringpipe.core.event_stream import EventStreamIds
@@ -74,6 +74,7 @@ def test_sse_chunks_can_be_asked_for_a_json_lines_producer_and_lines_for_any_tex
 
 @settings(max_examples=200)
 @given(text=TEXT, cuts=CUTS)
+@example(text=":\r\n\n::", cuts=[2, 3])  # a CRLF's LF alone in its chunk, then a blank line
 def test_ndjson_lines_records_are_the_producers_lines(text: str, cuts: list[int]) -> None:
     data = text.encode()
     encoder = NdjsonEncoder(granularity="lines")
