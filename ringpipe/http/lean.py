@@ -51,7 +51,7 @@ from ringpipe.shm.flag import Flag
 if TYPE_CHECKING:
     from collections import deque
 
-    from uvicorn._types import HTTPScope
+    from uvicorn._types import ASGISendEvent, HTTPScope
     from uvicorn.config import Config
     from uvicorn.server import ServerState
 
@@ -65,6 +65,9 @@ _LENIENT: Final = hasattr(httptools.HttpRequestParser, "set_dangerous_leniencies
 _NONE_QUEUED: Final = cast("deque[tuple[RequestResponseCycle, Any]]", ())
 #: The usual methods' names, one string each for all requests.
 _METHODS: Final = {name.encode(): name for name in ("GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH")}
+#: What a response cycle keeps of its request's scope once its response has started, per
+#: method, shared (read only; llhttp knows a fixed set of methods).
+_STARTED_SCOPES: Final[dict[str, dict[str, str]]] = {}
 #: uvicorn's attributes that hold the same object on every connection of a worker: kept on
 #: the protocol class (``_share``), not per connection.
 _WORKER_WIDE: Final = (
@@ -203,6 +206,24 @@ class Cycle(RequestResponseCycle):
                 self.transport.close()
         self.on_response = _no_response
         return None
+
+    def send(self, message: ASGISendEvent) -> Coroutine[Any, Any, None]:
+        """uvicorn's ``send``; the response's start through ``_start_response``."""
+        if self.response_started:
+            return RequestResponseCycle.send(self, message)
+        return self._start_response(message)
+
+    async def _start_response(self, message: ASGISendEvent) -> None:
+        """uvicorn's ``send`` of the response's start, after which the cycle keeps only the
+        method of the request's scope (all uvicorn reads from it then): a held stream whose
+        app has let go of its scope holds none of it (~1 KiB with its headers)."""
+        await RequestResponseCycle.send(self, message)
+        if self.response_started:
+            method = self.scope["method"]
+            started = _STARTED_SCOPES.get(method)
+            if started is None:
+                started = _STARTED_SCOPES[method] = {"method": method}
+            self.scope = cast("HTTPScope", started)
 
     async def _answer_500(self) -> None:
         try:

@@ -226,6 +226,7 @@ class SenderEndpoint:
             late=self.node.settings.sender_response == "late",
             conn=conn,
         )
+        del scope, receive  # read: a held upload keeps neither (the scope, its headers: ~1 KiB)
         fd = conn.fileno()
         # The owner's answers until the transfer starts, waited for here (not in a coroutine
         # of their own: a frame less per waiting sender). The hang-up is watched from the

@@ -51,10 +51,10 @@ class WhenLost:
 class HttpReader(Reader):
     """A plain GET receiver: the producer's bytes, with the sender's headers (SPEC 1.1, 4)."""
 
-    __slots__ = ("conn", "head_sent", "heartbeat", "http10", "scope", "send", "worker")
+    __slots__ = ("conn", "head_sent", "heartbeat", "http10", "send", "worker")
 
     def __init__(self, scope: Scope, send: Send, *, worker: int, heartbeat: float) -> None:
-        self.scope = scope
+        # (The scope is read here only: a streaming reader keeps none of it.)
         self.send = send
         self.conn: Connection = scope["extensions"][EXTENSION]
         self.worker = worker
