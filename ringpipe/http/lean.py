@@ -525,7 +525,7 @@ class LeanHttpToolsProtocol(HttpToolsProtocol):
         context = contextvars.Context() if self.config.reset_contextvars else None
         task = _RequestTask(handler, loop=self.loop, context=context, name=_TASK_NAME)
         task.cycle = cast("Cycle", cycle)
-        task.add_done_callback(self._request_done)
+        task.add_done_callback(self._request_done, context=_DONE_CONTEXT)
         self.tasks.add(task)
 
     def on_response_complete(self) -> None:
@@ -564,6 +564,9 @@ class _RequestTask(asyncio.Task[None]):
 
 #: The name of every request task: one string for all (asyncio formats a fresh ``Task-N`` per task).
 _TASK_NAME: Final = "ringpipe-request"
+#: The context request tasks' done-callbacks run in (they read no context variable): one for
+#: all, where ``add_done_callback`` would copy the caller's for each task.
+_DONE_CONTEXT: Final = contextvars.Context()
 
 
 def _request_done(tasks: set[asyncio.Task[None]], task: asyncio.Task[None]) -> None:
