@@ -597,4 +597,4 @@ class RingpipeHttpProtocol(LeanHttpToolsProtocol):
     def resume_writing(self) -> None:
         super().resume_writing()
         if self._rp_connection is not None:
-            self._rp_connection.drained.set()
+            self._rp_connection.buffer_drained()
