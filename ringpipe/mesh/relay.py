@@ -151,8 +151,9 @@ class Producer(_Endpoint):
         self.bytes_written = 0
         self.stall_s = stall_s
         self.on_stall = on_stall
-        #: slot -> (its read_seq, when it was first seen there) while the writer waits.
-        self._progress: dict[int, tuple[int, float]] = {}
+        #: slot -> (its read_seq, when it was first seen there) while the writer waits; made
+        #: by the first wait that checks for stalls (a token stream's writer never waits).
+        self._progress: dict[int, tuple[int, float]] | None = None
         self.meter = metrics.ProducerMeter(ring)
         #: Readers of this ring in this worker that take ``offer``'s bytes directly.
         self.sinks = router.direct_sinks(info.segment)
@@ -219,7 +220,8 @@ class Producer(_Endpoint):
                     self._evict_stalled(time.monotonic())
                 continue
             self.sleeper.progressed()
-            self._progress.clear()
+            if self._progress:
+                self._progress.clear()
             view = view[written:]
             self.bytes_written += written
             self._wake_readers()
@@ -230,13 +232,16 @@ class Producer(_Endpoint):
         if not cursors:
             return
         slowest = min(seq for _slot, seq in cursors)
+        progress = self._progress
+        if progress is None:
+            progress = self._progress = {}
         for slot, seq in cursors:
-            seen = self._progress.get(slot)
+            seen = progress.get(slot)
             if seen is None or seen[0] != seq:
-                self._progress[slot] = (seq, now)
+                progress[slot] = (seq, now)
             elif seq == slowest and now - seen[1] >= self.stall_s and self.ring.evict(slot):
                 log.info("receiver evicted", extra={"slot": slot, "stalled_s": round(now - seen[1], 3)})
-                del self._progress[slot]
+                del progress[slot]
                 self.router.wake(self.info, slot)
                 if self.on_stall is not None:
                     self.on_stall(slot)
