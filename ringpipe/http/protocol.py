@@ -509,8 +509,8 @@ class RingpipeHttpProtocol(LeanHttpToolsProtocol):
         if self._splitting and not self.pipeline and cycle is not None and not cycle.response_complete:
             self._framing = raw_body_framing(self.scope["method"], self.headers)
         if not self.parser.should_upgrade():  # (an upgrade's, even one not taken, are read again)
-            # The cycle and the app have the scope and headers (~1 KiB): the connection lets go.
-            self.scope, self.headers = cast("HTTPScope", None), cast("list[tuple[bytes, bytes]]", None)
+            # The cycle and the app have the scope and headers (~1 KiB): the connection lets go (the target too).
+            self.scope, self.headers, self.url = cast("HTTPScope", None), cast("list[tuple[bytes, bytes]]", None), b""
 
     def start_raw_body(self, ingest: Ingest) -> None:
         """Read the held-back body straight into the ring (see ``rawbody.py``)."""
