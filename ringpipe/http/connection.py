@@ -79,9 +79,9 @@ class Connection:
     __slots__ = (
         "_fd",
         "_protocol",
+        "_drained",
         "_via_transport",
         "_when_lost",
-        "drained",
         "lost",
         "sink",
         "tls",
@@ -105,8 +105,9 @@ class Connection:
         self.lost = Flag()
         #: ``tls or lost``, as one plain attribute: ``write_parts_now`` asks it per token.
         self._via_transport = tls
-        #: Set while the transport's write buffer is empty (write limits are 0/0).
-        self.drained = Flag(True)
+        #: Set while the transport's write buffer is empty (write limits are 0/0): made by the
+        #: first wait for that (``_wait_drained``; most connections never wait), None until then.
+        self._drained: Flag | None = None
         self.sink: BodySink | None = None
         #: Called once the connection is gone (a list only once somebody asks: most never do).
         self._when_lost: list[Callable[[], None]] | None = None
@@ -143,10 +144,15 @@ class Connection:
         """The HTTP protocol saw the connection go: wake everything waiting on it."""
         self.lost.set()
         self._via_transport = True
-        self.drained.set()
+        self.buffer_drained()
         callbacks, self._when_lost = self._when_lost, None
         for callback in callbacks or ():
             callback()
+
+    def buffer_drained(self) -> None:
+        """The transport's write buffer is empty again (the protocol's ``resume_writing``)."""
+        if self._drained is not None:
+            self._drained.set()
 
     def fileno(self) -> int:
         """The socket's descriptor, for watching it (``hangup.HangupWatcher``); never write to it
@@ -305,8 +311,12 @@ class Connection:
         while self.transport.get_write_buffer_size():
             if self.lost.is_set():
                 raise ConnectionResetError("client connection is gone")
-            self.drained.clear()
-            await self.drained.wait()  # set by resume_writing, or by connection_lost
+            drained = self._drained
+            if drained is None:
+                drained = self._drained = Flag()
+            else:
+                drained.clear()
+            await drained.wait()  # set by ``buffer_drained`` (resume_writing), or by connection_lost
 
     async def abort(self) -> None:
         """Drop the connection now (RST); returns once the server has seen it go.

@@ -18,6 +18,10 @@ thousands of times a second. ``LeanHttpToolsProtocol`` keeps:
 - the keep-alive deadline in the worker's ``limits.Deadlines`` (one loop timer per tick);
 - uvicorn's request start (``_start_request``) and response end (``on_response_complete``),
   done the same way, in one frame each;
+- the app's own coroutine as the request's task, where uvicorn wraps it in ``run_asgi``, a
+  coroutine more for the request's whole life (~0.25 KiB under every held stream): its
+  epilogue (the log line, a 500 or a close for an app that failed or broke its response)
+  runs from the task's done-callback instead (``Cycle.app_ended``);
 - a lost connection marks the request that runs, not only the last one parsed (with a
   pipelined request queued, uvicorn's left the running app to "forget" its answer).
 
@@ -28,10 +32,11 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import logging
 import socket
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any, ClassVar, Final, cast
 
 import httptools
@@ -46,7 +51,7 @@ from ringpipe.shm.flag import Flag
 if TYPE_CHECKING:
     from collections import deque
 
-    from uvicorn._types import HTTPScope
+    from uvicorn._types import ASGISendEvent, HTTPScope
     from uvicorn.config import Config
     from uvicorn.server import ServerState
 
@@ -60,11 +65,14 @@ _LENIENT: Final = hasattr(httptools.HttpRequestParser, "set_dangerous_leniencies
 _NONE_QUEUED: Final = cast("deque[tuple[RequestResponseCycle, Any]]", ())
 #: The usual methods' names, one string each for all requests.
 _METHODS: Final = {name.encode(): name for name in ("GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH")}
+#: What a response cycle keeps of its request's scope once its response has started, per
+#: method, shared (read only; llhttp knows a fixed set of methods).
+_STARTED_SCOPES: Final[dict[str, dict[str, str]]] = {}
 #: uvicorn's attributes that hold the same object on every connection of a worker: kept on
 #: the protocol class (``_share``), not per connection.
 _WORKER_WIDE: Final = (
     "_asgi",
-    "_forget_task",
+    "_request_done",
     "access_log",
     "access_logger",
     "app",
@@ -173,6 +181,56 @@ class Cycle(RequestResponseCycle):
         self.chunked_encoding: bool | None = None
         self.expected_content_length = 0
 
+    def app_ended(self, task: asyncio.Task[None]) -> Coroutine[Any, Any, None] | None:
+        """uvicorn's ``run_asgi`` after its ``await app(...)``, for the request's ``task``
+        that has ended: an app that failed, returned a value, or left its response unstarted
+        or unfinished is logged as uvicorn does, and its connection closed, or a 500 sent
+        when no response started (returned: the coroutine that sends it, then ends the
+        cycle as uvicorn's ``finally`` does); the cycle tells the protocol nothing more."""
+        try:
+            result = task.result()
+        except BaseException as exc:
+            self.logger.error("Exception in ASGI application\n", exc_info=exc)
+            if not self.response_started:
+                return self._answer_500()
+            self.transport.close()
+        else:
+            if result is not None:
+                self.logger.error("ASGI callable should return None, but returned '%s'.", result)
+                self.transport.close()
+            elif not self.response_started and not self.disconnected:
+                self.logger.error("ASGI callable returned without starting response.")
+                return self._answer_500()
+            elif not self.response_complete and not self.disconnected:
+                self.logger.error("ASGI callable returned without completing response.")
+                self.transport.close()
+        self.on_response = _no_response
+        return None
+
+    def send(self, message: ASGISendEvent) -> Coroutine[Any, Any, None]:
+        """uvicorn's ``send``; the response's start through ``_start_response``."""
+        if self.response_started:
+            return RequestResponseCycle.send(self, message)
+        return self._start_response(message)
+
+    async def _start_response(self, message: ASGISendEvent) -> None:
+        """uvicorn's ``send`` of the response's start, after which the cycle keeps only the
+        method of the request's scope (all uvicorn reads from it then): a held stream whose
+        app has let go of its scope holds none of it (~1 KiB with its headers)."""
+        await RequestResponseCycle.send(self, message)
+        if self.response_started:
+            method = self.scope["method"]
+            started = _STARTED_SCOPES.get(method)
+            if started is None:
+                started = _STARTED_SCOPES[method] = {"method": method}
+            self.scope = cast("HTTPScope", started)
+
+    async def _answer_500(self) -> None:
+        try:
+            await self.send_500_response()
+        finally:
+            self.on_response = _no_response
+
 
 class LeanHttpToolsProtocol(HttpToolsProtocol):
     """uvicorn's ``HttpToolsProtocol``, its per-connection state in slots (see the module)."""
@@ -201,8 +259,8 @@ class LeanHttpToolsProtocol(HttpToolsProtocol):
     #: A scope's ``asgi`` entry (the ASGI version): the same on every request of a worker,
     #: so one dict serves them all (apps read it; none of ours writes it).
     _asgi: dict[str, str]
-    #: ``tasks.discard``, one bound method for all the request tasks of the worker.
-    _forget_task: Callable[[asyncio.Task[None]], None]
+    #: The done-callback of every request task of the worker (``_request_done`` on its ``tasks``).
+    _request_done: Callable[[asyncio.Task[None]], None]
     #: The last server address and client host seen (``_addresses``).
     _last_server: ClassVar[tuple[str, int] | None] = None
     _last_host: ClassVar[str | None] = None
@@ -266,7 +324,7 @@ class LeanHttpToolsProtocol(HttpToolsProtocol):
             "root_path": config.root_path,
             "server_state": server_state,
             "tasks": server_state.tasks,
-            "_forget_task": server_state.tasks.discard,
+            "_request_done": functools.partial(_request_done, server_state.tasks),
             "_asgi": {"version": config.asgi_version, "spec_version": "2.3"},
             "timeout_keep_alive": config.timeout_keep_alive,
             "ws_protocol_class": config.ws_protocol_class,
@@ -455,12 +513,19 @@ class LeanHttpToolsProtocol(HttpToolsProtocol):
             self.pipeline.appendleft((cycle, app))
 
     def _start_asgi_task(self, cycle: RequestResponseCycle, app: Any) -> None:
+        """Run the app for ``cycle``: its coroutine is the request's task (see the module)."""
         self._running = cycle
-        if self.config.reset_contextvars:  # uvicorn's opt-in: each request in a fresh context
-            task = self.loop.create_task(cycle.run_asgi(app), context=contextvars.Context())
-        else:
-            task = self.loop.create_task(cycle.run_asgi(app))
-        task.add_done_callback(self._forget_task)
+        try:
+            handler = app(cycle.scope, cycle.receive, cycle.send)
+            if not isinstance(handler, Coroutine):
+                handler = _awaiting(handler)
+        except BaseException as exc:  # in uvicorn's ``run_asgi`` the call fails inside the task: so here
+            handler = _raising(exc)
+        # uvicorn's opt-in ``reset_contextvars``: each request in a fresh context.
+        context = contextvars.Context() if self.config.reset_contextvars else None
+        task = _RequestTask(handler, loop=self.loop, context=context, name=_TASK_NAME)
+        task.cycle = cast("Cycle", cycle)
+        task.add_done_callback(self._request_done, context=_DONE_CONTEXT)
         self.tasks.add(task)
 
     def on_response_complete(self) -> None:
@@ -486,3 +551,48 @@ def _address(info: object) -> tuple[str, int] | None:
     if isinstance(info, tuple | list) and len(info) >= 2:
         return (str(info[0]), int(info[1]))
     return None
+
+
+class _RequestTask(asyncio.Task[None]):
+    """A request's task, running the app's coroutine; ``cycle`` is its request's, for the
+    epilogue (``_request_done``), then None."""
+
+    __slots__ = ("cycle",)
+
+    cycle: Cycle | None
+
+
+#: The name of every request task: one string for all (asyncio formats a fresh ``Task-N`` per task).
+_TASK_NAME: Final = "ringpipe-request"
+#: The context request tasks' done-callbacks run in (they read no context variable): one for
+#: all, where ``add_done_callback`` would copy the caller's for each task.
+_DONE_CONTEXT: Final = contextvars.Context()
+
+
+def _request_done(tasks: set[asyncio.Task[None]], task: asyncio.Task[None]) -> None:
+    """A request's task ended: the server forgets it, and its cycle runs uvicorn's epilogue;
+    a 500 that epilogue owes goes out from a task of its own (it may wait for the transport)."""
+    tasks.discard(task)
+    cycle = cast("_RequestTask", task).cycle
+    if cycle is None:
+        return
+    cast("_RequestTask", task).cycle = None
+    answer = cycle.app_ended(task)
+    if answer is not None:
+        follow = task.get_loop().create_task(answer)
+        tasks.add(follow)
+        follow.add_done_callback(tasks.discard)
+
+
+async def _awaiting(handler: Awaitable[None]) -> None:
+    """An app's awaitable that is not a coroutine, as one (a task runs coroutines only)."""
+    return await handler
+
+
+async def _raising(exc: BaseException) -> None:
+    """The task of an app whose call itself failed: it fails the same way."""
+    raise exc
+
+
+def _no_response() -> None:
+    """``Cycle.on_response`` once the app has ended: the protocol is not told again."""

@@ -42,6 +42,7 @@ from ringpipe.ops import metrics, tally
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from uvicorn._types import HTTPScope
     from uvicorn.config import Config
     from uvicorn.server import ServerState
 
@@ -95,6 +96,7 @@ class RingpipeHttpProtocol(LeanHttpToolsProtocol):
         "_head_timer",
         "_header_sum",
         "_line_open",
+        "_origin",
         "_refusal",
         "_refused",
         "_replay",
@@ -153,6 +155,7 @@ class RingpipeHttpProtocol(LeanHttpToolsProtocol):
         # version has not been checked yet (``_check_version``); it was refused.
         self._sniffing = self._tls_pending = self._upgraded = self._line_open = self._refused = False
         self._refusal: Refusal | None = None
+        self._origin: bytes | None = None  # the request's first Origin, for ``_answer`` (headers go)
         #: A refusal waiting for the responses owed before it (``_refuse``).
         self._deferred: Refusal | None = None
 
@@ -342,7 +345,10 @@ class RingpipeHttpProtocol(LeanHttpToolsProtocol):
         value = value.rstrip(b" \t")  # RFC 9110 5.5: trailing whitespace is not part of the value
         if name == b"expect" and value.lower() == b"100-continue":
             self.expect_100_continue = True
-        self.headers.append((name, value))
+        elif name == b"origin" and self._origin is None:
+            self._origin = value
+        if self.headers is not None:  # None after the head: a trailer (nothing reads the list any more)
+            self.headers.append((name, value))
         if self._header_sum > self.limits.max_header_bytes:
             self._refusal = Refusal(431, head_too_large(self.limits))
             raise self._refusal
@@ -456,10 +462,8 @@ class RingpipeHttpProtocol(LeanHttpToolsProtocol):
         transport = self.transport
         if transport.is_closing():
             return
-        origin = next((value for name, value in self.headers or () if name == b"origin"), None)
-        answer = rejection(
-            status, message, self.server_state.default_headers, version=b"1.1", cors=self.limits.cors, origin=origin
-        )
+        headers, cors = self.server_state.default_headers, self.limits.cors
+        answer = rejection(status, message, headers, version=b"1.1", cors=cors, origin=self._origin)
         transport.write(answer)
         transport.set_protocol(LingeringClose(transport, self.connection_lost))
 
@@ -504,6 +508,9 @@ class RingpipeHttpProtocol(LeanHttpToolsProtocol):
             cycle.transport = Http10StatusLine(cycle, self.transport)
         if self._splitting and not self.pipeline and cycle is not None and not cycle.response_complete:
             self._framing = raw_body_framing(self.scope["method"], self.headers)
+        if not self.parser.should_upgrade():  # (an upgrade's, even one not taken, are read again)
+            # The cycle and the app have the scope and headers (~1 KiB): the connection lets go (the target too).
+            self.scope, self.headers, self.url = cast("HTTPScope", None), cast("list[tuple[bytes, bytes]]", None), b""
 
     def start_raw_body(self, ingest: Ingest) -> None:
         """Read the held-back body straight into the ring (see ``rawbody.py``)."""
@@ -557,9 +564,7 @@ class RingpipeHttpProtocol(LeanHttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         """A request begins: uvicorn's scope, with our ``Connection`` in its extensions."""
-        self._between = False
-        self._header_sum = 0
-        self._line_open = True
+        self._between, self._header_sum, self._line_open, self._origin = False, 0, True, None
         super().on_message_begin()
         conn = self._rp_connection
         if conn is None:  # the first request: a connection handed off before one never makes it
@@ -592,4 +597,4 @@ class RingpipeHttpProtocol(LeanHttpToolsProtocol):
     def resume_writing(self) -> None:
         super().resume_writing()
         if self._rp_connection is not None:
-            self._rp_connection.drained.set()
+            self._rp_connection.buffer_drained()

@@ -102,6 +102,7 @@ class ReceiverEndpoint:
             resumable=resumable,
             gaps=options.takes_gaps,
         )
+        del scope, receive  # read (a WebSocket reader keeps its own): a streaming reader keeps neither
         try:
             async with reader.session(party.hang_up):  # hang-ups are a callback: waiting receivers stay cheap
                 # The owner's answers until the transfer starts (waited for here, not in a

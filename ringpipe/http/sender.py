@@ -97,11 +97,12 @@ class SenderLog:
         self._conn = conn
         self._http10 = http10
         self._headers = _log_headers(worker)
-        self._held: list[bytes] = []
+        # The lines are tuples, () while there are none (all share it): a held log has none.
+        self._held: tuple[bytes, ...] = ()
         #: Late mode, head not yet sent: lines go to ``_held``.
         self._holding = late and not http10
         #: Lines that go out with the next one (``more_coming``), after the head if it is due.
-        self._pending: list[bytes] = []
+        self._pending: tuple[bytes, ...] = ()
         #: Started, and the head not sent yet: it goes out with the pending lines.
         self._head_due = False
         self.started = False
@@ -117,7 +118,7 @@ class SenderLog:
         ``more_coming``: the caller logs another line (or ends the log) before it next
         waits, so the head and these lines wait for it, to go out in the same write.
         """
-        opening = [(text + "\n").encode() for text in lines]
+        opening = tuple((text + "\n").encode() for text in lines)
         if self._holding or self._http10:
             if not self._holding:
                 self.started = True
@@ -131,7 +132,7 @@ class SenderLog:
 
     async def _flush(self, data: bytes, *, more_body: bool) -> None:
         """The head if due, the pending lines and ``data``, in one write."""
-        body, self._pending = b"".join([*self._pending, data]), []
+        body, self._pending = b"".join((*self._pending, data)), ()
         if not self._head_due:
             if body or not more_body:
                 await self._send({"type": "http.response.body", "body": body, "more_body": more_body})
@@ -150,16 +151,16 @@ class SenderLog:
         with self._one_write():
             await self._send({"type": "http.response.start", "status": 200, "headers": self._headers})
             while self._held:  # lines logged while we were sending are held too, in order
-                body, self._held = b"".join(self._held), []
+                body, self._held = b"".join(self._held), ()
                 await self._send({"type": "http.response.body", "body": body, "more_body": True})
         self._holding = False
 
     async def line(self, text: str, *, more_coming: bool = False) -> None:
         data = (text + "\n").encode()
         if self._http10 or self._holding:
-            self._held.append(data)
+            self._held += (data,)
         elif more_coming:
-            self._pending.append(data)
+            self._pending += (data,)
         else:
             await self._flush(data, more_body=True)
 
@@ -226,6 +227,7 @@ class SenderEndpoint:
             late=self.node.settings.sender_response == "late",
             conn=conn,
         )
+        del scope, receive  # read: a held upload keeps neither (the scope, its headers: ~1 KiB)
         fd = conn.fileno()
         # The owner's answers until the transfer starts, waited for here (not in a coroutine
         # of their own: a frame less per waiting sender). The hang-up is watched from the
@@ -358,11 +360,8 @@ class _Upload:
         self.party = party
         self.out = out
         self.stall_ms = start.relay.stall_ms
-        # The stall callback names the node and the party, not this upload: the producer is
-        # this upload's, and a callback back to it would make every finished upload a cycle
-        # that only a full collection frees (with its connection and transport).
         self.producer = Producer(
-            node, ring, start.relay, stall_s=self.stall_ms / 1000, on_stall=functools.partial(node.report_stall, party)
+            node, ring, start.relay, stall_s=self.stall_ms / 1000, on_stall=_StallReport(node, party)
         )
         #: The producer's clean end is in the ring.
         self.eof = False
@@ -488,6 +487,22 @@ class _Upload:
             self.node.leave(party, completed=self.eof)
             producer.close()
             self.task = None  # no cycle through the finished task
+
+
+class _StallReport:
+    """The producer's stall callback, ``node.report_stall(party, slot)``: two slots, where a
+    ``functools.partial`` of the bound method kept four objects (~0.25 KiB) per held upload.
+    It names the node and the party, not the upload: the producer is the upload's, and a
+    callback back to it would make every finished upload a cycle that only a full
+    collection frees (with its connection and transport)."""
+
+    __slots__ = ("_node", "_party")
+
+    def __init__(self, node: WorkerPipes, party: LocalParty) -> None:
+        self._node, self._party = node, party
+
+    def __call__(self, slot: int) -> None:
+        self._node.report_stall(self._party, slot)
 
 
 class _Wake:

@@ -29,23 +29,27 @@ InboxItem = Frame | Hangup
 class Inbox:
     """A party's mailbox: frames and hang-ups in arrival order, async-iterable until closed.
 
-    A list and at most one waiting future: the party's handler is its only reader. (An anyio
-    memory object stream takes several objects and a task-info lookup per receive, for each
-    of thousands of waiting receivers; an empty deque alone is a ~760-byte block, a list 56
-    bytes, and an inbox rarely holds more than two items.)
+    A list (only while items wait) and at most one waiting future: the party's handler is its
+    only reader. (An anyio memory object stream takes several objects and a task-info lookup
+    per receive, for each of thousands of waiting receivers; an empty deque alone is a
+    ~760-byte block, a list 56 bytes, and an inbox rarely holds more than two items.)
     """
 
     __slots__ = ("_closed", "_items", "_on_item", "_waiter")
 
     def __init__(self) -> None:
-        self._items: list[InboxItem] = []
+        #: Items not read yet; None when there are none (a waiting party's inbox is empty).
+        self._items: list[InboxItem] | None = None
         self._waiter: asyncio.Future[None] | None = None
         self._closed = False
         self._on_item: Callable[[], None] | None = None
 
     def put(self, item: InboxItem) -> None:
         if not self._closed:
-            self._items.append(item)
+            if self._items is None:
+                self._items = [item]
+            else:
+                self._items.append(item)
             waiter = self._waiter  # ``_wake``, inlined: a few items per party, thousands of parties
             if waiter is not None and not waiter.done():
                 waiter.set_result(None)
@@ -69,7 +73,7 @@ class Inbox:
     def close(self) -> None:
         """No more items: pending ones are dropped and iteration stops."""
         self._closed = True
-        self._items.clear()
+        self._items = None
         self._wake()
 
     def _wake(self) -> None:
@@ -81,7 +85,8 @@ class Inbox:
         return self
 
     async def __anext__(self) -> InboxItem:
-        while not self._items:
+        items = self._items
+        while not items:
             if self._closed:
                 raise StopAsyncIteration
             waiter = self._waiter = asyncio.get_running_loop().create_future()
@@ -89,7 +94,11 @@ class Inbox:
                 await waiter
             finally:
                 self._waiter = None
-        return self._items.pop(0)
+            items = self._items
+        item = items.pop(0)
+        if not items:
+            self._items = None
+        return item
 
 
 @dataclass(eq=False, slots=True)

@@ -151,8 +151,9 @@ class Producer(_Endpoint):
         self.bytes_written = 0
         self.stall_s = stall_s
         self.on_stall = on_stall
-        #: slot -> (its read_seq, when it was first seen there) while the writer waits.
-        self._progress: dict[int, tuple[int, float]] = {}
+        #: slot -> (its read_seq, when it was first seen there) while the writer waits; made
+        #: by the first wait that checks for stalls (a token stream's writer never waits).
+        self._progress: dict[int, tuple[int, float]] | None = None
         self.meter = metrics.ProducerMeter(ring)
         #: Readers of this ring in this worker that take ``offer``'s bytes directly.
         self.sinks = router.direct_sinks(info.segment)
@@ -219,7 +220,8 @@ class Producer(_Endpoint):
                     self._evict_stalled(time.monotonic())
                 continue
             self.sleeper.progressed()
-            self._progress.clear()
+            if self._progress:
+                self._progress.clear()
             view = view[written:]
             self.bytes_written += written
             self._wake_readers()
@@ -230,13 +232,16 @@ class Producer(_Endpoint):
         if not cursors:
             return
         slowest = min(seq for _slot, seq in cursors)
+        progress = self._progress
+        if progress is None:
+            progress = self._progress = {}
         for slot, seq in cursors:
-            seen = self._progress.get(slot)
+            seen = progress.get(slot)
             if seen is None or seen[0] != seq:
-                self._progress[slot] = (seq, now)
+                progress[slot] = (seq, now)
             elif seq == slowest and now - seen[1] >= self.stall_s and self.ring.evict(slot):
                 log.info("receiver evicted", extra={"slot": slot, "stalled_s": round(now - seen[1], 3)})
-                del self._progress[slot]
+                del progress[slot]
                 self.router.wake(self.info, slot)
                 if self.on_stall is not None:
                     self.on_stall(slot)
@@ -407,21 +412,27 @@ class Consumer(_Endpoint):
         """
         if self._pos is not None:
             return await self._views_behind(self._pos)
-        ring, slot = self.ring, self.slot
+        ring, slot, sleeper = self.ring, self.slot, self.sleeper
         while True:
             if self.satisfied:
                 return [], self.offset
-            try:
-                return ring.peek(slot, limit)
-            except WouldBlock:
-                ring.set_reader_waiting(slot)
-                if self.moved:
-                    ring.set_watcher_waiting(self.worker)
-            try:
-                return ring.peek(slot, limit)
-            except WouldBlock:
-                pass
-            await self.sleeper.sleep()  # not inside an ``except``: that kept the exceptions alive
+            got = _peek(ring, slot, limit)
+            if got is not None:
+                return got
+            ring.set_reader_waiting(slot)
+            if self.moved:
+                ring.set_watcher_waiting(self.worker)
+            got = _peek(ring, slot, limit)
+            if got is not None:
+                return got
+            # ``sleeper.sleep()``, awaited here: a coroutine less under every waiting reader.
+            future = sleeper.park()
+            if future is not None:
+                woken = None
+                try:
+                    woken = await future
+                finally:
+                    sleeper.unpark(woken)
 
     async def _views_behind(self, pos: int) -> tuple[list[memoryview], int]:
         ring = self.ring
@@ -516,3 +527,13 @@ class Consumer(_Endpoint):
         if self.slot >= 0:
             self.ring.set_reader_status(self.slot, status)
             self.router.wake(self.info, Slot.WRITER)
+
+
+def _peek(ring: RingSegment, slot: int, limit: int) -> tuple[list[memoryview], int] | None:
+    """``ring.peek``; None for nothing published yet (``WouldBlock``). Caught here, the
+    exception never passes through the waiting reader's coroutine, whose frame it would
+    make into an object (~0.2 KiB) kept for as long as the reader waits."""
+    try:
+        return ring.peek(slot, limit)
+    except WouldBlock:
+        return None

@@ -10,12 +10,16 @@ relay wakes at most once a second.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from typing import Final
 
 __all__ = ["WAIT_MAX_S", "WAIT_MIN_S", "Sleeper"]
 
 WAIT_MIN_S: Final = 0.1
 WAIT_MAX_S: Final = 1.0
+#: The context every sleeper's timeout runs in (it reads no context variable): one for all,
+#: where ``call_later`` would copy the caller's for each sleep.
+_TIMER_CONTEXT: Final = contextvars.Context()
 
 
 class Sleeper:
@@ -69,20 +73,37 @@ class Sleeper:
         self._progress = True
 
     async def sleep(self) -> None:
-        if self._woken:
-            self._woken = False
+        future = self.park()
+        if future is None:
             return
-        loop = asyncio.get_running_loop()
-        future = self.future = loop.create_future()
-        self._progress = False
-        self._timer = loop.call_later(self._timeout, self._expire, future)
+        woken = None
         try:
             woken = await future
         finally:
-            timer, self._timer = self._timer, None
-            if timer is not None:
-                timer.cancel()
-            self.future = None
+            self.unpark(woken)
+
+    def park(self) -> asyncio.Future[bool] | None:
+        """``sleep`` in three steps, for an owner that awaits in its own frame (a coroutine
+        less under every waiting reader): the future to await, its timeout armed (None: a
+        wake-up came meanwhile, do not wait); then, whatever the await did, ``unpark`` with
+        its result (None if it raised)."""
+        if self._woken:
+            self._woken = False
+            return None
+        loop = asyncio.get_running_loop()
+        future = self.future = loop.create_future()
+        self._progress = False
+        self._timer = loop.call_later(self._timeout, self._expire, future, context=_TIMER_CONTEXT)
+        return future
+
+    def unpark(self, woken: bool | None) -> None:
+        """The sleep is over: ``woken`` by a wake-up (True), at its timeout (False), or cut (None)."""
+        timer, self._timer = self._timer, None
+        if timer is not None:
+            timer.cancel()
+        self.future = None
+        if woken is None:
+            return
         self._woken = False
         if not woken:
             self._timeout = min(self._timeout * 2, WAIT_MAX_S)
@@ -92,6 +113,8 @@ class Sleeper:
             return
         if self._progress:  # served while parked: not idle, keep sleeping
             self._progress = False
-            self._timer = asyncio.get_running_loop().call_later(self._base, self._expire, future)
+            self._timer = asyncio.get_running_loop().call_later(
+                self._base, self._expire, future, context=_TIMER_CONTEXT
+            )
             return
         future.set_result(False)

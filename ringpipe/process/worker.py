@@ -205,6 +205,7 @@ def run_worker(
         ws_per_message_deflate=False,
         ws_max_size=64 << 10,
         lifespan="off",
+        interface="asgi3",  # RingpipeApp returns its handler's coroutine: not an ``async def`` to detect
         log_config=None,
         access_log=False,
         server_header=False,

@@ -9,6 +9,7 @@ request holds no parser; connections of a worker share their class's worker-wide
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 import uvicorn
@@ -100,5 +101,79 @@ def test_connections_share_the_worker_wide_state_on_their_class() -> None:
         other = cls(config=config, server_state=ServerState(), app_state={})  # another server: its own
         assert other.server_state is not state and "server_state" in vars(other)
         first.connection_lost(None)
+
+    asyncio.run(main())
+
+
+def test_an_app_that_fails_or_breaks_its_response_is_answered_as_uvicorn_does() -> None:
+    """The app's coroutine is the request's task; its end gets uvicorn's ``run_asgi`` epilogue:
+    a 500 where no response started, else a close, each logged; the request is forgotten."""
+
+    async def app(scope: Any, receive: Any, send: Any) -> Any:
+        path = scope["path"]
+        if path == "/raise":
+            raise ValueError("boom")
+        if path in ("/none", "/value"):
+            return 5 if path == "/value" else None
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+        if path == "/late":
+            raise ValueError("late")
+        if path == "/ok":
+            await send({"type": "http.response.body", "body": b"ok"})
+        return None
+
+    records: list[logging.LogRecord] = []
+
+    class Recorder(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    handler = Recorder()
+    logging.getLogger("uvicorn.error").addHandler(handler)
+
+    async def one(path: str) -> tuple[bytes, bool, ServerState]:
+        state = ServerState()
+        protocol, transport = _serve(app, state)  # type: ignore[arg-type]
+        protocol.data_received(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        await _settle()
+        protocol.connection_lost(None)
+        return transport.written, transport.closing, state
+
+    try:
+        answers = {path: asyncio.run(one(path)) for path in ("/ok", "/raise", "/none", "/value", "/half", "/late")}
+    finally:
+        logging.getLogger("uvicorn.error").removeHandler(handler)
+    five_hundred = b"HTTP/1.1 500 Internal Server Error\r\n"
+    for path in ("/raise", "/none"):
+        written, closing, state = answers[path]
+        assert written.startswith(five_hundred) and written.endswith(b"\r\n\r\nInternal Server Error") and closing
+        assert state.total_requests == 1
+    for path in ("/value", "/half", "/late"):
+        written, closing, state = answers[path]
+        assert five_hundred not in written and closing and state.total_requests == 0
+    written, _closing, state = answers["/ok"]
+    assert written.endswith(b"\r\n\r\nok") and state.total_requests == 1 and not state.tasks
+    logged = [(r.getMessage().strip(), r.exc_info[1].args if r.exc_info and r.exc_info[1] else None) for r in records]
+    assert logged == [
+        ("Exception in ASGI application", ("boom",)),
+        ("ASGI callable returned without starting response.", None),
+        ("ASGI callable should return None, but returned '5'.", None),
+        ("ASGI callable returned without completing response.", None),
+        ("Exception in ASGI application", ("late",)),
+    ]
+
+
+def test_trailers_after_a_head_the_connection_let_go_of_are_parsed() -> None:
+    async def main() -> None:
+        app = _App()
+        protocol, transport = _serve(app, ServerState())
+        body = b"1\r\na\r\n0\r\nX-Trailer: 1\r\n\r\n"
+        protocol.data_received(b"POST /t HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n" + body)
+        await _settle()
+        protocol.data_received(b"GET /after HTTP/1.1\r\nHost: x\r\n\r\n")
+        await _settle()
+        assert transport.written.count(b"HTTP/1.1 200 OK") == 2 and transport.written.endswith(b"/after")
+        assert protocol.scope is None and protocol.headers is None  # a served request's head is not kept
+        protocol.connection_lost(None)
 
     asyncio.run(main())

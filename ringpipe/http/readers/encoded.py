@@ -22,7 +22,7 @@ from ringpipe.core.errors import Gap, PeerGone
 from ringpipe.core.framing import RETRY, NdjsonEncoder, SseEncoder, is_event_stream
 from ringpipe.http.readers.base import ReadOptions, ReadStart, part_headers
 from ringpipe.http.readers.raw import HttpReader, WhenLost
-from ringpipe.http.readers.wakeup_delivery import Delivering, EncodedWakeupDelivery
+from ringpipe.http.readers.wakeup_delivery import EncodedWakeupDelivery
 from ringpipe.http.responses import HEADERS_IN_RING, STREAM_HEADERS, worker_header
 from ringpipe.mesh.relay import Consumer
 from ringpipe.ops import metrics
@@ -104,7 +104,9 @@ class _EncodedReader(HttpReader):
         framed_here = not conn.tls and (conn.chunked_response or conn.unframed)
         delivery = EncodedWakeupDelivery(consumer, self) if framed_here else None
         encoder = self.encoder
-        with Delivering(consumer, delivery, direct=True):
+        if delivery is not None:
+            delivery.engage(direct=True)
+        try:
             while True:
                 try:
                     views, next_seq = await consumer.views()
@@ -124,6 +126,9 @@ class _EncodedReader(HttpReader):
                 if out:
                     await self._write(out)
                 consumer.commit(next_seq, len(data))
+        finally:
+            if delivery is not None:
+                delivery.disengage()
 
     async def _open(self, consumer: Consumer, start: Start, begin: ReadStart) -> bool:
         """The encoder for the transfer, the head if it is not out yet, and the gap to report

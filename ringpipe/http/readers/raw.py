@@ -16,7 +16,7 @@ from ringpipe.core.control_frames import Start
 from ringpipe.core.errors import Gap, PeerGone, WouldBlock
 from ringpipe.http.connection import EXTENSION, Connection
 from ringpipe.http.readers.base import Reader, ReadStart, part_headers
-from ringpipe.http.readers.wakeup_delivery import Delivering, RawWakeupDelivery, framed
+from ringpipe.http.readers.wakeup_delivery import RawWakeupDelivery, framed
 from ringpipe.http.responses import HEADERS_IN_RING, STREAM_HEADERS, content_headers, reject, worker_header
 from ringpipe.http.uvicorn_shims import HeldHead
 from ringpipe.mesh.relay import RAW_READ_LIMIT, Consumer
@@ -51,10 +51,10 @@ class WhenLost:
 class HttpReader(Reader):
     """A plain GET receiver: the producer's bytes, with the sender's headers (SPEC 1.1, 4)."""
 
-    __slots__ = ("conn", "head_sent", "heartbeat", "http10", "scope", "send", "worker")
+    __slots__ = ("conn", "head_sent", "heartbeat", "http10", "send", "worker")
 
     def __init__(self, scope: Scope, send: Send, *, worker: int, heartbeat: float) -> None:
-        self.scope = scope
+        # (The scope is read here only: a streaming reader keeps none of it.)
         self.send = send
         self.conn: Connection = scope["extensions"][EXTENSION]
         self.worker = worker
@@ -91,8 +91,9 @@ class HttpReader(Reader):
         conn = self.conn
         chunked = conn.chunked_response
         delivery = None if conn.tls else RawWakeupDelivery(consumer, conn, chunked)
-        # direct only without a Content-Length for the producer's callback to count
-        with Delivering(consumer, delivery, direct=chunked or conn.unframed):
+        if delivery is not None:  # direct only without a Content-Length for the producer's callback to count
+            delivery.engage(direct=chunked or conn.unframed)
+        try:
             if head is not None and not await _head_out(consumer, conn, chunked, head):
                 return False
             del head
@@ -109,6 +110,9 @@ class HttpReader(Reader):
                     break
                 if not await _send_round(consumer, conn, chunked, views, next_seq):
                     return False
+        finally:
+            if delivery is not None:
+                delivery.disengage()
         await self.send({"type": "http.response.body", "body": b"", "more_body": False})
         return True
 

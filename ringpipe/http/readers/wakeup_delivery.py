@@ -29,7 +29,6 @@ from ringpipe.http.connection import Buffer, Connection
 from ringpipe.mesh.relay import RAW_READ_LIMIT, READ_LIMIT, Consumer, DirectSink
 
 __all__ = [
-    "Delivering",
     "EncodedWakeupDelivery",
     "EncodingReader",
     "RawWakeupDelivery",
@@ -62,35 +61,6 @@ def framed(body: list[memoryview] | list[bytes], size: int, chunked: bool) -> tu
     return [head, *body, b"\r\n"], size + framing
 
 
-class Delivering:
-    """``with Delivering(consumer, delivery, direct=...)``: for the block, ``delivery`` is the
-    consumer's ``express`` and, with ``direct``, also one of the producer's direct sinks
-    (``Consumer.take_directly``, where the producer is in this worker); both are undone at the
-    end. ``delivery`` None (a TLS connection) changes nothing. A slotted object, not a
-    generator-based manager: every relaying reader holds one for as long as it relays."""
-
-    __slots__ = ("_consumer", "_delivery", "_direct", "_sinks")
-
-    def __init__(self, consumer: Consumer, delivery: WakeupDelivery | None, *, direct: bool) -> None:
-        self._consumer = consumer
-        self._delivery = delivery
-        self._direct = direct
-        self._sinks: list[DirectSink] | None = None
-
-    def __enter__(self) -> None:
-        delivery = self._delivery
-        if delivery is not None:
-            self._consumer.express = delivery
-            if self._direct:
-                self._sinks = self._consumer.take_directly(delivery)
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._consumer.express = None
-        sinks, self._sinks = self._sinks, None
-        if sinks is not None and self._delivery is not None:
-            self._consumer.stop_taking_directly(sinks, self._delivery)
-
-
 class WakeupDelivery:
     """A reader's rounds run from its wake-up callback (see the module docstring).
 
@@ -99,11 +69,28 @@ class WakeupDelivery:
     """
 
     ROUNDS: Final = 4
-    __slots__ = ("conn", "consumer")
+    __slots__ = ("_sinks", "conn", "consumer")
 
     def __init__(self, consumer: Consumer, conn: Connection) -> None:
         self.consumer = consumer
         self.conn = conn
+        #: The producer's direct sinks this joined (``engage``), until ``disengage``.
+        self._sinks: list[DirectSink] | None = None
+
+    def engage(self, *, direct: bool) -> None:
+        """From now on (until ``disengage``), serve the consumer's wake-ups (``Consumer.express``)
+        and, with ``direct``, take the producer's bytes too where it is in this worker
+        (``Consumer.take_directly``). Done here, not by a context manager: every relaying
+        reader would hold one, and its bound exit, for as long as it relays."""
+        self.consumer.express = self
+        if direct:
+            self._sinks = self.consumer.take_directly(self)
+
+    def disengage(self) -> None:
+        self.consumer.express = None
+        sinks, self._sinks = self._sinks, None
+        if sinks is not None:
+            self.consumer.stop_taking_directly(sinks, self)
 
     def __call__(self) -> bool:
         """True: served, the task may sleep on; False: wake the task."""
