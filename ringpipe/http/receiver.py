@@ -93,6 +93,7 @@ class ReceiverEndpoint:
             resumable=resumable,
             stall_ms=stall,
             gaps=options.takes_gaps,
+            quiet=type(reader).admitted is Reader.admitted,  # nothing to send on ``Accepted``
         )
         forget_headers(scope)
 

@@ -163,10 +163,11 @@ class WorkerPipes:
         resumable: bool = False,
         stall_ms: int = -1,
         gaps: bool = False,
+        quiet: bool = False,
     ) -> LocalParty:
         """Register a local party and ask the path's owner to let it join (see ``Join``)."""
         party = self._new_party(path, role, n)
-        join = Join(party.id, path, role, n, receiver_headers, key, offset, epoch, resumable, stall_ms, gaps)
+        join = Join(party.id, path, role, n, receiver_headers, key, offset, epoch, resumable, stall_ms, gaps, quiet)
         self.mesh.send(party.owner, join)
         return party
 
@@ -284,7 +285,7 @@ class WorkerPipes:
 
     def _on_join(self, join: Join) -> None:
         self._apply(self.rendezvous.handle(join, time.monotonic()))
-        if join.role is not Role.SENDER:
+        if join.role is not Role.SENDER and not join.quiet:
             self._admit_if_waiting(join)
 
     def _on_leave(self, leave: Leave) -> None:
@@ -318,7 +319,9 @@ class WorkerPipes:
         registers on a waiting pipe gets no action, so the shell says ``Accepted`` for it:
         only then may the reader's head go out (SSE, WebSocket), and every refusal comes
         before any head (SPEC 2.4). A reader that started at once hears ``Start``, a refused
-        one ``Reject``, a parked resume (established pipe) waits for one of the two.
+        one ``Reject``, a parked resume (established pipe) waits for one of the two. A
+        ``quiet`` reader (raw: nothing goes out before its start) is not told: ``_on_join``
+        does not call this for it, so its request is not woken for nothing.
         """
         pipe = self.rendezvous.pipes.get(join.path)
         if isinstance(pipe, Waiting) and (join.party in pipe.receivers or join.party in pipe.watchers):

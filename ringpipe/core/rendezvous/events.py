@@ -89,6 +89,8 @@ class Join:
     ``gaps``: a reader that takes a gap (SSE, NDJSON; SPEC 2.4): a resume point no longer
     held, or of an older pipe on the path (another epoch), is never refused for it; the
     reader reports the lost range and reads from the oldest byte held (a raw reader gets 410).
+    ``quiet``: a reader that sends nothing before its transfer starts (a raw GET, unlike an SSE
+    head or a WebSocket handshake), so it need not hear that it waits (``Accepted``).
     """
 
     party: PartyId
@@ -102,6 +104,7 @@ class Join:
     resumable: bool = False
     stall_ms: int = -1
     gaps: bool = False
+    quiet: bool = False
 
 
 @dataclass(frozen=True, slots=True)
