@@ -301,7 +301,7 @@ class WorkerPipes:
         if party is not None and party.id == frame.party:
             if isinstance(frame, Start):
                 metrics.party_started(party.role, party.joined)
-            party.deliver(frame)
+            party.inbox.put(frame)  # ``party.deliver``, one call less: a few frames per party
 
     def _to_party(self, party: PartyId, frame: PartyFrame) -> None:
         """Send the owner's ``frame`` to ``party``. One in this worker gets it in its inbox at
@@ -349,22 +349,20 @@ class WorkerPipes:
     # -- owner side: carry out the rendezvous' actions --
 
     def _apply(self, actions: list[Action]) -> None:
+        """Carry out ``actions``; then make the timer task wake by the rendezvous' next
+        deadline, and have the pipes gauge recounted."""
         for action in actions:
             try:
                 _ACTION_HANDLERS[type(action)](self, action)
             except Exception:
                 log.exception("failed to carry out %r", action)
-        self._arm_timer()
-        metrics.pipes_changed(self.rendezvous)
-
-    def _arm_timer(self) -> None:
         deadline = self.rendezvous.next_deadline()
-        if deadline is None:
-            return
-        if self._timer_task is None:
-            self._timer_task = asyncio.get_running_loop().create_task(self._run_timers())
-        elif self._timer_at is None or deadline < self._timer_at:
-            self._timer_changed.set()
+        if deadline is not None:
+            if self._timer_task is None:
+                self._timer_task = asyncio.get_running_loop().create_task(self._run_timers())
+            elif self._timer_at is None or deadline < self._timer_at:
+                self._timer_changed.set()
+        metrics.pipes_changed(self.rendezvous)
 
     async def _run_timers(self) -> None:
         """Feed ``Tick`` to the rendezvous at each deadline it reports (one task per owner)."""

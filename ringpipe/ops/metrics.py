@@ -375,7 +375,8 @@ _pipe_count = _PipeCount()
 
 def pipes_changed(rendezvous: Rendezvous) -> None:
     """The owner's rendezvous changed: refresh this worker's share of ``ringpipe_pipes``."""
-    _pipe_count.changed(rendezvous)
+    if not _pipe_count.scheduled:  # ``changed``'s own first check, without the call (a count is rarely new)
+        _pipe_count.changed(rendezvous)
 
 
 class ProducerMeter:
