@@ -22,7 +22,8 @@ the request it was given), so a disagreement about owners cannot bounce it aroun
 The sockets live in the supervisor's private runtime folder (``mkdtemp``: mode 0700),
 like the control and wake-up sockets: only the server's own user can hand it a descriptor.
 
-``handoff_target`` is pure (no I/O); ``HandoffChannel`` is the socket.
+``handoff_target`` (and ``handoff_targeting``, the same bound to a worker) is pure (no I/O);
+``HandoffChannel`` is the socket.
 """
 
 from __future__ import annotations
@@ -41,7 +42,14 @@ from typing import Final
 
 from ringpipe.core.paths import RESERVED_PATHS, normalize_path, owner_of, query_n
 
-__all__ = ["MAX_HANDOFF_BYTES", "Handoff", "HandoffChannel", "handoff_socket_path", "handoff_target"]
+__all__ = [
+    "MAX_HANDOFF_BYTES",
+    "Handoff",
+    "HandoffChannel",
+    "handoff_socket_path",
+    "handoff_target",
+    "handoff_targeting",
+]
 
 log = logging.getLogger("ringpipe.handoff")
 
@@ -70,22 +78,32 @@ def handoff_target(head: bytes, *, index: int, workers: int, max_n: int) -> int 
     parsed as the app parses it) is 1..``max_n`` qualify, and only when another worker
     owns the path. Anything unexpected means "here": the app then answers it as usual.
     """
-    if workers < 2 or max_n < 1:
-        return None
-    line_end = head.find(b"\r\n")
-    parts = head[: line_end if line_end >= 0 else len(head)].split(b" ")
-    if len(parts) != 3 or not parts[1].startswith(b"/"):
-        return None
-    raw_path, _, query = parts[1].partition(b"?")
-    raw_path = raw_path.partition(b"#")[0]
-    key = normalize_path(raw_path)
-    if key in RESERVED_PATHS:
-        return None
-    n = query_n(query.partition(b"#")[0])
-    if n is None or not 1 <= n <= max_n:
-        return None
-    owner = owner_of(key, workers)
-    return None if owner == index else owner
+    return handoff_targeting(index=index, workers=workers, max_n=max_n)(head)
+
+
+def handoff_targeting(*, index: int, workers: int, max_n: int) -> Callable[[bytes], int | None]:
+    """``handoff_target`` for worker ``index``: what its HTTP protocol asks of every request
+    head (a closure: one call per head, not a wrapper's two, and no keywords)."""
+
+    def target(head: bytes) -> int | None:
+        if workers < 2 or max_n < 1:
+            return None
+        line_end = head.find(b"\r\n")
+        parts = head[: line_end if line_end >= 0 else len(head)].split(b" ")
+        if len(parts) != 3 or not parts[1].startswith(b"/"):
+            return None
+        raw_path, _, query = parts[1].partition(b"?")
+        raw_path = raw_path.partition(b"#")[0]
+        key = normalize_path(raw_path)
+        if key in RESERVED_PATHS:
+            return None
+        n = query_n(query.partition(b"#")[0]) if query else 1  # ``query_n(b"")`` is 1
+        if n is None or not 1 <= n <= max_n:
+            return None
+        owner = owner_of(key, workers)
+        return None if owner == index else owner
+
+    return target
 
 
 def handoff_socket_path(runtime_dir: Path, worker: int) -> Path:

@@ -41,7 +41,7 @@ from ringpipe.http.limits import EdgeLimits
 from ringpipe.http.pages import build_pages
 from ringpipe.http.protocol import RingpipeHttpProtocol
 from ringpipe.http.websocket import HandshakeLogFilter, WebSocketProtocol
-from ringpipe.mesh.handoff import Handoff, HandoffChannel, handoff_target
+from ringpipe.mesh.handoff import Handoff, HandoffChannel, handoff_targeting
 from ringpipe.mesh.worker_pipes import WorkerPipes
 from ringpipe.ops import metrics
 from ringpipe.ops.fleet import BOOT_ERROR
@@ -160,17 +160,20 @@ def run_worker(
         log.info("tokens reloaded", extra={"event": "tokens_reloaded", "worker": index, "tokens": len(tokens)})
 
     adopted: set[asyncio.Task[object]] = set()
-    serving: list[_WorkerServer] = []  # the server, once ``main`` made it
+    serving: list[tuple[_WorkerServer, asyncio.AbstractEventLoop]] = []  # once ``main`` made the server
 
     def adopt(sock: socket.socket, data: bytes) -> None:
         """A peer handed us a connection (``handoff.py``): serve it as if we had accepted it.
 
         The loop's own coroutine is the task (no coroutine of ours around it), its protocol
         made here, before it: the factory only hands it over."""
-        server = serving[0]
-        made = protocol_class(config=config, server_state=server.server_state, app_state=server.lifespan.state)
+        # The loop is named, not asked for: in 3.11 each ``asyncio.get_running_loop`` or
+        # ``get_event_loop`` (a protocol's, without ``_loop``) is a getpid system call.
+        server, loop = serving[0]
+        made = protocol_class(
+            config=config, server_state=server.server_state, app_state=server.lifespan.state, _loop=loop
+        )
         made.adopting(data, sock.fileno())
-        loop = asyncio.get_running_loop()
         task: asyncio.Task[object] = loop.create_task(loop.connect_accepted_socket(lambda: made, sock))
         adopted.add(task)
 
@@ -186,11 +189,7 @@ def run_worker(
     handoff: Handoff | None = None
     if settings.workers > 1 and settings.colocate_max_n > 0:
         handoffs = HandoffChannel(runtime_dir, index, adopt)
-        workers, max_n = settings.workers, settings.colocate_max_n
-
-        def target(head: bytes) -> int | None:  # not a partial: that copies its keywords into a dict per call
-            return handoff_target(head, index=index, workers=workers, max_n=max_n)
-
+        target = handoff_targeting(index=index, workers=settings.workers, max_n=settings.colocate_max_n)
         handoff = Handoff(target=target, send=handoffs.send)
 
     protocol_class = RingpipeHttpProtocol.configured(EdgeLimits.from_settings(settings, tls), handoff)
@@ -236,7 +235,7 @@ def run_worker(
             stop()
 
         server = _WorkerServer(config, stop_requested.set)
-        serving.append(server)
+        serving.append((server, asyncio.get_running_loop()))
         asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reload_tokens)
         if _file_stamp(settings.tokens_file) != file_at_boot:
             reload_tokens()  # changed (and its SIGHUP ignored) between our first read and the handler
