@@ -131,6 +131,13 @@ def _extras(record: logging.LogRecord) -> dict[str, Any]:
     }
 
 
+#: The fields every line starts with (``JsonFormatter.line``); an extra of one of these names
+#: takes that field's place.
+_HEAD_FIELDS: Final = frozenset({"ts", "level", "logger", "role", "pid", "msg", "exc"})
+#: How many line heads a formatter keeps (``JsonFormatter._heads``).
+_HEADS_MAX: Final = 64
+
+
 class JsonFormatter(logging.Formatter):
     """Formats a record as one JSON line: time, level, logger, process role, message, extras."""
 
@@ -140,6 +147,10 @@ class JsonFormatter(logging.Formatter):
         #: The last second formatted, and its text (lines come many to a second).
         self._second = -1
         self._second_text = ""
+        #: A line's encoded fields from ``level`` to ``msg``, by their values: a process writes
+        #: a few lines again and again (one per transfer), whose only new fields are the time
+        #: and the extras. Bounded: a message with a value in its text may never come again.
+        self._heads: dict[tuple[str, str, int | None, str], str] = {}
 
     def _stamp(self, created: float, msecs: float) -> str:
         second = int(created)
@@ -159,7 +170,24 @@ class JsonFormatter(logging.Formatter):
         extras: dict[str, Any],
         exc: str | None = None,
     ) -> str:
-        """The redacted JSON line of one record: ``format`` and ``info_fields`` both write this."""
+        """The redacted JSON line of one record: ``format`` and ``info_fields`` both write this.
+
+        The same text as encoding the dict of every field at once; where no extra takes a
+        head field's place, the head's encoding is kept for lines that repeat it, and only
+        the time and the extras are encoded for each line."""
+        if exc is None and _HEAD_FIELDS.isdisjoint(extras):
+            key = (level, logger, pid, msg)
+            head = self._heads.get(key)
+            if head is None and len(self._heads) < _HEADS_MAX:
+                encode = _ENCODER.encode
+                head = self._heads[key] = (
+                    f'", "level": {encode(level)}, "logger": {encode(logger)}, "role": {encode(self.role)}, '
+                    f'"pid": {encode(pid)}, "msg": {encode(msg)}'
+                )
+            if head is not None:
+                rest = _ENCODER.encode(extras)  # "{}" or '{"key": ...}'
+                stamp = self._stamp(created, msecs)
+                return redact(f'{{"ts": "{stamp}{head}' + (f", {rest[1:]}" if len(rest) > 2 else "}"))
         line: dict[str, Any] = {
             "ts": self._stamp(created, msecs),
             "level": level,

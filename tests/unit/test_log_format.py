@@ -169,3 +169,23 @@ def test_info_fields_writes_a_text_line_where_the_handler_writes_text() -> None:
     with _logging_to(stream, "text"):
         logs.info_fields(logging.getLogger("ringpipe.node"), "transfer ended", {"path": "/a"})
     assert " worker-7 transfer ended path=/a" in stream.getvalue()
+
+
+def test_a_line_whose_head_repeats_is_the_whole_fields_encoded_at_once() -> None:
+    """``JsonFormatter.line`` keeps a repeated head's encoding: the line is still exactly the
+    encoding of every field in order (an extra named like a head field takes its place)."""
+    formatter = JsonFormatter("worker-0")
+    extras: list[dict[str, object]] = [
+        {},
+        {"path": '/p/é "\\ \u2028', "n": 1, "framings": {"raw": 1}, "duration_s": 0.5, "nan": float("nan")},
+        {"flag": True, "none": None, 7: "int key", "kind": type},
+        {"msg": "an extra's message", "event": "x"},
+        {"ts": "mine"},
+    ]
+    for _ in range(2):  # the first time makes each head, the second reuses it
+        for fields in extras:
+            for pid, msg in ((123, "transfer ended"), (None, 'quoted "é"')):
+                line = formatter.line(1765105672.25, 250.0, "info", "ringpipe.node", pid, msg, fields)
+                whole = {"ts": "2025-12-07T11:07:52.250Z", "level": "info", "logger": "ringpipe.node"}
+                whole |= {"role": "worker-0", "pid": pid, "msg": msg, **fields}
+                assert line == logs.redact(json.JSONEncoder(default=str).encode(whole))
