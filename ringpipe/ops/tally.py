@@ -30,7 +30,8 @@ FLUSH_INTERVAL_S: Final = 0.1
 
 
 class _HeldHistogram:
-    """Observations of one histogram series not yet written: per-bucket counts and their sum."""
+    """Observations of one histogram series not yet written: per-bucket counts and their sum
+    (``observe`` counts into it itself: a method call per observation was ~6 calls per pipe)."""
 
     __slots__ = ("bounds", "counts", "total")
 
@@ -39,13 +40,6 @@ class _HeldHistogram:
         self.bounds: list[float] = histogram._upper_bounds
         self.counts = [0] * len(self.bounds)
         self.total = 0.0
-
-    def add(self, amount: float) -> None:
-        # The first bucket whose bound is >= amount: prometheus-client's own choice.
-        index = bisect.bisect_left(self.bounds, amount)
-        if index < len(self.counts):
-            self.counts[index] += 1
-        self.total += amount
 
     def write(self, histogram: Histogram) -> None:
         histogram._sum.inc(self.total)
@@ -117,7 +111,12 @@ def observe(histogram: Histogram, amount: float) -> None:
     held = batch.histograms.get(histogram)
     if held is None:
         held = batch.histograms[histogram] = _HeldHistogram(histogram)
-    held.add(amount)
+    # The first bucket whose bound is >= amount: prometheus-client's own choice.
+    index = bisect.bisect_left(held.bounds, amount)
+    counts = held.counts
+    if index < len(counts):
+        counts[index] += 1
+    held.total += amount
     if not batch.scheduled:
         batch.schedule()
 
