@@ -2,7 +2,8 @@
 
 A receiver's life: validate → ``Join`` → the owner's answer: a refusal (a plain HTTP answer in
 every framing, SPEC 2.4), ``Accepted`` (it waits: no response at all, except an SSE reader's
-head and pings, a WebSocket's handshake) or ``Start`` → its ``Reader`` (``http.readers``, ``http.websocket``:
+head and pings, a WebSocket's handshake; a reader with nothing to send while it waits, raw or
+NDJSON, joins ``quiet`` and is not told) or ``Start`` → its ``Reader`` (``http.readers``, ``http.websocket``:
 raw, SSE, NDJSON, WebSocket) relays ring → socket → clean end, or an end that says how the
 transfer broke (producer vanished, pipe cancelled, reader evicted; raw: the connection
 closed before the last chunk).
