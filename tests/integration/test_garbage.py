@@ -29,7 +29,7 @@ import pytest
 
 from tests.integration.test_framings import CHUNKS, TEXT, HttpReader, WsReader, _delete, paced, wait_registered
 from tests.integration.test_resume import Attempt
-from tests.support.pipes import get, pattern, put, run
+from tests.support.pipes import Response, get, pattern, put, read_body, read_head, request_head, run
 from tests.support.servers import Server, ServerFactory
 
 PROBE = Path(__file__).resolve().parents[1] / "support" / "gcprobe"
@@ -146,6 +146,59 @@ async def resumed(port: int, path: str) -> None:
     assert log.complete and second.complete and bytes(first.body + second.body) == data
 
 
+async def watched(port: int, path: str) -> None:
+    """A watcher joins a running pipe (SSE) and reads it to the end beside its reader."""
+    reader = asyncio.create_task(get(port, path))
+    await asyncio.sleep(0.2)
+    sender = asyncio.create_task(put(port, path, paced(CHUNKS, pause=0.05), [("Content-Type", "text/plain")]))
+    await asyncio.sleep(0.1)
+    watcher = await get(port, path + "?watch=1&format=sse")
+    log, resp = await sender, await reader
+    assert log.complete and resp.body == TEXT.encode() and watcher.complete
+
+
+async def waiting_reader_leaves(port: int, path: str) -> None:
+    """A reader (raw, then SSE with its early head) hangs up before any producer comes."""
+    for query in ("", "?format=sse"):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(request_head("GET", path + query, port, [], "1.1"))
+        await writer.drain()
+        await asyncio.sleep(0.3)
+        writer.transport.abort()
+    await asyncio.sleep(0.3)
+    resp = await get(port, path + "?format=xml")  # the path is free again for a normal answer
+    assert resp.status == 400
+
+
+async def keep_alive(port: int, path: str) -> None:
+    """Two transfers, then a status request, over one reader connection (keep-alive)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        for k in range(2):
+            target = f"{path}-{k}"
+            writer.write(request_head("GET", target, port, [], "1.1"))
+            await writer.drain()
+            await asyncio.sleep(0.2)
+            log = await put(port, target, b"kept alive %d" % k)
+            status, head = await read_head(reader)
+            resp = await read_body(reader, Response(status, head))
+            assert log.complete and resp.complete and resp.body == b"kept alive %d" % k
+    finally:
+        writer.close()
+
+
+async def multipart(port: int, path: str) -> None:
+    boundary = "gcBoundary"
+    body = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="input_text"\r\n'
+        f"Content-Type: text/plain\r\n\r\nform tokens\r\n--{boundary}--\r\n"
+    ).encode()
+    reader = asyncio.create_task(get(port, path + "?format=ndjson"))
+    await wait_registered()
+    await put(port, path, body, [("Content-Type", f"multipart/form-data; boundary={boundary}")], method="POST")
+    assert b"form tokens" in (await reader).body
+
+
 async def refused(port: int, path: str) -> None:
     resp = await get(port, path + "?format=xml")
     assert resp.status == 400
@@ -159,6 +212,10 @@ SCENARIOS: dict[str, Callable[[int, str], Awaitable[None]]] = {
     "reader_leaves": reader_leaves,
     "cancelled": cancelled,
     "resumed": resumed,
+    "watched": watched,
+    "waiting_reader_leaves": waiting_reader_leaves,
+    "keep_alive": keep_alive,
+    "multipart": multipart,
     "refused": refused,
 }
 
