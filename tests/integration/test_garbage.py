@@ -21,6 +21,7 @@ import json
 import os
 import signal
 import socket
+import ssl
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -30,6 +31,8 @@ import pytest
 
 from tests.integration.test_framings import CHUNKS, TEXT, HttpReader, WsReader, _delete, paced, wait_registered
 from tests.integration.test_resume import Attempt
+from tests.integration.test_tls import _transfer
+from tests.support.externals import self_signed_cert
 from tests.support.pipes import Response, get, pattern, put, read_body, read_head, request_head, run
 from tests.support.servers import Server, ServerFactory
 
@@ -262,26 +265,51 @@ def _signal_and_wait(server: Server, out: Path, name: str) -> dict[int, Path]:
     return files
 
 
-@pytest.mark.parametrize("scenario", list(SCENARIOS))
-def test_finished_streams_leave_no_cyclic_garbage(server_factory: ServerFactory, tmp_path: Path, scenario: str) -> None:
+def _garbage_after(
+    server_factory: ServerFactory, out: Path, play: Callable[[int, str], Awaitable[None]], name: str, *flags: str
+) -> Counter[str]:
+    """What only a cyclic collection frees in the workers after ``play`` ran ``ROUNDS`` times
+    (after as many rounds of warm-up), by type, all workers together."""
     env = {
         "PYTHONPATH": os.pathsep.join(filter(None, [str(PROBE), os.environ.get("PYTHONPATH")])),
-        "TEST_GC_PROBE_DIR": str(tmp_path),
+        "TEST_GC_PROBE_DIR": str(out),
     }
-    server = server_factory("--workers", "2", env=env)
-    play = SCENARIOS[scenario]
+    server = server_factory("--workers", "2", *flags, env=env)
+    count = ROUNDS if name != "lagged" else 3  # an eviction waits a second for its stall
 
     async def rounds(tag: str) -> None:
-        for i in range(ROUNDS if scenario != "lagged" else 3):  # paths hash to both workers
-            await play(server.port, f"/gc-{tag}-{scenario}-{i}")
+        for i in range(count):  # paths hash to both workers
+            await play(server.port, f"/gc-{tag}-{name}-{i}")
 
     run(rounds("warm"))  # worker-wide objects built on first use are not garbage of a stream
     time.sleep(0.5)
-    _signal_and_wait(server, tmp_path, "base.{pid}")
+    _signal_and_wait(server, out, "base.{pid}")
     run(rounds("test"))
     time.sleep(0.5)  # endings (transfer logs, ring frees) settle
-    files = _signal_and_wait(server, tmp_path, "garbage.{pid}.json")
     garbage: Counter[str] = Counter()
-    for path in files.values():
+    for path in _signal_and_wait(server, out, "garbage.{pid}.json").values():
         garbage.update(json.loads(path.read_text()))
+    return garbage
+
+
+@pytest.mark.parametrize("scenario", list(SCENARIOS))
+def test_finished_streams_leave_no_cyclic_garbage(server_factory: ServerFactory, tmp_path: Path, scenario: str) -> None:
+    garbage = _garbage_after(server_factory, tmp_path, SCENARIOS[scenario], scenario)
     assert not garbage, f"{scenario} left objects only a cyclic collection frees: {garbage.most_common(25)}"
+
+
+def test_tls_streams_leave_no_cyclic_garbage(server_factory: ServerFactory, tmp_path: Path) -> None:
+    """HTTPS on the pipe port (the server sniffs each connection): a TLS receiver and a TLS
+    sender, and a plain receiver with a TLS sender."""
+    cert, _key = paths = self_signed_cert(tmp_path)
+    tls = ssl.create_default_context(cafile=str(cert))
+    data = pattern(200_000, seed=7)
+
+    async def play(port: int, path: str) -> None:
+        await _transfer(port, path, data, tls, tls)
+        await _transfer(port, path + "-mixed", data, tls, None, chunked=True)
+
+    garbage = _garbage_after(
+        server_factory, tmp_path, play, "tls", "--ssl-certfile", str(paths[0]), "--ssl-keyfile", str(paths[1])
+    )
+    assert not garbage, f"TLS streams left objects only a cyclic collection frees: {garbage.most_common(25)}"
