@@ -10,8 +10,8 @@ and ``tracemalloc`` after ``gc.collect()`` could not see it. This test would hav
 The workers run with ``tests/support/gcprobe`` on their ``PYTHONPATH``: one ``SIGUSR2``
 collects whatever garbage exists, a second one counts what a collection under
 ``gc.DEBUG_SAVEALL`` finds, i.e. the objects that only cycles created in between kept
-alive. Each scenario runs a few times between the two signals, over paths that land on both
-workers, after a warm-up that creates every lazily built worker-wide object.
+alive. Each scenario runs a few times between the two signals, on paths owned by each worker in
+turn, after a warm-up that creates every lazily built worker-wide object.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from pathlib import Path
 
 import pytest
 
+from ringpipe.core.paths import owner_of
 from tests.integration.test_framings import CHUNKS, TEXT, HttpReader, WsReader, _delete, paced, wait_registered
 from tests.integration.test_resume import Attempt
 from tests.integration.test_tls import _transfer
@@ -37,7 +38,8 @@ from tests.support.pipes import Response, get, pattern, put, read_body, read_hea
 from tests.support.servers import Server, ServerFactory
 
 PROBE = Path(__file__).resolve().parents[1] / "support" / "gcprobe"
-ROUNDS = 6
+#: Rounds of each scenario, warm-up and test each, their paths owned by each worker in turn.
+ROUNDS = 4
 
 
 async def receiver_first(port: int, path: str) -> None:
@@ -265,6 +267,11 @@ def _signal_and_wait(server: Server, out: Path, name: str) -> dict[int, Path]:
     return files
 
 
+def _owned_by(worker: int, stem: str) -> str:
+    """A path from ``stem`` whose rendezvous runs in ``worker`` (of two)."""
+    return next(path for k in range(64) if owner_of(path := f"{stem}-{k}", 2) == worker)
+
+
 def _garbage_after(
     server_factory: ServerFactory, out: Path, play: Callable[[int, str], Awaitable[None]], name: str, *flags: str
 ) -> Counter[str]:
@@ -275,11 +282,11 @@ def _garbage_after(
         "TEST_GC_PROBE_DIR": str(out),
     }
     server = server_factory("--workers", "2", *flags, env=env)
-    count = ROUNDS if name != "lagged" else 3  # an eviction waits a second for its stall
+    count = ROUNDS if name != "lagged" else 2  # an eviction waits a second for its stall
 
     async def rounds(tag: str) -> None:
-        for i in range(count):  # paths hash to both workers
-            await play(server.port, f"/gc-{tag}-{name}-{i}")
+        for i in range(count):
+            await play(server.port, _owned_by(i % 2, f"/gc-{tag}-{name}-{i}"))
 
     run(rounds("warm"))  # worker-wide objects built on first use are not garbage of a stream
     time.sleep(0.5)
