@@ -132,7 +132,7 @@ def segment_bytes(capacity: int, n_readers: int) -> int:
     """The bytes a ring of ``capacity`` reserves, and what it costs against ``--max-memory``:
     the pages under its header and its first ``capacity`` data bytes (the header's last page
     holds the start of the data)."""
-    return _round_up(data_offset(n_readers) + capacity, PAGE)
+    return page_round(data_offset(n_readers) + capacity)
 
 
 def check_shape(*, capacity: int, max_capacity: int, n_readers: int, window: int) -> None:

@@ -58,7 +58,8 @@ SHM_DIR: Final = "/dev/shm"
 PREFIX: Final = "ringpipe-"
 
 #: Reserves bytes ``[start, end)`` of the ring whose region starts at file offset ``offset``
-#: (its owner's arena): ``grow(offset, start, end)``; False if the budget or /dev/shm refuses.
+#: (its owner's arena), in whole pages (``start``: where the ring's capacity ends now, in the
+#: last page it reserved): ``grow(offset, start, end)``; False if the budget or /dev/shm refuses.
 Grower = Callable[[int, int, int], bool]
 
 
