@@ -101,6 +101,8 @@ MAX_LINE_CHARS: Final = 1 << 20
 #: SSE event name per ending (SPEC 2.1): the aborted ending is ``event: error``.
 SSE_EVENT: Final = {"done": "done", "aborted": "error", "cancelled": "cancelled", "lagged": "lagged"}
 _LINE_END: Final = re.compile(r"\r\n|\r|\n")
+#: A byte that JSON writes escaped (a control character, a quote, a backslash).
+_JSON_ESCAPED: Final = re.compile(rb'[\x00-\x1f"\\]')
 #: Producers whose records are lines: their SSE/NDJSON readers get *lines* by default.
 _LINE_RECORD_TYPES: Final = frozenset(
     {
@@ -156,6 +158,9 @@ class _TextStream:
         #: Pipe offset just after the last byte taken (held bytes included).
         self.taken = offset
         self._after_cr = False
+        #: The decoder may hold the start of a character: the last byte it took was not ASCII
+        #: (an unfinished character ends with a non-ASCII byte). False: it holds nothing.
+        self._mid_char = False
 
     @property
     def offset(self) -> int:
@@ -166,9 +171,36 @@ class _TextStream:
     def replaced(self) -> int:
         return self.utf8.replaced
 
-    def text(self, data: bytes, *, final: bool = False) -> str:
+    def decode(self, data: bytes, *, final: bool = False) -> str:
+        """``data`` as text, from the incremental decoder (``taken`` counts it)."""
         self.taken += len(data)
-        text = self.utf8.decode(data, final=final)
+        if data:
+            self._mid_char = data[-1] >= 0x80
+        elif final:
+            self._mid_char = False
+        return self.utf8.decode(data, final=final)
+
+    def take_ascii_line(self, data: bytes) -> bool:
+        """Take ``data`` where its text is its bytes and holds no line end: it is ASCII, none
+        of CR or LF, and the decoder holds nothing (its state stays empty, no CR of a CRLF is
+        open after it). The token stream's common chunk, without the decoder or a split.
+        False, having taken nothing, for any other chunk."""
+        if self._mid_char or not data or not data.isascii() or b"\n" in data or b"\r" in data:
+            return False
+        self.taken += len(data)
+        self._after_cr = False
+        return True
+
+    def take_ascii(self, data: bytes) -> bool:
+        """Take ``data`` where its text is its bytes (ASCII, the decoder holding nothing);
+        False, having taken nothing, for any other chunk."""
+        if self._mid_char or not data or not data.isascii():
+            return False
+        self.taken += len(data)
+        return True
+
+    def text(self, data: bytes, *, final: bool = False) -> str:
+        text = self.decode(data, final=final)
         if self._after_cr and text:
             self._after_cr = False
             if text.startswith("\n"):
@@ -182,6 +214,7 @@ class _TextStream:
         self.utf8.reset()
         self.taken = to
         self._after_cr = False
+        self._mid_char = False
 
 
 class _OverText:
@@ -274,6 +307,8 @@ class SseEncoder(_OverText):
             return b"event: base64\n" + self._id() + b"data: " + base64.b64encode(data) + b"\n\n"
         if self._lines is not None:
             return self._line_events(self._lines.feed(data))
+        if self._text.take_ascii_line(data):  # a token: one ``data:`` line, the bytes themselves
+            return self._id(self._text.taken) + b"data: " + data + b"\n\n"
         text = self._text.text(data)
         if not text:
             return b""
@@ -364,8 +399,9 @@ class NdjsonEncoder(_OverText):
             return _line({"offset": self._text.offset, "base64": base64.b64encode(data).decode()})
         if self._lines is not None:
             return self._records(self._lines.feed(data))
-        text = self._text.utf8.decode(data)
-        self._text.taken += len(data)
+        if _JSON_ESCAPED.search(data) is None and self._text.take_ascii(data):  # JSON writes it as it is
+            return b'{"offset":%d,"data":"%s"}\n' % (self._text.taken, data)
+        text = self._text.decode(data)
         return _line({"offset": self._text.offset, "data": text}) if text else b""
 
     def _records(self, records: list[tuple[str, int]]) -> bytes:
@@ -383,7 +419,7 @@ class NdjsonEncoder(_OverText):
         if self._lines is not None:
             out += self._records(self._lines.finish())
         elif not self.base64:
-            tail = self._text.utf8.decode(b"", final=True)
+            tail = self._text.decode(b"", final=True)
             if tail:
                 out += _line({"offset": self._text.taken, "data": tail})
         payload: dict[str, object] = {"end": ending, "offset": self.offset}

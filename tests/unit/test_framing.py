@@ -18,10 +18,12 @@ from ringpipe.core.errors import ENDINGS
 from ringpipe.core.framing import (
     PING,
     RETRY,
+    Granularity,
     LineSplitter,
     NdjsonEncoder,
     SseEncoder,
     Utf8Text,
+    _TextStream,
     is_event_stream,
     is_text_like,
 )
@@ -289,3 +291,42 @@ def test_sse_no_id_before_the_reader_has_a_pipe() -> None:
     (event,) = client.named("error")
     assert event.last_event_id == ""
     assert json.loads(event.data) == {"ending": "aborted", "offset": 0, "reason": "the transfer was broken"}
+
+
+#: Bytes that exercise the ASCII fast paths and every way out of them: line ends, JSON escapes,
+#: a multi-byte character (its bytes cut apart by the chunking), an invalid byte.
+_MIXED = st.lists(
+    st.sampled_from([b"tok", b" ", b"a", b'"', b"\\", b"\t", b"\x7f", b"\r", b"\n", b"\r\n", "é".encode(), b"\xff"]),
+    max_size=30,
+).map(b"".join)
+
+
+def _without_fast_paths(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_TextStream, "take_ascii_line", lambda _self, _data: False)
+    monkeypatch.setattr(_TextStream, "take_ascii", lambda _self, _data: False)
+
+
+@settings(max_examples=300)
+@given(data=_MIXED, cuts=CUTS, granularity=st.sampled_from([None, "chunks"]))
+def test_the_ascii_fast_paths_write_what_the_decoder_path_writes(
+    data: bytes, cuts: list[int], granularity: Granularity | None
+) -> None:
+    """A token (ASCII, no line end; for NDJSON nothing JSON escapes) skips the decoder and the
+    split: its event or record must be byte for byte the one the general path writes, and so
+    must everything after it (offsets, a CR that opens a CRLF, a held character)."""
+    chunks = chunked(data, cuts)
+
+    def run() -> tuple[list[bytes], list[bytes]]:
+        sse_encoder = SseEncoder(epoch="E", granularity=granularity)
+        ndjson_encoder = NdjsonEncoder(granularity=granularity)
+        sse_encoder.begin("text/plain")
+        ndjson_encoder.begin("text/plain")
+        sse_out = [sse_encoder.feed(chunk) for chunk in chunks] + [sse_encoder.end("done")]
+        ndjson_out = [ndjson_encoder.feed(chunk) for chunk in chunks] + [ndjson_encoder.end("done")]
+        return sse_out, ndjson_out
+
+    fast = run()
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        _without_fast_paths(monkeypatch)
+        general = run()
+    assert fast == general

@@ -248,7 +248,13 @@ class EncodedWakeupDelivery(WakeupDelivery):
             return True
         self.reader._last_write = time.monotonic()
         conn = self.conn
-        parts, total = framed([out], len(out), not conn.unframed)
+        size = len(out)
+        if conn.unframed:
+            parts: list[Buffer] = [out]
+            total = size
+        else:  # ``framed``, inlined: this runs per token
+            head, framing = _SMALL_FRAMES[size] if size < 1024 else chunk_head(size)
+            parts, total = [head, out, b"\r\n"], size + framing
         try:
             return conn.write_parts_now(parts, total)
         except ConnectionError:
