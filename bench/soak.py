@@ -19,6 +19,7 @@ from pathlib import Path
 
 from ringbench.common import RESULTS_DIR
 from ringbench.soak import SoakConfig, describe, run_soak
+from ringbench.tokens import FRAMINGS
 
 
 def seconds(text: str) -> float:
@@ -34,6 +35,12 @@ def main() -> int:
     p.add_argument("--kill-every", type=seconds, default=defaults.kill_every_s, help="kill -9 period (2m)")
     p.add_argument("--streams", type=int, default=defaults.streams, help="concurrent streams (250)")
     p.add_argument("--readers", type=int, default=defaults.readers, help="readers per stream (1)")
+    p.add_argument(
+        "--framings",
+        type=lambda text: tuple(text.split(",")),
+        default=defaults.framings,
+        help="the streams' reader framings in turn, of raw,sse,ndjson (all three)",
+    )
     p.add_argument("--rate", type=float, default=defaults.rate, help="records per second per stream (25)")
     p.add_argument("--records", type=int, default=defaults.records, help="records per stream (100)")
     p.add_argument("--workers", type=int, default=None, help="ringpipe --workers (its own default)")
@@ -43,6 +50,8 @@ def main() -> int:
     p.add_argument("--seed", type=int, default=None, help="which workers get killed")
     p.add_argument("--out", default=None, help="JSON report (bench/results/soak-<timestamp>.json)")
     args = p.parse_args()
+    if not args.framings or not set(args.framings) <= set(FRAMINGS):
+        p.error(f"--framings: a comma-separated list of {', '.join(FRAMINGS)}")
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 16), hard))
     cfg = SoakConfig(
@@ -50,6 +59,7 @@ def main() -> int:
         kill_every_s=args.kill_every,
         streams=args.streams,
         readers=args.readers,
+        framings=args.framings,
         rate=args.rate,
         records=args.records,
         workers=args.workers,

@@ -31,6 +31,7 @@ from .scenarios import SCENARIOS, SWEEP_DEFAULT
 from .scenarios.base import Target
 from .scenarios.swarm import default_procs
 from .servers import Server, ServerSpec, ensure_piping, log_findings, start_server
+from .tokens import FRAMINGS
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -57,6 +58,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--streams", type=int, default=None, help="swarm: concurrent token streams (500)")
     p.add_argument("--readers", type=int, default=1, help="swarm: readers per stream, ?n= (1)")
     p.add_argument("--rate", type=float, default=25.0, help="swarm: records per second per stream (25)")
+    p.add_argument(
+        "--framing",
+        choices=FRAMINGS,
+        default="raw",
+        help="swarm: ringpipe's readers read raw, SSE or NDJSON (?format=); piping-server's read raw (raw)",
+    )
     p.add_argument("--records", type=int, default=None, help="swarm: records per stream (100)")
     p.add_argument(
         "--ramp",

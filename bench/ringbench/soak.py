@@ -44,7 +44,7 @@ from .clients import Clients, Ctl, outcomes
 from .measure import cpu_self, process_tree, pss_bytes, rss_bytes, tree_cpu_seconds
 from .scenarios.swarm import default_procs
 from .servers import start_ringpipe
-from .tokens import Runner, Stream, Tally
+from .tokens import FRAMINGS, Runner, Stream, Tally
 
 LOG_BASE = math.log(1.02)  # latency histogram buckets: 2 % wide
 
@@ -55,6 +55,8 @@ class SoakConfig:
     kill_every_s: float = 120.0
     streams: int = 250  # concurrent, kept up all along
     readers: int = 1
+    #: The streams' framings in turn (each stream's readers all read one): what LLM front ends read.
+    framings: tuple[str, ...] = FRAMINGS
     rate: float = 25.0
     records: int = 100
     workers: int | None = None  # ringpipe's own default: the CPU count
@@ -95,6 +97,7 @@ async def soak_client(
     rate: float,
     duration_s: float,
     tag: str,
+    framings: tuple[str, ...] = ("raw",),
 ) -> dict[str, Any]:
     """Keep ``concurrent`` streams going until ``duration_s`` after go, then let them end.
 
@@ -117,14 +120,17 @@ async def soak_client(
         t_put = t_open_ns + 50_000_000  # readers first
         t_first = t_put + int(rng.random() * interval_ns)  # a random phase
         query = f"?n={n}" if n > 1 else ""
-        runner.add(Stream(sid, f"/soak-{tag}-{sid}{query}", n, records, interval_ns, t_open_ns, t_put, t_first))
+        framing = framings[sid % len(framings)]
+        path = f"/soak-{tag}-{sid}-{framing}{query}"
+        runner.add(Stream(sid, path, n, records, interval_ns, t_open_ns, t_put, t_first, framing=framing))
 
     def on_end(stream: Stream) -> None:
         state["live"] -= 1
         slots = ",".join(sorted(stream.slots))
         path = stream.target.split("?", 1)[0]
         times = (stream.t_open / 1e9, stream.t_end / 1e9, stream.t_heads / 1e9)
-        done.append((stream.sid, path, *times, stream.ok, stream.error, slots))
+        error = None if stream.error is None else f"[{stream.framing}] {stream.error}"
+        done.append((stream.sid, path, *times, stream.ok, error, slots))
         now = time.monotonic_ns()
         if now < t_stop_ns:
             start(now)
@@ -249,7 +255,7 @@ def run_soak(cfg: SoakConfig, say: Callable[[str], None] = print) -> dict[str, A
     workers = len(tail.slots)
     say(
         f"soak: ringpipe pid {sup} on :{server.port}, {workers} workers; {cfg.streams} streams x {cfg.readers} "
-        f"reader(s) x {cfg.rate:g}/s, {cfg.records} records each, for {cfg.duration_s:.0f} s, "
+        f"{'/'.join(cfg.framings)} reader(s) x {cfg.rate:g}/s, {cfg.records} records each, for {cfg.duration_s:.0f} s, "
         f"kill -9 every {cfg.kill_every_s:.0f} s"
     )
     kills: list[Kill] = []
@@ -275,6 +281,7 @@ def run_soak(cfg: SoakConfig, say: Callable[[str], None] = print) -> dict[str, A
                     rate=cfg.rate,
                     duration_s=cfg.duration_s,
                     tag=tag,
+                    framings=cfg.framings,
                 )
             cl.expect_all("ready", 60)
             t_go = time.monotonic() + 0.3
@@ -387,6 +394,14 @@ def judge(
         ],
         "streams": len(streams),
         "streams_ok": sum(1 for s in streams if s[5]),
+        # per framing (the path's last part): [intact, all]
+        "streams_by_framing": {
+            framing: [
+                sum(1 for s in streams if s[5] and s[1].endswith(f"-{framing}")),
+                sum(1 for s in streams if s[1].endswith(f"-{framing}")),
+            ]
+            for framing in cfg.framings
+        },
         "exposed": len(exposed_ids),
         "failed_exposed": len(failed_exposed),
         "failed_unexposed": failed_unexposed[:50],
@@ -414,6 +429,8 @@ def describe(report: dict[str, Any]) -> str:
     lines = [
         f"streams: {report['streams']} ({report['streams_ok']} intact); exposed to a kill: {report['exposed']}, "
         f"of which failed: {report['failed_exposed']}; failed without exposure: {report['failed_unexposed_count']}",
+        "by framing (intact/all): "
+        + ", ".join(f"{name} {ok}/{n}" for name, (ok, n) in report.get("streams_by_framing", {}).items()),
     ]
     lines += [f"  unexposed failure: {x}" for x in report["failed_unexposed"][:10]]
     lines += [f"  exposed failure (expected): {x}" for x in report["failed_exposed_examples"][:3]]

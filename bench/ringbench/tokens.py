@@ -15,6 +15,14 @@ check word, then a clean end (the 0-chunk and its empty line). CLOCK_MONOTONIC i
 so a record's latency is (reader's time as ``data_received`` runs) - (its send time), whichever
 processes the two ends live in.
 
+A stream's readers all take one framing (``Stream.framing``): ``raw`` (the default, the bytes
+above), or ``sse`` / ``ndjson`` (``?format=``), the framings an LLM front end reads. A text
+framing needs text tokens, so its producer sends ``text/plain`` records: the base64 of an
+18-byte ``TEXT_RECORD`` (stream id, sequence number, send time, 16 bits of the check word),
+24 ASCII characters, so the chunk on the wire is as long as a raw one. Its readers check each
+event (SSE ``id: <epoch>-<offset>`` + ``data:``, or NDJSON ``{"offset", "data"}``): the record,
+the offset (24 bytes per record), one epoch, and the ``done`` ending before the body's end.
+
 A stream's life, all times absolute (``time.monotonic_ns()``): its readers connect at
 ``t_open`` and write their GET; its producer connects at ``t_put`` (later, and never before
 every reader's GET is written: readers come first) and writes its PUT head; record k is due at
@@ -25,6 +33,9 @@ when due, so the first token's latency includes whatever the server needs to set
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
+import json
 import struct
 import time
 from array import array
@@ -42,6 +53,9 @@ CHUNK_HEAD = b"%x\r\n" % REC_LEN
 WIRE_LEN = WIRE.size
 END = b"0\r\n\r\n"
 MASK64 = (1 << 64) - 1
+TEXT_RECORD = struct.Struct("<IIQH")  # a text framing's record: base64 of these 18 bytes, 24 characters
+TEXT_LEN = 24
+FRAMINGS = ("raw", "sse", "ndjson")
 
 
 def check_word(sid: int, seq: int) -> int:
@@ -85,6 +99,14 @@ class Stream:
     heads: int = 0  # parties whose response head arrived
     t_heads: int = 0  # when the last of the n + 1 heads arrived: from then on, every party's worker is known
     on_end: Callable[[Stream], None] | None = None
+    framing: str = "raw"  # every reader's: raw, sse or ndjson (FRAMINGS)
+
+    @property
+    def reader_target(self) -> str:
+        """The readers' GET target: the path, and ``format=`` for a text framing."""
+        if self.framing == "raw":
+            return self.target
+        return f"{self.target}{'&' if '?' in self.target else '?'}format={self.framing}"
 
     @property
     def ended(self) -> bool:
@@ -199,7 +221,7 @@ class TokenReader(_Party):
             return
         transport.write(
             b"GET %s HTTP/1.1\r\nHost: %s:%d\r\nUser-Agent: ringpipe-bench\r\n\r\n"
-            % (self.stream.target.encode(), HOST.encode(), self.port)
+            % (self.stream.reader_target.encode(), HOST.encode(), self.port)
         )
         stream = self.stream
         stream.readers_up += 1
@@ -306,6 +328,165 @@ class TokenReader(_Party):
         self.pending = buf[pos:] if pos < end else b""
 
 
+class EventReader(TokenReader):
+    """A reader of a text framing (SSE or NDJSON): the HTTP chunks are undone into text, the
+    text into events, and each event must hold the next record, at the right offset."""
+
+    def __init__(self, stream: Stream, index: int, tally: Tally, port: int) -> None:
+        super().__init__(stream, index, tally, port)
+        self.sse = stream.framing == "sse"
+        self.text = bytearray()  # framed text not yet parsed into whole events
+        self.epoch = b""  # SSE: the ``<epoch>`` of every event's id
+        self.done_seen = False  # the framing's ``done`` ending arrived
+        self.body_end = False  # the HTTP body's last chunk arrived
+
+    def data_received(self, data: bytes) -> None:
+        now = time.monotonic_ns()
+        if self.finished:
+            return
+        if self.head is None:
+            body = self.read_head(data)
+            if body is None:
+                return
+            if "chunked" not in self.headers.get("transfer-encoding", "").lower():
+                self.fail(f"expected a chunked body, got headers {self.headers}")
+                return
+            data = body
+        self.unchunk(data)
+        if self.finished:
+            return
+        self.events(now)
+        if self.body_end and not self.finished:
+            if self.text or not self.done_seen or self.seq != self.stream.records:
+                self.fail(f"clean end {self.progress()} (done event {'seen' if self.done_seen else 'missing'})")
+            else:
+                self.finish()
+
+    def unchunk(self, data: bytes) -> None:
+        """Append the chunks' data to ``text``; ``body_end`` at the last chunk and its empty line."""
+        buf = self.pending + data if self.pending else data
+        pos, end = 0, len(buf)
+        while pos < end:
+            if self.left:
+                take = min(self.left, end - pos)
+                self.text += buf[pos : pos + take]
+                pos += take
+                self.left -= take
+                if not self.left:
+                    self.need_crlf = True
+                continue
+            j = buf.find(b"\r\n", pos)
+            if j < 0:
+                if end - pos > 64:
+                    self.fail("chunk-size line too long")
+                    return
+                break
+            line, pos = buf[pos:j], j + 2
+            if self.need_crlf:
+                if line:
+                    self.fail(f"chunk data not followed by CRLF {self.progress()}")
+                    return
+                self.need_crlf = False
+            elif self.trailer:
+                if not line:
+                    if pos != end:
+                        self.fail(f"{end - pos} stray byte(s) after the final chunk")
+                        return
+                    self.body_end = True
+                    break
+            else:
+                try:
+                    size = int(line.split(b";", 1)[0], 16)
+                except ValueError:
+                    self.fail(f"bad chunk-size line {line[:40]!r}")
+                    return
+                if size:
+                    self.left = size
+                else:
+                    self.trailer = True
+        self.pending = buf[pos:] if pos < end else b""
+
+    def events(self, now: int) -> None:
+        text = self.text
+        sep = b"\n\n" if self.sse else b"\n"
+        start = 0
+        while not self.finished:
+            j = text.find(sep, start)
+            if j < 0:
+                break
+            if self.sse:
+                self.sse_event(bytes(text[start:j]), now)
+            else:
+                self.ndjson_record(bytes(text[start:j]), now)
+            start = j + len(sep)
+        del text[:start]
+
+    def sse_event(self, event: bytes, now: int) -> None:
+        name, ident, data = b"", b"", b""
+        for line in event.split(b"\n"):
+            field_, _, value = line.partition(b": ")
+            if field_ == b"data":
+                data = value if not data else data + b"\n" + value
+            elif field_ == b"id":
+                ident = value
+            elif field_ == b"event":
+                name = value
+            elif field_ != b"retry":
+                self.fail(f"unexpected SSE line {line[:60]!r}")
+                return
+        if not data and not name:
+            return  # the opening ``retry:``
+        epoch, _, offset = ident.rpartition(b"-")
+        if not self.epoch:
+            self.epoch = epoch
+        if epoch != self.epoch or not offset.isdigit():
+            self.fail(f"event id {ident!r}: not <epoch>-<offset> with this stream's epoch {self.epoch!r}")
+            return
+        if name == b"done":
+            self.ending(b"done", int(offset))
+        elif name:
+            self.fail(f"event {name.decode(errors='replace')}: {data[:120]!r} {self.progress()}")
+        else:
+            self.text_record(data, int(offset), now)
+
+    def ndjson_record(self, line: bytes, now: int) -> None:
+        try:
+            obj = json.loads(line)
+            if "end" in obj:
+                self.ending(obj["end"].encode(), int(obj["offset"]))
+            else:
+                self.text_record(obj["data"].encode(), int(obj["offset"]), now)
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            self.fail(f"bad NDJSON record {line[:120]!r}: {exc}")
+
+    def ending(self, name: bytes, offset: int) -> None:
+        if name != b"done" or offset != self.stream.records * TEXT_LEN or self.seq != self.stream.records:
+            self.fail(f"ending {name!r} at offset {offset} {self.progress()}")
+            return
+        self.done_seen = True
+
+    def text_record(self, data: bytes, offset: int, now: int) -> None:
+        """One event's record: the next of this stream, whole, ending at ``offset``."""
+        if self.done_seen:
+            self.fail("a record after the done ending")
+            return
+        try:
+            sid, seq, t_sent, check = TEXT_RECORD.unpack(base64.b64decode(data, validate=True))
+        except (binascii.Error, struct.error):
+            self.fail(f"record {self.seq}: {data[:60]!r} is not one base64 record (split or corrupt)")
+            return
+        stream = self.stream
+        if sid != stream.sid or seq != self.seq or check != check_word(sid, seq) & 0xFFFF:
+            self.fail(f"record {self.seq}: got stream {sid} seq {seq} (lost, repeated, reordered or corrupt)")
+            return
+        if seq >= stream.records or offset != (seq + 1) * TEXT_LEN:
+            self.fail(f"record {seq} at offset {offset} (of {stream.records} records)")
+            return
+        (self.tally.first if seq == 0 else self.tally.lat).append(now - t_sent)
+        self.tally.delivered += 1
+        self.seq = seq + 1
+
+
 class TokenProducer(_Party):
     who = "producer"
 
@@ -326,8 +507,13 @@ class TokenProducer(_Party):
             return
         transport.write(
             b"PUT %s HTTP/1.1\r\nHost: %s:%d\r\nUser-Agent: ringpipe-bench\r\n"
-            b"Content-Type: application/octet-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
-            % (self.stream.target.encode(), HOST.encode(), self.port)
+            b"Content-Type: %s\r\nTransfer-Encoding: chunked\r\n\r\n"
+            % (
+                self.stream.target.encode(),
+                HOST.encode(),
+                self.port,
+                b"application/octet-stream" if self.stream.framing == "raw" else b"text/plain; charset=utf-8",
+            )
         )
         self.schedule()
 
@@ -344,7 +530,11 @@ class TokenProducer(_Party):
             return
         stream, seq = self.stream, self.seq
         now = time.monotonic_ns()
-        self.transport.write(WIRE.pack(CHUNK_HEAD, stream.sid, seq, now, check_word(stream.sid, seq), b"\r\n"))
+        if stream.framing == "raw":
+            self.transport.write(WIRE.pack(CHUNK_HEAD, stream.sid, seq, now, check_word(stream.sid, seq), b"\r\n"))
+        else:
+            text = base64.b64encode(TEXT_RECORD.pack(stream.sid, seq, now, check_word(stream.sid, seq) & 0xFFFF))
+            self.transport.write(CHUNK_HEAD + text + b"\r\n")
         self.tally.late.append(now - (stream.t_first + seq * stream.interval_ns))
         self.tally.sent += 1
         self.seq = seq + 1
@@ -434,7 +624,8 @@ class Runner:
     def add(self, stream: Stream) -> None:
         """Schedule ``stream``: its readers at ``t_open``, its producer at ``t_put``."""
         stream.on_end = self._ended
-        stream.readers = [TokenReader(stream, i, self.tally, self.port) for i in range(stream.n)]
+        reader = TokenReader if stream.framing == "raw" else EventReader
+        stream.readers = [reader(stream, i, self.tally, self.port) for i in range(stream.n)]
         stream.producer = TokenProducer(stream, self.tally, self.port, self.loop, self.skew)
         self.live.add(stream)
         self.at(stream.t_open, lambda: self._open(stream))

@@ -142,6 +142,22 @@ def test_quick_churn(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
+@pytest.mark.parametrize("framing", ["sse", "ndjson"])
+def test_quick_swarm_in_a_text_framing(tmp_path: Path, framing: str) -> None:
+    """ringpipe's readers read SSE events or NDJSON records (text tokens, every one checked:
+    record, offset, epoch, the done ending); piping-server's read raw, as it has no framing."""
+    data = run_bench(tmp_path, "--scenarios", "swarm", "--readers", "2", "--framing", framing)
+    check_runs(data, ("swarm",), SERVERS)
+    runs = data["runs"]
+    assert isinstance(runs, list) and len(runs) == len(SERVERS)
+    for r in runs:
+        assert r["framing"] == (framing if r["server"] == "ringpipe" else "raw")
+        assert r["streams_failed"] == 0
+        assert r["tokens_delivered"] == r["tokens_expected"] == r["streams"] * r["readers"] * r["records"]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_quick_workers_sweep(tmp_path: Path) -> None:
     data = run_bench(tmp_path, "--workers-sweep", "1,2", "--scenarios", "pairs")
     check_runs(data, ("pairs",), ("ringpipe w=1", "ringpipe w=2", "piping-server"))

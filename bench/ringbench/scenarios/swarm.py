@@ -62,6 +62,7 @@ async def swarm_client(
     n: int,
     records: int,
     rate: float,
+    framing: str = "raw",
 ) -> dict[str, Any]:
     """Run this process's share of the plan: (stream id, target, t_open, t_put, t_first)."""
     tally = Tally()
@@ -90,6 +91,7 @@ async def swarm_client(
                 base + int(t_open * 1e9),
                 base + int(t_put * 1e9),
                 base + int(t_first * 1e9),
+                framing=framing,
             )
         )
     last_due = max((s[4] for s in streams), default=0.0) + records / rate
@@ -126,6 +128,8 @@ def _ms(values: list[int], q: float) -> float | None:
 
 def run_swarm(case: Case, target: Target, args: argparse.Namespace) -> Record:
     streams, n, records, rate = case["streams"], case["readers"], case["records"], case["rate"]
+    # piping-server has only the raw framing: against a text framing of ringpipe, it serves raw
+    framing = case.get("framing", "raw") if target.spec.kind == "ringpipe" else "raw"
     procs = max(1, min(streams, args.swarm_procs))
     tag = uuid.uuid4().hex[:10]
     query = f"?n={n}" if n > 1 else ""
@@ -140,6 +144,7 @@ def run_swarm(case: Case, target: Target, args: argparse.Namespace) -> Record:
         "readers": n,
         "records": records,
         "rate": rate,
+        "framing": framing,
         "ramp_s": args.ramp,
         "client_procs": procs,
         "rlimit_nofile": nofile,
@@ -151,7 +156,15 @@ def run_swarm(case: Case, target: Target, args: argparse.Namespace) -> Record:
     with Clients() as cl:
         for share in shares:
             cl.spawn(
-                "swarm", swarm_client, fast_loop=True, port=target.port, streams=share, n=n, records=records, rate=rate
+                "swarm",
+                swarm_client,
+                fast_loop=True,
+                port=target.port,
+                streams=share,
+                n=n,
+                records=records,
+                rate=rate,
+                framing=framing,
             )
         cl.expect_all("ready", 60)
         with MemorySampler(target.pid) as sampler:
@@ -268,10 +281,13 @@ class SteadyWindow(threading.Thread):
 def swarm_cases(args: argparse.Namespace) -> list[Case]:
     rate = f"{args.rate:g}/s"
     name = f"swarm {args.streams}x{rate} n={args.readers} T={args.records}"
+    if args.framing != "raw":
+        name += f" {args.framing} (piping-server: raw)"
     return [
         {
             "name": name,
             "scenario": "swarm",
+            "framing": args.framing,
             "streams": args.streams,
             "readers": args.readers,
             "records": args.records,
