@@ -270,6 +270,8 @@ class SseEncoder(_OverText):
         aligned: bool = True,
     ) -> None:
         self.epoch = epoch
+        #: ``id: <epoch>-`` as bytes, made once: every event's id starts with it.
+        self._id_head = f"id: {epoch}-".encode() if epoch else b""
         self.mode: Mode = "base64" if base64 else "text"
         self.granularity = granularity or "chunks"
         self._asked = granularity
@@ -291,9 +293,9 @@ class SseEncoder(_OverText):
 
     def _id(self, offset: int | None = None) -> bytes:
         """``id: <epoch>-<offset>``; none before the reader has a pipe (no epoch: nothing to resume)."""
-        if not self.epoch:
+        if not self._id_head:
             return b""
-        return f"id: {self.epoch}-{self.offset if offset is None else offset}\n".encode()
+        return b"%s%d\n" % (self._id_head, self.offset if offset is None else offset)
 
     def feed(self, data: bytes) -> bytes:
         """The SSE bytes for one chunk of the pipe (``b""`` when nothing is complete yet)."""
@@ -308,7 +310,9 @@ class SseEncoder(_OverText):
         if self._lines is not None:
             return self._line_events(self._lines.feed(data))
         if self._text.take_ascii_line(data):  # a token: one ``data:`` line, the bytes themselves
-            return self._id(self._text.taken) + b"data: " + data + b"\n\n"
+            if self._id_head:
+                return b"%s%d\ndata: %s\n\n" % (self._id_head, self._text.taken, data)
+            return b"data: " + data + b"\n\n"
         text = self._text.text(data)
         if not text:
             return b""
