@@ -10,8 +10,11 @@ worker must agree on which worker owns a path.
 
 from __future__ import annotations
 
+import functools
 import re
 import zlib
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Final
 from urllib.parse import parse_qsl
 
@@ -74,14 +77,35 @@ def owner_of(path: str, workers: int) -> int:
     return zlib.crc32(path.encode("latin-1", "replace")) % workers
 
 
+#: Query strings up to this long keep their parse (``_first_values``): a request asks for up to
+#: a dozen names, and the same few strings (``format=sse``, ``n=3``) come request after request.
+#: Longer ones (a signed link's key) are parsed per call, so the cache stays small (~100 KiB).
+_CACHED_QUERY_MAX: Final = 256
+
+
 def query_param(query_string: bytes, name: str) -> str | None:
     """The first value of ``name`` in the query string, percent-decoded, or None if absent."""
     if not query_string:
         return None
-    for key, value in parse_qsl(query_string.decode("latin-1"), keep_blank_values=True):
+    if len(query_string) <= _CACHED_QUERY_MAX:
+        return _first_values(query_string).get(name)
+    for key, value in _parsed(query_string):
         if key == name:
             return value
     return None
+
+
+@functools.lru_cache(maxsize=256)
+def _first_values(query_string: bytes) -> Mapping[str, str]:
+    """Each name's first value in ``query_string`` (read only: shared by every caller)."""
+    values: dict[str, str] = {}
+    for key, value in _parsed(query_string):
+        values.setdefault(key, value)
+    return MappingProxyType(values)
+
+
+def _parsed(query_string: bytes) -> list[tuple[str, str]]:
+    return parse_qsl(query_string.decode("latin-1"), keep_blank_values=True)
 
 
 def query_n(query_string: bytes) -> int | None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from urllib.parse import parse_qsl
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -195,3 +197,19 @@ def test_parse_int_like_js_non_ascii(text: str, js_result: int | None) -> None:
 def test_query_param(query: bytes, expected: str | None) -> None:
     """The first value of a parameter, percent-decoded; None when the parameter is absent."""
     assert query_param(query, "n") == expected
+
+
+_QUERY = st.text(alphabet=st.sampled_from(list("nkfx=&%+23;E")), max_size=40).map(str.encode)
+
+
+@settings(max_examples=300)
+@given(query=_QUERY, padding=st.sampled_from([0, 300]), name=st.sampled_from(["n", "k", "f", "x", ""]))
+def test_query_param_is_the_first_value_parse_qsl_gives_cached_or_not(query: bytes, padding: int, name: str) -> None:
+    """Short query strings are served from a cache of their parse, long ones (``padding``
+    makes them so) parsed per call: both give what ``parse_qsl`` gives first, every time."""
+    query = query + b"&pad=" + b"p" * padding if padding else query
+    expected = next(
+        (value for key, value in parse_qsl(query.decode("latin-1"), keep_blank_values=True) if key == name), None
+    )
+    assert query_param(query, name) == expected
+    assert query_param(query, name) == expected  # again: from the cache for a short one
