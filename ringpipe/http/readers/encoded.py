@@ -182,8 +182,13 @@ class _EncodedReader(HttpReader):
         await self._end("aborted", message)
 
     def finish_needed(self, completed: bool) -> bool:
-        del completed  # an ending may be due, and the invalid UTF-8 count always is
-        return True
+        """Replaced characters to count, or (while the client is here) an ending still to
+        write or an unanswered request to close: what ``finish`` would do."""
+        if self.encoder.replaced:
+            return True
+        if self.conn.lost.is_set():
+            return False
+        return not self.ended if self.head_sent else not completed
 
     async def finish(self, completed: bool, ending: str | None = None) -> None:
         try:
