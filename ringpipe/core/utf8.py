@@ -30,6 +30,8 @@ def _count_and_replace(exc: UnicodeError) -> tuple[str, int]:
 
 codecs.register_error(_REPLACE, _count_and_replace)
 
+_DECODER: Final = codecs.getincrementaldecoder("utf-8")
+
 
 def decode_counting(data: bytes) -> tuple[str, int]:
     """``data`` (whole characters) as text, and how many invalid sequences became U+FFFD."""
@@ -48,19 +50,26 @@ class Utf8Text:
     """
 
     def __init__(self) -> None:
-        self._decoder = codecs.getincrementaldecoder("utf-8")(_REPLACE)
+        #: Made by the first ``decode``: a token stream whose chunks are all ASCII may never
+        #: need one (the framings take such chunks as they are).
+        self._decoder: codecs.IncrementalDecoder | None = None
         self.replaced = 0
 
     def decode(self, data: bytes, *, final: bool = False) -> str:
+        decoder = self._decoder
+        if decoder is None:
+            decoder = self._decoder = _DECODER(_REPLACE)
         before = _Replacements.total
-        text = self._decoder.decode(data, final)
+        text = decoder.decode(data, final)
         self.replaced += _Replacements.total - before
         return text
 
     @property
     def held(self) -> int:
         """Bytes of an unfinished character waiting for the next chunk (0 .. 3)."""
-        return len(self._decoder.getstate()[0])
+        decoder = self._decoder
+        return 0 if decoder is None else len(decoder.getstate()[0])
 
     def reset(self) -> None:
-        self._decoder.reset()
+        if self._decoder is not None:
+            self._decoder.reset()
