@@ -231,20 +231,53 @@ class TokenReader(_Party):
     def progress(self) -> str:
         return f"after {self.seq} of {self.stream.records} records"
 
+    def body_of(self, data: bytes) -> bytes | None:
+        """``data`` once the response head is read (the bytes after it, with the read that
+        completes it), else None; a head that is not a chunked 200 fails the reader."""
+        if self.head is not None:
+            return data
+        body = self.read_head(data)
+        if body is not None and "chunked" not in self.headers.get("transfer-encoding", "").lower():
+            self.fail(f"expected a chunked body, got headers {self.headers}")
+            return None
+        return body
+
+    def size_line(self, line: bytes) -> bool:
+        """A chunk-size line (extensions ignored): the next chunk's data follows, or after the
+        last chunk its trailer; False, the reader failed, if it is no size."""
+        try:
+            size = int(line.split(b";", 1)[0], 16)
+        except ValueError:
+            self.fail(f"bad chunk-size line {line[:40]!r}")
+            return False
+        if size:
+            self.left = size
+        else:
+            self.trailer = True
+        return True
+
+    def accept(self, sid: int, seq: int, t_sent: int, check_ok: bool, now: int) -> bool:
+        """Count record ``seq`` of stream ``sid`` if it is this stream's next (else fail)."""
+        stream = self.stream
+        if sid != stream.sid or seq != self.seq or not check_ok:
+            self.fail(f"record {self.seq}: got stream {sid} seq {seq} (lost, repeated, reordered or corrupt)")
+            return False
+        if seq >= stream.records:
+            self.fail(f"more than {stream.records} records")
+            return False
+        (self.tally.first if seq == 0 else self.tally.lat).append(now - t_sent)
+        self.tally.delivered += 1
+        self.seq = seq + 1
+        return True
+
     def data_received(self, data: bytes) -> None:
         now = time.monotonic_ns()
         if self.finished:
             return
-        if self.head is None:
-            body = self.read_head(data)
-            if body is None:
-                return
-            if "chunked" not in self.headers.get("transfer-encoding", "").lower():
-                self.fail(f"expected a chunked body, got headers {self.headers}")
-                return
-            if not body:
-                return
-            data = body
+        body = self.body_of(data)
+        if not body:
+            return
+        data = body
         if (  # the common case: exactly one whole record chunk
             len(data) == WIRE_LEN
             and not self.left
@@ -260,16 +293,7 @@ class TokenReader(_Party):
 
     def record(self, buf: bytes | bytearray, off: int, now: int) -> None:
         sid, seq, t_sent, check = RECORD.unpack_from(buf, off)
-        stream = self.stream
-        if sid != stream.sid or seq != self.seq or check != check_word(sid, seq):
-            self.fail(f"record {self.seq}: got stream {sid} seq {seq} (lost, repeated, reordered or corrupt)")
-            return
-        if seq >= stream.records:
-            self.fail(f"more than {stream.records} records")
-            return
-        (self.tally.first if seq == 0 else self.tally.lat).append(now - t_sent)
-        self.tally.delivered += 1
-        self.seq = seq + 1
+        self.accept(sid, seq, t_sent, check == check_word(sid, seq), now)
 
     def chunked(self, data: bytes, now: int) -> None:
         buf = self.pending + data if self.pending else data
@@ -316,15 +340,8 @@ class TokenReader(_Party):
                     else:
                         self.finish()
                     return
-                try:
-                    size = int(line.split(b";", 1)[0], 16)
-                except ValueError:
-                    self.fail(f"bad chunk-size line {line[:40]!r}")
+                if not self.size_line(line):
                     return
-                if size:
-                    self.left = size
-                else:
-                    self.trailer = True
         self.pending = buf[pos:] if pos < end else b""
 
 
@@ -344,15 +361,10 @@ class EventReader(TokenReader):
         now = time.monotonic_ns()
         if self.finished:
             return
-        if self.head is None:
-            body = self.read_head(data)
-            if body is None:
-                return
-            if "chunked" not in self.headers.get("transfer-encoding", "").lower():
-                self.fail(f"expected a chunked body, got headers {self.headers}")
-                return
-            data = body
-        self.unchunk(data)
+        body = self.body_of(data)
+        if body is None:
+            return
+        self.unchunk(body)
         if self.finished:
             return
         self.events(now)
@@ -395,15 +407,8 @@ class EventReader(TokenReader):
                     self.body_end = True
                     break
             else:
-                try:
-                    size = int(line.split(b";", 1)[0], 16)
-                except ValueError:
-                    self.fail(f"bad chunk-size line {line[:40]!r}")
+                if not self.size_line(line):
                     return
-                if size:
-                    self.left = size
-                else:
-                    self.trailer = True
         self.pending = buf[pos:] if pos < end else b""
 
     def events(self, now: int) -> None:
@@ -475,16 +480,8 @@ class EventReader(TokenReader):
         except (binascii.Error, struct.error):
             self.fail(f"record {self.seq}: {data[:60]!r} is not one base64 record (split or corrupt)")
             return
-        stream = self.stream
-        if sid != stream.sid or seq != self.seq or check != check_word(sid, seq) & 0xFFFF:
-            self.fail(f"record {self.seq}: got stream {sid} seq {seq} (lost, repeated, reordered or corrupt)")
-            return
-        if seq >= stream.records or offset != (seq + 1) * TEXT_LEN:
-            self.fail(f"record {seq} at offset {offset} (of {stream.records} records)")
-            return
-        (self.tally.first if seq == 0 else self.tally.lat).append(now - t_sent)
-        self.tally.delivered += 1
-        self.seq = seq + 1
+        if self.accept(sid, seq, t_sent, check == check_word(sid, seq) & 0xFFFF, now) and offset != self.seq * TEXT_LEN:
+            self.fail(f"record {seq} at offset {offset}: a record ends {TEXT_LEN} bytes after the last")
 
 
 class TokenProducer(_Party):
