@@ -181,13 +181,10 @@ class _TextStream:
         return self.utf8.decode(data, final=final)
 
     def take_ascii_line(self, data: bytes) -> bool:
-        """Take ``data`` where its text is its bytes and holds no line end: it is ASCII, none
-        of CR or LF, and the decoder holds nothing (its state stays empty, no CR of a CRLF is
-        open after it). The token stream's common chunk, without the decoder or a split.
-        False, having taken nothing, for any other chunk."""
-        if self._mid_char or not data or not data.isascii() or b"\n" in data or b"\r" in data:
+        """``take_ascii`` for a chunk that also holds no line end (no CR of a CRLF is open
+        after it): the token stream's common chunk, without the decoder or a split."""
+        if b"\n" in data or b"\r" in data or not self.take_ascii(data):
             return False
-        self.taken += len(data)
         self._after_cr = False
         return True
 
