@@ -242,6 +242,14 @@ class TokenReader(_Party):
             return None
         return body
 
+    def line_end(self, buf: bytes, pos: int, end: int) -> int:
+        """Where the CRLF that ends the chunk-size line at ``pos`` is; -1 while it has not
+        all arrived, or (the reader failed) when what arrived is already too long for one."""
+        j = buf.find(b"\r\n", pos)
+        if j < 0 and end - pos > 64:
+            self.fail("chunk-size line too long")
+        return j
+
     def size_line(self, line: bytes) -> bool:
         """A chunk-size line (extensions ignored): the next chunk's data follows, or after the
         last chunk its trailer; False, the reader failed, if it is no size."""
@@ -322,11 +330,8 @@ class TokenReader(_Party):
                 pos += 2
                 self.need_crlf = False
             else:
-                j = buf.find(b"\r\n", pos)
-                if j < 0:
-                    if end - pos > 64:
-                        self.fail("chunk-size line too long")
-                        return
+                j = self.line_end(buf, pos, end)
+                if j < 0:  # not all here yet, or too long (failed)
                     break
                 line = buf[pos:j]
                 pos = j + 2
@@ -387,11 +392,8 @@ class EventReader(TokenReader):
                 if not self.left:
                     self.need_crlf = True
                 continue
-            j = buf.find(b"\r\n", pos)
-            if j < 0:
-                if end - pos > 64:
-                    self.fail("chunk-size line too long")
-                    return
+            j = self.line_end(buf, pos, end)
+            if j < 0:  # not all here yet, or too long (failed)
                 break
             line, pos = buf[pos:j], j + 2
             if self.need_crlf:
