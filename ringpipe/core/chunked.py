@@ -55,6 +55,21 @@ class _State(enum.Enum):
 class BodyFraming:
     """The framing state of one request body."""
 
+    # Slots: ``whole_chunk`` and the reader of ``data_left``/``hint`` run per token.
+    __slots__ = (
+        "_digits",
+        "_last_frame",
+        "_last_size",
+        "_line",
+        "_size",
+        "_state",
+        "_trailers",
+        "chunked",
+        "data_left",
+        "done",
+        "hint",
+    )
+
     def __init__(self, *, content_length: int | None) -> None:
         """``content_length``: the body's length, or None for a chunked body."""
         self.chunked = content_length is None

@@ -153,6 +153,8 @@ def _check_ending(ending: str) -> str:
 class _TextStream:
     """Shared by the text encoders: decoding, pipe offsets, and ``\\r\\n`` split across chunks."""
 
+    __slots__ = ("_after_cr", "_mid_char", "taken", "utf8")  # per token, like ``RawBody``'s
+
     def __init__(self, offset: int) -> None:
         self.utf8 = Utf8Text()
         #: Pipe offset just after the last byte taken (held bytes included).

@@ -536,6 +536,8 @@ class _UploadIngest(Ingest):
     or vanishes, or first has to wait for ring room (it pauses reading then). It holds the
     loop's flag, not the upload: no reference cycle for the collector."""
 
+    __slots__ = ("_wake",)
+
     def __init__(self, producer: Producer, conn: Connection, wake: _Wake, *, first_part: FirstPart | None) -> None:
         super().__init__(producer, _FirstPauseTold(conn, wake), first_part=first_part)
         self._wake = wake

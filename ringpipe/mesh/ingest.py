@@ -35,6 +35,20 @@ class Ingest:
     ``Connection.divert_body``) resumes reading only if ``pending`` is empty.
     """
 
+    # Slots: ``feed`` runs per token (see ``RawBody``'s).
+    __slots__ = (
+        "_changed",
+        "ended",
+        "error",
+        "first_part",
+        "moving",
+        "pending",
+        "producer",
+        "reading",
+        "received",
+        "vanished",
+    )
+
     def __init__(self, producer: Producer, reading: ReadControl, *, first_part: FirstPart | None = None) -> None:
         """``first_part``: relay only the first part of this multipart body, its headers first
         (as a ``header_block``, which the receivers read before they answer)."""
