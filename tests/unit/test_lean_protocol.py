@@ -13,9 +13,14 @@ import logging
 from typing import Any
 
 import uvicorn
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from uvicorn.protocols.http.flow_control import FlowControl
+from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
 from uvicorn.server import ServerState
 
 from ringpipe.http.connection import EXTENSION, Connection
+from ringpipe.http.lean import Cycle, Flow
 from ringpipe.http.limits import EdgeLimits
 from ringpipe.http.protocol import RingpipeHttpProtocol
 from tests.support.fakes import RecordingTransport
@@ -177,3 +182,77 @@ def test_trailers_after_a_head_the_connection_let_go_of_are_parsed() -> None:
         protocol.connection_lost(None)
 
     asyncio.run(main())
+
+
+class _Written(asyncio.Transport):
+    def __init__(self) -> None:
+        super().__init__()
+        self.data = b""
+
+    def write(self, data: Any) -> None:
+        self.data += bytes(data)
+
+    def is_closing(self) -> bool:
+        return False
+
+
+def _cycle(cls: type, method: str, default_headers: list[tuple[bytes, bytes]], keep_alive: bool) -> Any:
+    transport = _Written()
+    logger = logging.getLogger("test")
+    if cls is Cycle:
+        flow = Flow(transport)
+        return Cycle(
+            {"method": method}, transport, flow, logger, logger, False, default_headers, False, keep_alive, _none
+        )
+    return RequestResponseCycle(
+        scope={"method": method},  # type: ignore[typeddict-item]
+        transport=transport,
+        flow=FlowControl(transport),
+        logger=logger,
+        access_logger=logger,
+        access_log=False,
+        default_headers=default_headers,
+        message_event=asyncio.Event(),
+        expect_100_continue=False,
+        keep_alive=keep_alive,
+        on_response=_none,
+    )
+
+
+def _none() -> None:
+    pass
+
+
+_NAMES = [b"Content-Type", b"content-length", b"Transfer-Encoding", b"Connection", b"x-a", b"bad name", b"X-A"]
+_VALUES = [b"text/plain", b"12", b"chunked", b"gzip", b"Keep-Alive, Close", b"close", b"a\nb", b"", b"\tok"]
+
+
+def test_the_lean_response_head_is_uvicorns_head() -> None:
+    """``Cycle``'s own head writer (a dict of header lines it has checked before) writes the
+    bytes uvicorn's ``send`` writes, leaves the same framing and keep-alive state, and refuses
+    what uvicorn refuses, for any headers, twice over (the second time from its dict)."""
+    pair = st.tuples(st.sampled_from(_NAMES), st.sampled_from(_VALUES))
+
+    async def start(cycle: Any, status: int, headers: list[Any]) -> tuple[Any, ...]:
+        try:
+            await cycle.send({"type": "http.response.start", "status": status, "headers": headers})
+        except (RuntimeError, ValueError) as exc:  # ValueError: a Content-Length that is no number
+            return ("raised", type(exc).__name__, str(exc))
+        state = (cycle.chunked_encoding, cycle.expected_content_length, cycle.keep_alive, cycle.response_started)
+        return (cycle.transport.data, state)
+
+    @settings(max_examples=300, deadline=None)
+    @given(
+        status=st.sampled_from([200, 204, 304, 404]),
+        method=st.sampled_from(["GET", "HEAD"]),
+        keep_alive=st.booleans(),
+        defaults=st.lists(pair, max_size=2),
+        headers=st.lists(st.one_of(pair, pair.map(list)), max_size=6),
+    )
+    def check(status: int, method: str, keep_alive: bool, defaults: list[Any], headers: list[Any]) -> None:
+        for _ in range(2):
+            theirs = asyncio.run(start(_cycle(RequestResponseCycle, method, defaults, keep_alive), status, headers))
+            ours = asyncio.run(start(_cycle(Cycle, method, defaults, keep_alive), status, headers))
+            assert ours == theirs
+
+    check()
