@@ -224,10 +224,15 @@ class _OverText:
     (and in *chunks*) ``_text`` carries the offsets.
     """
 
+    # Slots (and the subclasses'): an encoder's state is read per token, like ``_TextStream``'s.
+    __slots__ = ("_aligned", "_content_type", "_lines", "_text", "granularity")
+
     _text: _TextStream
-    _lines: LineRecords | None = None
+    _lines: LineRecords | None
     #: The reader's first byte starts a record (see ``LineRecords``' ``aligned``).
-    _aligned: bool = True
+    _aligned: bool
+    _content_type: str | None
+    granularity: Granularity
 
     @property
     def replaced(self) -> int:
@@ -242,7 +247,7 @@ class _OverText:
 
     def _start_lines(self, asked: Granularity | None, content_type: str | None) -> None:
         """Switch to *lines* where asked, or by default for this producer (called by ``begin``)."""
-        self.granularity: Granularity = asked or default_granularity(content_type)
+        self.granularity = asked or default_granularity(content_type)
         self._content_type = content_type
         if self.granularity == "lines":
             self._lines = LineRecords(offset=self._text.taken, aligned=self._aligned)
@@ -258,6 +263,8 @@ class SseEncoder(_OverText):
     event (not one of our ids): it then starts at the next event.
     """
 
+    __slots__ = ("_asked", "_done_openai", "_events", "_forced_base64", "_id_head", "epoch", "mode")
+
     def __init__(
         self,
         *,
@@ -269,6 +276,7 @@ class SseEncoder(_OverText):
         aligned: bool = True,
     ) -> None:
         self.epoch = epoch
+        self._lines = None
         #: ``id: <epoch>-`` as bytes, made once: every event's id starts with it.
         self._id_head = f"id: {epoch}-".encode() if epoch else b""
         self.mode: Mode = "base64" if base64 else "text"
@@ -372,6 +380,8 @@ class SseEncoder(_OverText):
 class NdjsonEncoder(_OverText):
     """Pipe bytes → NDJSON lines for one reader: one record per chunk (or per line), then the end."""
 
+    __slots__ = ("_asked", "_forced_base64", "base64")
+
     def __init__(
         self,
         *,
@@ -381,6 +391,7 @@ class NdjsonEncoder(_OverText):
         aligned: bool = True,
     ) -> None:
         self.base64 = base64
+        self._lines = None
         self._aligned = aligned
         self.granularity = granularity or "chunks"
         self._asked = granularity
@@ -438,8 +449,14 @@ def _line(payload: dict[str, object]) -> bytes:
 class LineSplitter(_OverText):
     """Pipe bytes → whole lines (text, without their line ends), for WebSocket ``?format=lines``."""
 
+    __slots__ = ("_max", "_partial")
+
     def __init__(self, *, offset: int = 0, max_line: int = MAX_LINE_CHARS) -> None:
         self._text = _TextStream(offset)
+        self._lines = None
+        self._aligned = True
+        self._content_type = None
+        self.granularity = "lines"
         self._partial = ""
         self._max = max_line
 
