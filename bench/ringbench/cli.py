@@ -73,6 +73,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--swarm-lead", type=float, default=0.2, help="swarm: readers connect this long before the producer")
     p.add_argument("--swarm-procs", type=int, default=None, help="swarm: client processes (2..4 by nproc)")
+    p.add_argument(
+        "--swarm-one-owner",
+        action="store_true",
+        help="swarm (diagnostic): every stream's path hashes to ringpipe's worker 0, so one worker carries "
+        "them all while the others run (what spreading streams over busy workers costs)",
+    )
     p.add_argument("--churn-streams", type=int, default=None, help="churn: short streams measured (3000)")
     p.add_argument("--churn-concurrency", type=int, default=None, help="churn: streams in flight at most (50)")
     p.add_argument("--churn-tokens", type=int, default=3, help="churn: records per stream (3)")

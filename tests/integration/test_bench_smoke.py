@@ -163,3 +163,16 @@ def test_quick_workers_sweep(tmp_path: Path) -> None:
     check_runs(data, ("pairs",), ("ringpipe w=1", "ringpipe w=2", "piping-server"))
     sweep = data["sweep"]
     assert isinstance(sweep, dict) and sweep, "no scaling table"
+
+
+def test_one_owner_paths_are_owned_by_worker_0() -> None:
+    """``--swarm-one-owner`` chooses paths by the server's own ``owner_of``: were the two to
+    drift apart, the diagnostic would spread streams while saying it does not."""
+    from bench.ringbench.scenarios.swarm import _paths
+    from ringpipe.core.paths import owner_of
+
+    for workers in (1, 2, 3, 16):
+        paths = _paths("/swarm-check-", workers)
+        chosen = [next(paths) for _ in range(200)]
+        assert len(set(chosen)) == 200
+        assert all(owner_of(path, workers) == 0 for path in chosen)

@@ -21,11 +21,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import os
 import resource
 import threading
 import time
 import uuid
+import zlib
+from collections.abc import Iterator
 from typing import Any
 
 from ..clients import Clients, Ctl, outcomes
@@ -135,8 +138,9 @@ def run_swarm(case: Case, target: Target, args: argparse.Namespace) -> Record:
     query = f"?n={n}" if n > 1 else ""
     times = plan(streams, rate, args.ramp, args.swarm_lead)
     shares: list[list[tuple[int, str, float, float, float]]] = [[] for _ in range(procs)]
+    paths = _paths(f"/swarm-{tag}-", _owner_workers(target, args) if args.swarm_one_owner else 1)
     for sid, (t_open, t_put, t_first) in enumerate(times):
-        shares[sid % procs].append((sid, f"/swarm-{tag}-{sid}{query}", t_open, t_put, t_first))
+        shares[sid % procs].append((sid, f"{next(paths)}{query}", t_open, t_put, t_first))
     nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     conns_per_proc = max(len(s) for s in shares) * (n + 1)
     record: dict[str, Any] = {
@@ -278,11 +282,29 @@ class SteadyWindow(threading.Thread):
         self.cpu_s, self.span_s = cpu1 - cpu0, t1 - t0
 
 
+def _paths(prefix: str, workers: int) -> Iterator[str]:
+    """``prefix0``, ``prefix1``, ... — those whose owner is worker 0 of ``workers``
+    (ringpipe's ``core.paths.owner_of``: CRC-32 of the path, modulo the worker count)."""
+    for i in itertools.count():
+        path = f"{prefix}{i}"
+        if workers <= 1 or zlib.crc32(path.encode("latin-1")) % workers == 0:
+            yield path
+
+
+def _owner_workers(target: Target, args: argparse.Namespace) -> int:
+    """ringpipe's worker count (as it reported it at start), for ``--swarm-one-owner``;
+    piping-server gets paths chosen the same way (for it they are just paths)."""
+    workers = target.server.info.get("workers") if target.spec.kind == "ringpipe" else None
+    return int(workers or args.workers or len(os.sched_getaffinity(0)))
+
+
 def swarm_cases(args: argparse.Namespace) -> list[Case]:
     rate = f"{args.rate:g}/s"
     name = f"swarm {args.streams}x{rate} n={args.readers} T={args.records}"
     if args.framing != "raw":
         name += f" {args.framing} (piping-server: raw)"
+    if args.swarm_one_owner:
+        name += " one owner"
     return [
         {
             "name": name,
