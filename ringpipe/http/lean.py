@@ -23,7 +23,9 @@ thousands of times a second. ``LeanHttpToolsProtocol`` keeps:
   epilogue (the log line, a 500 or a close for an app that failed or broke its response)
   runs from the task's done-callback instead (``Cycle.app_ended``);
 - a lost connection marks the request that runs, not only the last one parsed (with a
-  pipelined request queued, uvicorn's left the running app to "forget" its answer).
+  pipelined request queued, uvicorn's left the running app to "forget" its answer);
+- the response head written as uvicorn's ``send`` writes it, a header pair checked before
+  taken from a worker-wide table of lines (``Cycle._write_head``).
 
 The parser callbacks that ringpipe extends are left to ``protocol.RingpipeHttpProtocol``.
 """
@@ -252,7 +254,7 @@ class Cycle(RequestResponseCycle):
         it refuses raises its ``RuntimeError``), the same state (framing, keep-alive), the
         same bytes. A pair seen before is one dict lookup (``_HEADER_LINES``) instead of two
         regex searches, a ``lower`` and three comparisons: uvicorn's took ~4 us for a head of
-        seven headers, this ~1 us."""
+        seven headers, this ~1.8 us."""
         self.response_started = True
         self.waiting_for_100_continue = False
         if self.access_log:
