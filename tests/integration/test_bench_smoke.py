@@ -166,8 +166,8 @@ def test_quick_workers_sweep(tmp_path: Path) -> None:
 
 
 def test_one_owner_paths_are_owned_by_worker_0() -> None:
-    """``--swarm-one-owner`` chooses paths by the server's own ``owner_of``: were the two to
-    drift apart, the diagnostic would spread streams while saying it does not."""
+    """``--swarm-one-owner`` gives every stream a path of its own that the server's
+    ``owner_of`` puts on worker 0, for any worker count."""
     from bench.ringbench.scenarios.swarm import _paths
     from ringpipe.core.paths import owner_of
 

@@ -27,9 +27,10 @@ import resource
 import threading
 import time
 import uuid
-import zlib
 from collections.abc import Iterator
 from typing import Any
+
+from ringpipe.core.paths import owner_of
 
 from ..clients import Clients, Ctl, outcomes
 from ..common import MIB, percentile
@@ -283,11 +284,11 @@ class SteadyWindow(threading.Thread):
 
 
 def _paths(prefix: str, workers: int) -> Iterator[str]:
-    """``prefix0``, ``prefix1``, ... — those whose owner is worker 0 of ``workers``
-    (ringpipe's ``core.paths.owner_of``: CRC-32 of the path, modulo the worker count)."""
+    """``prefix0``, ``prefix1``, ... — those whose owner (ringpipe's ``owner_of``) is
+    worker 0 of ``workers``."""
     for i in itertools.count():
         path = f"{prefix}{i}"
-        if workers <= 1 or zlib.crc32(path.encode("latin-1")) % workers == 0:
+        if workers <= 1 or owner_of(path, workers) == 0:
             yield path
 
 
