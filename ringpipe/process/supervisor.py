@@ -29,6 +29,9 @@ Rules it keeps:
 - SIGTERM/SIGINT: stop accepting, SIGTERM the workers, wait ``graceful_timeout`` (+5 s for
   their own clean-up), SIGKILL stragglers, sweep every ring of this supervisor, remove the
   runtime directory, exit 0. A second SIGINT cuts the wait short.
+- Nothing ticks while it serves: it sleeps until a signal or a readiness note comes. Each
+  worker learns that the supervisor is gone (``kill -9`` included) from its lifeline: the read
+  end of a pipe whose only write end the supervisor holds turns readable (EOF) when it exits.
 """
 
 from __future__ import annotations
@@ -143,6 +146,9 @@ class Supervisor:
         self.tls: ssl.SSLContext | None = None
         self.runtime_dir = Path()
         self._wakeup_r = self._wakeup_w = self._ready_r = self._ready_w = -1
+        #: A pipe nobody writes to: the supervisor holds its write end, every worker its read
+        #: end, which turns readable (EOF) when the supervisor is gone, however it went.
+        self._lifeline_r = self._lifeline_w = -1
         self._signals: list[int] = []
 
     # -- setup --
@@ -239,14 +245,16 @@ class Supervisor:
                     log.warning("killing %d worker(s) still running after the grace period", len(self.workers))
                     self.stop_workers(timeout=0)
                     return
-            self.wait_for_events(timeout=1.0)
+            # Nothing to poll while serving: signals (SIGCHLD included) and readiness notes
+            # wake the loop, so an idle supervisor sleeps until one comes.
+            self.wait_for_events(timeout=None if deadline is None else 1.0)
             self.handle_signals()
             self.reap()
             if not announced and len(self.ready) == self.settings.workers:
                 announced = True
                 log.info("ready", extra={"event": "ready", "url": url, "workers": self.workers})
 
-    def wait_for_events(self, timeout: float) -> None:
+    def wait_for_events(self, timeout: float | None) -> None:
         try:
             readable, _, _ = select.select([self._wakeup_r, self._ready_r], [], [], timeout)
         except InterruptedError:
@@ -272,6 +280,7 @@ class Supervisor:
     def _install_signals(self) -> None:
         self._wakeup_r, self._wakeup_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._ready_r, self._ready_w = os.pipe2(os.O_NONBLOCK)
+        self._lifeline_r, self._lifeline_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         signal.set_wakeup_fd(self._wakeup_w, warn_on_full_buffer=False)
         for sig in (*HANDLED, signal.SIGHUP):
             signal.signal(sig, lambda s, f: None)
@@ -309,7 +318,7 @@ class Supervisor:
             self.signal_workers(signal.SIGHUP)
 
     def handle_chld(self) -> None:
-        pass  # reap() runs on every tick
+        pass  # the wake-up itself is the point: reap() runs after every wake-up
 
     # -- the fleet --
 
@@ -336,6 +345,7 @@ class Supervisor:
             os.close(self._wakeup_r)
             os.close(self._wakeup_w)
             os.close(self._ready_r)
+            os.close(self._lifeline_w)  # else a worker would keep its own lifeline alive
             from ringpipe.process.worker import run_worker
 
             code = run_worker(
@@ -345,6 +355,7 @@ class Supervisor:
                 runtime_dir=self.runtime_dir,
                 supervisor_pid=self.pid,
                 ready_fd=self._ready_w,
+                lifeline_fd=self._lifeline_r,
                 tls=self.tls,
             )
         except BaseException:
@@ -437,7 +448,7 @@ class Supervisor:
             log.info("swept %d ring segment(s) at exit", len(swept))
         if self.listener is not None:
             self.listener.close()
-        for fd in (self._wakeup_r, self._wakeup_w, self._ready_r, self._ready_w):
+        for fd in (self._wakeup_r, self._wakeup_w, self._ready_r, self._ready_w, self._lifeline_r, self._lifeline_w):
             if fd >= 0:
                 with contextlib.suppress(OSError):
                     os.close(fd)

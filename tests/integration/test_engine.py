@@ -8,6 +8,7 @@ CI machines): they catch hangs and busy loops, they do not measure speed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
@@ -19,7 +20,7 @@ import pytest
 
 from ringpipe.core.paths import owner_of
 from tests.support.pipes import Response, fresh, get, pattern, put, run
-from tests.support.servers import ServerFactory, metric, shm_segments
+from tests.support.servers import ServerFactory, kill_group, metric, shm_segments, start_server
 
 
 def kernel_max(path: str) -> int:
@@ -95,6 +96,50 @@ def test_an_idle_server_with_100_waiting_pipes_burns_no_cpu(server_factory: Serv
     used = run(scenario())
     # 5 s of wall time on 3 processes: busy polling would burn seconds; we allow 5 %.
     assert used < 0.25, f"idle server used {used:.2f} CPU-seconds in 5 s"
+
+
+def wake_ups(pid: int) -> int:
+    """How many times ``pid``'s main thread went to sleep and was woken (context switches)."""
+    fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
+    return int(fields["voluntary_ctxt_switches"]) + int(fields["nonvoluntary_ctxt_switches"])
+
+
+def test_an_idle_server_sleeps_until_something_happens(server_factory: ServerFactory) -> None:
+    """No process of an idle server ticks: the supervisor waits for signals, a worker for
+    clients, peers and signals (the Date header is made when asked for, the supervisor's
+    death comes through a pipe). uvicorn's own loop woke each worker 10 times a second."""
+    server = server_factory("--workers", "2")
+    first = run(get(server.port, "/help"))
+    time.sleep(2)  # let whatever the request scheduled (metric flushes, keep-alive) run out
+    pids = server.all_pids()
+    before = {pid: wake_ups(pid) for pid in pids}
+    time.sleep(6)
+    woken = {pid: wake_ups(pid) - before[pid] for pid in pids}
+    assert all(count <= 2 for count in woken.values()), f"wake-ups in 6 idle seconds, by pid: {woken}"
+    later = run(get(server.port, "/help"))  # the Date header is still made, and moves on
+    assert first.header("date") != later.header("date")
+    assert (later.header("date") or "").endswith(" GMT")
+
+
+def test_workers_drain_and_exit_when_the_supervisor_is_killed() -> None:
+    """``kill -9`` of the supervisor: each worker sees its lifeline pipe close, logs it,
+    drains and exits; no worker is left orphaned and no ring segment stays behind."""
+    server = start_server("--workers", "2")  # not the fixture's: its teardown expects a clean exit
+    workers = server.workers()
+    try:
+        assert len(workers) == 2
+        os.kill(server.pid, signal.SIGKILL)
+        server.proc.wait(10)
+        deadline = time.monotonic() + 30
+        while any(Path(f"/proc/{pid}").exists() for pid in workers) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not [pid for pid in workers if Path(f"/proc/{pid}").exists()], "workers outlived their supervisor"
+        gone = server.wait_log(lambda r: "is gone" in str(r.get("msg")), timeout=5)
+        assert gone["level"] == "error"
+        assert not shm_segments(f"ringpipe-{server.pid}-")
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # the whole group is normally gone by now
+            kill_group(server.proc)
 
 
 # -- 7. backpressure -----------------------------------------------------------------------------
