@@ -20,8 +20,11 @@ above), or ``sse`` / ``ndjson`` (``?format=``), the framings an LLM front end re
 framing needs text tokens, so its producer sends ``text/plain`` records: the base64 of an
 18-byte ``TEXT_RECORD`` (stream id, sequence number, send time, 16 bits of the check word),
 24 ASCII characters, so the chunk on the wire is as long as a raw one. Its readers check each
-event (SSE ``id: <epoch>-<offset>`` + ``data:``, or NDJSON ``{"offset", "data"}``): the record,
-the offset (24 bytes per record), one epoch, and the ``done`` ending before the body's end.
+event (SSE ``id: <epoch>-<offset>`` + ``data:``, or NDJSON ``{"offset", "data"}``): its data
+continues the stream's text (records are cut from that text as it comes: in the *chunks*
+granularity, SPEC 2.1, an event is whatever one read of the pipe held, usually one record,
+more after a stall, part of one if a read cut it), every record whole and next, the offset the
+text's length up to the event's end, one epoch, and the ``done`` ending before the body's end.
 
 A stream's life, all times absolute (``time.monotonic_ns()``): its readers connect at
 ``t_open`` and write their GET; its producer connects at ``t_put`` (later, and never before
@@ -352,7 +355,8 @@ class TokenReader(_Party):
 
 class EventReader(TokenReader):
     """A reader of a text framing (SSE or NDJSON): the HTTP chunks are undone into text, the
-    text into events, and each event must hold the next record, at the right offset."""
+    text into events, the events' data into the stream's records, each the next one, every
+    event at the right offset."""
 
     def __init__(self, stream: Stream, index: int, tally: Tally, port: int) -> None:
         super().__init__(stream, index, tally, port)
@@ -361,6 +365,7 @@ class EventReader(TokenReader):
         self.epoch = b""  # SSE: the ``<epoch>`` of every event's id
         self.done_seen = False  # the framing's ``done`` ending arrived
         self.body_end = False  # the HTTP body's last chunk arrived
+        self.partial = bytearray()  # events' data after the last whole record
 
     def data_received(self, data: bytes) -> None:
         now = time.monotonic_ns()
@@ -374,7 +379,7 @@ class EventReader(TokenReader):
             return
         self.events(now)
         if self.body_end and not self.finished:
-            if self.text or not self.done_seen or self.seq != self.stream.records:
+            if self.text or self.partial or not self.done_seen or self.seq != self.stream.records:
                 self.fail(f"clean end {self.progress()} (done event {'seen' if self.done_seen else 'missing'})")
             else:
                 self.finish()
@@ -467,23 +472,38 @@ class EventReader(TokenReader):
             self.fail(f"bad NDJSON record {line[:120]!r}: {exc}")
 
     def ending(self, name: bytes, offset: int) -> None:
-        if name != b"done" or offset != self.stream.records * TEXT_LEN or self.seq != self.stream.records:
+        if (
+            name != b"done"
+            or offset != self.stream.records * TEXT_LEN
+            or self.seq != self.stream.records
+            or self.partial
+        ):
             self.fail(f"ending {name!r} at offset {offset} {self.progress()}")
             return
         self.done_seen = True
 
     def text_record(self, data: bytes, offset: int, now: int) -> None:
-        """One event's record: the next of this stream, whole, ending at ``offset``."""
+        """One event's data: the next ``len(data)`` bytes of the stream's text, ending at
+        ``offset``. Each record it completes must be the next one, whole; a record's latency
+        is measured when its last byte arrives."""
         if self.done_seen:
             self.fail("a record after the done ending")
             return
-        try:
-            sid, seq, t_sent, check = TEXT_RECORD.unpack(base64.b64decode(data, validate=True))
-        except (binascii.Error, struct.error):
-            self.fail(f"record {self.seq}: {data[:60]!r} is not one base64 record (split or corrupt)")
-            return
-        if self.accept(sid, seq, t_sent, check == check_word(sid, seq) & 0xFFFF, now) and offset != self.seq * TEXT_LEN:
-            self.fail(f"record {seq} at offset {offset}: a record ends {TEXT_LEN} bytes after the last")
+        text = self.partial
+        text += data
+        whole = len(text) - len(text) % TEXT_LEN
+        for start in range(0, whole, TEXT_LEN):
+            record = bytes(text[start : start + TEXT_LEN])
+            try:
+                sid, seq, t_sent, check = TEXT_RECORD.unpack(base64.b64decode(record, validate=True))
+            except (binascii.Error, struct.error):
+                self.fail(f"record {self.seq}: {record!r} is not a base64 record (corrupt)")
+                return
+            if not self.accept(sid, seq, t_sent, check == check_word(sid, seq) & 0xFFFF, now):
+                return
+        del text[:whole]
+        if offset != self.seq * TEXT_LEN + len(text):
+            self.fail(f"event at offset {offset} after {self.seq} records and {len(text)} more byte(s) of text")
 
 
 class TokenProducer(_Party):

@@ -9,6 +9,7 @@ is left behind (and end those, by pid, if the benchmark itself was killed).
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import signal
@@ -176,3 +177,45 @@ def test_one_owner_paths_are_owned_by_worker_0() -> None:
         chosen = [next(paths) for _ in range(200)]
         assert len(set(chosen)) == 200
         assert all(owner_of(path, workers) == 0 for path in chosen)
+
+
+def test_a_text_reader_checks_records_however_the_events_cut_the_text() -> None:
+    """SPEC 2.1 *chunks*: an SSE event (or NDJSON record) is what one read of the pipe held,
+    usually one of the producer's records, several after a stall, part of one if a read cut
+    it. The benchmark's reader rebuilds the text from the events and checks every record whole
+    and in order and every event's offset; a corrupt record or a wrong offset fails the stream."""
+    from bench.ringbench.tokens import TEXT_LEN, TEXT_RECORD, EventReader, Stream, Tally, check_word
+
+    records = [
+        base64.b64encode(TEXT_RECORD.pack(7, seq, time.monotonic_ns(), check_word(7, seq) & 0xFFFF)) for seq in range(4)
+    ]
+    assert all(len(record) == TEXT_LEN for record in records)
+
+    def chunk(data: bytes) -> bytes:
+        return b"%x\r\n%s\r\n" % (len(data), data)
+
+    def read(events: list[tuple[bytes, int]], *, done: int = 4 * TEXT_LEN) -> tuple[Stream, EventReader]:
+        stream = Stream(sid=7, target="/t", n=1, records=4, interval_ns=1, t_open=0, t_put=0, t_first=0, framing="sse")
+        reader = EventReader(stream, 0, Tally(), port=1)
+        stream.readers.append(reader)
+        reader.data_received(
+            b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+        )
+        reader.data_received(chunk(b"retry: 1000\n\n"))
+        for data, offset in events:
+            reader.data_received(chunk(b"id: 5-%d\ndata: %s\n\n" % (offset, data)))
+        reader.data_received(chunk(b'event: done\nid: 5-%d\ndata: {"ending":"done"}\n\n' % done) + b"0\r\n\r\n")
+        return stream, reader
+
+    r0, r1, r2, r3 = records
+    stream, reader = read([(r0, 24), (r1 + r2, 72), (r3[:10], 82), (r3[10:], 96)])
+    assert stream.error is None and reader.t_done and reader.tally.delivered == 4
+
+    stream, _ = read([(r0, 24), (r1 + r2, 72), (r3, 95)])
+    assert stream.error is not None and "event at offset 95" in stream.error
+
+    stream, _ = read([(r0, 24), (r1[:-2] + b"!!", 48), (r2 + r3, 96)])
+    assert stream.error is not None and "not a base64 record" in stream.error
+
+    stream, _ = read([(r0, 24), (r2, 48), (r1 + r3, 96)])
+    assert stream.error is not None and "record 1: got stream 7 seq 2" in stream.error
