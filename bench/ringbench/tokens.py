@@ -365,7 +365,6 @@ class EventReader(TokenReader):
         self.epoch = b""  # SSE: the ``<epoch>`` of every event's id
         self.done_seen = False  # the framing's ``done`` ending arrived
         self.body_end = False  # the HTTP body's last chunk arrived
-        self.partial = bytearray()  # events' data after the last whole record
 
     def data_received(self, data: bytes) -> None:
         now = time.monotonic_ns()
@@ -379,7 +378,7 @@ class EventReader(TokenReader):
             return
         self.events(now)
         if self.body_end and not self.finished:
-            if self.text or self.partial or not self.done_seen or self.seq != self.stream.records:
+            if self.text or self.rec or not self.done_seen or self.seq != self.stream.records:
                 self.fail(f"clean end {self.progress()} (done event {'seen' if self.done_seen else 'missing'})")
             else:
                 self.finish()
@@ -472,12 +471,7 @@ class EventReader(TokenReader):
             self.fail(f"bad NDJSON record {line[:120]!r}: {exc}")
 
     def ending(self, name: bytes, offset: int) -> None:
-        if (
-            name != b"done"
-            or offset != self.stream.records * TEXT_LEN
-            or self.seq != self.stream.records
-            or self.partial
-        ):
+        if name != b"done" or offset != self.stream.records * TEXT_LEN or self.seq != self.stream.records or self.rec:
             self.fail(f"ending {name!r} at offset {offset} {self.progress()}")
             return
         self.done_seen = True
@@ -489,7 +483,7 @@ class EventReader(TokenReader):
         if self.done_seen:
             self.fail("a record after the done ending")
             return
-        text = self.partial
+        text = self.rec  # the text after the last whole record, as events cut it
         text += data
         whole = len(text) - len(text) % TEXT_LEN
         for start in range(0, whole, TEXT_LEN):
