@@ -20,7 +20,7 @@ import pytest
 
 from ringpipe.core.paths import owner_of
 from tests.support.pipes import Response, fresh, get, pattern, put, run
-from tests.support.servers import ServerFactory, kill_group, metric, shm_segments, start_server
+from tests.support.servers import ServerFactory, kill_group, metric, shm_segments, start_server, wake_ups
 
 
 def kernel_max(path: str) -> int:
@@ -96,12 +96,6 @@ def test_an_idle_server_with_100_waiting_pipes_burns_no_cpu(server_factory: Serv
     used = run(scenario())
     # 5 s of wall time on 3 processes: busy polling would burn seconds; we allow 5 %.
     assert used < 0.25, f"idle server used {used:.2f} CPU-seconds in 5 s"
-
-
-def wake_ups(pid: int) -> int:
-    """How many times ``pid``'s main thread went to sleep and was woken (context switches)."""
-    fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
-    return int(fields["voluntary_ctxt_switches"]) + int(fields["nonvoluntary_ctxt_switches"])
 
 
 def test_an_idle_server_sleeps_until_something_happens(server_factory: ServerFactory) -> None:

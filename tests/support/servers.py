@@ -68,6 +68,17 @@ def rss_bytes(pid: int) -> int:
     return 0
 
 
+def wake_ups(pid: int) -> int:
+    """How many times ``pid``'s main thread was switched out and back in (its voluntary and
+    involuntary context switches): a process that sleeps until something happens adds none."""
+    counts = [
+        int(line.split()[1])
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+        if line.startswith(("voluntary_ctxt_switches:", "nonvoluntary_ctxt_switches:"))
+    ]
+    return sum(counts)
+
+
 @dataclass
 class Server:
     """A running ringpipe process tree."""
