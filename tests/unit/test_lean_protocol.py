@@ -20,7 +20,7 @@ from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
 from uvicorn.server import ServerState
 
 from ringpipe.http.connection import EXTENSION, Connection
-from ringpipe.http.lean import Cycle, Flow
+from ringpipe.http.cycle import Cycle, Flow
 from ringpipe.http.limits import EdgeLimits
 from ringpipe.http.protocol import RingpipeHttpProtocol
 from tests.support.fakes import RecordingTransport

@@ -1,7 +1,7 @@
-"""``http/lean.py`` mirrors three of uvicorn's classes in slots: it must set every attribute
-uvicorn's own constructors set, or a uvicorn method we do not override would meet a missing
-slot. pyproject pins uvicorn to the minor release this was checked against; this test is
-what tells, on a new release, whether the mirror still covers it.
+"""``http/lean.py`` and ``http/cycle.py`` mirror three of uvicorn's classes in slots: they
+must set every attribute uvicorn's own constructors set, or a uvicorn method we do not
+override would meet a missing slot. pyproject pins uvicorn to the minor release this was
+checked against; this test is what tells, on a new release, whether the mirror still covers it.
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ from uvicorn.protocols.http.flow_control import FlowControl
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 from uvicorn.server import ServerState
 
-from ringpipe.http.lean import _WORKER_WIDE, Cycle, Flow, LeanHttpToolsProtocol
+from ringpipe.http.cycle import Cycle, Flow
+from ringpipe.http.lean import _WORKER_WIDE, LeanHttpToolsProtocol
 
 
 async def _app(scope: Any, receive: Any, send: Any) -> None:
@@ -44,7 +45,7 @@ def test_the_lean_protocol_covers_every_attribute_uvicorns_constructor_sets() ->
 def test_the_lean_cycle_and_flow_cover_every_attribute_uvicorns_constructors_set() -> None:
     transport = _Transport()
     flow = FlowControl(transport)
-    assert set(vars(flow)) - _slots(Flow) == set(), "uvicorn's FlowControl sets attributes lean.Flow does not mirror"
+    assert set(vars(flow)) - _slots(Flow) == set(), "uvicorn's FlowControl sets attributes cycle.Flow does not mirror"
 
     async def made() -> set[str]:
         cycle = RequestResponseCycle(
@@ -63,4 +64,4 @@ def test_the_lean_cycle_and_flow_cover_every_attribute_uvicorns_constructors_set
         return set(vars(cycle))
 
     missing = asyncio.run(made()) - _slots(Cycle)
-    assert missing == set(), "uvicorn's RequestResponseCycle sets attributes lean.Cycle does not mirror"
+    assert missing == set(), "uvicorn's RequestResponseCycle sets attributes cycle.Cycle does not mirror"
