@@ -17,6 +17,8 @@ Layers, lowest first (a module's layer is its first subpackage under ``ringpipe/
   loads no I/O module, not even transitively.
 - No module imports by name at run time (``__import__``, ``importlib.import_module``): that
   would hide an import from every rule above.
+- No module is over ``MAX_MODULE_LINES`` lines (STYLE: small modules, one job each): one
+  that outgrows it is split where its jobs part, not trimmed to fit.
 
 The checker reads source with ``ast`` and never imports the package, except for the fresh
 interpreter of the ``core`` check. It takes any package directory, so the self-tests feed it
@@ -334,6 +336,18 @@ def dynamic_imports(modules: dict[str, Module]) -> list[str]:
     ]
 
 
+#: The most lines a module may have (the house rule of STYLE.md; uvicorn's modules are the model).
+MAX_MODULE_LINES = 600
+
+
+def long_modules(modules: dict[str, Module], limit: int = MAX_MODULE_LINES) -> list[str]:
+    return [
+        f"{m.path}: {m.name} has {len(m.source_lines)} lines, over {limit}: split it where its jobs part"
+        for m in sorted(modules.values(), key=lambda m: m.name)
+        if len(m.source_lines) > limit
+    ]
+
+
 _LOADS = """
 import importlib, json, sys
 sys.path.insert(0, sys.argv[1])
@@ -409,6 +423,10 @@ def test_importing_core_loads_no_io_module() -> None:
 def test_no_module_imports_by_name_at_run_time(modules: dict[str, Module]) -> None:
     """The static checks above cannot be dodged with ``__import__`` or ``importlib``."""
     _report(dynamic_imports(modules))
+
+
+def test_no_module_is_over_the_line_limit(modules: dict[str, Module]) -> None:
+    _report(long_modules(modules))
 
 
 def test_checker_sees_ringpipes_imports(modules: dict[str, Module]) -> None:
@@ -494,6 +512,19 @@ def test_checker_reports_upward_imports_in_every_context(synthetic: Path) -> Non
         "synth/http/app.py:2: synth.http.app (http) imports synth.client.api (client): an upward import",
         "synth/http/app.py:3: synth.http.app (http) imports synth.web.page, which belongs to no layer",
         "synth/process/cli.py:1: synth.process.cli (process) imports synth.__main__ (<main>): an upward import",
+    ]
+
+
+def test_checker_reports_modules_over_the_line_limit() -> None:
+    """A module at the limit passes; one line more is reported, with its size."""
+    sizes = {"synth.core.small": 3, "synth.http.big": 4, "synth.mesh.bigger": 9}
+    modules = {
+        name: Module(name, name.replace(".", "/") + ".py", source_lines=["x = 1"] * size)
+        for name, size in sizes.items()
+    }
+    assert long_modules(modules, limit=3) == [
+        "synth/http/big.py: synth.http.big has 4 lines, over 3: split it where its jobs part",
+        "synth/mesh/bigger.py: synth.mesh.bigger has 9 lines, over 3: split it where its jobs part",
     ]
 
 
