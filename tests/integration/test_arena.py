@@ -18,9 +18,13 @@ from pathlib import Path
 
 import pytest
 
+from ringpipe.core.errors import WouldBlock
 from ringpipe.core.paths import owner_of
-from tests.integration.test_docker import CONTAINER, _Attached, namespaces_work
+from ringpipe.shm.arena import Arena
+from ringpipe.shm.layout import data_offset
+from tests.support.containers import CONTAINER, Attached, namespaces_work
 from tests.support.pipes import Response, fresh, get, pattern, put
+from tests.support.rings import arena_mappings, held, read_nowait, scratch_arena
 from tests.support.servers import ROOT, Server, children_of, metric, shm_held, stop_and_check
 
 
@@ -201,7 +205,7 @@ def cramped() -> Iterator[Server]:
     try:
         assert server._ready.wait(60), "\n".join(server.raw_lines[-30:])
         (inner,) = children_of(wrapper.pid)
-        server.proc = _Attached(inner, wrapper)  # type: ignore[assignment]
+        server.proc = Attached(inner, wrapper)  # type: ignore[assignment]
         yield server
         assert not stop_and_check(server)
     finally:
@@ -264,3 +268,42 @@ def test_a_full_dev_shm_refuses_pipes_with_503_and_never_faults(cramped: Server)
     assert metric(server, "ringpipe_ring_refusals_total") >= len(refused) + 1  # and a refused growth
     shm = Path(f"/proc/{worker}/root/dev/shm")
     assert [f.stat().st_blocks for f in shm.iterdir()] == [0]  # the arena, holding nothing
+
+
+# -- a ring in an arena, mapped by another process --------------------------------------------
+
+PAGE = 4096
+HEADER = data_offset(1)
+
+
+@pytest.fixture
+def arena() -> Iterator[Arena]:
+    with scratch_arena() as made:
+        yield made
+
+
+_CHILD_WRITER = """
+import sys
+from ringpipe.shm import segment
+ring = segment.RingSegment.attach(sys.argv[1])
+assert ring.region.own_mapping and ring.region.base == 0 and len(ring.region.mm) == int(sys.argv[2])
+assert ring.write_nowait(b"from another process") == 20
+ring.finish_writing()
+ring.close()
+"""
+
+
+def test_a_party_in_another_process_maps_just_its_ring_by_name(arena: Arena) -> None:
+    """A ring in a later chunk, written by a process that maps only that ring's slot."""
+    arena.chunk_slots = 2
+    rings = [arena.create_ring(i + 1, n_readers=1, capacity=PAGE, window=0) for i in range(3)]
+    length = HEADER + arena.ring_bytes
+    subprocess.run([sys.executable, "-c", _CHILD_WRITER, rings[2].name, str(length)], check=True, timeout=60)
+    assert read_nowait(rings[2], 0, PAGE) == b"from another process"
+    assert read_nowait(rings[2], 0, PAGE) == b""  # the end the child published
+    assert not rings[2].has_users()  # its users byte went with its handle
+    with pytest.raises(WouldBlock):
+        read_nowait(rings[1], 0, PAGE)  # its neighbour saw nothing of it
+    for ring in rings:
+        arena.free(ring)
+    assert held(arena) == 0 and arena_mappings(arena) == 0

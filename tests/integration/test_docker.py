@@ -26,6 +26,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.containers import CONTAINER, CONTAINER_INIT, Attached, namespaces_work
 from tests.support.pipes import get, put
 from tests.support.servers import ROOT, Server, children_of, kill_group, shm_segments
 
@@ -169,22 +170,6 @@ def image(steps: list[Instruction], tmp_path_factory: pytest.TempPathFactory) ->
     return Image(root, env_dir, env_of(steps), entry + cmd, health.split(" CMD ", 1)[1])
 
 
-#: A container's view, as far as a test can build one: PID 1 of a new PID namespace, and a
-#: private 64 MiB /dev/shm (Docker's default) in a new mount namespace. The private /dev/shm
-#: matters beyond realism: at start the supervisor sweeps segments of supervisors it cannot
-#: see, and inside the namespace it sees none of the machine's other ringpipe servers.
-CONTAINER = ["unshare", "--pid", "--fork", "--mount", "--kill-child", "sh", "-c"]
-CONTAINER_INIT = 'mount -t tmpfs -o size=64m,mode=1777 shm /dev/shm && exec "$@"'
-
-
-def namespaces_work() -> bool:
-    probe = [*CONTAINER, CONTAINER_INIT, "sh", "true"]
-    try:
-        return subprocess.run(probe, capture_output=True, timeout=30).returncode == 0
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-
-
 def pid_in_namespace(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("NSpid:"):
@@ -208,7 +193,7 @@ def container(image: Image) -> Iterator[tuple[Server, subprocess.Popen[bytes] | 
             raise AssertionError("the image's command did not become ready:\n" + "\n".join(server.raw_lines[-30:]))
         if isolated:
             (inner,) = children_of(wrapper.pid)
-            server.proc = _Attached(inner, wrapper)  # type: ignore[assignment]
+            server.proc = Attached(inner, wrapper)  # type: ignore[assignment]
         else:
             print("\nunshare is not permitted here: the command runs without PID/mount namespaces")
         yield server, wrapper if isolated else None
@@ -217,23 +202,6 @@ def container(image: Image) -> Iterator[tuple[Server, subprocess.Popen[bytes] | 
             kill_group(wrapper, wait=10)
         if wrapper.stderr is not None:
             wrapper.stderr.close()
-
-
-class _Attached:
-    """``Popen``-like handle on the command inside the namespace wrapper (signals go to it;
-    its exit status is the wrapper's, which ``unshare --fork`` passes through)."""
-
-    def __init__(self, pid: int, wrapper: subprocess.Popen[bytes]) -> None:
-        self.pid, self.wrapper = pid, wrapper
-
-    def send_signal(self, sig: int) -> None:
-        os.kill(self.pid, sig)
-
-    def poll(self) -> int | None:
-        return self.wrapper.poll()
-
-    def wait(self, timeout: float | None = None) -> int:
-        return self.wrapper.wait(timeout)
 
 
 def test_install_steps_and_command_serve_and_drain(

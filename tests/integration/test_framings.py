@@ -14,8 +14,7 @@ import json
 import subprocess
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -24,71 +23,10 @@ from websockets.exceptions import ConnectionClosed
 
 from tests.support.eventsource import EventSourceModel, normalize
 from tests.support.pipes import Response, get, put, read_body, read_head, request_head, run
+from tests.support.readers import CHUNKS, TEXT, HttpReader, WsReader, delete_pipe, paced, wait_registered
 from tests.support.servers import Server
 
 PROXY_SAFE = {"cache-control": "no-cache, no-transform", "x-accel-buffering": "no"}
-# Tokens as an LLM sends them: no newline for a while, a character split across chunks,
-# CRLF and CR line ends, a CRLF split across two chunks.
-CHUNKS = [b"Hel", b"lo, w", "örld ✓".encode()[:4], "örld ✓".encode()[4:], b"\r\nline two\r", b"\nthree\rend"]
-TEXT = b"".join(CHUNKS).decode()
-
-
-async def paced(
-    chunks: list[bytes], pause: float = 0.05, *, then: Callable[[], Any] | None = None
-) -> AsyncIterator[bytes]:
-    for chunk in chunks:
-        yield chunk
-        await asyncio.sleep(pause)
-    if then is not None:
-        await then()
-
-
-@dataclass
-class HttpReader:
-    """A streaming GET: the head as soon as it comes, then the body, told complete or cut."""
-
-    port: int
-    target: str
-    headers: list[tuple[str, str]] = field(default_factory=list)
-    response: Response | None = None
-    head_seen: asyncio.Event = field(default_factory=asyncio.Event)
-    chunks: list[bytes] = field(default_factory=list)
-
-    async def run(self) -> Response:
-        reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
-        try:
-            writer.write(request_head("GET", self.target, self.port, self.headers, "1.1"))
-            await writer.drain()
-            status, head = await read_head(reader)
-            self.response = Response(status, head)
-            self.head_seen.set()
-
-            async def on_chunk(data: bytes) -> None:
-                self.chunks.append(data)
-
-            return await read_body(reader, self.response, on_chunk)
-        finally:
-            writer.close()
-
-
-@dataclass
-class WsReader:
-    url: str
-    messages: list[str | bytes] = field(default_factory=list)
-    code: int | None = None
-    reason: str = ""
-    opened: asyncio.Event = field(default_factory=asyncio.Event)
-
-    async def run(self) -> WsReader:
-        async with ws_connect(self.url, compression=None) as ws:
-            self.opened.set()
-            try:
-                while True:
-                    self.messages.append(await ws.recv())
-            except ConnectionClosed:
-                pass
-            self.code, self.reason = ws.close_code, ws.close_reason or ""
-        return self
 
 
 def sse_events(body: bytes) -> EventSourceModel:
@@ -99,11 +37,6 @@ def sse_events(body: bytes) -> EventSourceModel:
 
 def ndjson_lines(body: bytes) -> list[dict[str, Any]]:
     return [json.loads(line) for line in body.decode().splitlines()]
-
-
-async def wait_registered() -> None:
-    """Give the owner time to register readers that get no answer yet (raw, NDJSON)."""
-    await asyncio.sleep(0.5)
 
 
 def test_mixed_framings_on_one_pipe(server: Server) -> None:
@@ -443,15 +376,6 @@ def test_an_admitted_reader_that_times_out_gets_an_ending(server_factory: Callab
 # -- endings that need the lifecycle branch (SPEC 2.3, 2.5) --
 
 
-async def _delete(port: int, path: str) -> int:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(request_head("DELETE", path, port, [("Content-Length", "0")], "1.1"))
-    await writer.drain()
-    status, _ = await read_head(reader)
-    writer.close()
-    return status
-
-
 def test_cancelled_ending_in_every_framing(server: Server) -> None:
     path = "/cancelled?n=4"
 
@@ -471,7 +395,7 @@ def test_cancelled_ending_in_every_framing(server: Server) -> None:
         sender = asyncio.create_task(put(server.port, path, paced([b"some"], then=wait_for_cancel)))
         await asyncio.sleep(1.0)
         try:
-            assert await _delete(server.port, "/cancelled") == 204
+            assert await delete_pipe(server.port, "/cancelled") == 204
             raw_resp, sse_resp, nd_resp, ws_done = await asyncio.wait_for(asyncio.gather(*tasks), 10)
         finally:
             hold.set()
@@ -729,7 +653,7 @@ def test_a_waiting_reader_that_is_cancelled_gets_the_cancelled_ending(server: Se
             await asyncio.wait_for(sse.head_seen.wait(), 10)
             await asyncio.wait_for(ws.opened.wait(), 10)
             await wait_registered()
-            assert await _delete(server.port, "/waiting-cancelled") == 204
+            assert await delete_pipe(server.port, "/waiting-cancelled") == 204
             raw_resp, sse_resp, nd_resp, ws_done = await asyncio.wait_for(asyncio.gather(*tasks), 10)
         finally:
             for task in tasks:

@@ -30,12 +30,11 @@ from pathlib import Path
 import pytest
 
 from ringpipe.core.paths import owner_of
-from tests.integration.test_framings import CHUNKS, TEXT, HttpReader, WsReader, _delete, paced, wait_registered
-from tests.integration.test_resume import Attempt
-from tests.integration.test_tls import _transfer
 from tests.support.externals import self_signed_cert
 from tests.support.pipes import Response, get, pattern, put, read_body, read_head, request_head, run
+from tests.support.readers import CHUNKS, TEXT, Attempt, HttpReader, WsReader, delete_pipe, paced, wait_registered
 from tests.support.servers import Server, ServerFactory
+from tests.support.tls_clients import transfer
 
 PROBE = Path(__file__).resolve().parents[1] / "support" / "gcprobe"
 #: Rounds of each scenario, warm-up and test each, their paths owned by each worker in turn.
@@ -127,7 +126,7 @@ async def cancelled(port: int, path: str) -> None:
     sender = asyncio.create_task(put(port, target, paced([b"some"], pause=0.01, then=until_told)))
     await asyncio.sleep(0.3)
     try:
-        assert await _delete(port, path) == 204
+        assert await delete_pipe(port, path) == 204
         raw, sse = await asyncio.wait_for(asyncio.gather(*tasks), 10)
     finally:
         hold.set()
@@ -313,8 +312,8 @@ def test_tls_streams_leave_no_cyclic_garbage(server_factory: ServerFactory, tmp_
     data = pattern(200_000, seed=7)
 
     async def play(port: int, path: str) -> None:
-        await _transfer(port, path, data, tls, tls)
-        await _transfer(port, path + "-mixed", data, tls, None, chunked=True)
+        await transfer(port, path, data, tls, tls)
+        await transfer(port, path + "-mixed", data, tls, None, chunked=True)
 
     garbage = _garbage_after(
         server_factory, tmp_path, play, "tls", "--ssl-certfile", str(paths[0]), "--ssl-keyfile", str(paths[1])

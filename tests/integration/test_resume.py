@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator, Callable
 
 from tests.support.eventsource import EventSourceModel
 from tests.support.pipes import Response, fresh, get, pattern, put, read_head, run
+from tests.support.readers import Attempt
 from tests.support.servers import Server, ServerFactory
 
 
@@ -38,46 +39,6 @@ async def head(port: int, path: str) -> dict[str, str]:
         return {"status": str(status), **dict(headers)}
     finally:
         writer.close()
-
-
-class Attempt:
-    """One receiver connection that reads the (chunked) body piece by piece, counting bytes."""
-
-    def __init__(self, port: int, path: str, headers: list[tuple[str, str]]) -> None:
-        self.port, self.path, self.headers = port, path, headers
-        self.body = bytearray()
-        self.complete = False
-        self.status = 0
-        self.head: dict[str, str] = {}
-
-    async def run(self, stop_after: int | None) -> None:
-        """Read until the end, or drop the connection abruptly after ``stop_after`` bytes."""
-        reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
-        try:
-            lines = [f"GET {self.path} HTTP/1.1", "Host: x", *(f"{k}: {v}" for k, v in self.headers)]
-            writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
-            self.status, head = await read_head(reader)
-            self.head = dict(head)
-            if self.status not in (200, 206):
-                return
-            assert self.head.get("transfer-encoding") == "chunked"
-            while True:
-                size = int((await reader.readline()).split(b";")[0], 16)
-                if size == 0:
-                    self.complete = True
-                    return
-                left = size
-                while left:
-                    piece = await reader.read(min(left, 1500))
-                    if not piece:
-                        return
-                    self.body += piece
-                    left -= len(piece)
-                    if stop_after is not None and len(self.body) >= stop_after:
-                        return
-                await reader.readexactly(2)
-        finally:
-            writer.transport.abort()  # an abrupt drop, like a reload or a lost network
 
 
 def test_several_drops_and_resumes_get_exactly_the_producers_bytes(server: Server) -> None:

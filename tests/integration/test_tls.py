@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import socket
 import ssl
 import subprocess
@@ -25,6 +24,7 @@ import pytest
 from tests.support.externals import ensure_tool, self_signed_cert
 from tests.support.pipes import Conn, head, pattern, request
 from tests.support.servers import ROOT, Server
+from tests.support.tls_clients import transfer
 
 MIB = 1 << 20
 
@@ -44,74 +44,6 @@ def tls_server(factory: Callable[..., Server], cert: tuple[Path, Path], *extra: 
     return factory("--workers", "2", "--ssl-certfile", str(cert[0]), "--ssl-keyfile", str(cert[1]), *extra)
 
 
-async def _send(port: int, path: str, data: bytes, tls: ssl.SSLContext | None, *, chunked: bool = False) -> bytes:
-    """Upload ``data`` (in 256 KiB writes) while reading the sender's log; returns the log."""
-    conn = await Conn.open(port, tls=tls)
-    headers = [("Transfer-Encoding", "chunked")] if chunked else [("Content-Length", str(len(data)))]
-    await conn.send(head("PUT", path, headers))
-    log = asyncio.create_task(conn.reply(method="PUT", timeout=120))
-    step = 256 << 10
-    for i in range(0, len(data), step):
-        piece = data[i : i + step]
-        await conn.send(b"%x\r\n%s\r\n" % (len(piece), piece) if chunked else piece)
-    if chunked:
-        await conn.send(b"0\r\n\r\n")
-    reply = await log
-    conn.close()
-    assert reply.status == 200 and reply.complete, reply
-    return reply.body
-
-
-async def _receive(port: int, path: str, tls: ssl.SSLContext | None) -> tuple[int, str, bool]:
-    """GET ``path``; (body size, sha256 of the body, whether it ended cleanly), read incrementally."""
-    conn = await Conn.open(port, tls=tls)
-    await conn.send(head("GET", path))
-    reader = conn.reader
-    status = (await reader.readline()).split()[1]
-    assert status == b"200", status
-    length = None
-    chunked = False
-    while (line := await reader.readline()) not in (b"\r\n", b""):
-        name, _, value = line.decode().partition(":")
-        if name.lower() == "content-length":
-            length = int(value)
-        elif name.lower() == "transfer-encoding":
-            chunked = value.strip().lower() == "chunked"
-    digest = hashlib.sha256()
-    size = 0
-    complete = False
-    if chunked:
-        while True:
-            chunk = int((await reader.readline()).split(b";")[0], 16)
-            if chunk == 0:
-                await reader.readline()
-                complete = True
-                break
-            data = await reader.readexactly(chunk)
-            digest.update(data)
-            size += len(data)
-            await reader.readexactly(2)
-    else:
-        assert length is not None
-        while size < length and (data := await reader.read(1 << 20)):
-            digest.update(data)
-            size += len(data)
-        complete = size == length
-    conn.close()
-    return size, digest.hexdigest(), complete
-
-
-async def _transfer(
-    port: int, path: str, data: bytes, send_tls: ssl.SSLContext | None, recv_tls: ssl.SSLContext | None, **kw: bool
-) -> bytes:
-    receiver = asyncio.create_task(_receive(port, path, recv_tls))
-    await asyncio.sleep(0.2)
-    log = await asyncio.wait_for(_send(port, path, data, send_tls, **kw), 120)
-    size, digest, complete = await asyncio.wait_for(receiver, 120)
-    assert (size, digest, complete) == (len(data), hashlib.sha256(data).hexdigest(), True)
-    return log
-
-
 def _same_workers(server: Server, before: dict[int, int]) -> None:
     assert server.workers_by_slot() == before
     assert sorted(server.workers()) == sorted(before.values())
@@ -126,7 +58,7 @@ def test_50_mib_over_https_byte_for_byte(
     assert server.url.startswith("https://")
     data = pattern(50 * MIB, seed=5)
     start = time.monotonic()
-    log = asyncio.run(_transfer(server.port, "/tls-50m", data, client_tls, client_tls))
+    log = asyncio.run(transfer(server.port, "/tls-50m", data, client_tls, client_tls))
     assert log.decode().splitlines()[-1] == "[INFO] All receiver(s) was/were received successfully."
     assert time.monotonic() - start < 90
 
@@ -140,9 +72,9 @@ def test_chunked_upload_over_https_and_mixed_schemes(
     data = pattern(8 * MIB, seed=6)
 
     async def main() -> None:
-        await _transfer(server.port, "/tls-chunked", data, client_tls, client_tls, chunked=True)
-        await _transfer(server.port, "/tls-to-plain", data, client_tls, None)
-        await _transfer(server.port, "/plain-to-tls", data, None, client_tls, chunked=True)
+        await transfer(server.port, "/tls-chunked", data, client_tls, client_tls, chunked=True)
+        await transfer(server.port, "/tls-to-plain", data, client_tls, None)
+        await transfer(server.port, "/plain-to-tls", data, None, client_tls, chunked=True)
 
     asyncio.run(main())
 
@@ -196,7 +128,7 @@ def test_ssl_only_refuses_plain_http(
         assert reply.header("content-type") == "text/plain"
         assert reply.header("access-control-allow-origin") == "*"
         assert await conn.closed_within(5)
-        await _transfer(server.port, "/only-tls", pattern(MIB), client_tls, client_tls)
+        await transfer(server.port, "/only-tls", pattern(MIB), client_tls, client_tls)
 
     asyncio.run(main())
     assert any('"status": 400' in line and "HTTPS" in line for line in server.raw_lines)
@@ -238,7 +170,7 @@ def test_broken_and_stalled_handshakes_cost_nothing_lasting(
             await Conn.open(server.port, tls=ssl.create_default_context())
 
     asyncio.run(untrusting())
-    asyncio.run(_transfer(server.port, "/after-handshakes", pattern(2 * MIB), client_tls, client_tls))
+    asyncio.run(transfer(server.port, "/after-handshakes", pattern(2 * MIB), client_tls, client_tls))
     _same_workers(server, before)
 
 
@@ -268,7 +200,7 @@ def test_connection_limit_and_header_timeout_on_a_tls_port(
         assert 1.0 < time.monotonic() - started < 6
         second.close()
         await asyncio.sleep(0.5)
-        await _transfer(server.port, "/tls-after-limit", pattern(MIB), client_tls, None)
+        await transfer(server.port, "/tls-after-limit", pattern(MIB), client_tls, None)
 
     asyncio.run(main())
 

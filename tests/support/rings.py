@@ -1,8 +1,43 @@
-"""Ring helpers for tests that read a ring without a relay."""
+"""Ring helpers for tests that read a ring without a relay, and a scratch arena for tests of
+the arena itself."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import uuid
+from collections.abc import Iterator
+
+from ringpipe.shm.arena import Arena
 from ringpipe.shm.segment import RingSegment
+
+__all__ = ["arena_mappings", "held", "read_nowait", "scratch_arena"]
+
+
+@contextlib.contextmanager
+def scratch_arena() -> Iterator[Arena]:
+    """An arena of 64 KiB rings and a 1 MiB budget, named for this test process; on exit it is
+    closed, its file gone, and the changes it reported sum to what it still reserved."""
+    changes: list[int] = []
+    made = Arena(f"ringpipe-test-{os.getpid()}-{uuid.uuid4().hex[:8]}-arena", ring_bytes=1 << 16, budget=1 << 20)
+    made.on_change = changes.append
+    try:
+        yield made
+    finally:
+        made.close()
+        assert not os.path.exists(made.path)
+        assert sum(changes) == made.reserved
+
+
+def held(arena: Arena) -> int:
+    """Bytes the arena file really holds (blocks, not size)."""
+    return os.stat(arena.path).st_blocks * 512
+
+
+def arena_mappings(arena: Arena) -> int:
+    """Mappings of the arena's file in this process (``/proc/self/maps``)."""
+    with open("/proc/self/maps") as maps:
+        return sum(1 for line in maps if line.rstrip().endswith(arena.path))
 
 
 def read_nowait(ring: RingSegment, slot: int, limit: int) -> bytes:

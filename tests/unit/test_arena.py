@@ -6,8 +6,6 @@ from __future__ import annotations
 import errno
 import os
 import random
-import subprocess
-import sys
 import uuid
 from collections.abc import Callable, Iterator
 
@@ -23,7 +21,7 @@ from ringpipe.shm import arena as arena_module
 from ringpipe.shm import mapping, segment
 from ringpipe.shm.arena import Arena
 from ringpipe.shm.layout import data_offset, segment_bytes
-from tests.support.rings import read_nowait
+from tests.support.rings import arena_mappings, held, read_nowait, scratch_arena
 
 PAGE = 4096
 HEADER = data_offset(1)  # 704 bytes: the data starts in the header's page
@@ -126,20 +124,8 @@ def test_grown_refuses_nonsense() -> None:
 
 @pytest.fixture
 def arena() -> Iterator[Arena]:
-    changes: list[int] = []
-    made = Arena(f"ringpipe-test-{os.getpid()}-{uuid.uuid4().hex[:8]}-arena", ring_bytes=1 << 16, budget=1 << 20)
-    made.on_change = changes.append
-    try:
+    with scratch_arena() as made:
         yield made
-    finally:
-        made.close()
-        assert not os.path.exists(made.path)
-        assert sum(changes) == made.reserved
-
-
-def held(arena: Arena) -> int:
-    """Bytes the arena file really holds (blocks, not size)."""
-    return os.stat(arena.path).st_blocks * 512
 
 
 def test_a_ring_reserves_its_header_and_capacity_and_gives_them_back(arena: Arena) -> None:
@@ -240,12 +226,6 @@ def test_a_refused_growth_shrinks_a_window_the_ring_cannot_hold(arena: Arena) ->
     arena.free(ring)
 
 
-def arena_mappings(arena: Arena) -> int:
-    """Mappings of the arena's file in this process (``/proc/self/maps``)."""
-    with open("/proc/self/maps") as maps:
-        return sum(1 for line in maps if line.rstrip().endswith(arena.path))
-
-
 def test_rings_share_a_mapping_per_chunk_and_its_last_free_unmaps_it(arena: Arena) -> None:
     """The owner maps a chunk of slots once; each ring is its own bytes in it, freeing one
     gives its pages back, and freeing a chunk's last ring unmaps the chunk."""
@@ -295,33 +275,6 @@ def test_with_a_timer_an_empty_chunk_stays_mapped_until_it_fires(arena: Arena) -
     assert len(timers) == 1 and arena_mappings(arena) == 1
     timers.pop()[1]()
     assert (arena_mappings(arena), held(arena), mapping.mapped()) == (0, 0, 0)
-
-
-_CHILD_WRITER = """
-import sys
-from ringpipe.shm import segment
-ring = segment.RingSegment.attach(sys.argv[1])
-assert ring.region.own_mapping and ring.region.base == 0 and len(ring.region.mm) == int(sys.argv[2])
-assert ring.write_nowait(b"from another process") == 20
-ring.finish_writing()
-ring.close()
-"""
-
-
-def test_a_party_in_another_process_maps_just_its_ring_by_name(arena: Arena) -> None:
-    """A ring in a later chunk, written by a process that maps only that ring's slot."""
-    arena.chunk_slots = 2
-    rings = [arena.create_ring(i + 1, n_readers=1, capacity=PAGE, window=0) for i in range(3)]
-    length = HEADER + arena.ring_bytes
-    subprocess.run([sys.executable, "-c", _CHILD_WRITER, rings[2].name, str(length)], check=True, timeout=60)
-    assert read_nowait(rings[2], 0, PAGE) == b"from another process"
-    assert read_nowait(rings[2], 0, PAGE) == b""  # the end the child published
-    assert not rings[2].has_users()  # its users byte went with its handle
-    with pytest.raises(WouldBlock):
-        read_nowait(rings[1], 0, PAGE)  # its neighbour saw nothing of it
-    for ring in rings:
-        arena.free(ring)
-    assert held(arena) == 0 and arena_mappings(arena) == 0
 
 
 class ArenaChunksModel(RuleBasedStateMachine):

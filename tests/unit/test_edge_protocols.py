@@ -1,17 +1,15 @@
 """What a client can do to a worker's connections must never raise out of them: the
-WebSocket protocol given bytes before its handshake or failing to shut down, and the
-hang-up watcher given a socket that is already closed."""
+WebSocket protocol given bytes before its handshake or failing to shut down (on a recording
+transport; the hang-up watcher's closed socket is in ``tests/integration/test_edge_sockets.py``)."""
 
 from __future__ import annotations
 
 import asyncio
-import socket
 from typing import Any
 
 import uvicorn
 from uvicorn.server import ServerState
 
-from ringpipe.http.hangup import HangupWatcher
 from ringpipe.http.websocket import WebSocketProtocol
 from tests.support.fakes import RecordingTransport
 
@@ -62,21 +60,5 @@ def test_websocket_shutdown_never_raises() -> None:
         assert transport.aborted
         for task in list(protocol.tasks):
             task.cancel()
-
-    asyncio.run(main())
-
-
-def test_hangup_watcher_takes_a_closed_socket() -> None:
-    """A socket closed before it is watched (``fileno()`` -1) counts as hung up, at once."""
-
-    async def main() -> None:
-        watcher = HangupWatcher()
-        sock = socket.socket()
-        sock.close()
-        called = asyncio.Event()
-        watcher.watch(sock.fileno(), called.set)
-        await asyncio.wait_for(called.wait(), 1)
-        watcher.unwatch(sock.fileno())
-        watcher.close()
 
     asyncio.run(main())

@@ -1,10 +1,14 @@
-"""The socket object an adopting worker builds for a handed-over connection (``handoff.py``):
-with the family its sender named, or, for a family it did not name, the one the descriptor has."""
+"""Edge objects given real sockets: the socket object an adopting worker builds for a
+handed-over connection (``handoff.py``: with the family its sender named, or, for a family it
+did not name, the one the descriptor has), and the hang-up watcher given a socket that is
+already closed (it must count as hung up at once, never raise)."""
 
 from __future__ import annotations
 
+import asyncio
 import socket
 
+from ringpipe.http.hangup import HangupWatcher
 from ringpipe.mesh.handoff import _adopted_socket
 
 
@@ -34,3 +38,19 @@ def test_unnamed_family_is_asked_of_the_descriptor() -> None:
     finally:
         adopted.close()
         right.close()
+
+
+def test_hangup_watcher_takes_a_closed_socket() -> None:
+    """A socket closed before it is watched (``fileno()`` -1) counts as hung up, at once."""
+
+    async def main() -> None:
+        watcher = HangupWatcher()
+        sock = socket.socket()
+        sock.close()
+        called = asyncio.Event()
+        watcher.watch(sock.fileno(), called.set)
+        await asyncio.wait_for(called.wait(), 1)
+        watcher.unwatch(sock.fileno())
+        watcher.close()
+
+    asyncio.run(main())
