@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from tests.support.layering import PACKAGE_DIR, core_loads, report
+from tests.support.trees import write_tree
 
 
 def test_importing_core_loads_no_io_module() -> None:
@@ -16,18 +17,18 @@ def test_importing_core_loads_no_io_module() -> None:
 
 
 def test_checker_reports_what_importing_core_loads(tmp_path: Path) -> None:
-    package_dir = tmp_path / "synth"
-    for relative, text in {
-        "__init__.py": "",
-        "core/__init__.py": "",
-        "core/loop.py": "from synth.core import via\n",
-        "core/pure.py": "import json\n",
-        "core/via.py": "from synth.shm import seg\n",
-        "shm/__init__.py": "",
-        "shm/seg.py": "import asyncio\n",
-    }.items():
-        (package_dir / relative).parent.mkdir(parents=True, exist_ok=True)
-        (package_dir / relative).write_text(text)
+    package_dir = write_tree(
+        tmp_path / "synth",
+        {
+            "__init__.py": "",
+            "core/__init__.py": "",
+            "core/loop.py": "from synth.core import via\n",
+            "core/pure.py": "import json\n",
+            "core/via.py": "from synth.shm import seg\n",
+            "shm/__init__.py": "",
+            "shm/seg.py": "import asyncio\n",
+        },
+    )
     problems = core_loads(package_dir)
     assert len(problems) == 2, problems
     heading, _, loaded = problems[0].partition(": ")

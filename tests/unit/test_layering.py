@@ -6,7 +6,6 @@ it reports them."""
 
 from __future__ import annotations
 
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -28,6 +27,7 @@ from tests.support.layering import (
     unlayered,
     upward_imports,
 )
+from tests.support.trees import write_tree
 
 # -- the rules, on ringpipe -------------------------------------------------------------------
 
@@ -119,12 +119,7 @@ SYNTHETIC = {
 
 @pytest.fixture
 def synthetic(tmp_path: Path) -> Path:
-    package_dir = tmp_path / "synth"
-    for relative, text in SYNTHETIC.items():
-        path = package_dir / relative
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(textwrap.dedent(text))
-    return package_dir
+    return write_tree(tmp_path / "synth", SYNTHETIC)
 
 
 LAYER_LIST = "(layers: core, shm, ops, mesh, http, client, process)"

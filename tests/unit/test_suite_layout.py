@@ -8,6 +8,8 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+from tests.support.trees import write_tree
+
 TESTS = Path(__file__).resolve().parents[1]
 #: What a unit test must not import: sockets, processes, TLS, and the helpers that start
 #: servers, browsers, containers or open connections.
@@ -62,14 +64,14 @@ def test_the_suite_is_organised_like_the_code() -> None:
 
 
 def test_the_layout_check_sees_each_kind_of_fault(tmp_path: Path) -> None:
-    tests = tmp_path / "tests"
-    for relative, text in {
-        "unit/test_a.py": "import socket\nfrom tests.support.fakes import X\nfrom tests.support.servers import S\n",
-        "unit/test_b.py": "import socketserver\nfrom tests.integration.test_c import helper\n",
-        "integration/test_c.py": "import subprocess\nfrom tests.unit import test_a\n",
-    }.items():
-        (tests / relative).parent.mkdir(parents=True, exist_ok=True)
-        (tests / relative).write_text(text)
+    tests = write_tree(
+        tmp_path / "tests",
+        {
+            "unit/test_a.py": "import socket\nfrom tests.support.fakes import X\nfrom tests.support.servers import S\n",
+            "unit/test_b.py": "import socketserver\nfrom tests.integration.test_c import helper\n",
+            "integration/test_c.py": "import subprocess\nfrom tests.unit import test_a\n",
+        },
+    )
     assert layout_problems(tests) == [
         "tests/unit/test_a.py:1: imports socket: not in a unit test",
         "tests/unit/test_a.py:3: imports tests.support.servers: not in a unit test",
