@@ -14,7 +14,8 @@ protocol's head handling), with the same behaviour:
   started the cycle keeps only the method of its request's scope.
 
 ``tests/unit/test_uvicorn_mirror.py`` checks that the slots cover every attribute uvicorn's
-classes set, and a hypothesis test that the head writer writes uvicorn's bytes.
+classes set, and ``tests/unit/test_lean_protocol.py`` (a hypothesis test) that the head writer
+writes uvicorn's bytes and state.
 """
 
 from __future__ import annotations
