@@ -195,7 +195,8 @@ def _where(module: Module, line: int) -> str:
     return f"{module.path}:{line}"
 
 
-def _named(name: str, names: frozenset[str]) -> bool:
+def named_in(name: str, names: frozenset[str]) -> bool:
+    """Whether module ``name`` is one of ``names`` or a submodule of one."""
     return any(name == n or name.startswith(n + ".") for n in names)
 
 
@@ -323,9 +324,9 @@ def impure_core_imports(modules: dict[str, Module], package: str) -> list[str]:
                 continue  # its layer is upward_imports()'s business
             if top not in sys.stdlib_module_names:
                 problems.append(f"{at}: core uses only the standard library")
-            elif _named(imp.target, IO_MODULES):
+            elif named_in(imp.target, IO_MODULES):
                 problems.append(f"{at}: core does no I/O")
-            elif _named(imp.target, CLOCK_MODULES):
+            elif named_in(imp.target, CLOCK_MODULES):
                 problems.append(f"{at}: core reads no clock")
     return problems
 
@@ -377,7 +378,7 @@ def core_loads(package_dir: Path) -> list[str]:
         return [f"importing the core layer failed:\n{done.stderr}"]
     problems = []
     for name, loaded in json.loads(done.stdout).items():
-        io = [m for m in loaded if _named(m, IO_MODULES)]
+        io = [m for m in loaded if named_in(m, IO_MODULES)]
         above = [m for m in loaded if m.split(".")[0] == package and layer_of(m, package) not in ("core", ROOT)]
         if io:
             problems.append(f"importing {name} loads I/O modules: {', '.join(io)}")

@@ -8,6 +8,7 @@ notes link into each other by section, and a renamed heading breaks them silentl
 
 from __future__ import annotations
 
+import functools
 import re
 from pathlib import Path
 
@@ -25,9 +26,10 @@ def _documents() -> list[Path]:
     return sorted(path for path in found if not path.parent.name.startswith("."))  # not .pytest_cache's
 
 
-def _anchors(path: Path) -> set[str]:
+@functools.cache
+def _anchors(path: Path) -> frozenset[str]:
     """GitHub's heading ids: lower case, punctuation dropped (hyphens and underscores kept),
-    spaces as hyphens."""
+    spaces as hyphens (read once per file: many links land in the same one)."""
     anchors = set()
     in_code = False
     for line in path.read_text().splitlines():
@@ -37,7 +39,7 @@ def _anchors(path: Path) -> set[str]:
         if match:
             text = re.sub(r"[^\w\- ]", "", match.group(1).lower())
             anchors.add(text.replace(" ", "-"))
-    return anchors
+    return frozenset(anchors)
 
 
 def broken_links(path: Path, root: Path = ROOT) -> list[str]:

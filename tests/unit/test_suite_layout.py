@@ -8,9 +8,12 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+from tests.support.layering import named_in
 from tests.support.trees import write_tree
 
 TESTS = Path(__file__).resolve().parents[1]
+#: The test modules: none imports another (what they share is in ``tests.support``).
+TEST_MODULES = frozenset({"tests.unit", "tests.integration"})
 #: What a unit test must not import: sockets, processes, TLS, and the helpers that start
 #: servers, browsers, containers or open connections.
 NOT_IN_UNIT = frozenset(
@@ -41,19 +44,15 @@ def _imports(path: Path) -> list[tuple[int, str]]:
     return found
 
 
-def _within(name: str, names: frozenset[str]) -> bool:
-    return any(name == other or name.startswith(other + ".") for other in names)
-
-
 def layout_problems(tests: Path) -> list[str]:
     problems = []
     for folder in ("unit", "integration"):
         for path in sorted((tests / folder).glob("*.py")):
             where = path.relative_to(tests.parent)
             for line, name in _imports(path):
-                if _within(name, frozenset({"tests.unit", "tests.integration"})):
+                if named_in(name, TEST_MODULES):
                     problems.append(f"{where}:{line}: imports the test module {name}: share through tests/support")
-                elif folder == "unit" and _within(name, NOT_IN_UNIT):
+                elif folder == "unit" and named_in(name, NOT_IN_UNIT):
                     problems.append(f"{where}:{line}: imports {name}: not in a unit test")
     return problems
 
