@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import signal
 import subprocess
 import time
 import uuid
@@ -108,6 +109,28 @@ def test_raw_readers_get_410_for_offsets_not_held_and_wrong_epochs(server_factor
     refused, free = run(scenario())
     assert [a.status for a in refused] == [410, 410, 410]
     assert free.status == 410 and free.text.startswith("[ERROR] ")
+
+
+def test_a_drain_does_not_wait_out_a_dropped_readers_grace(server_factory: ServerFactory) -> None:
+    """SIGTERM while a resumable reader is in its reconnect grace: a draining server would
+    refuse its return (503), so the grace ends at once, as an abort the sender hears, and the
+    server exits long before the grace would have run out."""
+    server = server_factory("--workers", "2", "--reconnect-grace", "120")
+
+    async def scenario() -> tuple[Response, float]:
+        path = fresh()
+        sender = asyncio.create_task(put(server.port, path, paced(pattern(4_000_000), 4000, 0.01)))
+        await Attempt(server.port, path + "?resume=1", []).run(20_000)
+        await asyncio.sleep(0.5)  # the drop is seen; the slot is reserved
+        stopped = time.monotonic()
+        server.proc.send_signal(signal.SIGTERM)
+        log = await sender
+        return log, time.monotonic() - stopped
+
+    log, took = run(scenario())
+    assert log.text.endswith("[INFO] A receiver aborted.\n[INFO] All receiver(s) was/were aborted halfway.\n")
+    assert server.proc.wait(60) == 0
+    assert took < 60, f"the sender waited {took:.1f} s for a reader that could not come back"
 
 
 def test_grace_expires_into_a_plain_abort(server_factory: ServerFactory) -> None:

@@ -312,6 +312,30 @@ def test_a_reserved_slot_holds_the_relay_after_the_sender_finished() -> None:
     assert rv.handle(Leave(R2, completed=True)) == [Release(1, 1, 0, False, False, 0)]
 
 
+def test_a_drain_ends_every_grace_at_once() -> None:
+    """A draining server refuses every Join (503), so no dropped reader could take its slot
+    back: Drain ends each reservation as its grace would, and a reader that drops during the
+    drain gets none, so the drain is not held up for ``reconnect_grace``."""
+    rv = rendezvous(held(), reconnect_grace=30)
+    relay_of(rv, 2, resumable=True)
+    assert rv.handle(Leave(R1, completed=False), now=0) == []
+    assert rv.handle(Drain(), now=1) == [Detach(1, 0), ReceiverAborted(S)]
+    assert rv.handle(Join(R3, PATH, RECEIVER, 2, offset=10, resumable=True))[0].status == 503  # type: ignore[union-attr]
+    last = [Detach(1, 1), ReceiverAborted(S), Finish(S, all_aborted=True)]
+    assert rv.handle(Leave(R2, completed=False), now=2) == last  # nothing reserved while draining
+    assert rv.handle(Tick(40)) == []  # the grace timer is stale
+    assert rv.handle(Leave(S, completed=False)) == [Release(1, 0, 2, False, False, 0)]
+
+
+def test_a_drain_releases_an_ending_relay_held_only_by_a_reservation() -> None:
+    rv = rendezvous(held(), reconnect_grace=30)
+    relay_of(rv, 1, resumable=True)
+    rv.handle(Leave(R1, completed=False), now=0)
+    assert rv.handle(Leave(S, completed=True)) == []  # held for R1's grace
+    assert rv.handle(Drain(), now=1) == [Detach(1, 0), Release(1, 0, 1, False, False, 0)]
+    assert rv.relays == {}
+
+
 def test_sender_vanishing_clears_reservations() -> None:
     rv = rendezvous(held(), reconnect_grace=5)
     relay_of(rv, 1, resumable=True)

@@ -245,6 +245,9 @@ def test_each_reachable_pair_runs_its_entry(
 
     for other in PAIRS:
         monkeypatch.setitem(TRANSITIONS, other, _refuse(other) if other != (state, kind) else spy)
+    if kind is Drain:  # its second fan-out, one GraceOver per reservation: the test below
+        for relay in rv.relays.values():
+            relay.reserved.clear()
     before = _snapshot(rv)
     if kind is Drain:
         before["draining"] = True  # the one machine-wide effect, before any pipe sees it
@@ -252,6 +255,28 @@ def test_each_reachable_pair_runs_its_entry(
     assert ran == [(state, kind)]
     if isinstance(entry, Ignored):
         assert actions == [] and _snapshot(rv) == before
+
+
+def test_drain_ends_each_grace_reservation_through_its_grace_over_entry(monkeypatch: pytest.MonkeyPatch) -> None:
+    """After the pipes on paths, Drain sends every reserved slot of every relay (established or
+    ending) through ``TRANSITIONS[state, GraceOver]``, due now: a draining server refuses the
+    Join that would take the slot back."""
+    rv = SCENARIOS[ESTABLISHED]()
+    reserved = [(r.relay_id, slot) for r in rv.relays.values() for slot in r.reserved]
+    assert reserved, "the scenario holds a reservation"
+    ran: list[tuple[int, int]] = []
+    for state in (ESTABLISHED, ENDING):
+        entry = TRANSITIONS[state, GraceOver]
+        assert not isinstance(entry, Ignored)
+
+        def spy(machine: Rendezvous, pipe: Any, event: Any, entry: Any = entry) -> list[Any]:
+            ran.append((event.relay_id, event.slot))
+            return entry(machine, pipe, event)  # type: ignore[no-any-return]
+
+        monkeypatch.setitem(TRANSITIONS, (state, GraceOver), spy)
+    _feed(rv, Drain())
+    assert ran == reserved
+    assert all(not r.reserved for r in rv.relays.values())
 
 
 def _refuse(pair: tuple[PipeState, type[Addressed]]) -> Callable[..., list[Any]]:

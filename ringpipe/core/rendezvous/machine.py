@@ -17,7 +17,9 @@ nothing. That table, at the end of this module, is the one place that lists whic
 when; it is total (a test walks it). Three events concern many pipes and are fanned out first:
 ``Tick`` becomes one WaitOver, GraceOver or ParkOver per live timer due (``TimerKind``; a stale
 one, whose party or slot moved on, is dropped), ``WorkerGone`` one ``Vanished`` per party on
-that worker, and ``Drain`` goes to every pipe on a path. Two checks hold in every state and run
+that worker, and ``Drain`` goes to every pipe on a path, then ends every grace reservation (one
+``GraceOver`` each, due now: a draining server refuses the Join that would take the slot back,
+so waiting out the grace would only hold the drain up). Two checks hold in every state and run
 before a Join is dispatched: a party joins once (a repeated Join is ignored), and a draining
 server refuses joins (503).
 
@@ -62,7 +64,8 @@ est.        Join(receiver, resume N)           est.       Resume(slot) if a slot
                                                           whatever its epoch and N (the reader
                                                           reports the gap)
 est.|ending Leave(receiver, completed)         est.|end.  (last one) Finish(sender)
-est.        Leave(resumable receiver, aborted) est.       -- (slot reserved for reconnect_grace)
+est.        Leave(resumable receiver, aborted) est.       -- (slot reserved for reconnect_grace,
+                                                          unless draining: then as below)
 est.|ending Leave(receiver, aborted)/Vanished  est.|end.  Detach(slot); ReceiverAborted(sender) if
                                                           est.; (last one) Finish(sender, all_aborted?)
 est.        GraceOver                          est.|end.  as Leave(receiver, aborted)
@@ -196,7 +199,11 @@ class Rendezvous(Ledger):
 
     def _drain(self, drain: Drain) -> list[Action]:
         self.draining = True
-        return [action for pipe in list(self.pipes.values()) for action in self._fire(pipe, drain)]
+        actions = [action for pipe in list(self.pipes.values()) for action in self._fire(pipe, drain)]
+        reservations = [(r.relay_id, slot, due) for r in self.relays.values() for slot, due in r.reserved.items()]
+        for relay_id, slot, due in reservations:
+            actions += self._dispatch(GraceOver(relay_id, slot, due))
+        return actions
 
     def _dispatch(self, event: Join | Leave | Cancel | Query | Stalled | InnerEvent) -> list[Action]:
         """Run ``event`` on the pipe it is addressed to (see the module docstring)."""
@@ -427,6 +434,7 @@ class Rendezvous(Ledger):
                 and party in relay.resumable
                 and self.limits.reconnect_grace > 0
                 and not relay.path_freed
+                and not self.draining  # no Join is taken now: the slot could not be taken back
             )
             relay.resumable.pop(party, None)
             if keep:
