@@ -56,6 +56,10 @@ log = logging.getLogger("ringpipe.worker")
 GC_YOUNG_THRESHOLD: Final = 50_000
 
 _SIGNALS: Final = (signal.SIGINT, signal.SIGTERM)
+#: uvicorn's own logger: the shutdown's lines read as they always have.
+_uvicorn_log = logging.getLogger("uvicorn.error")
+#: How often a draining worker looks whether its last connections and request tasks are gone.
+_DRAIN_POLL_S: Final = 0.01
 
 
 class _DatedServerState(ServerState):
@@ -115,6 +119,47 @@ class _WorkerServer(uvicorn.Server):
         self._exit_requested = asyncio.Event()
         if not self.should_exit:
             await self._exit_requested.wait()
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        """uvicorn's shutdown (0.55) without its fixed pauses: it sleeps 0.1 s after asking every
+        connection to shut down and then polls them every 0.1 s; here the wait is polled every
+        ``_DRAIN_POLL_S`` and ends as soon as the last connection and task are gone. An idle
+        worker drains in a few ms instead of ~0.15 s (a restart, a rolling deploy, and each of
+        the test suite's few hundred server stops). The rest is uvicorn's: stop accepting, ask
+        each connection to finish its response, cancel what is left at
+        ``timeout_graceful_shutdown``, run the lifespan's shutdown."""
+        _uvicorn_log.info("Shutting down")
+        for server in self.servers:
+            server.close()
+        for sock in sockets or []:
+            sock.close()
+        for connection in list(self.server_state.connections):
+            connection.shutdown()
+        try:
+            async with asyncio.timeout(self.config.timeout_graceful_shutdown):
+                await self._wait_open_work()
+        except TimeoutError:
+            _uvicorn_log.error(
+                "Cancel %s running task(s), timeout graceful shutdown exceeded", len(self.server_state.tasks)
+            )
+            for task in self.server_state.tasks:
+                task.cancel(msg="Task cancelled, timeout graceful shutdown exceeded")
+        if not self.force_exit:
+            await self.lifespan.shutdown()
+
+    async def _wait_open_work(self) -> None:
+        """Until every connection has closed and every request task has ended (or a forced exit)."""
+        state = self.server_state
+        if state.connections and not self.force_exit:
+            _uvicorn_log.info("Waiting for connections to close. (CTRL+C to force quit)")
+        while state.connections and not self.force_exit:
+            await asyncio.sleep(_DRAIN_POLL_S)
+        if state.tasks and not self.force_exit:
+            _uvicorn_log.info("Waiting for background tasks to complete. (CTRL+C to force quit)")
+        while state.tasks and not self.force_exit:
+            await asyncio.sleep(_DRAIN_POLL_S)
+        for server in self.servers:
+            await server.wait_closed()
 
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
