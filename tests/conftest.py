@@ -16,6 +16,14 @@ from tests.support.browser import Browser, start_browser
 from tests.support.servers import Server, ServerFactory, start_server, stop_and_check
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Modules that hold a ``slow`` test first, the rest in their usual order: the test
+    processes (``-n 2 --dist loadfile``) take whole modules in this order, so the minute-long
+    ones start at once instead of ending the run alone on one core."""
+    slow_modules = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow_modules)  # stable: order within kept
+
+
 @pytest.fixture
 def server_factory() -> Iterator[ServerFactory]:
     """Start servers with chosen flags; each is stopped and checked for leftovers at teardown."""

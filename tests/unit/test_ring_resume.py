@@ -19,6 +19,7 @@ import uuid
 from collections.abc import Coroutine
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
@@ -228,6 +229,7 @@ class ResumeModel(RuleBasedStateMachine):
                 event("a client got the whole pipe after drops")
 
 
+@pytest.mark.slow
 def test_drops_and_resumes_within_the_window_lose_and_duplicate_nothing() -> None:
     """The property test: 500 examples of up to 80 steps each."""
     ResumeModel.TestCase.settings = settings(
