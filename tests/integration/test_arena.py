@@ -141,7 +141,7 @@ def test_kill_9_of_a_worker_leaves_no_segment_of_it(server: Server) -> None:
     assert not server.stray_shm()
 
 
-@pytest.mark.slow
+@pytest.mark.slow(5)
 def test_three_thousand_concurrent_token_pipes_fit_the_default_limits(server: Server) -> None:
     """3000 token streams established at once, default flags: none is refused (at 1 MiB a
     ring, the default --max-memory stopped at about 2000), and they hold a few KiB each."""

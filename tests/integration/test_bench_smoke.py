@@ -95,7 +95,7 @@ def check_runs(data: dict[str, object], scenarios: tuple[str, ...], servers: tup
                 assert r["verified"], (case["name"], server)
 
 
-@pytest.mark.slow
+@pytest.mark.slow(35)
 @pytest.mark.timeout(900)
 def test_quick_benchmark_runs_every_scenario_on_both_servers(tmp_path: Path) -> None:
     data = run_bench(tmp_path)
@@ -128,7 +128,7 @@ def check_churn(r: dict[str, Any]) -> None:
     assert r["server_cpu_ms_per_stream"] is not None and r["p99_ms"] is not None
 
 
-@pytest.mark.slow
+@pytest.mark.slow(5)
 @pytest.mark.timeout(900)
 def test_quick_churn(tmp_path: Path) -> None:
     """A few dozen short streams after a warm-up, on both servers."""
@@ -141,7 +141,7 @@ def test_quick_churn(tmp_path: Path) -> None:
         check_churn(r)
 
 
-@pytest.mark.slow
+@pytest.mark.slow(7)
 @pytest.mark.timeout(900)
 @pytest.mark.parametrize("framing", ["sse", "ndjson"])
 def test_quick_swarm_in_a_text_framing(tmp_path: Path, framing: str) -> None:
@@ -157,7 +157,7 @@ def test_quick_swarm_in_a_text_framing(tmp_path: Path, framing: str) -> None:
         assert r["tokens_delivered"] == r["tokens_expected"] == r["streams"] * r["readers"] * r["records"]
 
 
-@pytest.mark.slow
+@pytest.mark.slow(6)
 @pytest.mark.timeout(900)
 def test_quick_workers_sweep(tmp_path: Path) -> None:
     data = run_bench(tmp_path, "--workers-sweep", "1,2", "--scenarios", "pairs")

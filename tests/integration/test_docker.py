@@ -204,7 +204,7 @@ def container(image: Image) -> Iterator[tuple[Server, subprocess.Popen[bytes] | 
             wrapper.stderr.close()
 
 
-@pytest.mark.slow
+@pytest.mark.slow(22)
 def test_install_steps_and_command_serve_and_drain(
     container: tuple[Server, subprocess.Popen[bytes] | None], image: Image
 ) -> None:

@@ -369,7 +369,7 @@ def log_time(record: dict[str, object]) -> float:
     return time.mktime(time.strptime(whole, "%Y-%m-%dT%H:%M:%S")) + int(frac) / 1000
 
 
-@pytest.mark.slow
+@pytest.mark.slow(25)
 def test_a_thousand_transfers_leave_no_ring_and_no_growth(server_factory: ServerFactory) -> None:
     server = server_factory("--workers", "2")
 

@@ -298,6 +298,7 @@ def _garbage_after(
     return garbage
 
 
+@pytest.mark.slow(6)
 @pytest.mark.parametrize("scenario", list(SCENARIOS))
 def test_finished_streams_leave_no_cyclic_garbage(server_factory: ServerFactory, tmp_path: Path, scenario: str) -> None:
     garbage = _garbage_after(server_factory, tmp_path, SCENARIOS[scenario], scenario)

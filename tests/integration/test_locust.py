@@ -60,7 +60,7 @@ def data_rows(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
-@pytest.mark.slow
+@pytest.mark.slow(23)
 def test_twenty_second_locust_run_has_no_failure(server: Server, tmp_path: Path) -> None:
     done = run_locust(server, tmp_path, 20, "--pipe-mode", "mixed", "--pipe-n", "3", "--pipe-size", "512KiB")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]

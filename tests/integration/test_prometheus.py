@@ -163,7 +163,7 @@ async def load(port: int) -> None:
         await asyncio.sleep(1.0)
 
 
-@pytest.mark.slow
+@pytest.mark.slow(14)
 def test_dashboard_queries_return_data_from_a_real_prometheus(server: Server, prometheus_for: Any) -> None:
     prometheus = prometheus_for(server)
     prometheus.wait_for("up", lambda v: v == 1)  # scraping before the load starts: rates see all of it

@@ -457,7 +457,7 @@ def hash_stream(stream: object) -> tuple[str, int]:
     return digest.hexdigest(), size
 
 
-@pytest.mark.slow
+@pytest.mark.slow(10)
 @pytest.mark.parametrize("framing", ["content-length", "chunked"])
 def test_one_gib_upload_arrives_intact(cluster: Cluster, framing: str, tmp_path: Path) -> None:
     path = fresh()

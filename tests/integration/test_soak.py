@@ -21,7 +21,7 @@ from bench.ringbench.soak import SoakConfig, describe, run_soak
 MAX_GROWTH = 0.35
 
 
-@pytest.mark.slow
+@pytest.mark.slow(63)
 @pytest.mark.timeout(400)
 def test_one_minute_soak_fails_only_the_killed_workers_pipes(tmp_path: Path) -> None:
     cfg = SoakConfig(

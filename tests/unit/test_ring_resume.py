@@ -229,7 +229,7 @@ class ResumeModel(RuleBasedStateMachine):
                 event("a client got the whole pipe after drops")
 
 
-@pytest.mark.slow
+@pytest.mark.slow(19)
 def test_drops_and_resumes_within_the_window_lose_and_duplicate_nothing() -> None:
     """The property test: 500 examples of up to 80 steps each."""
     ResumeModel.TestCase.settings = settings(
