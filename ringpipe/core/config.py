@@ -118,6 +118,14 @@ class Settings:
         default=1 << 20,
         metadata=_meta("Shared-memory ring per established pipe, in bytes; a power of two (4096 .. 1 GiB)."),
     )
+    ring_keep: float = field(
+        default=1.0,
+        metadata=_meta(
+            "Seconds a freed ring's pages stay allocated for the worker's next ring, instead of being "
+            "given back and allocated again (0: given back at once). Counted in --max-memory, and given "
+            "back at once when a reservation needs them."
+        ),
+    )
     max_receivers: int = field(default=256, metadata=_meta("Largest ?n a pipe may ask for (1 .. 256)."))
     colocate_max_n: int = field(
         default=16,
@@ -299,6 +307,12 @@ def _check_graceful(value: object) -> str | None:
     return f"must be a finite number >= 0 (got {value!r})"
 
 
+def _check_keep(value: object) -> str | None:
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= 60:
+        return None
+    return f"must be a number of seconds from 0 to 60 (got {value!r})"
+
+
 def _check_level(value: object) -> str | None:
     return None if value in LOG_LEVELS else f"must be one of {', '.join(LOG_LEVELS)} (got {value!r})"
 
@@ -347,6 +361,7 @@ _VALIDATORS: Final[dict[str, Callable[[object], str | None]]] = {
     "port": _check_port,
     "workers": _check_workers,
     "ring_bytes": _check_ring,
+    "ring_keep": _check_keep,
     "max_receivers": _check_receivers,
     "colocate_max_n": _check_count(0, MAX_RECEIVERS_CEILING),
     "graceful_timeout": _check_graceful,
@@ -396,6 +411,7 @@ _PARSERS: Final[dict[str, Callable[[str], object]]] = {
     "port": int,
     "workers": int,
     "ring_bytes": parse_size,
+    "ring_keep": float,
     "max_receivers": int,
     "colocate_max_n": int,
     "graceful_timeout": float,

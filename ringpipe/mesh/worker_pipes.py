@@ -114,6 +114,7 @@ class WorkerPipes:
             on_change=metrics.ring_bytes_changed,
             on_refusal=metrics.ring_refused,
             call_later=lambda delay, callback: asyncio.get_running_loop().call_later(delay, callback),
+            keep_s=settings.ring_keep,
         )
         self.first_capacity = min(INITIAL_RING_BYTES, settings.ring_bytes)
         #: A new ring's replay window, and the stall timeout of a pipe that names none (in ms).

@@ -14,9 +14,22 @@ the largest header and the largest ring (``--ring-bytes``); most of it is a hole
   ENOSPC, which becomes ``RingMemoryFull`` (503, or a ring that stops growing) instead of a
   SIGBUS at the first touch of a page nobody could allocate.
 - **Free**: ``MADV_REMOVE`` punches the slot's reserved bytes out of the file: the pages go
-  back to the system at once and out of every mapping (the owner frees a slot only when no
-  process touches it any more: see "Users" below). The slot is then reused, lowest
-  first, so an idle worker's arena holds no page at all.
+  back to the system and out of every mapping (the owner frees a slot only when no process
+  touches it any more: see "Users" below). The slot is then reused, lowest first, so an
+  idle worker's arena holds no page at all.
+- **Keep, briefly** (only where the worker gives the arena a timer): a freed slot keeps its
+  pages for ``keep_s`` (``--ring-keep``, 1 s by default, 0 turns it off), its header
+  zeroed so that nothing can attach to the old ring, and the worker's next ring takes the
+  slot freed last, pages and all. Allocating a page of ``/dev/shm`` and punching it out
+  again costs ~1.2 ms of kernel time per MiB on a 2-vCPU VM, against ~40 µs to copy that
+  MiB, so a worker that ends and starts bulk pipes all the time spends more on its rings'
+  pages than on their bytes; reused, they cost nothing. Kept pages stay counted as reserved
+  (the budget, the ``ringpipe_ring_bytes`` gauge) and go back: a kept slot's ``keep_s``
+  after it was freed; the pages a reused slot holds beyond what its new ring uses (a token
+  stream in a slot a 1 MiB ring left) once they were unused that long; and all of them at
+  once when a reservation would otherwise be refused (the budget, or a full ``/dev/shm``).
+  So an idle worker still holds no page a second after its last pipe ended, and no ring is
+  ever refused for pages kept.
 - **Grow**: the arena registers itself as the grower of its rings in this process
   (``mapping.register_grower``); a producer here that runs short of room reserves more
   (``RingSegment._grow``). A producer in another worker cannot, so its ring is made at full
@@ -31,8 +44,8 @@ the largest header and the largest ring (``--ring-bytes``); most of it is a hole
   nothing. Readers in other workers map just the ring's slot, by name
   (``mapping.open_region``).
 
-What ``reserved`` counts is what the file holds: headers and capacities, page-rounded,
-never a nominal ring size.
+What ``reserved`` counts is what the file holds: headers and capacities, page-rounded, and
+pages kept for the next ring; never a nominal ring size.
 
 Pages and SIGBUS: a page of a ``/dev/shm`` file that nobody reserved is allocated when it is
 first touched, and when ``/dev/shm`` is full that touch is a SIGBUS. So no process touches a
@@ -41,7 +54,8 @@ byte outside the header and the first ``capacity`` data bytes, and the owner res
 
 Users, and when a slot may be reused: ``users[w]`` is 1 while worker ``w`` has a party's
 handle open on the ring (``mapping.Region.parties``); only worker ``w`` writes it (the owner
-clears it for a dead ``w``). The owner frees the slot (punches its pages and reuses it) only
+clears it for a dead ``w``). The owner frees the slot (zeroes its header, keeps or punches
+its pages, and reuses it) only
 once every party it sent a START has left and no ``users`` byte is set: the owner reads
 the byte after the party's Leave frame arrived, and the party set it before sending that
 frame, so a handle still open after its Leave (a few header loads on the way out) keeps
@@ -50,10 +64,12 @@ the slot alive. ``relay_id`` in the header lets ``attach`` refuse a reused slot.
 
 from __future__ import annotations
 
+import errno
 import logging
 import mmap
 import os
 import sys
+import time
 from collections.abc import Callable
 from typing import Final
 
@@ -62,6 +78,8 @@ from ringpipe.core.errors import RingMemoryFull
 from ringpipe.shm import mapping
 from ringpipe.shm.layout import (
     MAX_HEADER_BYTES,
+    W_CAPACITY,
+    W_READERS,
     check_shape,
     data_offset,
     page_round,
@@ -86,6 +104,11 @@ CHUNK_SLOTS: Final = 64
 CHUNK_MAX_BYTES: Final = 4 << 30
 #: How long a chunk may stay mapped without a ring, where the arena has a timer.
 UNMAP_DELAY_S: Final = 1.0
+#: How long a freed slot keeps its pages for the next ring ("Keep, briefly" above), and how
+#: long pages a reused slot's ring does not use stay before they go back (``--ring-keep``).
+KEEP_FREED_S: Final = 1.0
+#: Zeros for a header (a kept slot's, when it is freed and when it is reused).
+_ZEROS: Final = memoryview(bytes(MAX_HEADER_BYTES))
 
 #: ``call_later(delay, callback)``: run ``callback`` in ``delay`` seconds (the event loop's).
 CallLater = Callable[[float, Callable[[], None]], object]
@@ -132,11 +155,14 @@ class Arena:
         on_change: Callable[[int], None] = _no_change,
         on_refusal: Callable[[str], None] = _no_refusal,
         call_later: CallLater | None = None,
+        keep_s: float = KEEP_FREED_S,
     ) -> None:
         """``ring_bytes``: the largest ring; ``budget``: bytes reserved at once at most;
         ``on_change(delta)`` after every reservation and free (the reserved-bytes gauge);
         ``on_refusal(reason)`` when a reservation is refused ("memory_limit", "shm_full");
-        ``call_later``: a timer to unmap empty chunks with (none: unmap them at once)."""
+        ``call_later``: a timer to unmap empty chunks with (none: unmap them at once);
+        ``keep_s``: how long a freed ring's pages are kept for the next ring, with a timer (0:
+        given back at once)."""
         self.name = name
         self.ring_bytes = ring_bytes
         self.slots = SlotTable(page_round(MAX_HEADER_BYTES + ring_bytes))  # slots start on a page
@@ -153,6 +179,15 @@ class Arena:
         self._unmap_pending = False
         self._fd: int | None = None
         self._size = 0
+        #: Freed slots that keep their pages ("Keep, briefly"), oldest first: slot -> (bytes
+        #: allocated from its start, when it was freed). Their slots stay taken in ``slots``
+        #: and their chunks mapped (``_Chunk.live`` counts them) until they are given back.
+        self._kept: dict[int, tuple[int, float]] = {}
+        #: Live rings made in a kept slot with pages beyond their capacity, oldest first: slot -> when.
+        self._tails: dict[int, float] = {}
+        self._keep_timer_pending = False
+        self.keep_s = keep_s
+        self.clock: Callable[[], float] = time.monotonic
 
     @property
     def path(self) -> str:
@@ -166,7 +201,7 @@ class Arena:
 
     def create_ring(self, relay_id: int, *, n_readers: int, capacity: int, window: int) -> RingSegment:
         """Reserve a ring of ``capacity`` bytes (it may grow to ``ring_bytes``) in its chunk's
-        mapping; the owner's handle on it.
+        mapping, in the slot freed last if one keeps its pages; the owner's handle on it.
 
         Raises:
             RingMemoryFull: the budget is spent or ``/dev/shm`` is full; nothing is reserved.
@@ -177,28 +212,10 @@ class Arena:
         check_shape(capacity=capacity, max_capacity=ring_bytes, n_readers=n_readers, window=window)
         header = data_offset(n_readers)
         size = segment_bytes(capacity, n_readers)
-        if not self.budget.take(size):
-            self.on_refusal("memory_limit")
-            raise RingMemoryFull("memory_limit")
-        slot = self.slots.take()
+        slot, size = self._reuse_kept(header, size) if self._kept else self._take_fresh(size)
         index, within = divmod(slot, self.chunk_slots)
+        chunk = self._chunks[index]
         offset = self.slots.offset(slot)
-        chunk = self._chunks.get(index)
-        try:
-            fd = self._fd if self._fd is not None else self._file()
-            if chunk is None:
-                chunk = self._map_chunk(fd, index)
-            os.posix_fallocate(fd, offset, size)
-        except OSError as exc:
-            self.budget.give(size)
-            self.slots.give(slot)
-            if chunk is not None and not chunk.live:
-                del self._chunks[index]
-                chunk.unmap()
-            log.warning("cannot reserve a ring in %s: %s", self.name, exc)
-            self.on_refusal("shm_full")
-            raise RingMemoryFull("shm_full") from exc
-        chunk.live += 1
         base = within * self.slots.slot_bytes
         region = mapping.adopt_region(
             mapping.ring_name(self.name, relay_id, offset, header + ring_bytes),
@@ -216,8 +233,87 @@ class Arena:
         ring = RingSegment(region, owned=True)
         self._rings[slot] = ring
         self._reserved[slot] = size
-        self.on_change(size)
         return ring
+
+    def _reuse_kept(self, header: int, size: int) -> tuple[int, int]:
+        """Take the slot freed last, with its pages, for a ring of ``size`` bytes with a
+        ``header``-byte header: the slot and the bytes it now reserves (``size``, or more).
+
+        Raises:
+            RingMemoryFull: it held fewer pages and no more could be reserved (the slot is
+                given back).
+        """
+        slot, (held, _freed) = self._kept.popitem()  # the last freed: its pages the likeliest mapped
+        index, within = divmod(slot, self.chunk_slots)
+        if size > held:
+            try:
+                self._allocate(self.slots.offset(slot) + held, size - held)
+            except RingMemoryFull:
+                self._give_back_slot(slot, held)
+                raise
+            self.on_change(size - held)
+        elif held > size:
+            self._tails[slot] = self.clock()  # pages it may grow into; given back if it does not
+            self._arm_keep_timer()
+        base = within * self.slots.slot_bytes
+        self._chunks[index].buf[base : base + header] = _ZEROS[:header]  # as fresh pages are
+        return slot, max(size, held)
+
+    def _take_fresh(self, size: int) -> tuple[int, int]:
+        """The lowest free slot, its chunk mapped and ``size`` bytes of it reserved.
+
+        Raises:
+            RingMemoryFull: the budget or ``/dev/shm`` refused; nothing is reserved.
+        """
+        slot = self.slots.take()
+        index = slot // self.chunk_slots
+        chunk = self._chunks.get(index)
+        try:
+            fd = self._fd if self._fd is not None else self._file()
+            if chunk is None:
+                chunk = self._map_chunk(fd, index)
+            self._allocate(self.slots.offset(slot), size)
+        except (OSError, RingMemoryFull) as exc:
+            self.slots.give(slot)
+            if chunk is not None and not chunk.live:
+                del self._chunks[index]
+                chunk.unmap()
+            if isinstance(exc, RingMemoryFull):
+                raise
+            log.warning("cannot map a chunk of %s: %s", self.name, exc)
+            self.on_refusal("shm_full")
+            raise RingMemoryFull("shm_full") from exc
+        chunk.live += 1
+        self.on_change(size)
+        return slot, size
+
+    def _allocate(self, offset: int, size: int) -> None:
+        """Count ``size`` bytes against the budget and allocate the file's pages at ``offset``
+        (``on_change`` is the caller's). Kept pages go back first when either is short.
+
+        Raises:
+            RingMemoryFull: the budget or ``/dev/shm`` refused; nothing is reserved.
+        """
+        if not self.budget.take(size):
+            if not (self._kept or self._tails) or not (self.give_back_kept() and self.budget.take(size)):
+                self.on_refusal("memory_limit")
+                raise RingMemoryFull("memory_limit")
+        fd = self._fd if self._fd is not None else self._file()
+        try:
+            os.posix_fallocate(fd, offset, size)
+        except OSError as exc:
+            retried = False
+            if exc.errno == errno.ENOSPC and (self._kept or self._tails) and self.give_back_kept():
+                try:
+                    os.posix_fallocate(fd, offset, size)
+                    retried = True
+                except OSError as again:
+                    exc = again
+            if not retried:
+                self.budget.give(size)
+                log.warning("cannot reserve ring pages in %s: %s", self.name, exc)
+                self.on_refusal("shm_full")
+                raise RingMemoryFull("shm_full") from exc
 
     def _map_chunk(self, fd: int, index: int) -> _Chunk:
         """Map chunk ``index``, the file extended to cover it first (a hole: no memory).
@@ -235,31 +331,27 @@ class Arena:
 
     def grow(self, ring_offset: int, start: int, end: int) -> bool:
         """Reserve bytes ``[start, end)`` of the ring at ``ring_offset`` (a ``mapping.Grower``;
-        ``start`` is where its reservation ends now, within the page it ends in): the pages up
-        to ``end``, rounded up. False, with nothing reserved, if the budget or ``/dev/shm``
-        refuses."""
+        ``start`` is where its capacity ends now, within the page it ends in): the pages up
+        to ``end``, rounded up, of which a ring in a kept slot may hold some already. False,
+        with nothing reserved, if the budget or ``/dev/shm`` refuses."""
         slot = ring_offset // self.slots.slot_bytes
         reserved = self._reserved.get(slot)
         end = page_round(end)
-        if reserved is None or page_round(start) != reserved or end <= reserved:
-            return reserved is not None and end <= reserved
-        start = reserved
-        size = end - start
-        if not self.budget.take(size):
-            self.on_refusal("memory_limit")
+        if reserved is None or page_round(start) > reserved:
             return False
+        if end <= reserved:
+            return True
+        self._tails.pop(slot, None)  # it grows past them: kept pages it holds are its own now
+        size = end - reserved
         try:
-            os.posix_fallocate(self._file(), ring_offset + start, size)
-        except OSError as exc:
-            self.budget.give(size)
-            self._rings[slot].region.madvise(mmap.MADV_REMOVE, start, size)  # what was allocated, if anything
-            log.warning("cannot grow a ring in %s: %s", self.name, exc)
-            self.on_refusal("shm_full")
+            self._allocate(ring_offset + reserved, size)
+        except RingMemoryFull:
+            self._rings[slot].region.madvise(mmap.MADV_REMOVE, reserved, size)  # what was allocated, if anything
             return False
         self._reserved[slot] = end
         self.on_change(size)
         if size >= POPULATE_MIN_BYTES:
-            self._populate(self._rings[slot], start, size)
+            self._populate(self._rings[slot], reserved, size)
         return True
 
     def _populate(self, ring: RingSegment, start: int, size: int) -> None:
@@ -277,20 +369,98 @@ class Arena:
             _populate_works = False
 
     def free(self, ring: RingSegment) -> None:
-        """Give a ring's pages back to the system and its slot to the next ring. Only when no
-        process touches it any more (see "Users" above); the owner's handle closes."""
+        """Give a ring's slot to the next ring, and its pages back to the system: at once, or,
+        where the arena has a timer, after ``keep_s`` unless a new ring takes them first
+        ("Keep, briefly"). Only when no process touches the ring any more (see
+        "Users" above); the owner's handle closes."""
         region = ring.region
         slot = region.offset // self.slots.slot_bytes
         if self._rings.get(slot) is not ring:
             raise ValueError(f"{ring.name!r} is not a live ring of {self.name}")
         size = self._reserved.pop(slot)
         del self._rings[slot]
-        region.mm.madvise(mmap.MADV_REMOVE, region.base, size)  # ``region.madvise(REMOVE, 0, size)``
+        self._tails.pop(slot, None)
+        if self.call_later is None or self.keep_s <= 0:
+            region.mm.madvise(mmap.MADV_REMOVE, region.base, size)  # ``region.madvise(REMOVE, 0, size)``
+            ring.close()
+            self.budget.give(size)
+            self.slots.give(slot)
+            self.on_change(-size)
+            self._chunk_lost_one(slot // self.chunk_slots)
+            return
+        header = data_offset(ring.n_readers)
+        region.mm[region.base : region.base + header] = _ZEROS[:header]  # no attach finds the old ring
         ring.close()
-        self.budget.give(size)
+        self._kept[slot] = (size, self.clock())
+        self._arm_keep_timer()
+
+    def give_back_kept(self) -> bool:
+        """Give back every kept page now (a reservation would be refused otherwise); True if
+        there were any."""
+        had = bool(self._kept or self._tails)
+        while self._kept:
+            slot, (held, _freed) = self._kept.popitem()
+            self._give_back_slot(slot, held)
+        while self._tails:
+            slot, _since = self._tails.popitem()
+            self._trim(slot)
+        return had
+
+    def give_back_stale(self) -> None:
+        """The timer's callback: give back what was kept ``keep_s`` and is still unused."""
+        self._keep_timer_pending = False
+        cutoff = self.clock() - self.keep_s
+        while self._kept:
+            slot, (held, freed) = next(iter(self._kept.items()))
+            if freed > cutoff:
+                break
+            del self._kept[slot]
+            self._give_back_slot(slot, held)
+        while self._tails:
+            slot, since = next(iter(self._tails.items()))
+            if since > cutoff:
+                break
+            del self._tails[slot]
+            self._trim(slot)
+        self._arm_keep_timer()
+
+    def _arm_keep_timer(self) -> None:
+        """Have ``give_back_stale`` run when the oldest kept pages are due (if anything is kept)."""
+        if self._keep_timer_pending or self.call_later is None:
+            return
+        due = [next(iter(self._kept.values()))[1]] if self._kept else []
+        if self._tails:
+            due.append(next(iter(self._tails.values())))
+        if due:
+            self._keep_timer_pending = True
+            self.call_later(max(0.01, min(due) + self.keep_s - self.clock()), self.give_back_stale)
+
+    def _give_back_slot(self, slot: int, held: int) -> None:
+        """Punch a kept (not live) slot's ``held`` bytes and free the slot."""
+        index, within = divmod(slot, self.chunk_slots)
+        self._chunks[index].mm.madvise(mmap.MADV_REMOVE, within * self.slots.slot_bytes, held)
+        self.budget.give(held)
         self.slots.give(slot)
-        self.on_change(-size)
-        index = slot // self.chunk_slots
+        self.on_change(-held)
+        self._chunk_lost_one(index)
+
+    def _trim(self, slot: int) -> None:
+        """Give back the pages a live ring in a reused slot holds beyond its capacity (nobody
+        touches them: a ring's bytes stay within its capacity, which only ``grow`` raises)."""
+        ring = self._rings.get(slot)
+        if ring is None:
+            return
+        words = ring.words
+        used = page_round(data_offset(int(words[W_READERS])) + int(words[W_CAPACITY]))
+        extra = self._reserved[slot] - used
+        if extra > 0:
+            ring.region.madvise(mmap.MADV_REMOVE, used, extra)
+            self._reserved[slot] = used
+            self.budget.give(extra)
+            self.on_change(-extra)
+
+    def _chunk_lost_one(self, index: int) -> None:
+        """A ring or kept slot of chunk ``index`` is gone: unmap the chunk once it holds none."""
         chunk = self._chunks[index]
         chunk.live -= 1
         if not chunk.live:
@@ -309,18 +479,22 @@ class Arena:
 
     @property
     def reserved(self) -> int:
-        """Bytes this arena holds now (headers and capacities of its live rings)."""
+        """Bytes this arena holds now: headers and capacities of its live rings, and the
+        pages it keeps ("Keep, briefly")."""
         return self.budget.reserved
 
     @property
     def live(self) -> int:
-        return self.slots.live
+        """Live rings (kept slots are not)."""
+        return self.slots.live - len(self._kept)
 
     def close(self) -> None:
         """Worker exit: unlink the file (mappings elsewhere stay valid until they close)."""
         for ring in self._rings.values():
             ring.close()
         self._rings.clear()
+        self._kept.clear()
+        self._tails.clear()
         for chunk in self._chunks.values():
             chunk.unmap()
         self._chunks.clear()

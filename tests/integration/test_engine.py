@@ -389,11 +389,20 @@ def test_a_thousand_transfers_leave_no_ring_and_no_growth(server_factory: Server
         await asyncio.gather(*(one(i) for i in range(count)))
         return ok
 
+    def settled() -> None:
+        """Until the rings' pages went back and their chunks unmapped (a second each after
+        the last transfer), the workers' RSS counts them."""
+        time.sleep(1)
+        deadline = time.monotonic() + 10
+        while server.stray_shm() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(1.2)
+
     assert run(transfers(150)) == 150  # warm up allocators and caches
-    time.sleep(1)
+    settled()
     start_rss = server.rss()
     assert run(transfers(1000)) == 1000
-    time.sleep(1)
+    settled()
     grown = server.rss() - start_rss
     assert grown < 24 * 1024 * 1024, f"RSS grew by {grown / 1e6:.1f} MB over 1000 transfers"
     assert not server.stray_shm()

@@ -6,12 +6,12 @@ from __future__ import annotations
 import contextlib
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from ringpipe.shm.arena import Arena
 from ringpipe.shm.segment import RingSegment
 
-__all__ = ["arena_mappings", "held", "read_nowait", "scratch_arena"]
+__all__ = ["ManualTimers", "arena_mappings", "held", "read_nowait", "scratch_arena"]
 
 
 @contextlib.contextmanager
@@ -27,6 +27,39 @@ def scratch_arena() -> Iterator[Arena]:
         made.close()
         assert not os.path.exists(made.path)
         assert sum(changes) == made.reserved
+
+
+class ManualTimers:
+    """A clock and ``call_later`` for an arena that move only when the test says: ``advance``
+    runs every callback that fell due, in order (those they schedule too)."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.due: list[tuple[float, int, Callable[[], None]]] = []
+        self._made = 0
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> None:
+        self._made += 1
+        self.due.append((self.now + delay, self._made, callback))
+
+    def clock(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        until = self.now + seconds
+        while True:
+            ready = sorted(d for d in self.due if d[0] <= until)
+            if not ready:
+                break
+            self.due.remove(ready[0])
+            self.now = max(self.now, ready[0][0])
+            ready[0][2]()
+        self.now = until
+
+    def drive(self, arena: Arena) -> None:
+        """Make ``arena`` use these timers."""
+        arena.call_later = self.call_later
+        arena.clock = self.clock
 
 
 def held(arena: Arena) -> int:

@@ -7,7 +7,7 @@ import errno
 import os
 import random
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -21,7 +21,7 @@ from ringpipe.shm import arena as arena_module
 from ringpipe.shm import mapping, segment
 from ringpipe.shm.arena import Arena
 from ringpipe.shm.layout import data_offset, segment_bytes
-from tests.support.rings import arena_mappings, held, read_nowait, scratch_arena
+from tests.support.rings import ManualTimers, arena_mappings, held, read_nowait, scratch_arena
 
 PAGE = 4096
 HEADER = data_offset(1)  # 704 bytes: the data starts in the header's page
@@ -256,25 +256,97 @@ def test_rings_share_a_mapping_per_chunk_and_its_last_free_unmaps_it(arena: Aren
     assert (arena.reserved, held(arena), arena_mappings(arena), mapping.mapped()) == (0, 0, 0, 0)
 
 
-def test_with_a_timer_an_empty_chunk_stays_mapped_until_it_fires(arena: Arena) -> None:
-    """Pipes one at a time reuse the chunk's mapping; the timer unmaps it once it is empty,
-    and a chunk that got a ring again meanwhile stays."""
-    timers: list[tuple[float, Callable[[], None]]] = []
-    arena.call_later = lambda delay, callback: timers.append((delay, callback))
+def test_with_a_timer_a_freed_slot_keeps_its_pages_for_the_next_ring_then_gives_them_back(arena: Arena) -> None:
+    """Pipes one at a time take the same slot, its pages and the chunk's mapping; a second
+    after the last one ended its pages go back, and a second after that the chunk unmaps."""
+    timers = ManualTimers()
+    timers.drive(arena)
     arena.chunk_slots = 2
     for relay_id in (1, 2, 3):
-        arena.free(arena.create_ring(relay_id, n_readers=1, capacity=PAGE, window=0))
-    assert [delay for delay, _ in timers] == [arena_module.UNMAP_DELAY_S]  # one timer at a time
-    assert (arena_mappings(arena), held(arena)) == (1, 0)  # mapped, holding nothing
-    rings = [arena.create_ring(relay_id, n_readers=1, capacity=PAGE, window=0) for relay_id in (4, 5, 6)]
-    arena.free(rings[2])  # chunk 1 is empty now, chunk 0 is not
-    timers.pop()[1]()
-    assert (arena_mappings(arena), held(arena)) == (1, 2 * (cost(PAGE)))
-    arena.free(rings[0])
-    arena.free(rings[1])
-    assert len(timers) == 1 and arena_mappings(arena) == 1
-    timers.pop()[1]()
-    assert (arena_mappings(arena), held(arena), mapping.mapped()) == (0, 0, 0)
+        ring = arena.create_ring(relay_id, n_readers=1, capacity=PAGE, window=0)
+        assert ring.region.offset == 0 and ring.write_seq == 0 and ring.relay_id == relay_id
+        writer = segment.RingSegment.attach(ring.name)
+        assert writer.write_nowait(bytes([relay_id]) * 3000) == 3000
+        assert read_nowait(writer, 0, PAGE) == bytes([relay_id]) * 3000
+        writer.close()
+        arena.free(ring)
+        assert (arena.live, arena.reserved, held(arena), arena_mappings(arena)) == (0, cost(PAGE), cost(PAGE), 1)
+    timers.advance(arena_module.KEEP_FREED_S)
+    assert (arena.reserved, held(arena), arena_mappings(arena)) == (0, 0, 1)
+    timers.advance(arena_module.UNMAP_DELAY_S)
+    assert (held(arena), arena_mappings(arena), mapping.mapped()) == (0, 0, 0)
+
+
+def test_a_freed_slot_cannot_be_attached_as_its_old_ring(arena: Arena) -> None:
+    """A kept slot's header is zeroed at once: a late attach of the old ring is refused, as
+    it is when the slot is a hole."""
+    ManualTimers().drive(arena)
+    ring = arena.create_ring(1, n_readers=2, capacity=PAGE, window=0)
+    name = ring.name
+    arena.free(ring)
+    with pytest.raises(FileNotFoundError):
+        segment.RingSegment.attach(name)
+    again = arena.create_ring(2, n_readers=1, capacity=PAGE, window=0)
+    with pytest.raises(FileNotFoundError):
+        segment.RingSegment.attach(name)
+    handle = segment.RingSegment.attach(again.name)
+    assert handle.relay_id == 2
+    handle.close()
+    arena.free(again)
+
+
+def test_a_ring_in_a_kept_slot_grows_into_its_pages_and_the_rest_goes_back(arena: Arena) -> None:
+    """A ring that grew to 32 KiB leaves its pages to the next ring: that one grows into them
+    without a new reservation, and what it has not used a second later goes back; its bytes
+    stay intact throughout."""
+    timers = ManualTimers()
+    timers.drive(arena)
+    big = arena.create_ring(1, n_readers=1, capacity=PAGE, window=0)
+    writer = segment.RingSegment.attach(big.name)
+    assert writer.write_nowait(b"x" * (30 << 10)) == 30 << 10  # grows to 32 KiB
+    writer.close()
+    assert arena.reserved == cost(32 << 10)
+    arena.free(big)
+    ring = arena.create_ring(2, n_readers=1, capacity=PAGE, window=0)
+    assert (arena.reserved, held(arena)) == (cost(32 << 10), cost(32 << 10))  # the kept pages are its own
+    writer = segment.RingSegment.attach(ring.name)
+    reader = segment.RingSegment.attach(ring.name)
+    data = bytes(range(256)) * 40  # 10 KiB: the ring grows to 16 KiB, within the kept pages
+    assert writer.write_nowait(data) == len(data)
+    assert (arena.reserved, held(arena)) == (cost(32 << 10), cost(32 << 10))
+    timers.advance(arena_module.KEEP_FREED_S)  # the 16 KiB above its capacity go back
+    assert (arena.reserved, held(arena)) == (cost(16 << 10), cost(16 << 10))
+    assert read_nowait(reader, 0, 1 << 16) == data
+    more = bytes(range(255, -1, -1)) * 100  # 25 KiB: it grows again, reserving anew
+    assert writer.write_nowait(more) == len(more)
+    assert (arena.reserved, held(arena)) == (cost(32 << 10), cost(32 << 10))
+    assert read_nowait(reader, 0, 1 << 16) == more
+    writer.close()
+    reader.close()
+    arena.free(ring)
+    timers.advance(2 * arena_module.KEEP_FREED_S)
+    assert (arena.reserved, held(arena)) == (0, 0)
+
+
+def test_kept_pages_go_back_before_any_reservation_is_refused(arena: Arena) -> None:
+    """The budget counts kept pages, but a ring or a growth that needs them gets them: the
+    kept pages go back first, and only a budget still short refuses."""
+    ManualTimers().drive(arena)
+    arena.budget.limit = 3 * cost(PAGE)
+    rings = [arena.create_ring(i, n_readers=1, capacity=PAGE, window=0) for i in (1, 2, 3)]
+    for ring in rings[:2]:
+        arena.free(ring)
+    assert arena.reserved == 3 * cost(PAGE)  # two kept, one live
+    big = arena.create_ring(4, n_readers=1, capacity=2 * PAGE, window=0)  # one kept slot is not enough
+    assert (arena.live, arena.reserved, held(arena)) == (2, cost(PAGE) + cost(2 * PAGE), cost(PAGE) + cost(2 * PAGE))
+    arena.free(big)
+    writer = segment.RingSegment.attach(rings[2].name)
+    assert writer.write_nowait(b"y" * (3 * PAGE)) == 3 * PAGE  # grows to 16 KiB: the kept pages go back
+    assert (arena.live, arena.reserved, held(arena)) == (1, cost(4 * PAGE), cost(4 * PAGE))
+    writer.close()
+    with pytest.raises(RingMemoryFull):
+        arena.create_ring(5, n_readers=1, capacity=4 * PAGE, window=0)  # nothing kept to give back
+    arena.free(rings[2])
 
 
 class ArenaChunksModel(RuleBasedStateMachine):
