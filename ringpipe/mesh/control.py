@@ -3,14 +3,22 @@
 Every worker listens on ``<runtime dir>/ctl-<index>.sock``. To send to peer *w*, a worker
 uses its own outgoing link to *w* (opened on first use, re-opened after *w* restarts), so
 frames from one worker to another arrive in the order they were sent. ``send`` never
-blocks: it appends to the link's outbox, and the link's writer task flushes the whole outbox
-in one write (frames sent in one event-loop turn leave in one syscall). A frame to oneself
+blocks: it appends to the link's outbox, and the whole outbox goes out in one write on the
+next loop turn (frames sent in one event-loop turn leave in one syscall). A frame to oneself
 is dispatched locally on the next loop turn, so callers never re-enter their own handlers.
 
 Both ends say ``Hello`` first, so each side learns the other's pid. A link that reaches EOF
 or fails means that peer process is gone (Unix sockets on one host fail no other way):
 ``on_peer_gone(worker, pid)`` is called once per (worker, pid), and frames still queued for
 it are dropped; their parties are failed by that callback, never left waiting.
+
+Both ends are ``asyncio`` protocols on the event loop's own transports: bytes arrive in
+``data_received``, an end in ``connection_lost``, and a write never waits (the transport
+buffers what the socket does not take at once). No task waits on a socket, so nothing can
+be cancelled while the socket turns readable: anyio's socket streams wait with a future
+that the loop's reader callback completes, and under uvloop a task cancelled in that wait
+(every worker's links, at shutdown, as its peers close theirs) could have the callback
+complete the cancelled future, an ``InvalidStateError`` logged at error level.
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import cast
 
 import anyio
 import anyio.abc
@@ -33,97 +42,156 @@ __all__ = ["Mesh", "socket_path"]
 
 log = logging.getLogger(__name__)
 
-#: How long a link keeps trying to reach a peer (a worker restarts within about a second).
+#: How long a link keeps trying to reach a peer (a worker restarts within about a second),
+#: and how long a peer that accepted may take to say ``Hello``.
 CONNECT_PATIENCE_S = 10.0
-READ_SIZE = 256 * 1024
 
 
 def socket_path(runtime_dir: Path, worker: int) -> Path:
     return runtime_dir / f"ctl-{worker}.sock"
 
 
-class _Link:
-    """This worker's outgoing link to one peer."""
+class _Link(asyncio.Protocol):
+    """This worker's outgoing link to one peer.
+
+    Frames wait in ``outbox`` until the peer's ``Hello`` has come (then every loop turn's
+    frames leave in one write); a link that ends drops what it still holds, and the next
+    frame for that peer opens a new one.
+    """
 
     def __init__(self, mesh: Mesh, peer: int) -> None:
         self.mesh = mesh
         self.peer = peer
         self.outbox = bytearray()
-        self.has_data = anyio.Event()
-        self.running = False
+        #: Open from the connect until the link ends; ``pid`` is set once the peer said Hello.
+        self.transport: asyncio.Transport | None = None
+        self.pid: int | None = None
+        self.connecting = False
+        self._flush_scheduled = False
+        self._hello = bytearray()
 
     def push(self, data: bytes) -> None:
         self.outbox += data
-        self.has_data.set()
-        if not self.running:
-            self.running = True
-            self.mesh.task_group.start_soon(self._run, name=f"link-{self.peer}")
+        if self.pid is not None:
+            loop = self.mesh.loop
+            if not self._flush_scheduled and loop is not None:
+                self._flush_scheduled = True
+                loop.call_soon(self._flush)
+        elif not self.connecting and self.transport is None:
+            self.connecting = True
+            self.mesh.task_group.start_soon(self._connect, name=f"link-{self.peer}")
 
-    async def _connect(self) -> anyio.abc.SocketStream | None:
-        path = socket_path(self.mesh.runtime_dir, self.peer)
-        with anyio.move_on_after(CONNECT_PATIENCE_S):
-            while True:
-                try:
-                    return await anyio.connect_unix(path)
-                except OSError:
-                    await anyio.sleep(0.05)
-        return None
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        if self.transport is not None and self.pid is not None and self.outbox:
+            data, self.outbox = bytes(self.outbox), bytearray()
+            self.transport.write(data)
 
-    async def _run(self) -> None:
+    async def _connect(self) -> None:
+        """Open the link (retrying while the peer is not there yet, as when it restarts)."""
+        loop = asyncio.get_running_loop()
+        path = str(socket_path(self.mesh.runtime_dir, self.peer))
         try:
-            stream = await self._connect()
-            if stream is None:
-                log.error("control link to worker %d: unreachable for %.0fs", self.peer, CONNECT_PATIENCE_S)
-                self.outbox.clear()
-                self.mesh.peer_unreachable(self.peer)
-                return
-            async with stream:
-                await stream.send(control_frames.encode(Hello(self.mesh.index, self.mesh.pid)))
-                pid = await self._read_hello(stream)
-                if pid is None:
-                    return
-                async with anyio.create_task_group() as tg:
-                    tg.start_soon(self._watch_eof, stream, pid, tg.cancel_scope)
-                    while True:
-                        await self.has_data.wait()
-                        self.has_data = anyio.Event()
-                        data, self.outbox = bytes(self.outbox), bytearray()
-                        try:
-                            await stream.send(data)
-                        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
-                            self.mesh.peer_gone(self.peer, pid)
-                            tg.cancel_scope.cancel()
-                            return
+            with anyio.move_on_after(CONNECT_PATIENCE_S):
+                while True:
+                    try:
+                        await loop.create_unix_connection(lambda: self, path)
+                        return
+                    except OSError:
+                        await anyio.sleep(0.05)
+            log.error("control link to worker %d: unreachable for %.0fs", self.peer, CONNECT_PATIENCE_S)
+            self.outbox.clear()
+            self.mesh.peer_unreachable(self.peer)
         finally:
-            self.running = False
-            if self.outbox:  # queued for a peer that has since restarted: try the new one
-                self.outbox.clear()
-                self.has_data = anyio.Event()
+            self.connecting = False
 
-    async def _read_hello(self, stream: anyio.abc.SocketStream) -> int | None:
-        buffer = bytearray()
-        with anyio.move_on_after(CONNECT_PATIENCE_S):
-            while True:
-                try:
-                    chunk = await stream.receive(READ_SIZE)
-                except (anyio.EndOfStream, anyio.BrokenResourceError, OSError):
-                    return None
-                buffer += chunk
-                frames, _used = control_frames.decode(buffer)
-                if frames:
-                    hello = frames[0]
-                    if isinstance(hello, Hello) and hello.worker == self.peer:
-                        self.mesh.peer_seen(self.peer, hello.pid)
-                        return hello.pid
-                    return None
-        return None
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport = cast("asyncio.Transport", transport)  # uvloop's: not a subclass
+        self.mesh.links_open.add(self)
+        transport.write(control_frames.encode(Hello(self.mesh.index, self.mesh.pid)))
+        if self.mesh.loop is not None:
+            self.mesh.loop.call_later(CONNECT_PATIENCE_S, self._hello_overdue, transport)
 
-    async def _watch_eof(self, stream: anyio.abc.SocketStream, pid: int, scope: anyio.CancelScope) -> None:
-        with contextlib.suppress(anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
-            while await stream.receive(READ_SIZE):
-                pass
-        self.mesh.peer_gone(self.peer, pid)
-        scope.cancel()
+    def _hello_overdue(self, transport: asyncio.Transport) -> None:
+        if self.transport is transport and self.pid is None:
+            log.error("control link to worker %d: no Hello in %.0fs", self.peer, CONNECT_PATIENCE_S)
+            transport.abort()
+
+    def data_received(self, data: bytes) -> None:
+        if self.pid is not None:
+            return  # a peer says nothing after its Hello on our link: only its end matters
+        self._hello += data
+        try:
+            frames, _used = control_frames.decode(self._hello)
+        except ControlProtocolError as exc:
+            log.error("control link to worker %d dropped: %s", self.peer, exc)
+            frames = []
+            self._abort()
+        if not frames:
+            return
+        hello = frames[0]
+        self._hello = bytearray()
+        if not isinstance(hello, Hello) or hello.worker != self.peer:
+            self._abort()  # not the peer this link is for (a stale socket file): start over
+            return
+        self.pid = hello.pid
+        self.mesh.peer_seen(self.peer, hello.pid)
+        self._flush()
+
+    def _abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        pid, self.pid = self.pid, None
+        self.transport = None
+        self.mesh.links_open.discard(self)
+        self.outbox.clear()  # queued for a peer that is gone: its parties are failed by peer_gone
+        self._hello = bytearray()
+        if pid is not None:
+            self.mesh.peer_gone(self.peer, pid)
+
+
+class _Inbound(asyncio.Protocol):
+    """A peer's link to this worker: its Hello, then frames to dispatch, in order."""
+
+    def __init__(self, mesh: Mesh) -> None:
+        self.mesh = mesh
+        self.peer: Hello | None = None
+        self.buffer = bytearray()
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport = cast("asyncio.Transport", transport)  # uvloop's: not a subclass
+        self.mesh.inbound_open.add(self)
+        # A /readyz probe hangs up once it has this: the write then fails quietly.
+        transport.write(control_frames.encode(Hello(self.mesh.index, self.mesh.pid)))
+
+    def data_received(self, data: bytes) -> None:
+        buffer = self.buffer
+        buffer += data
+        try:
+            frames, used = control_frames.decode(buffer)
+            del buffer[:used]
+            for frame in frames:
+                if self.peer is None:
+                    if not isinstance(frame, Hello):
+                        raise ControlProtocolError(f"expected Hello, got {type(frame).__name__}")
+                    self.peer = frame
+                    self.mesh.peer_seen(frame.worker, frame.pid)
+                else:
+                    self.mesh.dispatch(self.peer.worker, frame)
+        except ControlProtocolError as exc:
+            log.error("control link from worker %s dropped: %s", self.peer.worker if self.peer else "?", exc)
+            buffer.clear()
+            assert self.transport is not None
+            self.transport.abort()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.mesh.inbound_open.discard(self)
+        self.transport = None
+        if self.peer is not None:
+            self.mesh.peer_gone(self.peer.worker, self.peer.pid)
 
 
 class Mesh:
@@ -145,6 +213,9 @@ class Mesh:
         self._on_peer_gone = on_peer_gone
         self._on_peer_unreachable = on_peer_unreachable
         self._links: dict[int, _Link] = {}
+        #: Links (ours and peers') with an open transport, to close when ``run`` ends.
+        self.links_open: set[_Link] = set()
+        self.inbound_open: set[_Inbound] = set()
         self._gone: set[tuple[int, int]] = set()
         self.peer_pids: dict[int, int] = {}
         self._task_group: anyio.abc.TaskGroup | None = None
@@ -157,26 +228,38 @@ class Mesh:
         self.draining = False
 
     @property
+    def loop(self) -> asyncio.AbstractEventLoop | None:
+        """The event loop ``run`` runs on (None when it does not run)."""
+        return self._local_loop
+
+    @property
     def task_group(self) -> anyio.abc.TaskGroup:
         assert self._task_group is not None, "Mesh.run() is not running"
         return self._task_group
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        """Listen for peers until cancelled. Reports started once the socket is bound."""
+        """Listen for peers until cancelled. Reports started once the socket is bound; on the
+        way out closes every link (peers see this worker leave)."""
         path = socket_path(self.runtime_dir, self.index)
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
-        listener = await anyio.create_unix_listener(path, backlog=256)
-        async with anyio.create_task_group() as tg:
-            self._task_group = tg
-            self._local_loop = asyncio.get_running_loop()
-            self._schedule_local()
-            task_status.started()
-            try:
-                await listener.serve(self._serve_incoming, task_group=tg)
-            finally:
-                self._local_loop = None
-                await listener.aclose()
+        loop = asyncio.get_running_loop()
+        server = await loop.create_unix_server(lambda: _Inbound(self), str(path), backlog=256)
+        try:
+            async with anyio.create_task_group() as tg:
+                self._task_group = tg
+                self._local_loop = loop
+                self._schedule_local()
+                task_status.started()
+                await anyio.sleep_forever()
+        finally:
+            self._local_loop = None
+            server.close()
+            transports = [link.transport for link in self.links_open]
+            transports += [inbound.transport for inbound in self.inbound_open]
+            for transport in transports:
+                if transport is not None:
+                    transport.close()
 
     def send(self, worker: int, frame: Frame) -> None:
         """Queue ``frame`` for ``worker``; never blocks, never raises."""
@@ -209,49 +292,17 @@ class Mesh:
         frames, self._local = self._local, []
         on_frame, index = self._on_frame, self.index
         for frame in frames:
-            try:  # ``_dispatch``, inlined: every frame of a pipe whose parties are all here
+            try:  # ``dispatch``, inlined: every frame of a pipe whose parties are all here
                 on_frame(index, frame)
             except Exception:  # a bug in a handler must not take the mesh down
                 log.exception("control frame handler failed on %r", frame)
 
-    def _dispatch(self, worker: int, frame: Frame) -> None:
+    def dispatch(self, worker: int, frame: Frame) -> None:
+        """Hand a peer's ``frame`` to the handler (an exception there is logged, not raised)."""
         try:
             self._on_frame(worker, frame)
         except Exception:  # a bug in a handler must not take the mesh down
             log.exception("control frame handler failed on %r", frame)
-
-    async def _serve_incoming(self, stream: anyio.abc.SocketStream) -> None:
-        peer: Hello | None = None
-        buffer = bytearray()
-        try:
-            async with stream:
-                try:
-                    await stream.send(control_frames.encode(Hello(self.index, self.pid)))
-                except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
-                    return  # gone at once: a probe (/readyz) that only checked we accept
-                while True:
-                    try:
-                        chunk = await stream.receive(READ_SIZE)
-                    except (anyio.EndOfStream, anyio.BrokenResourceError, OSError):
-                        break
-                    buffer += chunk
-                    frames, used = control_frames.decode(buffer)
-                    del buffer[:used]
-                    for frame in frames:
-                        if peer is None:
-                            if not isinstance(frame, Hello):
-                                raise ControlProtocolError(f"expected Hello, got {type(frame).__name__}")
-                            peer = frame
-                            self.peer_seen(peer.worker, peer.pid)
-                        else:
-                            self._dispatch(peer.worker, frame)
-        except ControlProtocolError as exc:
-            log.error("control link from worker %s dropped: %s", peer.worker if peer else "?", exc)
-        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
-            pass  # the caller hung up before our Hello (a /readyz probe that gave up): not a fault
-        finally:
-            if peer is not None:
-                self.peer_gone(peer.worker, peer.pid)
 
     def peer_seen(self, worker: int, pid: int) -> None:
         old = self.peer_pids.get(worker)

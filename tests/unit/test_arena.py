@@ -367,12 +367,14 @@ class ArenaChunksModel(RuleBasedStateMachine):
         arena = getattr(self, "arena", None)
         if arena is None:
             return
-        for ring, _size in self.live.values():
-            arena.free(ring)
-        if os.path.exists(arena.path):  # made at the first ring
-            assert os.stat(arena.path).st_blocks == 0
-        assert arena_mappings(arena) == 0 and mapping.mapped() == 0
-        arena.close()
+        try:
+            for ring, _size in self.live.values():
+                arena.free(ring)
+            if os.path.exists(arena.path):  # made at the first ring
+                assert os.stat(arena.path).st_blocks == 0
+            assert arena_mappings(arena) == 0 and mapping.mapped() == 0
+        finally:
+            arena.close()  # a failing example must not leave its file in /dev/shm
 
     @precondition(lambda self: len(self.live) < 12)
     @rule(capacity=st.sampled_from([PAGE, 2 * PAGE, 1 << 14]), n_readers=st.integers(1, 3))
