@@ -183,7 +183,7 @@ class _Inbound(asyncio.Protocol):
                     self.mesh.dispatch(self.peer.worker, frame)
         except ControlProtocolError as exc:
             log.error("control link from worker %s dropped: %s", self.peer.worker if self.peer else "?", exc)
-            buffer.clear()
+            self.buffer = bytearray()  # not cleared: the exception's frames still hold a view of it
             assert self.transport is not None
             self.transport.abort()
 
