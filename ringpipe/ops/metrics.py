@@ -230,7 +230,8 @@ INVALID_UTF8 = Counter(
 )
 RING_BYTES = Gauge(
     "ringpipe_ring_bytes",
-    "Shared memory reserved for rings (headers and capacities as they grew), as /dev/shm holds it.",
+    "Shared memory reserved for rings (headers and capacities as they grew, and a freed ring's pages "
+    "kept for the next one up to --ring-keep), as /dev/shm holds it.",
     multiprocess_mode="livesum",
 )
 RING_REFUSALS = Counter(
