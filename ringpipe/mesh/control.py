@@ -125,8 +125,8 @@ class _Link(asyncio.Protocol):
             frames, _used = control_frames.decode(self._hello)
         except ControlProtocolError as exc:
             log.error("control link to worker %d dropped: %s", self.peer, exc)
-            frames = []
             self._abort()
+            return
         if not frames:
             return
         hello = frames[0]

@@ -294,26 +294,25 @@ class Arena:
         Raises:
             RingMemoryFull: the budget or ``/dev/shm`` refused; nothing is reserved.
         """
-        if not self.budget.take(size):
-            if not (self._kept or self._tails) or not (self.give_back_kept() and self.budget.take(size)):
-                self.on_refusal("memory_limit")
-                raise RingMemoryFull("memory_limit")
+        if not self.budget.take(size) and not (self.give_back_kept() and self.budget.take(size)):
+            self.on_refusal("memory_limit")
+            raise RingMemoryFull("memory_limit")
         fd = self._fd if self._fd is not None else self._file()
         try:
             os.posix_fallocate(fd, offset, size)
+            return
         except OSError as exc:
-            retried = False
-            if exc.errno == errno.ENOSPC and (self._kept or self._tails) and self.give_back_kept():
-                try:
-                    os.posix_fallocate(fd, offset, size)
-                    retried = True
-                except OSError as again:
-                    exc = again
-            if not retried:
-                self.budget.give(size)
-                log.warning("cannot reserve ring pages in %s: %s", self.name, exc)
-                self.on_refusal("shm_full")
-                raise RingMemoryFull("shm_full") from exc
+            error = exc
+        if error.errno == errno.ENOSPC and self.give_back_kept():  # a full /dev/shm: kept pages first
+            try:
+                os.posix_fallocate(fd, offset, size)
+                return
+            except OSError as exc:
+                error = exc
+        self.budget.give(size)
+        log.warning("cannot reserve ring pages in %s: %s", self.name, error)
+        self.on_refusal("shm_full")
+        raise RingMemoryFull("shm_full") from error
 
     def _map_chunk(self, fd: int, index: int) -> _Chunk:
         """Map chunk ``index``, the file extended to cover it first (a hole: no memory).
@@ -381,12 +380,8 @@ class Arena:
         del self._rings[slot]
         self._tails.pop(slot, None)
         if self.call_later is None or self.keep_s <= 0:
-            region.mm.madvise(mmap.MADV_REMOVE, region.base, size)  # ``region.madvise(REMOVE, 0, size)``
             ring.close()
-            self.budget.give(size)
-            self.slots.give(slot)
-            self.on_change(-size)
-            self._chunk_lost_one(slot // self.chunk_slots)
+            self._give_back_slot(slot, size)
             return
         header = data_offset(ring.n_readers)
         region.mm[region.base : region.base + header] = _ZEROS[:header]  # no attach finds the old ring
@@ -436,7 +431,8 @@ class Arena:
             self.call_later(max(0.01, min(due) + self.keep_s - self.clock()), self.give_back_stale)
 
     def _give_back_slot(self, slot: int, held: int) -> None:
-        """Punch a kept (not live) slot's ``held`` bytes and free the slot."""
+        """Punch a freed slot's ``held`` bytes (through its chunk's mapping, which it keeps
+        alive) and free the slot."""
         index, within = divmod(slot, self.chunk_slots)
         self._chunks[index].mm.madvise(mmap.MADV_REMOVE, within * self.slots.slot_bytes, held)
         self.budget.give(held)
