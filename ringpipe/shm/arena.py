@@ -66,6 +66,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import math
 import mmap
 import os
 import sys
@@ -393,18 +394,18 @@ class Arena:
         """Give back every kept page now (a reservation would be refused otherwise); True if
         there were any."""
         had = bool(self._kept or self._tails)
-        while self._kept:
-            slot, (held, _freed) = self._kept.popitem()
-            self._give_back_slot(slot, held)
-        while self._tails:
-            slot, _since = self._tails.popitem()
-            self._trim(slot)
+        self._give_back_since(math.inf)
         return had
 
     def give_back_stale(self) -> None:
         """The timer's callback: give back what was kept ``keep_s`` and is still unused."""
         self._keep_timer_pending = False
-        cutoff = self.clock() - self.keep_s
+        self._give_back_since(self.clock() - self.keep_s)
+        self._arm_keep_timer()
+
+    def _give_back_since(self, cutoff: float) -> None:
+        """Give back the kept slots freed, and the tails kept, at ``cutoff`` or before (both
+        oldest first, so the first newer one ends each pass)."""
         while self._kept:
             slot, (held, freed) = next(iter(self._kept.items()))
             if freed > cutoff:
@@ -417,7 +418,6 @@ class Arena:
                 break
             del self._tails[slot]
             self._trim(slot)
-        self._arm_keep_timer()
 
     def _arm_keep_timer(self) -> None:
         """Have ``give_back_stale`` run when the oldest kept pages are due (if anything is kept)."""
